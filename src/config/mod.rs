@@ -1,0 +1,341 @@
+//! Layered configuration: the embedded default, then `/etc/analytics-stack/stack.toml`,
+//! then `/etc/analytics-stack/stack.d/*.toml` in name order, merged key by key.
+//!
+//! Every problem in every file is reported at once, each with its file, line and
+//! column. Parsing is kept apart from I/O: [`load`] takes the texts, [`read_sources`]
+//! reads them.
+
+mod schema;
+
+pub use schema::*;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+pub const EMBEDDED_ORIGIN: &str = "<embedded default>";
+
+/// One configuration text and where it came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub origin: String,
+    pub text: String,
+}
+
+/// One problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// All problems found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The files a configuration directory contributes, in merge order.
+pub fn source_paths(etc_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    let main = etc_dir.join("stack.toml");
+    if main.exists() {
+        paths.push(main);
+    }
+    let dropins = etc_dir.join("stack.d");
+    if dropins.is_dir() {
+        let mut extra: Vec<PathBuf> = std::fs::read_dir(&dropins)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        extra.sort();
+        paths.extend(extra);
+    }
+    Ok(paths)
+}
+
+/// Reads the embedded default and every file under `etc_dir`.
+pub fn read_sources(etc_dir: &Path) -> std::io::Result<Vec<Source>> {
+    let mut sources = vec![Source {
+        origin: EMBEDDED_ORIGIN.into(),
+        text: EMBEDDED_DEFAULT.into(),
+    }];
+    for path in source_paths(etc_dir)? {
+        let text = std::fs::read_to_string(&path)?;
+        sources.push(Source {
+            origin: path.display().to_string(),
+            text,
+        });
+    }
+    Ok(sources)
+}
+
+/// Reads and validates the configuration under `etc_dir`.
+pub fn load_dir(etc_dir: &Path) -> Result<Config, ConfigErrors> {
+    let sources = read_sources(etc_dir).map_err(|e| {
+        ConfigErrors(vec![Diagnostic {
+            file: etc_dir.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read configuration: {e}"),
+        }])
+    })?;
+    load(&sources)
+}
+
+/// A key path such as `["redis", "broker", "port"]`.
+type KeyPath = Vec<String>;
+
+/// Merges `sources` (the first one is the complete default) and validates the result.
+pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
+    let mut diagnostics = Vec::new();
+    let mut parsed: Vec<(usize, Table)> = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        match toml::from_str::<Table>(&source.text) {
+            Ok(table) => parsed.push((i, table)),
+            Err(e) => diagnostics.push(locate(
+                source,
+                e.span().map(|s| s.start).unwrap_or(0),
+                e.message().trim().to_string(),
+            )),
+        }
+    }
+    let Some((0, default)) = parsed.first().cloned() else {
+        return Err(ConfigErrors(diagnostics));
+    };
+
+    // Merge, remembering which source set each key last.
+    let mut merged = Table::new();
+    let mut origin_of: BTreeMap<KeyPath, usize> = BTreeMap::new();
+    for (i, table) in &parsed {
+        merge_into(&mut merged, table, &mut Vec::new(), *i, &mut origin_of);
+    }
+
+    // Deserialize; on each error, record it, put the default's value back (or drop an
+    // unknown key) and try again, so that every bad key is reported in one pass.
+    let mut seen = std::collections::BTreeSet::new();
+    let config = loop {
+        match serde_path_to_error::deserialize::<_, Config>(Value::Table(merged.clone())) {
+            Ok(config) => break Some(config),
+            Err(err) => {
+                let path: KeyPath = path_segments(&err.path().to_string());
+                let message = err.inner().message().trim().to_string();
+                if !seen.insert(path.clone()) {
+                    diagnostics.push(Diagnostic {
+                        file: EMBEDDED_ORIGIN.into(),
+                        line: 0,
+                        column: 0,
+                        message,
+                    });
+                    break None;
+                }
+                diagnostics.push(diagnostic_at(sources, &origin_of, &path, &message));
+                match lookup(&default, &path) {
+                    Some(v) => set_path(&mut merged, &path, v.clone()),
+                    None => remove_path(&mut merged, &path),
+                }
+            }
+        }
+    };
+
+    if let Some(config) = &config {
+        for (path, message) in cross_checks(config) {
+            diagnostics.push(diagnostic_at(sources, &origin_of, &path, &message));
+        }
+    }
+    match config {
+        Some(config) if diagnostics.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(diagnostics)),
+    }
+}
+
+/// Checks that span several keys.
+fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
+    let mut problems = Vec::new();
+    let mut ports: Vec<(KeyPath, u16)> = Vec::new();
+    if config.nginx.enabled {
+        ports.push((key_path("nginx.port"), config.nginx.port.get()));
+    }
+    if config.postgres.enabled {
+        ports.push((key_path("postgres.port"), config.postgres.port.get()));
+    }
+    if config.redis.enabled {
+        ports.push((key_path("redis.broker.port"), config.redis.broker.port.get()));
+        ports.push((key_path("redis.cache.port"), config.redis.cache.port.get()));
+    }
+    for (i, (path, port)) in ports.iter().enumerate() {
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            problems.push((
+                path.clone(),
+                format!(
+                    "port {port} is already used by {}",
+                    other.join(".")
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+fn key_path(dotted: &str) -> KeyPath {
+    dotted.split('.').map(String::from).collect()
+}
+
+fn path_segments(path: &str) -> KeyPath {
+    if path == "." {
+        return Vec::new();
+    }
+    path.split('.').map(String::from).collect()
+}
+
+fn merge_into(
+    dst: &mut Table,
+    src: &Table,
+    prefix: &mut KeyPath,
+    origin: usize,
+    origin_of: &mut BTreeMap<KeyPath, usize>,
+) {
+    for (key, value) in src {
+        prefix.push(key.clone());
+        origin_of.insert(prefix.clone(), origin);
+        match (dst.get_mut(key), value) {
+            (Some(Value::Table(d)), Value::Table(s)) => merge_into(d, s, prefix, origin, origin_of),
+            _ => {
+                dst.insert(key.clone(), value.clone());
+                if let Value::Table(s) = value {
+                    // Every key below now comes from this source too.
+                    let mut scratch = Table::new();
+                    merge_into(&mut scratch, s, prefix, origin, origin_of);
+                }
+            }
+        }
+        prefix.pop();
+    }
+}
+
+fn lookup<'a>(table: &'a Table, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let v = table.get(first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    match v {
+        Value::Table(t) => lookup(t, rest),
+        _ => None,
+    }
+}
+
+fn set_path(table: &mut Table, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return;
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !entry.is_table() {
+        *entry = Value::Table(Table::new());
+    }
+    if let Value::Table(t) = entry {
+        set_path(t, rest, value);
+    }
+}
+
+fn remove_path(table: &mut Table, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            table.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(Value::Table(t)) = table.get_mut(first) {
+                remove_path(t, rest);
+            }
+        }
+    }
+}
+
+/// Locates `path` in the source that set it last: at the value for a bad value, at
+/// the key for an unknown key.
+fn diagnostic_at(
+    sources: &[Source],
+    origin_of: &BTreeMap<KeyPath, usize>,
+    path: &KeyPath,
+    message: &str,
+) -> Diagnostic {
+    // The longest prefix of the path some source set.
+    let origin = (0..=path.len())
+        .rev()
+        .find_map(|n| origin_of.get(&path[..n]))
+        .copied()
+        .unwrap_or(0);
+    let source = &sources[origin];
+    let offset = span_of(&source.text, path, message.starts_with("unknown field")).unwrap_or(0);
+    let message = if path.is_empty() {
+        message.to_string()
+    } else {
+        format!("{}: {message}", path.join("."))
+    };
+    locate(source, offset, message)
+}
+
+/// The byte offset of `path` in `text` (its key when `at_key`, else its value).
+fn span_of(text: &str, path: &[String], at_key: bool) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut best = None;
+    for (i, segment) in path.iter().enumerate() {
+        let (key, item) = table.get_key_value(segment)?;
+        let last = i + 1 == path.len();
+        best = if last && !at_key {
+            item.span().or(key.span()).map(|s| s.start)
+        } else {
+            key.span().or(item.span()).map(|s| s.start)
+        }
+        .or(best);
+        if last {
+            break;
+        }
+        table = item.as_table_like()?;
+    }
+    best
+}
+
+fn locate(source: &Source, offset: usize, message: String) -> Diagnostic {
+    let offset = offset.min(source.text.len());
+    let before = &source.text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Diagnostic {
+        file: source.origin.clone(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

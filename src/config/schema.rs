@@ -1,0 +1,199 @@
+//! The typed configuration. Every struct denies unknown keys; values that need
+//! checking are newtypes that validate while deserializing, so a bad value is
+//! reported at its own line and column.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub stack: StackConfig,
+    pub nginx: NginxConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackConfig {
+    pub hostname: Hostname,
+    pub admin_group: String,
+    pub health_timeout_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxConfig {
+    pub enabled: bool,
+    pub listen: IpAddr,
+    pub port: Port,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub enabled: bool,
+    pub port: Port,
+    pub max_connections: ConnectionCount,
+    pub shared_buffers: ByteSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub enabled: bool,
+    pub broker: RedisInstanceConfig,
+    pub cache: RedisInstanceConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisInstanceConfig {
+    pub port: Port,
+    pub maxmemory: ByteSize,
+}
+
+/// A TCP port a service listens on: 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u16")]
+pub struct Port(u16);
+
+impl Port {
+    pub fn new(port: u16) -> Option<Self> {
+        (port != 0).then_some(Port(port))
+    }
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Port {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        u16::try_from(v)
+            .ok()
+            .and_then(Port::new)
+            .ok_or_else(|| format!("port must be between 1 and 65535, not {v}"))
+    }
+}
+
+impl From<Port> for u16 {
+    fn from(p: Port) -> u16 {
+        p.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// PostgreSQL's max_connections: 10..=10000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u32")]
+pub struct ConnectionCount(u32);
+
+impl ConnectionCount {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for ConnectionCount {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (10..=10_000).contains(&v) {
+            Ok(ConnectionCount(v as u32))
+        } else {
+            Err(format!("must be between 10 and 10000, not {v}"))
+        }
+    }
+}
+
+impl From<ConnectionCount> for u32 {
+    fn from(c: ConnectionCount) -> u32 {
+        c.0
+    }
+}
+
+/// A memory size written as `<number><unit>` with unit kB, MB or GB (case does not
+/// matter), as PostgreSQL and Redis both accept it. Stored in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ByteSize(u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+    /// Whole megabytes, rounded up: the unit both PostgreSQL and Redis take.
+    pub fn megabytes(self) -> u64 {
+        self.0.div_ceil(1 << 20)
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let split = lower
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(lower.len());
+        let (digits, unit) = lower.split_at(split);
+        let factor: u64 = match unit {
+            "kb" => 1 << 10,
+            "mb" => 1 << 20,
+            "gb" => 1 << 30,
+            _ => return Err(format!("{s:?} is not a size like \"256MB\" (units: kB, MB, GB)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like \"256MB\""))?;
+        n.checked_mul(factor)
+            .filter(|&b| b >= 1 << 20)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} must be at least 1MB"))
+    }
+}
+
+impl From<ByteSize> for String {
+    fn from(b: ByteSize) -> String {
+        format!("{}MB", b.megabytes())
+    }
+}
+
+/// A DNS name or address used in links (no scheme, no path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hostname(String);
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Hostname {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'));
+        if ok {
+            Ok(Hostname(s))
+        } else {
+            Err(format!("{s:?} is not a host name"))
+        }
+    }
+}
+
+impl From<Hostname> for String {
+    fn from(h: Hostname) -> String {
+        h.0
+    }
+}

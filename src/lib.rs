@@ -1,0 +1,5 @@
+//! analytics-stack: an installer daemon that turns one systemd host into an analytics
+//! platform. The flow is config → plan (pure) → fetch/install → render → systemd → health;
+//! see docs/ARCHITECTURE.md.
+
+pub mod config;

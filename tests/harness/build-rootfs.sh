@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the Debian 12 root filesystem that the end-to-end tests boot with
+# systemd-nspawn (see docs/TESTING.md). The result is cached as a directory plus a
+# stamp file; bump ROOTFS_REVISION when the contents below change.
+#
+# The image carries the .debs of the data tier in apt's cache, so each test's
+# `apt-get install` (run by the daemon, for real) does not depend on the network.
+set -euo pipefail
+
+ROOTFS_REVISION=3
+out=${1:?usage: build-rootfs.sh OUTPUT_DIR}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+stamp="$out/.analytics-stack-rootfs-$ROOTFS_REVISION"
+
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+for tool in debootstrap systemd-nspawn zstd; do
+  command -v "$tool" >/dev/null || missing=1
+done
+if [ "${missing:-0}" = 1 ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap systemd-container zstd
+fi
+
+rm -rf "$out"
+tmp="$out.partial"
+rm -rf "$tmp"
+mkdir -p "$(dirname "$out")"
+debootstrap --variant=minbase \
+  --include=systemd,systemd-sysv,dbus,iproute2,libpam-systemd,ca-certificates,procps,curl,less \
+  bookworm "$tmp" "$mirror"
+
+cat >"$tmp/etc/apt/sources.list" <<SRC
+deb $mirror bookworm main
+deb $mirror bookworm-updates main
+deb ${mirror%/debian}/debian-security bookworm-security main
+SRC
+
+in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBIAN_FRONTEND=noninteractive "$@"; }
+in_root apt-get update -q
+# Download only: installing is the daemon's job inside each test.
+in_root apt-get install -y -q --download-only postgresql redis-server nginx
+# An ordinary user for the access-control tests.
+in_root useradd --create-home --shell /bin/bash alice
+# Timers that would run apt inside a test container.
+for t in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer; do
+  ln -sf /dev/null "$tmp/etc/systemd/system/$t"
+done
+# debootstrap copied the host's identity.
+echo analytics-test >"$tmp/etc/hostname"
+: >"$tmp/etc/machine-id"
+
+touch "$tmp/.analytics-stack-rootfs-$ROOTFS_REVISION"
+mv "$tmp" "$out"
