@@ -3,3 +3,7 @@
 //! see docs/ARCHITECTURE.md.
 
 pub mod config;
+pub mod components;
+pub mod model;
+pub mod units;
+pub mod util;

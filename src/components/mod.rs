@@ -1,0 +1,65 @@
+//! The catalog: each component is data (packages, users, files, units, ports,
+//! probes) produced by a renderer from the configuration. Adding a component means
+//! adding a module here and a line in [`render_all`], not new control flow.
+
+pub mod nginx;
+pub mod postgres;
+pub mod redis;
+
+use crate::config::Config;
+use crate::model::ComponentSpec;
+
+/// Facts about the host that rendering depends on (known before anything is installed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// Debian codename: `bookworm`, `trixie`.
+    pub codename: String,
+}
+
+impl Platform {
+    pub fn postgres_major(&self) -> u32 {
+        match self.codename.as_str() {
+            "trixie" => 17,
+            _ => 15,
+        }
+    }
+}
+
+/// Every component the stack knows, enabled or not, in start order.
+pub const KNOWN: &[(&str, &str)] = &[
+    ("postgres", "PostgreSQL: warehouse and metadata store"),
+    ("redis", "Redis: Celery broker (no eviction) and cache (LRU)"),
+    ("nginx", "NGINX: the single entry point"),
+];
+
+pub fn is_known(name: &str) -> bool {
+    KNOWN.iter().any(|(n, _)| *n == name)
+}
+
+/// The enabled components, rendered, in start order.
+pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
+    let mut specs = Vec::new();
+    if config.postgres.enabled {
+        specs.push(postgres::render(config, platform));
+    }
+    if config.redis.enabled {
+        specs.push(redis::render(config));
+    }
+    if config.nginx.enabled {
+        specs.push(nginx::render(config));
+    }
+    specs
+}
+
+/// Names of the units a known component runs, whatever its configuration.
+pub fn unit_names(component: &str) -> Vec<String> {
+    match component {
+        "postgres" => vec![postgres::UNIT.into()],
+        "redis" => vec![redis::unit_name("broker"), redis::unit_name("cache")],
+        "nginx" => vec![nginx::UNIT.into()],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! The desired state of the host, as data: what each component needs installed,
+//! created, written and running. Components produce these; the planner diffs them
+//! against host facts.
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Where the stack keeps things. Fixed so that users, docs and units agree.
+pub mod paths {
+    pub const ETC: &str = "/etc/analytics-stack";
+    pub const STATE: &str = "/var/lib/analytics-stack";
+    pub const SECRETS: &str = "/var/lib/analytics-stack/secrets";
+    pub const STATE_FILE: &str = "/var/lib/analytics-stack/state.json";
+    pub const WWW: &str = "/var/lib/analytics-stack/www";
+    pub const UNIT_DIR: &str = "/etc/systemd/system";
+    pub const TARGET: &str = "analytics-stack.target";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Debian packages to install.
+    pub packages: Vec<String>,
+    /// The package whose version is the component's version.
+    pub version_package: String,
+    /// The distribution's own units for this software, kept stopped and masked while
+    /// the stack owns the component.
+    pub distro_units: Vec<String>,
+    /// Files that must exist before the packages are installed (e.g. to stop a
+    /// package from creating its default instance).
+    pub pre_install_files: Vec<FileSpec>,
+    pub users: Vec<UserSpec>,
+    pub dirs: Vec<DirSpec>,
+    pub secrets: Vec<String>,
+    pub files: Vec<FileSpec>,
+    pub units: Vec<UnitSpec>,
+    /// One-off, idempotent initialisation that runs before units start.
+    pub init: Vec<Provision>,
+    /// Idempotent provisioning that runs once units are up.
+    pub provision: Vec<Provision>,
+    pub ports: Vec<PortSpec>,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSpec {
+    pub name: String,
+    pub home: PathBuf,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirSpec {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+/// What happens to a running unit when one of its files changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnChange {
+    Restart,
+    Reload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileSpec {
+    pub path: PathBuf,
+    /// Contents; `@@secret:NAME@@` is replaced by the secret NAME when written, so that
+    /// rendered text never carries a secret and plans can be shown safely.
+    #[serde(skip)]
+    pub template: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// Units to restart or reload when this file changes.
+    pub notify: Vec<(String, OnChange)>,
+}
+
+impl FileSpec {
+    pub fn new(path: impl Into<PathBuf>, template: impl Into<String>) -> Self {
+        FileSpec {
+            path: path.into(),
+            template: template.into(),
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            notify: Vec::new(),
+        }
+    }
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = group.into();
+        self
+    }
+    pub fn notify(mut self, unit: &str, on_change: OnChange) -> Self {
+        self.notify.push((unit.into(), on_change));
+        self
+    }
+    /// Secrets named in the template.
+    pub fn secret_names(&self) -> Vec<String> {
+        secret_names(&self.template)
+    }
+}
+
+pub const SECRET_OPEN: &str = "@@secret:";
+pub const SECRET_CLOSE: &str = "@@";
+
+pub fn secret_ref(name: &str) -> String {
+    format!("{SECRET_OPEN}{name}{SECRET_CLOSE}")
+}
+
+pub fn secret_names(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find(SECRET_OPEN) {
+        let after = &rest[start + SECRET_OPEN.len()..];
+        let Some(end) = after.find(SECRET_CLOSE) else { break };
+        names.push(after[..end].to_string());
+        rest = &after[end + SECRET_CLOSE.len()..];
+    }
+    names
+}
+
+/// Replaces every secret reference; `None` when a named secret is missing.
+pub fn fill_secrets(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find(SECRET_OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + SECRET_OPEN.len()..];
+        let end = after.find(SECRET_CLOSE)?;
+        out.push_str(&lookup(&after[..end])?);
+        rest = &after[end + SECRET_CLOSE.len()..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitSpec {
+    pub name: String,
+    #[serde(skip)]
+    pub content: String,
+}
+
+impl UnitSpec {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(paths::UNIT_DIR).join(&self.name)
+    }
+}
+
+/// Idempotent work the daemon does itself, skipped when its fingerprint is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Provision {
+    /// `initdb` a PostgreSQL data directory unless it holds a cluster already.
+    PostgresInitdb {
+        bin_dir: PathBuf,
+        data_dir: PathBuf,
+        user: String,
+    },
+    /// Roles with their passwords, and databases owned by them.
+    PostgresRoles {
+        socket_dir: PathBuf,
+        port: u16,
+        roles: Vec<PostgresRole>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PostgresRole {
+    pub role: String,
+    pub password_secret: String,
+    pub database: String,
+}
+
+impl Provision {
+    /// A stable id for the state file.
+    pub fn id(&self) -> String {
+        match self {
+            Provision::PostgresInitdb { data_dir, .. } => format!("initdb:{}", data_dir.display()),
+            Provision::PostgresRoles { port, .. } => format!("postgres-roles:{port}"),
+        }
+    }
+    /// Hash of what this provisioning would do; rerun when it changes.
+    pub fn fingerprint(&self) -> String {
+        crate::util::sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortSpec {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Probe {
+    /// GET `path` over HTTP; healthy on a 2xx or 3xx answer.
+    Http { port: u16, path: String },
+    /// AUTH (when a secret is named) and PING; healthy on +PONG.
+    Redis { port: u16, password_secret: Option<String> },
+    /// The PostgreSQL wire protocol: a startup message answered by the server.
+    Postgres { port: u16 },
+}
