@@ -7,3 +7,6 @@ pub mod components;
 pub mod model;
 pub mod units;
 pub mod util;
+pub mod facts;
+pub mod plan;
+pub mod state;

@@ -1,0 +1,217 @@
+use super::*;
+use crate::components::{render_all, Platform};
+use crate::config::{load, Config, Source, EMBEDDED_DEFAULT, EMBEDDED_ORIGIN};
+use crate::facts::{FileFact, Listener, UnitFact};
+
+fn config(extra: &str) -> Config {
+    load(&[
+        Source { origin: EMBEDDED_ORIGIN.into(), text: EMBEDDED_DEFAULT.into() },
+        Source { origin: "t.toml".into(), text: extra.into() },
+    ])
+    .unwrap()
+}
+
+fn desired(extra: &str) -> Vec<ComponentSpec> {
+    render_all(&config(extra), &Platform { codename: "bookworm".into() })
+}
+
+fn fresh_host() -> HostFacts {
+    HostFacts { codename: "bookworm".into(), ..Default::default() }
+}
+
+/// A simulated host: applies each step to the facts the way the executor would.
+fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
+    let active = |facts: &mut HostFacts, unit: &str, on: bool| {
+        let f = facts.units.entry(unit.to_string()).or_default();
+        f.active_state = if on { "active".into() } else { "inactive".into() };
+    };
+    for step in &plan.steps {
+        match step {
+            Step::MaskDistroUnit { unit, before } => {
+                state.distro_units.entry(unit.clone()).or_insert(before.clone());
+                let f = facts.units.entry(unit.clone()).or_default();
+                f.unit_file_state = "masked".into();
+                f.active_state = "inactive".into();
+            }
+            Step::InstallPackages { packages } => {
+                for p in packages {
+                    facts.packages.insert(p.clone(), "1.0".into());
+                }
+            }
+            Step::CreateUser { user } => {
+                facts.users.insert(user.name.clone());
+            }
+            Step::EnsureDir { dir } => {
+                facts.dirs.insert(dir.path.clone(), Ownership { mode: dir.mode, owner: dir.owner.clone(), group: dir.group.clone() });
+            }
+            Step::GenerateSecret { name } => {
+                facts.secrets.insert(name.clone(), format!("secret-of-{name}"));
+            }
+            Step::WriteFile { file, .. } => {
+                let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned()).expect("secrets exist before files");
+                facts.files.insert(file.path.clone(), FileFact { sha256: crate::util::sha256_hex(text.as_bytes()), ownership: Ownership { mode: file.mode, owner: file.owner.clone(), group: file.group.clone() } });
+            }
+            Step::WriteUnit { unit, .. } => {
+                facts.files.insert(unit.path(), FileFact { sha256: crate::util::sha256_hex(unit.content.as_bytes()), ownership: Ownership { mode: 0o644, owner: "root".into(), group: "root".into() } });
+            }
+            Step::RemoveFile { path } => {
+                facts.files.remove(path);
+            }
+            Step::ReloadSystemd | Step::ReloadUnit { .. } | Step::RestartUnit { .. } => {}
+            Step::Init { provision } => {
+                if let Provision::PostgresInitdb { data_dir, .. } = provision {
+                    facts.existing.insert(data_dir.join("PG_VERSION"));
+                }
+            }
+            Step::EnableUnits { units } => {
+                for u in units {
+                    facts.units.entry(u.clone()).or_default().unit_file_state = "enabled".into();
+                }
+            }
+            Step::DisableUnits { units } => {
+                for u in units {
+                    facts.units.entry(u.clone()).or_default().unit_file_state = "disabled".into();
+                }
+            }
+            Step::StartUnit { unit } => active(facts, unit, true),
+            Step::StopUnit { unit } => active(facts, unit, false),
+            Step::Provision { provision } => {
+                state.provisioned.insert(provision.id(), provision.fingerprint());
+            }
+            Step::RecordComponent { component, installed } => {
+                if *installed {
+                    state.components.insert(component.clone());
+                } else {
+                    state.components.remove(component);
+                }
+            }
+        }
+    }
+}
+
+fn names(plan: &Plan) -> Vec<String> {
+    plan.steps.iter().map(|s| s.describe()).collect()
+}
+
+fn converged(extra: &str) -> (HostFacts, RecordedState) {
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    let p = plan(&desired(extra), &facts, &state);
+    simulate(&p, &mut facts, &mut state);
+    (facts, state)
+}
+
+#[test]
+fn a_fresh_host_gets_everything_in_dependency_order() {
+    let p = plan(&desired(""), &fresh_host(), &RecordedState::default());
+    let steps = names(&p);
+    let pos = |needle: &str| steps.iter().position(|s| s.contains(needle)).unwrap_or_else(|| panic!("no step {needle}: {steps:#?}"));
+    assert!(pos("keep the distribution's postgresql.service") < pos("install Debian packages"));
+    assert!(pos("createcluster.d") < pos("install Debian packages"), "no default cluster may be created");
+    assert!(pos("install Debian packages: postgresql-15 redis-server nginx") < pos("create system user analytics-postgres"));
+    assert!(pos("generate secret postgres-warehouse") < pos("write /etc/analytics-stack/redis/broker-auth.conf"));
+    assert!(pos("write unit analytics-postgres.service") < pos("reload systemd"));
+    assert!(pos("reload systemd") < pos("initialise PostgreSQL"));
+    assert!(pos("initialise PostgreSQL") < pos("start analytics-postgres.service"));
+    assert!(pos("start analytics-postgres.service") < pos("start analytics-redis-broker.service"));
+    assert!(pos("start analytics-redis-cache.service") < pos("start analytics-nginx.service"));
+    assert!(pos("start analytics-nginx.service") < pos("ensure PostgreSQL roles"));
+    assert!(steps.iter().any(|s| s == "start analytics-stack.target"));
+}
+
+#[test]
+fn a_second_apply_of_the_same_config_plans_nothing() {
+    let (facts, state) = converged("");
+    let p = plan(&desired(""), &facts, &state);
+    assert!(p.is_empty(), "{:#?}", names(&p));
+}
+
+#[test]
+fn a_changed_port_rewrites_one_file_and_restarts_one_unit() {
+    let (facts, state) = converged("");
+    let p = plan(&desired("[redis.cache]\nport = 6390\n"), &facts, &state);
+    assert_eq!(names(&p), ["write /etc/analytics-stack/redis/cache.conf (changed)", "restart analytics-redis-cache.service"]);
+}
+
+#[test]
+fn an_nginx_change_reloads_instead_of_restarting() {
+    let (facts, state) = converged("");
+    let p = plan(&desired("[stack]\nhostname = \"stack.example\"\n"), &facts, &state);
+    assert_eq!(names(&p), ["write /etc/analytics-stack/nginx/nginx.conf (changed)", "reload analytics-nginx.service"]);
+}
+
+#[test]
+fn a_stopped_unit_is_started_and_nothing_else_happens() {
+    let (mut facts, state) = converged("");
+    facts.units.get_mut("analytics-redis-broker.service").unwrap().active_state = "failed".into();
+    let p = plan(&desired(""), &facts, &state);
+    assert_eq!(names(&p), ["start analytics-redis-broker.service"]);
+}
+
+#[test]
+fn a_file_edited_by_hand_is_put_back() {
+    let (mut facts, state) = converged("");
+    facts.files.get_mut(&PathBuf::from("/etc/analytics-stack/postgres/pg_hba.conf")).unwrap().sha256 = "edited".into();
+    let p = plan(&desired(""), &facts, &state);
+    assert_eq!(names(&p), ["write /etc/analytics-stack/postgres/pg_hba.conf (changed)", "reload analytics-postgres.service"]);
+}
+
+#[test]
+fn disabling_a_component_stops_it_and_keeps_its_data() {
+    let (facts, state) = converged("");
+    let p = plan(&desired("[redis]\nenabled = false\n"), &facts, &state);
+    let steps = names(&p);
+    assert_eq!(
+        steps,
+        [
+            "stop analytics-redis-cache.service",
+            "stop analytics-redis-broker.service",
+            "disable analytics-redis-broker.service analytics-redis-cache.service",
+            "remove /etc/systemd/system/analytics-redis-broker.service",
+            "remove /etc/systemd/system/analytics-redis-cache.service",
+            "record redis as removed",
+            "reload systemd",
+        ]
+    );
+    assert!(!steps.iter().any(|s| s.contains("/var/lib")));
+}
+
+#[test]
+fn a_lost_secret_is_regenerated_and_its_users_updated() {
+    let (mut facts, state) = converged("");
+    facts.secrets.remove("postgres-airflow");
+    let p = plan(&desired(""), &facts, &state);
+    assert_eq!(names(&p), ["generate secret postgres-airflow", "ensure PostgreSQL roles and databases: superset, airflow, warehouse"]);
+}
+
+#[test]
+fn the_distro_state_before_masking_is_kept_from_the_first_time() {
+    let mut facts = fresh_host();
+    facts.units.insert("nginx.service".into(), UnitFact { unit_file_state: "enabled".into(), active_state: "active".into(), ..Default::default() });
+    let p = plan(&desired(""), &facts, &RecordedState::default());
+    let before = p.steps.iter().find_map(|s| match s { Step::MaskDistroUnit { unit, before } if unit == "nginx.service" => Some(before.clone()), _ => None }).unwrap();
+    assert_eq!(before, DistroUnitBefore { unit_file_state: "enabled".into(), was_active: true });
+}
+
+#[test]
+fn a_foreign_listener_on_a_wanted_port_is_named() {
+    let mut facts = fresh_host();
+    facts.listeners.push(Listener { address: "0.0.0.0".parse().unwrap(), port: 80, pid: Some(42), process: Some("apache2".into()), unit: Some("apache2.service".into()) });
+    facts.listeners.push(Listener { address: "127.0.0.1".parse().unwrap(), port: 5432, pid: Some(7), process: Some("postgres".into()), unit: Some(crate::components::postgres::UNIT.into()) });
+    let conflicts = port_conflicts(&desired(""), &facts);
+    assert_eq!(conflicts.len(), 1, "the stack's own postgres is no conflict: {conflicts:?}");
+    assert_eq!(conflicts[0].to_string(), "port 80 wanted by analytics-nginx.service is held by apache2 (pid 42, apache2.service)");
+}
+
+#[test]
+fn plans_never_carry_secret_values() {
+    let (facts, state) = converged("");
+    let mut f = facts.clone();
+    f.files.clear();
+    let p = plan(&desired(""), &f, &state);
+    let json = serde_json::to_string(&p).unwrap();
+    for secret in facts.secrets.values() {
+        assert!(!json.contains(secret.as_str()));
+    }
+    assert!(json.contains("broker-auth.conf"));
+}
