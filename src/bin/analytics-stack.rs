@@ -1,1 +1,242 @@
-fn main(){}
+//! analytics-stack: the command line of the analytics-stack daemon.
+
+use analytics_stack::client::{exit_code, JobProxy, ManagerProxy};
+use analytics_stack::config;
+use analytics_stack::model::paths;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "analytics-stack", version, about = "Install, configure and watch the analytics stack on this host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what apply would do, without doing it.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the host to the configured state and wait until every component is healthy.
+    Apply {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each component with its units, health and version.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a component's units.
+    Start { component: String },
+    /// Stop a component's units.
+    Stop { component: String },
+    /// Restart a component's units.
+    Restart { component: String },
+    /// A component's journal.
+    Logs {
+        component: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// Check or print the merged configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Generated logins and connection URLs (root only).
+    Credentials { component: Option<String> },
+    /// The components the stack knows.
+    Components,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration files; every problem with file, line and column.
+    Validate,
+    /// Print the merged configuration.
+    Show,
+}
+
+fn etc_dir() -> PathBuf {
+    std::env::var_os("ANALYTICS_STACK_ETC").map(Into::into).unwrap_or_else(|| paths::ETC.into())
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<zbus::Error> for Failure {
+    fn from(e: zbus::Error) -> Self {
+        match e {
+            zbus::Error::MethodError(name, msg, _) => {
+                let short = name.rsplit('.').next().unwrap_or("").to_string();
+                Failure { code: exit_code(name.as_str()), message: format!("{short}: {}", msg.unwrap_or_default()) }
+            }
+            other => Failure { code: 9, message: format!("cannot talk to analytics-stackd: {other}") },
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("analytics-stack: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn manager() -> Result<ManagerProxy<'static>, Failure> {
+    let conn = zbus::Connection::system().await?;
+    Ok(ManagerProxy::new(&conn).await?)
+}
+
+fn print_json(text: &str) {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| text.into())),
+        Err(_) => println!("{text}"),
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Config { action } => {
+            let config = config::load_dir(&etc_dir()).map_err(|e| Failure { code: 3, message: format!("invalid configuration:\n{e}") })?;
+            match action {
+                ConfigAction::Validate => {
+                    let files = config::source_paths(&etc_dir()).unwrap_or_default();
+                    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                    println!("configuration is valid ({} over the embedded default)", if names.is_empty() { "no files".into() } else { names.join(", ") });
+                }
+                ConfigAction::Show => print!("{}", toml::to_string(&config).map_err(|e| Failure { code: 1, message: e.to_string() })?),
+            }
+            Ok(())
+        }
+        Command::Logs { component, follow, lines } => {
+            if !analytics_stack::components::is_known(&component) {
+                return Err(Failure { code: 7, message: format!("NotFound: unknown component '{component}'") });
+            }
+            let mut cmd = std::process::Command::new("journalctl");
+            cmd.arg("--no-pager").arg("-n").arg(lines.to_string());
+            if follow {
+                cmd.arg("-f");
+            }
+            for u in analytics_stack::components::unit_names(&component) {
+                cmd.arg("-u").arg(u);
+            }
+            let status = cmd.status().map_err(|e| Failure { code: 1, message: format!("cannot run journalctl: {e}") })?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Failure { code: 1, message: "journalctl failed".into() })
+            }
+        }
+        Command::Plan { json } => {
+            let text = manager().await?.plan().await?;
+            if json {
+                print_json(&text);
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for c in v["conflicts"].as_array().into_iter().flatten() {
+                println!("conflict: port {} wanted by {} is held by {}", c["port"], c["wanted_by"].as_str().unwrap_or(""), c["holder"].as_str().unwrap_or(""));
+            }
+            let steps = v["steps"].as_array().cloned().unwrap_or_default();
+            if steps.is_empty() {
+                println!("nothing to do: the host matches the configuration");
+            }
+            for (i, s) in steps.iter().enumerate() {
+                println!("{:>3}. {}", i + 1, s.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Apply { json } => apply(json).await,
+        Command::Status { json } => {
+            let text = manager().await?.status().await?;
+            if json {
+                print_json(&text);
+                return Ok(());
+            }
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for c in v["components"].as_array().into_iter().flatten() {
+                let healthy = c["healthy"].as_bool().unwrap_or(false);
+                println!("{:<10} {:<9} {}", c["name"].as_str().unwrap_or(""), if healthy { "healthy" } else { "UNHEALTHY" }, c["version"].as_str().unwrap_or(""));
+                for u in c["units"].as_array().into_iter().flatten() {
+                    let mem = u["memory_bytes"].as_u64().map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into());
+                    println!("    {:<34} {}/{} pid {} mem {}", u["name"].as_str().unwrap_or(""), u["active_state"].as_str().unwrap_or(""), u["sub_state"].as_str().unwrap_or(""), u["main_pid"], mem);
+                }
+            }
+            Ok(())
+        }
+        Command::Start { component } => Ok(manager().await?.start(&component).await?),
+        Command::Stop { component } => Ok(manager().await?.stop(&component).await?),
+        Command::Restart { component } => Ok(manager().await?.restart(&component).await?),
+        Command::Credentials { component } => {
+            let text = manager().await?.credentials(component.as_deref().unwrap_or("")).await?;
+            print_json(&text);
+            Ok(())
+        }
+        Command::Components => {
+            for (name, description, enabled, units) in manager().await?.list_components().await? {
+                println!("{:<10} {:<8} {}  [{}]", name, if enabled { "enabled" } else { "disabled" }, description, units.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn apply(json: bool) -> Result<(), Failure> {
+    let m = manager().await?;
+    let path = m.apply().await?;
+    let job = JobProxy::builder(m.inner().connection()).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let mut progress = job.receive_progress().await?;
+    let mut finished = job.receive_finished().await?;
+    // The job may have ended before we subscribed: its properties tell.
+    let mut state = job.state().await?;
+    while state == "running" {
+        tokio::select! {
+            Some(p) = progress.next() => {
+                if let Ok(a) = p.args() {
+                    if a.done < a.total {
+                        eprintln!("[{}/{}] {}", a.done + 1, a.total, a.description);
+                    }
+                }
+            }
+            Some(f) = finished.next() => {
+                state = f.args().map(|a| a.state.clone()).unwrap_or_else(|_| "failed".into());
+            }
+            else => state = job.state().await?,
+        }
+    }
+    if state == "succeeded" {
+        let result = job.result().await?;
+        if json {
+            print_json(&result);
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+            let n = v["steps"].as_array().map_or(0, |s| s.len());
+            if n == 0 {
+                println!("nothing to do; every component is healthy ({:.2} s)", v["seconds"].as_f64().unwrap_or(0.0));
+            } else {
+                println!("applied {n} steps; every component is healthy ({:.1} s)", v["seconds"].as_f64().unwrap_or(0.0));
+            }
+        }
+        Ok(())
+    } else {
+        let name = job.error_name().await?;
+        let message = job.error_message().await?;
+        Err(Failure { code: exit_code(&name), message: format!("{name}: {message}") })
+    }
+}

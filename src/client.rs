@@ -1,0 +1,59 @@
+//! Client-side proxies for the CLI (and tests): the daemon's Manager and Job objects.
+
+use zbus::zvariant::OwnedObjectPath;
+
+#[zbus::proxy(
+    interface = "org.analyticsstack.Stack1.Manager",
+    default_service = "org.analyticsstack.Stack1",
+    default_path = "/org/analyticsstack/Stack1"
+)]
+pub trait Manager {
+    fn plan(&self) -> zbus::Result<String>;
+    fn apply(&self) -> zbus::Result<OwnedObjectPath>;
+    fn status(&self) -> zbus::Result<String>;
+    fn list_components(&self) -> zbus::Result<Vec<(String, String, bool, Vec<String>)>>;
+    fn start(&self, component: &str) -> zbus::Result<()>;
+    fn stop(&self, component: &str) -> zbus::Result<()>;
+    fn restart(&self, component: &str) -> zbus::Result<()>;
+    fn credentials(&self, component: &str) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn busy(&self) -> zbus::Result<bool>;
+}
+
+#[zbus::proxy(interface = "org.analyticsstack.Stack1.Job", default_service = "org.analyticsstack.Stack1")]
+pub trait Job {
+    fn cancel(&self) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn steps_done(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn steps_total(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn description(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn error_name(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn error_message(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(signal)]
+    fn progress(&self, done: u32, total: u32, description: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn finished(&self, state: String, error_name: String, error_message: String) -> zbus::Result<()>;
+}
+
+/// The CLI's exit code for each typed error, documented in the README.
+pub fn exit_code(error_name: &str) -> u8 {
+    match error_name.rsplit('.').next().unwrap_or("") {
+        "InvalidConfig" => 3,
+        "Busy" => 4,
+        "AccessDenied" => 5,
+        "Conflict" => 6,
+        "NotFound" => 7,
+        "Cancelled" => 8,
+        _ => 1,
+    }
+}

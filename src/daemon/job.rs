@@ -1,0 +1,90 @@
+//! A long operation as a bus object: progress as properties (for clients that
+//! connect late) and signals, a result when it ends, and Cancel.
+
+use super::BusError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use zbus::interface;
+use zbus::object_server::SignalEmitter;
+
+pub struct Job {
+    pub kind: String,
+    pub state: String,
+    pub steps_done: u32,
+    pub steps_total: u32,
+    pub description: String,
+    pub error_name: String,
+    pub error_message: String,
+    pub result: String,
+    pub cancel: Arc<AtomicBool>,
+    pub admin_group: String,
+}
+
+#[interface(name = "org.analyticsstack.Stack1.Job")]
+impl Job {
+    /// Asks the job to stop before its next step.
+    async fn cancel(&self, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+        super::auth::require_admin(conn, &header, &self.admin_group, "cancel a job").await?;
+        self.cancel.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    #[zbus(property)]
+    fn kind(&self) -> String {
+        self.kind.clone()
+    }
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    #[zbus(property)]
+    fn state(&self) -> String {
+        self.state.clone()
+    }
+    #[zbus(property)]
+    fn steps_done(&self) -> u32 {
+        self.steps_done
+    }
+    #[zbus(property)]
+    fn steps_total(&self) -> u32 {
+        self.steps_total
+    }
+    /// What the job is doing now.
+    #[zbus(property)]
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+    /// The short error name (`Failed`, `Conflict`, …) once failed.
+    #[zbus(property)]
+    fn error_name(&self) -> String {
+        self.error_name.clone()
+    }
+    #[zbus(property)]
+    fn error_message(&self) -> String {
+        self.error_message.clone()
+    }
+    /// JSON report once succeeded.
+    #[zbus(property)]
+    fn result(&self) -> String {
+        self.result.clone()
+    }
+
+    #[zbus(signal)]
+    pub async fn progress(emitter: &SignalEmitter<'_>, done: u32, total: u32, description: &str) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn finished(emitter: &SignalEmitter<'_>, state: &str, error_name: &str, error_message: &str) -> zbus::Result<()>;
+}
+
+impl Job {
+    pub fn finish_with(&mut self, outcome: &Result<String, BusError>) {
+        match outcome {
+            Ok(result) => {
+                self.state = "succeeded".into();
+                self.result = result.clone();
+            }
+            Err(e) => {
+                self.state = if matches!(e, BusError::Cancelled(_)) { "cancelled".into() } else { "failed".into() };
+                self.error_name = e.short_name().into();
+                self.error_message = e.message();
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `org.analyticsstack.Stack1.Manager` at `/org/analyticsstack/Stack1`.
+
+use super::job::Job;
+use super::{auth, BusError, OBJECT_PATH};
+use crate::stack::Stack;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use zbus::interface;
+use zbus::zvariant::OwnedObjectPath;
+
+pub struct Manager {
+    /// `None` only when the interface is built to print its introspection.
+    pub stack: Option<Arc<Stack>>,
+    /// Held by the one mutating operation allowed at a time.
+    pub busy: Arc<Mutex<()>>,
+    pub next_job: AtomicU32,
+}
+
+impl Manager {
+    pub fn new(stack: Option<Arc<Stack>>) -> Self {
+        Manager { stack, busy: Arc::new(Mutex::new(())), next_job: AtomicU32::new(1) }
+    }
+
+    fn stack(&self) -> Result<Arc<Stack>, BusError> {
+        self.stack.clone().ok_or_else(|| BusError::Failed("daemon has no stack".into()))
+    }
+
+    fn admin_group(&self) -> String {
+        self.stack.as_ref().and_then(|s| s.config().ok()).map(|c| c.stack.admin_group).unwrap_or_default()
+    }
+
+    async fn authorize(&self, conn: &zbus::Connection, header: &zbus::message::Header<'_>, what: &str) -> Result<(), BusError> {
+        auth::require_admin(conn, header, &self.admin_group(), what).await
+    }
+
+    fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
+        self.busy.clone().try_lock_owned().map_err(|_| BusError::Busy("another operation is running; try again when it ends".into()))
+    }
+
+    async fn control(&self, conn: &zbus::Connection, header: &zbus::message::Header<'_>, component: &str, verb: &'static str) -> Result<(), BusError> {
+        self.authorize(conn, header, &format!("{verb} components")).await?;
+        let stack = self.stack()?;
+        stack.component_units(component)?;
+        let _guard = self.try_busy()?;
+        super::notify::notify(&format!("STATUS={verb} {component}"));
+        let result = stack.control(component, verb).await;
+        super::notify::notify("STATUS=idle");
+        Ok(result?)
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, BusError> {
+    serde_json::to_string(v).map_err(|e| BusError::Failed(e.to_string()))
+}
+
+#[interface(name = "org.analyticsstack.Stack1.Manager")]
+impl Manager {
+    /// What `Apply` would do, as JSON (`steps`, `conflicts`, `plan`). Changes nothing.
+    async fn plan(&self) -> Result<String, BusError> {
+        to_json(&self.stack()?.plan().await?)
+    }
+
+    /// Starts bringing the host to the configured state; returns the job to watch.
+    async fn apply(&self, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<OwnedObjectPath, BusError> {
+        self.authorize(conn, &header, "apply").await?;
+        let stack = self.stack()?;
+        // Refuse a bad configuration at once rather than through the job.
+        stack.config()?;
+        let guard = self.try_busy()?;
+        let id = self.next_job.fetch_add(1, Ordering::SeqCst);
+        let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}")).map_err(|e| BusError::Failed(e.to_string()))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            kind: "apply".into(),
+            state: "running".into(),
+            steps_done: 0,
+            steps_total: 0,
+            description: "planning".into(),
+            error_name: String::new(),
+            error_message: String::new(),
+            result: String::new(),
+            cancel: cancel.clone(),
+            admin_group: self.admin_group(),
+        };
+        conn.object_server().at(&path, job).await?;
+        let iface = conn.object_server().interface::<_, Job>(&path).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u32, String)>();
+
+        // Progress: properties first (late clients read them), then the signal.
+        let progress_iface = iface.clone();
+        let forward = tokio::spawn(async move {
+            while let Some((done, total, description)) = rx.recv().await {
+                {
+                    let mut j = progress_iface.get_mut().await;
+                    j.steps_done = done;
+                    j.steps_total = total;
+                    j.description = description.clone();
+                }
+                let emitter = progress_iface.signal_emitter();
+                let j = progress_iface.get().await;
+                for r in [j.steps_done_changed(emitter).await, j.steps_total_changed(emitter).await, j.description_changed(emitter).await, Job::progress(emitter, done, total, &description).await] {
+                    if let Err(e) = r {
+                        tracing::warn!("cannot send progress: {e}");
+                    }
+                }
+            }
+        });
+
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            super::notify::notify("STATUS=applying");
+            let outcome: Result<String, BusError> = stack
+                .apply(&cancel, &move |done, total, d| {
+                    let _receiver_gone_is_fine = tx.send((done as u32, total as u32, d.to_string()));
+                })
+                .await
+                .map_err(BusError::from)
+                .and_then(|report| to_json(&report));
+            let _ = forward.await;
+            match &outcome {
+                Ok(_) => tracing::info!("apply succeeded"),
+                Err(e) => tracing::error!("apply failed: {}", e.message()),
+            }
+            {
+                let mut j = iface.get_mut().await;
+                j.finish_with(&outcome);
+            }
+            let emitter = iface.signal_emitter();
+            let j = iface.get().await;
+            for r in [j.state_changed(emitter).await, j.error_name_changed(emitter).await, j.error_message_changed(emitter).await, j.result_changed(emitter).await, Job::finished(emitter, &j.state, &j.error_name, &j.error_message).await] {
+                if let Err(e) = r {
+                    tracing::warn!("cannot send job result: {e}");
+                }
+            }
+            drop(j);
+            super::notify::notify("STATUS=idle");
+            // Keep the finished job readable for a while, then drop it.
+            let path = iface.signal_emitter().path().to_owned();
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            if let Err(e) = conn.object_server().remove::<Job, _>(&path).await {
+                tracing::debug!("job {path} already gone: {e}");
+            }
+        });
+        Ok(path)
+    }
+
+    /// Every enabled component with its units, health and version, as JSON.
+    async fn status(&self) -> Result<String, BusError> {
+        to_json(&self.stack()?.status().await?)
+    }
+
+    /// (name, description, enabled, units) of every component the stack knows.
+    async fn list_components(&self) -> Result<Vec<(String, String, bool, Vec<String>)>, BusError> {
+        let (_, desired) = self.stack()?.desired()?;
+        Ok(crate::components::KNOWN
+            .iter()
+            .map(|(name, description)| {
+                let enabled = desired.iter().any(|s| s.name == *name);
+                (name.to_string(), description.to_string(), enabled, crate::components::unit_names(name))
+            })
+            .collect())
+    }
+
+    async fn start(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+        self.control(conn, &header, component, "start").await
+    }
+
+    async fn stop(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+        self.control(conn, &header, component, "stop").await
+    }
+
+    async fn restart(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+        self.control(conn, &header, component, "restart").await
+    }
+
+    /// Generated logins and connection URLs as JSON ("" = every component). Root only.
+    async fn credentials(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<String, BusError> {
+        let uid = auth::caller_uid(conn, &header).await?;
+        if uid != 0 {
+            return Err(BusError::AccessDenied(format!("uid {uid} may not read credentials: only root may")));
+        }
+        let name = (!component.is_empty()).then_some(component);
+        to_json(&self.stack()?.credentials(name)?)
+    }
+
+    #[zbus(property)]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+
+    /// True while a mutating operation runs.
+    #[zbus(property)]
+    fn busy(&self) -> bool {
+        self.busy.try_lock().is_err()
+    }
+}
+
+/// The introspection XML of both interfaces, as committed under packaging/.
+pub fn introspection_xml() -> String {
+    use zbus::object_server::Interface;
+    let mut xml = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n");
+    Manager::new(None).introspect_to_writer(&mut xml, 1);
+    let job = Job {
+        kind: String::new(),
+        state: String::new(),
+        steps_done: 0,
+        steps_total: 0,
+        description: String::new(),
+        error_name: String::new(),
+        error_message: String::new(),
+        result: String::new(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        admin_group: String::new(),
+    };
+    job.introspect_to_writer(&mut xml, 1);
+    xml.push_str("</node>\n");
+    xml
+}

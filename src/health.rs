@@ -1,0 +1,115 @@
+//! Health probes: each speaks the component's own protocol over loopback, with short
+//! timeouts, so `status` stays quick.
+
+use crate::model::Probe;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeResult {
+    pub probe: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// Runs a probe; `secret` resolves a secret name to its value.
+pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> ProbeResult {
+    let (name, outcome) = match probe {
+        Probe::Http { port, path } => (format!("http://127.0.0.1:{port}{path}"), tokio::time::timeout(TIMEOUT, http_get(*port, path)).await),
+        Probe::Redis { port, password_secret } => {
+            let password = password_secret.as_deref().and_then(&secret);
+            (format!("redis 127.0.0.1:{port}"), tokio::time::timeout(TIMEOUT, redis_ping(*port, password)).await)
+        }
+        Probe::Postgres { port } => (format!("postgres 127.0.0.1:{port}"), tokio::time::timeout(TIMEOUT, postgres_ready(*port)).await),
+    };
+    let (healthy, detail) = match outcome {
+        Ok(Ok(d)) => (true, d),
+        Ok(Err(e)) => (false, e),
+        Err(_) => (false, format!("no answer within {} s", TIMEOUT.as_secs())),
+    };
+    ProbeResult { probe: name, healthy, detail }
+}
+
+async fn connect(port: u16) -> Result<TcpStream, String> {
+    TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))
+}
+
+/// GET over HTTP/1.1; healthy on 2xx/3xx.
+pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let (status, _) = http_request(port, path).await?;
+    if (200..400).contains(&status) {
+        Ok(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// A minimal HTTP/1.1 GET returning status and body.
+pub async fn http_request(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut s = connect(port).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: analytics-stackd\r\nConnection: close\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "not an HTTP answer".to_string())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn redis_ping(port: u16, password: Option<String>) -> Result<String, String> {
+    let mut s = connect(port).await?;
+    let mut cmd = Vec::new();
+    if let Some(pw) = &password {
+        cmd.extend(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len()).into_bytes());
+    }
+    cmd.extend(b"*1\r\n$4\r\nPING\r\n");
+    s.write_all(&cmd).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256];
+    let mut got = String::new();
+    let expected_lines = if password.is_some() { 2 } else { 1 };
+    while got.matches("\r\n").count() < expected_lines {
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    if got.lines().last() == Some("+PONG") && !got.contains("-ERR") && !got.contains("-WRONGPASS") {
+        Ok("PONG".into())
+    } else {
+        Err(format!("unexpected answer {:?}", got.trim()))
+    }
+}
+
+/// Sends a startup message; a server that accepts connections asks for
+/// authentication ('R'), one that is starting or stopping answers an error ('E').
+async fn postgres_ready(port: u16) -> Result<String, String> {
+    let mut s = connect(port).await?;
+    let mut body = Vec::new();
+    body.extend(196608u32.to_be_bytes()); // protocol 3.0
+    for (k, v) in [("user", "analytics_stack_probe"), ("database", "postgres")] {
+        body.extend(k.as_bytes());
+        body.push(0);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend(body);
+    s.write_all(&msg).await.map_err(|e| e.to_string())?;
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).await.map_err(|e| e.to_string())?;
+    match first[0] {
+        b'R' => Ok("accepting connections".into()),
+        b'E' => {
+            let mut rest = vec![0u8; 512];
+            let n = s.read(&mut rest).await.unwrap_or(0);
+            let text: String = String::from_utf8_lossy(&rest[..n]).split('\0').filter(|f| f.starts_with('M')).map(|f| f[1..].to_string()).collect();
+            Err(format!("server error: {text}"))
+        }
+        other => Err(format!("unexpected message type {:?}", other as char)),
+    }
+}

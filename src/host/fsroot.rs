@@ -1,0 +1,141 @@
+//! Files under a root directory, written atomically: a temporary file in the same
+//! directory, fsync, rename, fsync of the directory. Tests point the root at a
+//! temporary directory standing in for `/`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::facts::Ownership;
+
+#[derive(Debug, Clone)]
+pub struct FsRoot {
+    root: PathBuf,
+}
+
+impl FsRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsRoot { root: root.into() }
+    }
+
+    pub fn host() -> Self {
+        FsRoot::new("/")
+    }
+
+    /// The real path of an absolute path below this root.
+    pub fn path(&self, abs: &Path) -> PathBuf {
+        self.root.join(abs.strip_prefix("/").unwrap_or(abs))
+    }
+
+    pub fn read(&self, abs: &Path) -> std::io::Result<Vec<u8>> {
+        fs::read(self.path(abs))
+    }
+
+    pub fn exists(&self, abs: &Path) -> bool {
+        self.path(abs).exists()
+    }
+
+    /// Writes `contents` with `mode` and owner atomically; never leaves a partial file.
+    pub fn write_atomic(&self, abs: &Path, contents: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
+        let target = self.path(abs);
+        let dir = target.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
+        fs::create_dir_all(dir)?;
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            // Ownership before contents reach their final mode: a secret is never
+            // readable by anyone but root and its owner, even for an instant.
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            f.write_all(contents)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &target)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ignored_cleanup = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn ensure_dir(&self, abs: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
+        let p = self.path(abs);
+        fs::create_dir_all(&p)?;
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+    }
+
+    pub fn remove_file(&self, abs: &Path) -> std::io::Result<()> {
+        match fs::remove_file(self.path(abs)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Mode (permission bits), uid and gid of a path, if it exists.
+    pub fn stat(&self, abs: &Path) -> Option<(u32, u32, u32, bool)> {
+        let m = fs::symlink_metadata(self.path(abs)).ok()?;
+        Some((m.mode() & 0o7777, m.uid(), m.gid(), m.is_dir()))
+    }
+
+    pub fn ownership(&self, abs: &Path) -> Option<Ownership> {
+        let (mode, uid, gid, _) = self.stat(abs)?;
+        Some(Ownership { mode, owner: user_name(uid), group: group_name(gid) })
+    }
+}
+
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+}
+
+pub fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_else(|| gid.to_string())
+}
+
+pub fn uid_of(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+}
+
+pub fn gid_of(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FsRoot::new(dir.path());
+        let p = Path::new("/var/lib/analytics-stack/secrets/x");
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        root.write_atomic(p, b"one", 0o600, uid, gid).unwrap();
+        root.write_atomic(p, b"two", 0o600, uid, gid).unwrap();
+        assert_eq!(root.read(p).unwrap(), b"two");
+        assert_eq!(root.stat(p).unwrap().0, 0o600);
+        let names: Vec<_> = fs::read_dir(root.path(p.parent().unwrap())).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["x"]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FsRoot::new(dir.path());
+        let p = Path::new("/etc/a.conf");
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        root.write_atomic(p, b"old", 0o644, uid, gid).unwrap();
+        // An owner we may not give a file (unless root): the write must fail whole.
+        if uid != 0 {
+            assert!(root.write_atomic(p, b"new", 0o644, 0, 0).is_err());
+            assert_eq!(root.read(p).unwrap(), b"old");
+        }
+        // A directory where the file should go: rename fails, old content stays.
+        fs::create_dir_all(root.path(Path::new("/etc/b.conf/inner"))).unwrap();
+        assert!(root.write_atomic(Path::new("/etc/b.conf"), b"x", 0o644, uid, gid).is_err());
+        let leftovers: Vec<_> = fs::read_dir(root.path(Path::new("/etc"))).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains(".tmp-")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Side effects on the real host: files under a root, systemd over D-Bus, apt, users,
+//! sockets. The planner never calls these; the executor and fact gathering do.
+
+pub mod apt;
+pub mod fsroot;
+pub mod gather;
+pub mod ports;
+pub mod systemd;
+
+use tokio::process::Command;
+
+/// `useradd` for a system user with its own group and no login shell.
+pub async fn create_system_user(name: &str, home: &std::path::Path) -> Result<(), String> {
+    let out = Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--comment", "analytics-stack service user", "--home-dir"])
+        .arg(home)
+        .arg(name)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run useradd: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("useradd {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The last lines a unit wrote to the journal, for error messages.
+pub async fn journal_tail(unit: &str, lines: u32) -> String {
+    match Command::new("journalctl").args(["--no-pager", "-o", "short-iso", "-n", &lines.to_string(), "-u", unit]).output().await {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+        Err(e) => format!("(cannot read the journal: {e})"),
+    }
+}
+
+/// A new random secret: 32 bytes from the kernel, hex-encoded (safe in URLs and configs).
+pub fn new_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

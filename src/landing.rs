@@ -1,0 +1,37 @@
+//! The landing page at `/`: the stack's services, their health and their links.
+
+use crate::components::nginx;
+use crate::config::Config;
+use crate::stack::StatusReport;
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+pub fn render(config: &Config, status: &StatusReport) -> String {
+    let mut rows = String::new();
+    for c in &status.components {
+        let (class, word) = if c.healthy { ("ok", "healthy") } else { ("bad", "unhealthy") };
+        let units: Vec<String> = c.units.iter().map(|u| format!("{} ({})", escape(&u.name), escape(&u.active_state))).collect();
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&c.name),
+            escape(&c.description),
+            escape(&c.version),
+            units.join("<br>")
+        ));
+    }
+    let mut links = String::new();
+    for r in nginx::routes(config) {
+        let state = if r.upstream.is_some() { String::new() } else { " <small>(not installed)</small>".into() };
+        links.push_str(&format!("<li><a href=\"{p}\">{t}</a> — <code>{p}</code>{state}</li>\n", p = r.prefix, t = r.title));
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>analytics-stack on {host}</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}.ok{{color:#080}}.bad{{color:#b00;font-weight:bold}}</style></head>\n\
+         <body><h1>analytics-stack on {host}</h1>\n<h2>Applications</h2>\n<ul>\n{links}</ul>\n\
+         <h2>Services</h2>\n<table><tr><th>component</th><th>what</th><th>health</th><th>version</th><th>units</th></tr>\n{rows}</table>\n\
+         <p>Machine-readable: <a href=\"/status.json\">/status.json</a>. Updated by analytics-stackd.</p></body></html>\n",
+        host = escape(config.stack.hostname.as_str()),
+    )
+}

@@ -1,0 +1,269 @@
+//! The operations the daemon offers, independent of D-Bus: plan, apply, status,
+//! start/stop/restart of a component. Flow: config → render → facts → plan →
+//! execute → health.
+
+use crate::components::{self, Platform};
+use crate::config::{self, Config, ConfigErrors};
+use crate::exec::{self, ExecError, Executor};
+use crate::health::{self, ProbeResult};
+use crate::host::{fsroot::FsRoot, gather, systemd::Systemd, systemd::UnitStatus};
+use crate::model::{paths, ComponentSpec};
+use crate::plan::{self, Plan, PortConflict};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("invalid configuration:\n{0}")]
+    InvalidConfig(#[from] ConfigErrors),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Cancelled(String),
+}
+
+impl From<crate::host::systemd::SystemdError> for StackError {
+    fn from(e: crate::host::systemd::SystemdError) -> Self {
+        StackError::Failed(e.to_string())
+    }
+}
+
+impl From<ExecError> for StackError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Cancelled(_) => StackError::Cancelled(e.to_string()),
+            ExecError::Step { .. } => StackError::Failed(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub steps: Vec<String>,
+    pub conflicts: Vec<PortConflict>,
+    pub plan: Plan,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub changed: bool,
+    pub steps: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub description: String,
+    pub healthy: bool,
+    pub version: String,
+    pub units: Vec<UnitStatusJson>,
+    pub probes: Vec<ProbeResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitStatusJson {
+    pub name: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub main_pid: u32,
+    pub memory_bytes: Option<u64>,
+    pub restarts: u32,
+}
+
+impl From<UnitStatus> for UnitStatusJson {
+    fn from(u: UnitStatus) -> Self {
+        UnitStatusJson { name: u.name, active_state: u.fact.active_state, sub_state: u.fact.sub_state, main_pid: u.fact.main_pid, memory_bytes: u.memory_bytes, restarts: u.restarts }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub components: Vec<ComponentStatus>,
+}
+
+pub struct Stack {
+    pub fs: FsRoot,
+    pub systemd: Systemd,
+    pub etc_dir: PathBuf,
+}
+
+impl Stack {
+    pub fn config(&self) -> Result<Config, StackError> {
+        Ok(config::load_dir(&self.etc_dir)?)
+    }
+
+    pub fn platform(&self) -> Platform {
+        Platform { codename: gather::os_codename(&self.fs) }
+    }
+
+    pub fn desired(&self) -> Result<(Config, Vec<ComponentSpec>), StackError> {
+        let config = self.config()?;
+        let specs = components::render_all(&config, &self.platform());
+        Ok((config, specs))
+    }
+
+    pub async fn plan(&self) -> Result<PlanReport, StackError> {
+        let (_, desired) = self.desired()?;
+        let state = exec::load_state(&self.fs);
+        let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
+        let plan = plan::plan(&desired, &facts, &state);
+        Ok(PlanReport { steps: plan.steps.iter().map(|s| s.describe()).collect(), conflicts: plan::port_conflicts(&desired, &facts), plan })
+    }
+
+    pub async fn apply(&self, cancel: &AtomicBool, progress: &(dyn Fn(usize, usize, &str) + Sync)) -> Result<ApplyReport, StackError> {
+        let started = Instant::now();
+        let (config, desired) = self.desired()?;
+        let mut state = exec::load_state(&self.fs);
+        let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
+        let conflicts = plan::port_conflicts(&desired, &facts);
+        if !conflicts.is_empty() {
+            let lines: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
+            return Err(StackError::Conflict(format!("ports in use:\n{}", lines.join("\n"))));
+        }
+        let plan = plan::plan(&desired, &facts, &state);
+        let steps: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
+        if !plan.is_empty() {
+            Executor { fs: &self.fs, systemd: &self.systemd, cancel }.run(&plan, &mut state, progress).await?;
+        }
+        self.wait_healthy(&desired, Duration::from_secs(config.stack.health_timeout_secs.into())).await?;
+        if let Err(e) = self.write_landing_page().await {
+            tracing::warn!("cannot write the landing page: {e}");
+        }
+        Ok(ApplyReport { changed: !plan.is_empty(), steps, seconds: started.elapsed().as_secs_f64() })
+    }
+
+    async fn wait_healthy(&self, desired: &[ComponentSpec], timeout: Duration) -> Result<(), StackError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut sick = Vec::new();
+            for spec in desired {
+                for probe in &spec.probes {
+                    let r = health::run(probe, |n| gather::read_secret(&self.fs, n)).await;
+                    if !r.healthy {
+                        sick.push((spec, r));
+                    }
+                }
+            }
+            if sick.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut msg = String::new();
+                for (spec, r) in sick {
+                    msg.push_str(&format!("{} is not healthy: {} ({})\n", spec.name, r.probe, r.detail));
+                    for u in &spec.units {
+                        msg.push_str(&format!("--- last journal lines of {} ---\n{}\n", u.name, crate::host::journal_tail(&u.name, 15).await));
+                    }
+                }
+                return Err(StackError::Failed(msg.trim_end().to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, StackError> {
+        let (_, desired) = self.desired()?;
+        let versions = crate::host::apt::installed_versions(&desired.iter().map(|s| s.version_package.clone()).collect::<Vec<_>>()).await;
+        let mut components = Vec::new();
+        for spec in &desired {
+            let mut units = Vec::new();
+            for u in &spec.units {
+                units.push(UnitStatusJson::from(self.systemd.unit_status(&u.name).await?));
+            }
+            let mut probes = Vec::new();
+            for p in &spec.probes {
+                probes.push(health::run(p, |n| gather::read_secret(&self.fs, n)).await);
+            }
+            let healthy = units.iter().all(|u| u.active_state == "active") && probes.iter().all(|p| p.healthy);
+            components.push(ComponentStatus {
+                name: spec.name.into(),
+                description: spec.description.into(),
+                healthy,
+                version: versions.get(&spec.version_package).cloned().unwrap_or_else(|| "not installed".into()),
+                units,
+                probes,
+            });
+        }
+        Ok(StatusReport { components })
+    }
+
+    /// Units of a component, or NotFound for a name the stack does not know or run.
+    pub fn component_units(&self, name: &str) -> Result<Vec<String>, StackError> {
+        if !components::is_known(name) {
+            let known: Vec<&str> = components::KNOWN.iter().map(|(n, _)| *n).collect();
+            return Err(StackError::NotFound(format!("unknown component '{name}' (known: {})", known.join(", "))));
+        }
+        let (_, desired) = self.desired()?;
+        desired.iter().find(|s| s.name == name).map(|s| s.units.iter().map(|u| u.name.clone()).collect()).ok_or_else(|| StackError::NotFound(format!("component '{name}' is disabled in the configuration")))
+    }
+
+    pub async fn control(&self, name: &str, verb: &'static str) -> Result<(), StackError> {
+        let mut units = self.component_units(name)?;
+        if verb == "stop" {
+            units.reverse();
+        }
+        for u in units {
+            if let Err(e) = self.systemd.run_job(verb, &u, Duration::from_secs(300)).await {
+                return Err(StackError::Failed(format!("{e}\n--- last journal lines of {u} ---\n{}", crate::host::journal_tail(&u, 15).await)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Secrets a root user may read back: connection details per component.
+    pub fn credentials(&self, name: Option<&str>) -> Result<serde_json::Value, StackError> {
+        let (config, desired) = self.desired()?;
+        let mut out = serde_json::Map::new();
+        for spec in desired.iter().filter(|s| name.is_none_or(|n| n == s.name)) {
+            let mut entries = serde_json::Map::new();
+            for secret in &spec.secrets {
+                let value = gather::read_secret(&self.fs, secret).unwrap_or_default();
+                let (key, shown) = match spec.name {
+                    "postgres" => {
+                        let role = secret.trim_start_matches("postgres-");
+                        (role.to_string(), format!("postgresql://{role}:{value}@127.0.0.1:{}/{role}", config.postgres.port))
+                    }
+                    "redis" => {
+                        let inst = secret.trim_start_matches("redis-");
+                        let port = if inst == "broker" { config.redis.broker.port } else { config.redis.cache.port };
+                        (inst.to_string(), format!("redis://:{value}@127.0.0.1:{port}/0"))
+                    }
+                    _ => (secret.clone(), value),
+                };
+                entries.insert(key, serde_json::Value::String(shown));
+            }
+            out.insert(spec.name.into(), serde_json::Value::Object(entries));
+        }
+        if let Some(n) = name {
+            if !out.contains_key(n) {
+                self.component_units(n)?;
+            }
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    /// Writes `/`'s landing page and `status.json` when NGINX is part of the stack.
+    pub async fn write_landing_page(&self) -> Result<(), StackError> {
+        let config = self.config()?;
+        if !config.nginx.enabled || !self.fs.exists(Path::new(paths::WWW)) {
+            return Ok(());
+        }
+        let status = self.status().await?;
+        let html = crate::landing::render(&config, &status);
+        let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+        for (name, body) in [("index.html", html), ("status.json", json)] {
+            let path = PathBuf::from(paths::WWW).join(name);
+            if self.fs.read(&path).ok().as_deref() != Some(body.as_bytes()) {
+                self.fs.write_atomic(&path, body.as_bytes(), 0o644, 0, 0).map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+}
