@@ -22,7 +22,10 @@ pub trait Manager {
     fn busy(&self) -> zbus::Result<bool>;
 }
 
-#[zbus::proxy(interface = "org.analyticsstack.Stack1.Job", default_service = "org.analyticsstack.Stack1")]
+#[zbus::proxy(
+    interface = "org.analyticsstack.Stack1.Job",
+    default_service = "org.analyticsstack.Stack1"
+)]
 pub trait Job {
     fn cancel(&self) -> zbus::Result<()>;
     #[zbus(property)]
@@ -42,7 +45,12 @@ pub trait Job {
     #[zbus(signal)]
     fn progress(&self, done: u32, total: u32, description: String) -> zbus::Result<()>;
     #[zbus(signal)]
-    fn finished(&self, state: String, error_name: String, error_message: String) -> zbus::Result<()>;
+    fn finished(
+        &self,
+        state: String,
+        error_name: String,
+        error_message: String,
+    ) -> zbus::Result<()>;
 }
 
 /// The CLI's exit code for each typed error, documented in the README.

@@ -26,7 +26,10 @@ pub struct Executor<'a> {
 }
 
 pub fn load_state(fs: &FsRoot) -> RecordedState {
-    fs.read(Path::new(paths::STATE_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    fs.read(Path::new(paths::STATE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 pub fn save_state(fs: &FsRoot, state: &RecordedState) -> std::io::Result<()> {
@@ -42,7 +45,12 @@ fn ids(owner: &str, group: &str) -> Result<(u32, u32), String> {
 
 impl Executor<'_> {
     /// Runs every step; `progress(done, total, description)` is called before each.
-    pub async fn run(&self, plan: &Plan, state: &mut RecordedState, progress: &(dyn Fn(usize, usize, &str) + Sync)) -> Result<(), ExecError> {
+    pub async fn run(
+        &self,
+        plan: &Plan,
+        state: &mut RecordedState,
+        progress: &(dyn Fn(usize, usize, &str) + Sync),
+    ) -> Result<(), ExecError> {
         let total = plan.steps.len();
         for (i, step) in plan.steps.iter().enumerate() {
             let description = step.describe();
@@ -51,8 +59,16 @@ impl Executor<'_> {
             }
             progress(i, total, &description);
             tracing::info!(step = i + 1, total, "{description}");
-            self.step(step, state).await.map_err(|reason| ExecError::Step { step: description.clone(), reason })?;
-            save_state(self.fs, state).map_err(|e| ExecError::Step { step: description, reason: format!("cannot record state: {e}") })?;
+            self.step(step, state)
+                .await
+                .map_err(|reason| ExecError::Step {
+                    step: description.clone(),
+                    reason,
+                })?;
+            save_state(self.fs, state).map_err(|e| ExecError::Step {
+                step: description,
+                reason: format!("cannot record state: {e}"),
+            })?;
         }
         progress(total, total, "done");
         Ok(())
@@ -61,7 +77,10 @@ impl Executor<'_> {
     async fn unit_job(&self, verb: &'static str, unit: &str) -> Result<(), String> {
         match self.systemd.run_job(verb, unit, UNIT_TIMEOUT).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(format!("{e}\n--- last journal lines of {unit} ---\n{}", host::journal_tail(unit, 20).await)),
+            Err(e) => Err(format!(
+                "{e}\n--- last journal lines of {unit} ---\n{}",
+                host::journal_tail(unit, 20).await
+            )),
         }
     }
 
@@ -69,44 +88,65 @@ impl Executor<'_> {
         let sd = |e: host::systemd::SystemdError| e.to_string();
         match step {
             Step::MaskDistroUnit { unit, before } => {
-                state.distro_units.entry(unit.clone()).or_insert_with(|| before.clone());
-                if before.was_active || self.systemd.unit_fact(unit).await.map_err(sd)?.is_active() {
+                state
+                    .distro_units
+                    .entry(unit.clone())
+                    .or_insert_with(|| before.clone());
+                if before.was_active || self.systemd.unit_fact(unit).await.map_err(sd)?.is_active()
+                {
                     self.unit_job("stop", unit).await?;
                 }
                 self.systemd.mask(unit).await.map_err(sd)?;
             }
-            Step::InstallPackages { packages } => host::apt::install(packages).await.map_err(|e| e.to_string())?,
+            Step::InstallPackages { packages } => host::apt::install(packages)
+                .await
+                .map_err(|e| e.to_string())?,
             Step::CreateUser { user } => {
                 host::create_system_user(&user.name, &user.home).await?;
                 state.users.insert(user.name.clone());
             }
             Step::EnsureDir { dir } => {
                 let (uid, gid) = ids(&dir.owner, &dir.group)?;
-                self.fs.ensure_dir(&dir.path, dir.mode, uid, gid).map_err(|e| format!("{}: {e}", dir.path.display()))?;
+                self.fs
+                    .ensure_dir(&dir.path, dir.mode, uid, gid)
+                    .map_err(|e| format!("{}: {e}", dir.path.display()))?;
             }
             Step::GenerateSecret { name } => {
                 let value = host::new_secret().map_err(|e| e.to_string())?;
                 let path = PathBuf::from(paths::SECRETS).join(name);
-                self.fs.write_atomic(&path, format!("{value}\n").as_bytes(), 0o600, 0, 0).map_err(|e| format!("{}: {e}", path.display()))?;
+                self.fs
+                    .write_atomic(&path, format!("{value}\n").as_bytes(), 0o600, 0, 0)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             Step::WriteFile { file, .. } => {
-                let text = fill_secrets(&file.template, |n| host::gather::read_secret(self.fs, n)).ok_or_else(|| format!("{}: a secret it names is missing", file.path.display()))?;
+                let text = fill_secrets(&file.template, |n| host::gather::read_secret(self.fs, n))
+                    .ok_or_else(|| {
+                        format!("{}: a secret it names is missing", file.path.display())
+                    })?;
                 let (uid, gid) = ids(&file.owner, &file.group)?;
-                self.fs.write_atomic(&file.path, text.as_bytes(), file.mode, uid, gid).map_err(|e| format!("{}: {e}", file.path.display()))?;
+                self.fs
+                    .write_atomic(&file.path, text.as_bytes(), file.mode, uid, gid)
+                    .map_err(|e| format!("{}: {e}", file.path.display()))?;
                 state.files.insert(file.path.display().to_string());
             }
             Step::WriteUnit { unit, .. } => {
-                self.fs.write_atomic(&unit.path(), unit.content.as_bytes(), 0o644, 0, 0).map_err(|e| format!("{}: {e}", unit.name))?;
+                self.fs
+                    .write_atomic(&unit.path(), unit.content.as_bytes(), 0o644, 0, 0)
+                    .map_err(|e| format!("{}: {e}", unit.name))?;
                 state.files.insert(unit.path().display().to_string());
             }
             Step::RemoveFile { path } => {
-                self.fs.remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                self.fs
+                    .remove_file(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 state.files.remove(&path.display().to_string());
             }
             Step::ReloadSystemd => self.systemd.reload().await.map_err(sd)?,
             Step::Init { provision } | Step::Provision { provision } => {
                 self.provision(provision).await?;
-                state.provisioned.insert(provision.id(), provision.fingerprint());
+                state
+                    .provisioned
+                    .insert(provision.id(), provision.fingerprint());
             }
             Step::EnableUnits { units } => self.systemd.enable(units).await.map_err(sd)?,
             Step::DisableUnits { units } => self.systemd.disable(units).await.map_err(sd)?,
@@ -114,7 +154,10 @@ impl Executor<'_> {
             Step::RestartUnit { unit } => self.unit_job("restart", unit).await?,
             Step::ReloadUnit { unit } => self.unit_job("reload", unit).await?,
             Step::StopUnit { unit } => self.unit_job("stop", unit).await?,
-            Step::RecordComponent { component, installed } => {
+            Step::RecordComponent {
+                component,
+                installed,
+            } => {
                 if *installed {
                     state.components.insert(component.clone());
                 } else {
@@ -127,10 +170,21 @@ impl Executor<'_> {
 
     async fn provision(&self, provision: &Provision) -> Result<(), String> {
         match provision {
-            Provision::PostgresInitdb { bin_dir, data_dir, user } => {
+            Provision::PostgresInitdb {
+                bin_dir,
+                data_dir,
+                user,
+            } => {
                 let (uid, gid) = ids(user, user)?;
                 let out = tokio::process::Command::new(bin_dir.join("initdb"))
-                    .args(["--username=postgres", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "-D"])
+                    .args([
+                        "--username=postgres",
+                        "--auth-local=peer",
+                        "--auth-host=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-locale",
+                        "-D",
+                    ])
                     .arg(data_dir)
                     .uid(uid)
                     .gid(gid)
@@ -141,14 +195,22 @@ impl Executor<'_> {
                     .await
                     .map_err(|e| format!("cannot run initdb: {e}"))?;
                 if !out.status.success() {
-                    return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                    return Err(format!(
+                        "initdb: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
                 Ok(())
             }
-            Provision::PostgresRoles { socket_dir, port, roles } => {
+            Provision::PostgresRoles {
+                socket_dir,
+                port,
+                roles,
+            } => {
                 let mut sql = String::from("\\set ON_ERROR_STOP on\n");
                 for r in roles {
-                    let password = host::gather::read_secret(self.fs, &r.password_secret).ok_or_else(|| format!("secret {} is missing", r.password_secret))?;
+                    let password = host::gather::read_secret(self.fs, &r.password_secret)
+                        .ok_or_else(|| format!("secret {} is missing", r.password_secret))?;
                     let (role, db) = (quote_ident(&r.role), quote_ident(&r.database));
                     sql.push_str(&format!(
                         "SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {rl})\\gexec\n\
@@ -172,20 +234,37 @@ async fn run_psql(socket_dir: &Path, port: u16, sql: &str) -> Result<(), String>
     let mut child = tokio::process::Command::new("psql")
         .arg("-h")
         .arg(socket_dir)
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-q", "-X", "-f", "-"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-X",
+            "-f",
+            "-",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run psql: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(sql.as_bytes()).await.map_err(|e| e.to_string())?;
+        stdin
+            .write_all(sql.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("psql: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

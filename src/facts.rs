@@ -47,10 +47,16 @@ pub struct UnitFact {
 
 impl UnitFact {
     pub fn is_active(&self) -> bool {
-        matches!(self.active_state.as_str(), "active" | "activating" | "reloading")
+        matches!(
+            self.active_state.as_str(),
+            "active" | "activating" | "reloading"
+        )
     }
     pub fn is_enabled(&self) -> bool {
-        matches!(self.unit_file_state.as_str(), "enabled" | "enabled-runtime" | "linked")
+        matches!(
+            self.unit_file_state.as_str(),
+            "enabled" | "enabled-runtime" | "linked"
+        )
     }
 }
 

@@ -18,23 +18,41 @@ pub struct ProbeResult {
 /// Runs a probe; `secret` resolves a secret name to its value.
 pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> ProbeResult {
     let (name, outcome) = match probe {
-        Probe::Http { port, path } => (format!("http://127.0.0.1:{port}{path}"), tokio::time::timeout(TIMEOUT, http_get(*port, path)).await),
-        Probe::Redis { port, password_secret } => {
+        Probe::Http { port, path } => (
+            format!("http://127.0.0.1:{port}{path}"),
+            tokio::time::timeout(TIMEOUT, http_get(*port, path)).await,
+        ),
+        Probe::Redis {
+            port,
+            password_secret,
+        } => {
             let password = password_secret.as_deref().and_then(&secret);
-            (format!("redis 127.0.0.1:{port}"), tokio::time::timeout(TIMEOUT, redis_ping(*port, password)).await)
+            (
+                format!("redis 127.0.0.1:{port}"),
+                tokio::time::timeout(TIMEOUT, redis_ping(*port, password)).await,
+            )
         }
-        Probe::Postgres { port } => (format!("postgres 127.0.0.1:{port}"), tokio::time::timeout(TIMEOUT, postgres_ready(*port)).await),
+        Probe::Postgres { port } => (
+            format!("postgres 127.0.0.1:{port}"),
+            tokio::time::timeout(TIMEOUT, postgres_ready(*port)).await,
+        ),
     };
     let (healthy, detail) = match outcome {
         Ok(Ok(d)) => (true, d),
         Ok(Err(e)) => (false, e),
         Err(_) => (false, format!("no answer within {} s", TIMEOUT.as_secs())),
     };
-    ProbeResult { probe: name, healthy, detail }
+    ProbeResult {
+        probe: name,
+        healthy,
+        detail,
+    }
 }
 
 async fn connect(port: u16) -> Result<TcpStream, String> {
-    TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))
 }
 
 /// GET over HTTP/1.1; healthy on 2xx/3xx.
@@ -54,8 +72,15 @@ pub async fn http_request(port: u16, path: &str) -> Result<(u16, String), String
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| "not an HTTP answer".to_string())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "not an HTTP answer".to_string())?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -107,7 +132,11 @@ async fn postgres_ready(port: u16) -> Result<String, String> {
         b'E' => {
             let mut rest = vec![0u8; 512];
             let n = s.read(&mut rest).await.unwrap_or(0);
-            let text: String = String::from_utf8_lossy(&rest[..n]).split('\0').filter(|f| f.starts_with('M')).map(|f| f[1..].to_string()).collect();
+            let text: String = String::from_utf8_lossy(&rest[..n])
+                .split('\0')
+                .filter(|f| f.starts_with('M'))
+                .map(|f| f[1..].to_string())
+                .collect();
             Err(format!("server error: {text}"))
         }
         other => Err(format!("unexpected message type {:?}", other as char)),

@@ -5,14 +5,25 @@ use crate::config::Config;
 use crate::stack::StatusReport;
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 pub fn render(config: &Config, status: &StatusReport) -> String {
     let mut rows = String::new();
     for c in &status.components {
-        let (class, word) = if c.healthy { ("ok", "healthy") } else { ("bad", "unhealthy") };
-        let units: Vec<String> = c.units.iter().map(|u| format!("{} ({})", escape(&u.name), escape(&u.active_state))).collect();
+        let (class, word) = if c.healthy {
+            ("ok", "healthy")
+        } else {
+            ("bad", "unhealthy")
+        };
+        let units: Vec<String> = c
+            .units
+            .iter()
+            .map(|u| format!("{} ({})", escape(&u.name), escape(&u.active_state)))
+            .collect();
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&c.name),
@@ -23,8 +34,16 @@ pub fn render(config: &Config, status: &StatusReport) -> String {
     }
     let mut links = String::new();
     for r in nginx::routes(config) {
-        let state = if r.upstream.is_some() { String::new() } else { " <small>(not installed)</small>".into() };
-        links.push_str(&format!("<li><a href=\"{p}\">{t}</a> — <code>{p}</code>{state}</li>\n", p = r.prefix, t = r.title));
+        let state = if r.upstream.is_some() {
+            String::new()
+        } else {
+            " <small>(not installed)</small>".into()
+        };
+        links.push_str(&format!(
+            "<li><a href=\"{p}\">{t}</a> — <code>{p}</code>{state}</li>\n",
+            p = r.prefix,
+            t = r.title
+        ));
     }
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>analytics-stack on {host}</title>\n\

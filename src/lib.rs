@@ -2,18 +2,18 @@
 //! platform. The flow is config → plan (pure) → fetch/install → render → systemd → health;
 //! see docs/ARCHITECTURE.md.
 
-pub mod config;
+pub mod client;
 pub mod components;
-pub mod model;
-pub mod units;
-pub mod util;
-pub mod facts;
-pub mod plan;
-pub mod state;
+pub mod config;
+pub mod daemon;
 pub mod exec;
+pub mod facts;
 pub mod health;
 pub mod host;
 pub mod landing;
+pub mod model;
+pub mod plan;
 pub mod stack;
-pub mod daemon;
-pub mod client;
+pub mod state;
+pub mod units;
+pub mod util;

@@ -121,7 +121,9 @@ pub fn secret_names(template: &str) -> Vec<String> {
     let mut rest = template;
     while let Some(start) = rest.find(SECRET_OPEN) {
         let after = &rest[start + SECRET_OPEN.len()..];
-        let Some(end) = after.find(SECRET_CLOSE) else { break };
+        let Some(end) = after.find(SECRET_CLOSE) else {
+            break;
+        };
         names.push(after[..end].to_string());
         rest = &after[end + SECRET_CLOSE.len()..];
     }
@@ -208,7 +210,10 @@ pub enum Probe {
     /// GET `path` over HTTP; healthy on a 2xx or 3xx answer.
     Http { port: u16, path: String },
     /// AUTH (when a secret is named) and PING; healthy on +PONG.
-    Redis { port: u16, password_secret: Option<String> },
+    Redis {
+        port: u16,
+        password_secret: Option<String>,
+    },
     /// The PostgreSQL wire protocol: a startup message answered by the server.
     Postgres { port: u16 },
 }

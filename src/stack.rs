@@ -79,7 +79,14 @@ pub struct UnitStatusJson {
 
 impl From<UnitStatus> for UnitStatusJson {
     fn from(u: UnitStatus) -> Self {
-        UnitStatusJson { name: u.name, active_state: u.fact.active_state, sub_state: u.fact.sub_state, main_pid: u.fact.main_pid, memory_bytes: u.memory_bytes, restarts: u.restarts }
+        UnitStatusJson {
+            name: u.name,
+            active_state: u.fact.active_state,
+            sub_state: u.fact.sub_state,
+            main_pid: u.fact.main_pid,
+            memory_bytes: u.memory_bytes,
+            restarts: u.restarts,
+        }
     }
 }
 
@@ -100,7 +107,9 @@ impl Stack {
     }
 
     pub fn platform(&self) -> Platform {
-        Platform { codename: gather::os_codename(&self.fs) }
+        Platform {
+            codename: gather::os_codename(&self.fs),
+        }
     }
 
     pub fn desired(&self) -> Result<(Config, Vec<ComponentSpec>), StackError> {
@@ -114,10 +123,18 @@ impl Stack {
         let state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
         let plan = plan::plan(&desired, &facts, &state);
-        Ok(PlanReport { steps: plan.steps.iter().map(|s| s.describe()).collect(), conflicts: plan::port_conflicts(&desired, &facts), plan })
+        Ok(PlanReport {
+            steps: plan.steps.iter().map(|s| s.describe()).collect(),
+            conflicts: plan::port_conflicts(&desired, &facts),
+            plan,
+        })
     }
 
-    pub async fn apply(&self, cancel: &AtomicBool, progress: &(dyn Fn(usize, usize, &str) + Sync)) -> Result<ApplyReport, StackError> {
+    pub async fn apply(
+        &self,
+        cancel: &AtomicBool,
+        progress: &(dyn Fn(usize, usize, &str) + Sync),
+    ) -> Result<ApplyReport, StackError> {
         let started = Instant::now();
         let (config, desired) = self.desired()?;
         let mut state = exec::load_state(&self.fs);
@@ -125,21 +142,42 @@ impl Stack {
         let conflicts = plan::port_conflicts(&desired, &facts);
         if !conflicts.is_empty() {
             let lines: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
-            return Err(StackError::Conflict(format!("ports in use:\n{}", lines.join("\n"))));
+            return Err(StackError::Conflict(format!(
+                "ports in use:\n{}",
+                lines.join("\n")
+            )));
         }
         let plan = plan::plan(&desired, &facts, &state);
         let steps: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
         if !plan.is_empty() {
-            Executor { fs: &self.fs, systemd: &self.systemd, cancel }.run(&plan, &mut state, progress).await?;
+            Executor {
+                fs: &self.fs,
+                systemd: &self.systemd,
+                cancel,
+            }
+            .run(&plan, &mut state, progress)
+            .await?;
         }
-        self.wait_healthy(&desired, Duration::from_secs(config.stack.health_timeout_secs.into())).await?;
+        self.wait_healthy(
+            &desired,
+            Duration::from_secs(config.stack.health_timeout_secs.into()),
+        )
+        .await?;
         if let Err(e) = self.write_landing_page().await {
             tracing::warn!("cannot write the landing page: {e}");
         }
-        Ok(ApplyReport { changed: !plan.is_empty(), steps, seconds: started.elapsed().as_secs_f64() })
+        Ok(ApplyReport {
+            changed: !plan.is_empty(),
+            steps,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
-    async fn wait_healthy(&self, desired: &[ComponentSpec], timeout: Duration) -> Result<(), StackError> {
+    async fn wait_healthy(
+        &self,
+        desired: &[ComponentSpec],
+        timeout: Duration,
+    ) -> Result<(), StackError> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut sick = Vec::new();
@@ -157,9 +195,16 @@ impl Stack {
             if Instant::now() >= deadline {
                 let mut msg = String::new();
                 for (spec, r) in sick {
-                    msg.push_str(&format!("{} is not healthy: {} ({})\n", spec.name, r.probe, r.detail));
+                    msg.push_str(&format!(
+                        "{} is not healthy: {} ({})\n",
+                        spec.name, r.probe, r.detail
+                    ));
                     for u in &spec.units {
-                        msg.push_str(&format!("--- last journal lines of {} ---\n{}\n", u.name, crate::host::journal_tail(&u.name, 15).await));
+                        msg.push_str(&format!(
+                            "--- last journal lines of {} ---\n{}\n",
+                            u.name,
+                            crate::host::journal_tail(&u.name, 15).await
+                        ));
                     }
                 }
                 return Err(StackError::Failed(msg.trim_end().to_string()));
@@ -170,23 +215,35 @@ impl Stack {
 
     pub async fn status(&self) -> Result<StatusReport, StackError> {
         let (_, desired) = self.desired()?;
-        let versions = crate::host::apt::installed_versions(&desired.iter().map(|s| s.version_package.clone()).collect::<Vec<_>>()).await;
+        let versions = crate::host::apt::installed_versions(
+            &desired
+                .iter()
+                .map(|s| s.version_package.clone())
+                .collect::<Vec<_>>(),
+        )
+        .await;
         let mut components = Vec::new();
         for spec in &desired {
             let mut units = Vec::new();
             for u in &spec.units {
-                units.push(UnitStatusJson::from(self.systemd.unit_status(&u.name).await?));
+                units.push(UnitStatusJson::from(
+                    self.systemd.unit_status(&u.name).await?,
+                ));
             }
             let mut probes = Vec::new();
             for p in &spec.probes {
                 probes.push(health::run(p, |n| gather::read_secret(&self.fs, n)).await);
             }
-            let healthy = units.iter().all(|u| u.active_state == "active") && probes.iter().all(|p| p.healthy);
+            let healthy = units.iter().all(|u| u.active_state == "active")
+                && probes.iter().all(|p| p.healthy);
             components.push(ComponentStatus {
                 name: spec.name.into(),
                 description: spec.description.into(),
                 healthy,
-                version: versions.get(&spec.version_package).cloned().unwrap_or_else(|| "not installed".into()),
+                version: versions
+                    .get(&spec.version_package)
+                    .cloned()
+                    .unwrap_or_else(|| "not installed".into()),
                 units,
                 probes,
             });
@@ -198,10 +255,21 @@ impl Stack {
     pub fn component_units(&self, name: &str) -> Result<Vec<String>, StackError> {
         if !components::is_known(name) {
             let known: Vec<&str> = components::KNOWN.iter().map(|(n, _)| *n).collect();
-            return Err(StackError::NotFound(format!("unknown component '{name}' (known: {})", known.join(", "))));
+            return Err(StackError::NotFound(format!(
+                "unknown component '{name}' (known: {})",
+                known.join(", ")
+            )));
         }
         let (_, desired) = self.desired()?;
-        desired.iter().find(|s| s.name == name).map(|s| s.units.iter().map(|u| u.name.clone()).collect()).ok_or_else(|| StackError::NotFound(format!("component '{name}' is disabled in the configuration")))
+        desired
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.units.iter().map(|u| u.name.clone()).collect())
+            .ok_or_else(|| {
+                StackError::NotFound(format!(
+                    "component '{name}' is disabled in the configuration"
+                ))
+            })
     }
 
     pub async fn control(&self, name: &str, verb: &'static str) -> Result<(), StackError> {
@@ -210,8 +278,15 @@ impl Stack {
             units.reverse();
         }
         for u in units {
-            if let Err(e) = self.systemd.run_job(verb, &u, Duration::from_secs(300)).await {
-                return Err(StackError::Failed(format!("{e}\n--- last journal lines of {u} ---\n{}", crate::host::journal_tail(&u, 15).await)));
+            if let Err(e) = self
+                .systemd
+                .run_job(verb, &u, Duration::from_secs(300))
+                .await
+            {
+                return Err(StackError::Failed(format!(
+                    "{e}\n--- last journal lines of {u} ---\n{}",
+                    crate::host::journal_tail(&u, 15).await
+                )));
             }
         }
         Ok(())
@@ -228,12 +303,25 @@ impl Stack {
                 let (key, shown) = match spec.name {
                     "postgres" => {
                         let role = secret.trim_start_matches("postgres-");
-                        (role.to_string(), format!("postgresql://{role}:{value}@127.0.0.1:{}/{role}", config.postgres.port))
+                        (
+                            role.to_string(),
+                            format!(
+                                "postgresql://{role}:{value}@127.0.0.1:{}/{role}",
+                                config.postgres.port
+                            ),
+                        )
                     }
                     "redis" => {
                         let inst = secret.trim_start_matches("redis-");
-                        let port = if inst == "broker" { config.redis.broker.port } else { config.redis.cache.port };
-                        (inst.to_string(), format!("redis://:{value}@127.0.0.1:{port}/0"))
+                        let port = if inst == "broker" {
+                            config.redis.broker.port
+                        } else {
+                            config.redis.cache.port
+                        };
+                        (
+                            inst.to_string(),
+                            format!("redis://:{value}@127.0.0.1:{port}/0"),
+                        )
                     }
                     _ => (secret.clone(), value),
                 };
@@ -261,7 +349,9 @@ impl Stack {
         for (name, body) in [("index.html", html), ("status.json", json)] {
             let path = PathBuf::from(paths::WWW).join(name);
             if self.fs.read(&path).ok().as_deref() != Some(body.as_bytes()) {
-                self.fs.write_atomic(&path, body.as_bytes(), 0o644, 0, 0).map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
+                self.fs
+                    .write_atomic(&path, body.as_bytes(), 0o644, 0, 0)
+                    .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
             }
         }
         Ok(())

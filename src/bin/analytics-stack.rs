@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "analytics-stack", version, about = "Install, configure and watch the analytics stack on this host")]
+#[command(
+    name = "analytics-stack",
+    version,
+    about = "Install, configure and watch the analytics stack on this host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,9 @@ enum ConfigAction {
 }
 
 fn etc_dir() -> PathBuf {
-    std::env::var_os("ANALYTICS_STACK_ETC").map(Into::into).unwrap_or_else(|| paths::ETC.into())
+    std::env::var_os("ANALYTICS_STACK_ETC")
+        .map(Into::into)
+        .unwrap_or_else(|| paths::ETC.into())
 }
 
 struct Failure {
@@ -79,9 +85,15 @@ impl From<zbus::Error> for Failure {
         match e {
             zbus::Error::MethodError(name, msg, _) => {
                 let short = name.rsplit('.').next().unwrap_or("").to_string();
-                Failure { code: exit_code(name.as_str()), message: format!("{short}: {}", msg.unwrap_or_default()) }
+                Failure {
+                    code: exit_code(name.as_str()),
+                    message: format!("{short}: {}", msg.unwrap_or_default()),
+                }
             }
-            other => Failure { code: 9, message: format!("cannot talk to analytics-stackd: {other}") },
+            other => Failure {
+                code: 9,
+                message: format!("cannot talk to analytics-stackd: {other}"),
+            },
         }
     }
 }
@@ -105,7 +117,10 @@ async fn manager() -> Result<ManagerProxy<'static>, Failure> {
 
 fn print_json(text: &str) {
     match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| text.into())),
+        Ok(v) => println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| text.into())
+        ),
         Err(_) => println!("{text}"),
     }
 }
@@ -113,20 +128,44 @@ fn print_json(text: &str) {
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Config { action } => {
-            let config = config::load_dir(&etc_dir()).map_err(|e| Failure { code: 3, message: format!("invalid configuration:\n{e}") })?;
+            let config = config::load_dir(&etc_dir()).map_err(|e| Failure {
+                code: 3,
+                message: format!("invalid configuration:\n{e}"),
+            })?;
             match action {
                 ConfigAction::Validate => {
                     let files = config::source_paths(&etc_dir()).unwrap_or_default();
-                    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-                    println!("configuration is valid ({} over the embedded default)", if names.is_empty() { "no files".into() } else { names.join(", ") });
+                    let names: Vec<String> =
+                        files.iter().map(|p| p.display().to_string()).collect();
+                    println!(
+                        "configuration is valid ({} over the embedded default)",
+                        if names.is_empty() {
+                            "no files".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
                 }
-                ConfigAction::Show => print!("{}", toml::to_string(&config).map_err(|e| Failure { code: 1, message: e.to_string() })?),
+                ConfigAction::Show => print!(
+                    "{}",
+                    toml::to_string(&config).map_err(|e| Failure {
+                        code: 1,
+                        message: e.to_string()
+                    })?
+                ),
             }
             Ok(())
         }
-        Command::Logs { component, follow, lines } => {
+        Command::Logs {
+            component,
+            follow,
+            lines,
+        } => {
             if !analytics_stack::components::is_known(&component) {
-                return Err(Failure { code: 7, message: format!("NotFound: unknown component '{component}'") });
+                return Err(Failure {
+                    code: 7,
+                    message: format!("NotFound: unknown component '{component}'"),
+                });
             }
             let mut cmd = std::process::Command::new("journalctl");
             cmd.arg("--no-pager").arg("-n").arg(lines.to_string());
@@ -136,11 +175,17 @@ async fn run(command: Command) -> Result<(), Failure> {
             for u in analytics_stack::components::unit_names(&component) {
                 cmd.arg("-u").arg(u);
             }
-            let status = cmd.status().map_err(|e| Failure { code: 1, message: format!("cannot run journalctl: {e}") })?;
+            let status = cmd.status().map_err(|e| Failure {
+                code: 1,
+                message: format!("cannot run journalctl: {e}"),
+            })?;
             if status.success() {
                 Ok(())
             } else {
-                Err(Failure { code: 1, message: "journalctl failed".into() })
+                Err(Failure {
+                    code: 1,
+                    message: "journalctl failed".into(),
+                })
             }
         }
         Command::Plan { json } => {
@@ -151,7 +196,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             for c in v["conflicts"].as_array().into_iter().flatten() {
-                println!("conflict: port {} wanted by {} is held by {}", c["port"], c["wanted_by"].as_str().unwrap_or(""), c["holder"].as_str().unwrap_or(""));
+                println!(
+                    "conflict: port {} wanted by {} is held by {}",
+                    c["port"],
+                    c["wanted_by"].as_str().unwrap_or(""),
+                    c["holder"].as_str().unwrap_or("")
+                );
             }
             let steps = v["steps"].as_array().cloned().unwrap_or_default();
             if steps.is_empty() {
@@ -172,10 +222,25 @@ async fn run(command: Command) -> Result<(), Failure> {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             for c in v["components"].as_array().into_iter().flatten() {
                 let healthy = c["healthy"].as_bool().unwrap_or(false);
-                println!("{:<10} {:<9} {}", c["name"].as_str().unwrap_or(""), if healthy { "healthy" } else { "UNHEALTHY" }, c["version"].as_str().unwrap_or(""));
+                println!(
+                    "{:<10} {:<9} {}",
+                    c["name"].as_str().unwrap_or(""),
+                    if healthy { "healthy" } else { "UNHEALTHY" },
+                    c["version"].as_str().unwrap_or("")
+                );
                 for u in c["units"].as_array().into_iter().flatten() {
-                    let mem = u["memory_bytes"].as_u64().map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "-".into());
-                    println!("    {:<34} {}/{} pid {} mem {}", u["name"].as_str().unwrap_or(""), u["active_state"].as_str().unwrap_or(""), u["sub_state"].as_str().unwrap_or(""), u["main_pid"], mem);
+                    let mem = u["memory_bytes"]
+                        .as_u64()
+                        .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "    {:<34} {}/{} pid {} mem {}",
+                        u["name"].as_str().unwrap_or(""),
+                        u["active_state"].as_str().unwrap_or(""),
+                        u["sub_state"].as_str().unwrap_or(""),
+                        u["main_pid"],
+                        mem
+                    );
                 }
             }
             Ok(())
@@ -184,13 +249,22 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Stop { component } => Ok(manager().await?.stop(&component).await?),
         Command::Restart { component } => Ok(manager().await?.restart(&component).await?),
         Command::Credentials { component } => {
-            let text = manager().await?.credentials(component.as_deref().unwrap_or("")).await?;
+            let text = manager()
+                .await?
+                .credentials(component.as_deref().unwrap_or(""))
+                .await?;
             print_json(&text);
             Ok(())
         }
         Command::Components => {
             for (name, description, enabled, units) in manager().await?.list_components().await? {
-                println!("{:<10} {:<8} {}  [{}]", name, if enabled { "enabled" } else { "disabled" }, description, units.join(" "));
+                println!(
+                    "{:<10} {:<8} {}  [{}]",
+                    name,
+                    if enabled { "enabled" } else { "disabled" },
+                    description,
+                    units.join(" ")
+                );
             }
             Ok(())
         }
@@ -200,7 +274,11 @@ async fn run(command: Command) -> Result<(), Failure> {
 async fn apply(json: bool) -> Result<(), Failure> {
     let m = manager().await?;
     let path = m.apply().await?;
-    let job = JobProxy::builder(m.inner().connection()).path(path)?.cache_properties(zbus::proxy::CacheProperties::No).build().await?;
+    let job = JobProxy::builder(m.inner().connection())
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
     let mut progress = job.receive_progress().await?;
     let mut finished = job.receive_finished().await?;
     // The job may have ended before we subscribed: its properties tell.
@@ -228,15 +306,24 @@ async fn apply(json: bool) -> Result<(), Failure> {
             let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
             let n = v["steps"].as_array().map_or(0, |s| s.len());
             if n == 0 {
-                println!("nothing to do; every component is healthy ({:.2} s)", v["seconds"].as_f64().unwrap_or(0.0));
+                println!(
+                    "nothing to do; every component is healthy ({:.2} s)",
+                    v["seconds"].as_f64().unwrap_or(0.0)
+                );
             } else {
-                println!("applied {n} steps; every component is healthy ({:.1} s)", v["seconds"].as_f64().unwrap_or(0.0));
+                println!(
+                    "applied {n} steps; every component is healthy ({:.1} s)",
+                    v["seconds"].as_f64().unwrap_or(0.0)
+                );
             }
         }
         Ok(())
     } else {
         let name = job.error_name().await?;
         let message = job.error_message().await?;
-        Err(Failure { code: exit_code(&name), message: format!("{name}: {message}") })
+        Err(Failure {
+            code: exit_code(&name),
+            message: format!("{name}: {message}"),
+        })
     }
 }

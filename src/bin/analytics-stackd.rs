@@ -9,15 +9,22 @@ use std::time::Duration;
 
 fn init_logging() {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ANALYTICS_STACK_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ANALYTICS_STACK_LOG")
+        .unwrap_or_else(|_| "info".into());
     // To the journal when systemd connected our output to it, to stderr otherwise.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(journald.with_syslog_identifier("analytics-stackd".into())).init();
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("analytics-stackd".into()))
+                .init();
             return;
         }
     }
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -44,8 +51,14 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let conn = zbus::connection::Builder::system()?.build().await?;
     let systemd = Systemd::connect(conn.clone()).await?;
-    let etc_dir = std::env::var_os("ANALYTICS_STACK_ETC").map(Into::into).unwrap_or_else(|| paths::ETC.into());
-    let stack = Arc::new(Stack { fs: FsRoot::host(), systemd, etc_dir });
+    let etc_dir = std::env::var_os("ANALYTICS_STACK_ETC")
+        .map(Into::into)
+        .unwrap_or_else(|| paths::ETC.into());
+    let stack = Arc::new(Stack {
+        fs: FsRoot::host(),
+        systemd,
+        etc_dir,
+    });
     let manager = Manager::new(Some(stack.clone()));
     let busy = manager.busy.clone();
     conn.object_server().at(OBJECT_PATH, manager).await?;

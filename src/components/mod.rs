@@ -28,7 +28,10 @@ impl Platform {
 /// Every component the stack knows, enabled or not, in start order.
 pub const KNOWN: &[(&str, &str)] = &[
     ("postgres", "PostgreSQL: warehouse and metadata store"),
-    ("redis", "Redis: Celery broker (no eviction) and cache (LRU)"),
+    (
+        "redis",
+        "Redis: Celery broker (no eviction) and cache (LRU)",
+    ),
     ("nginx", "NGINX: the single entry point"),
 ];
 

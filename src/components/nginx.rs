@@ -23,9 +23,24 @@ pub struct Route {
 /// The application routes; their upstreams arrive with the tiers that install them.
 pub fn routes(_config: &Config) -> Vec<Route> {
     vec![
-        Route { prefix: "/superset/", title: "Superset", component: "superset", upstream: None },
-        Route { prefix: "/airflow/", title: "Airflow", component: "airflow", upstream: None },
-        Route { prefix: "/grafana/", title: "Grafana", component: "grafana", upstream: None },
+        Route {
+            prefix: "/superset/",
+            title: "Superset",
+            component: "superset",
+            upstream: None,
+        },
+        Route {
+            prefix: "/airflow/",
+            title: "Airflow",
+            component: "airflow",
+            upstream: None,
+        },
+        Route {
+            prefix: "/grafana/",
+            title: "Grafana",
+            component: "grafana",
+            upstream: None,
+        },
     ]
 }
 
@@ -117,7 +132,12 @@ pub fn render_conf(config: &Config) -> String {
 pub fn render(config: &Config) -> ComponentSpec {
     let conf_path = format!("{CONF_DIR}/nginx.conf");
     let nginx = format!("/usr/sbin/nginx -c {conf_path} -e stderr");
-    let mut unit = ServiceUnit::new(UNIT, "analytics-stack: NGINX entry point", USER, nginx.clone());
+    let mut unit = ServiceUnit::new(
+        UNIT,
+        "analytics-stack: NGINX entry point",
+        USER,
+        nginx.clone(),
+    );
     unit.exec_start_pre = vec![format!("{nginx} -t -q")];
     unit.exec_reload = Some("/bin/kill -HUP $MAINPID".into());
     unit.kill_signal = Some("SIGQUIT");
@@ -139,15 +159,32 @@ pub fn render(config: &Config) -> ComponentSpec {
             groups: vec![],
         }],
         dirs: vec![
-            DirSpec { path: CONF_DIR.into(), mode: 0o755, owner: "root".into(), group: "root".into() },
-            DirSpec { path: paths::WWW.into(), mode: 0o755, owner: "root".into(), group: "root".into() },
+            DirSpec {
+                path: CONF_DIR.into(),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+            },
+            DirSpec {
+                path: paths::WWW.into(),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+            },
         ],
         secrets: vec![],
         files: vec![FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
         init: vec![],
         provision: vec![],
-        ports: vec![PortSpec { address: config.nginx.listen, port, unit: UNIT.into() }],
-        probes: vec![Probe::Http { port, path: "/healthz".into() }],
+        ports: vec![PortSpec {
+            address: config.nginx.listen,
+            port,
+            unit: UNIT.into(),
+        }],
+        probes: vec![Probe::Http {
+            port,
+            path: "/healthz".into(),
+        }],
     }
 }

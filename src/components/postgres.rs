@@ -21,7 +21,11 @@ pub fn password_secret(role: &str) -> String {
 }
 
 pub fn data_dir(platform: &Platform) -> PathBuf {
-    PathBuf::from(format!("{}/postgres/{}", paths::STATE, platform.postgres_major()))
+    PathBuf::from(format!(
+        "{}/postgres/{}",
+        paths::STATE,
+        platform.postgres_major()
+    ))
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {

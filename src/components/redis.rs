@@ -56,10 +56,13 @@ pub fn render(config: &Config) -> ComponentSpec {
     ] {
         let unit_name = unit_name(instance);
         files.push(
-            FileSpec::new(format!("{CONF_DIR}/{instance}.conf"), instance_conf(instance, cfg, policy))
-                .mode(0o640)
-                .group(USER)
-                .notify(&unit_name, OnChange::Restart),
+            FileSpec::new(
+                format!("{CONF_DIR}/{instance}.conf"),
+                instance_conf(instance, cfg, policy),
+            )
+            .mode(0o640)
+            .group(USER)
+            .notify(&unit_name, OnChange::Restart),
         );
         files.push(
             FileSpec::new(

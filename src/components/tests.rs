@@ -4,14 +4,22 @@ use crate::model::{secret_names, OnChange};
 
 fn config(extra: &str) -> Config {
     load(&[
-        Source { origin: EMBEDDED_ORIGIN.into(), text: EMBEDDED_DEFAULT.into() },
-        Source { origin: "t.toml".into(), text: extra.into() },
+        Source {
+            origin: EMBEDDED_ORIGIN.into(),
+            text: EMBEDDED_DEFAULT.into(),
+        },
+        Source {
+            origin: "t.toml".into(),
+            text: extra.into(),
+        },
     ])
     .unwrap()
 }
 
 fn bookworm() -> Platform {
-    Platform { codename: "bookworm".into() }
+    Platform {
+        codename: "bookworm".into(),
+    }
 }
 
 #[test]
@@ -19,7 +27,10 @@ fn default_renders_the_data_tier_in_start_order() {
     let specs = render_all(&config(""), &bookworm());
     let names: Vec<_> = specs.iter().map(|s| s.name).collect();
     assert_eq!(names, ["postgres", "redis", "nginx"]);
-    let units: Vec<_> = specs.iter().flat_map(|s| s.units.iter().map(|u| u.name.clone())).collect();
+    let units: Vec<_> = specs
+        .iter()
+        .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
+        .collect();
     assert_eq!(
         units,
         [
@@ -31,14 +42,24 @@ fn default_renders_the_data_tier_in_start_order() {
     );
     for (name, _) in KNOWN {
         let declared = unit_names(name);
-        let rendered: Vec<_> = specs.iter().filter(|s| s.name == *name).flat_map(|s| s.units.iter().map(|u| u.name.clone())).collect();
-        assert_eq!(declared, rendered, "unit_names({name}) must match its renderer");
+        let rendered: Vec<_> = specs
+            .iter()
+            .filter(|s| s.name == *name)
+            .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
+            .collect();
+        assert_eq!(
+            declared, rendered,
+            "unit_names({name}) must match its renderer"
+        );
     }
 }
 
 #[test]
 fn disabled_components_are_not_rendered() {
-    let specs = render_all(&config("[redis]\nenabled = false\n[nginx]\nenabled = false\n"), &bookworm());
+    let specs = render_all(
+        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n"),
+        &bookworm(),
+    );
     assert_eq!(specs.len(), 1);
     assert_eq!(specs[0].name, "postgres");
 }
@@ -46,19 +67,38 @@ fn disabled_components_are_not_rendered() {
 #[test]
 fn postgres_listens_on_loopback_only_and_uses_the_distro_major() {
     let pg = postgres::render(&config("[postgres]\nport = 5439\n"), &bookworm());
-    let conf = &pg.files.iter().find(|f| f.path.ends_with("postgresql.conf")).unwrap().template;
+    let conf = &pg
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("postgresql.conf"))
+        .unwrap()
+        .template;
     assert!(conf.contains("listen_addresses = '127.0.0.1'\n"));
     assert!(conf.contains("port = 5439\n"));
     assert_eq!(pg.packages, ["postgresql-15"]);
-    assert!(pg.units[0].content.contains("ExecStart=/usr/lib/postgresql/15/bin/postgres -D /var/lib/analytics-stack/postgres/15 "));
-    let trixie = postgres::render(&config(""), &Platform { codename: "trixie".into() });
+    assert!(pg.units[0].content.contains(
+        "ExecStart=/usr/lib/postgresql/15/bin/postgres -D /var/lib/analytics-stack/postgres/15 "
+    ));
+    let trixie = postgres::render(
+        &config(""),
+        &Platform {
+            codename: "trixie".into(),
+        },
+    );
     assert_eq!(trixie.packages, ["postgresql-17"]);
 }
 
 #[test]
 fn redis_broker_never_evicts_and_cache_does() {
     let r = redis::render(&config(""));
-    let conf = |name: &str| r.files.iter().find(|f| f.path.ends_with(name)).unwrap().template.clone();
+    let conf = |name: &str| {
+        r.files
+            .iter()
+            .find(|f| f.path.ends_with(name))
+            .unwrap()
+            .template
+            .clone()
+    };
     assert!(conf("broker.conf").contains("maxmemory-policy noeviction\n"));
     assert!(conf("cache.conf").contains("maxmemory-policy allkeys-lru\n"));
     assert!(conf("broker.conf").contains("port 6379\n"));
@@ -73,13 +113,21 @@ fn nginx_routes_answer_503_until_their_component_exists() {
     let conf = nginx::render_conf(&config("[nginx]\nport = 8080\n"));
     assert!(conf.contains("listen 0.0.0.0:8080 default_server;"));
     for prefix in ["/superset/", "/airflow/", "/grafana/"] {
-        let block = conf.split(&format!("location {prefix} {{")).nth(1).expect(prefix);
+        let block = conf
+            .split(&format!("location {prefix} {{"))
+            .nth(1)
+            .expect(prefix);
         let block = block.split('}').next().unwrap();
         assert!(block.contains("return 503"), "{prefix}: {block}");
     }
     let spec = nginx::render(&config(""));
-    assert_eq!(spec.files[0].notify, [(nginx::UNIT.to_string(), OnChange::Reload)]);
-    assert!(spec.units[0].content.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"));
+    assert_eq!(
+        spec.files[0].notify,
+        [(nginx::UNIT.to_string(), OnChange::Reload)]
+    );
+    assert!(spec.units[0]
+        .content
+        .contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"));
 }
 
 #[test]
@@ -87,10 +135,21 @@ fn every_unit_is_sandboxed_and_runs_as_its_own_user() {
     for spec in render_all(&config(""), &bookworm()) {
         for unit in &spec.units {
             let c = &unit.content;
-            let user = c.lines().find_map(|l| l.strip_prefix("User=")).expect("User=");
+            let user = c
+                .lines()
+                .find_map(|l| l.strip_prefix("User="))
+                .expect("User=");
             assert!(user.starts_with("analytics-"), "{}: {user}", unit.name);
             assert!(spec.users.iter().any(|u| u.name == user));
-            for key in ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "SystemCallFilter=@system-service", "PartOf=analytics-stack.target", "WantedBy=analytics-stack.target"] {
+            for key in [
+                "NoNewPrivileges=yes",
+                "ProtectSystem=strict",
+                "PrivateTmp=yes",
+                "ProtectHome=yes",
+                "SystemCallFilter=@system-service",
+                "PartOf=analytics-stack.target",
+                "WantedBy=analytics-stack.target",
+            ] {
                 assert!(c.contains(key), "{} lacks {key}", unit.name);
             }
             assert!(!c.contains("MemoryLimit="));

@@ -35,7 +35,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -180,17 +184,17 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
         ports.push((key_path("postgres.port"), config.postgres.port.get()));
     }
     if config.redis.enabled {
-        ports.push((key_path("redis.broker.port"), config.redis.broker.port.get()));
+        ports.push((
+            key_path("redis.broker.port"),
+            config.redis.broker.port.get(),
+        ));
         ports.push((key_path("redis.cache.port"), config.redis.cache.port.get()));
     }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((
                 path.clone(),
-                format!(
-                    "port {port} is already used by {}",
-                    other.join(".")
-                ),
+                format!("port {port} is already used by {}", other.join(".")),
             ));
         }
     }

@@ -147,7 +147,11 @@ impl TryFrom<String> for ByteSize {
             "kb" => 1 << 10,
             "mb" => 1 << 20,
             "gb" => 1 << 30,
-            _ => return Err(format!("{s:?} is not a size like \"256MB\" (units: kB, MB, GB)")),
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a size like \"256MB\" (units: kB, MB, GB)"
+                ))
+            }
         };
         let n: u64 = digits
             .parse()
@@ -181,8 +185,7 @@ impl TryFrom<String> for Hostname {
     fn try_from(s: String) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 253
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']'));
         if ok {
             Ok(Hostname(s))

@@ -28,12 +28,22 @@ fn embedded_default_is_complete_and_valid() {
 #[test]
 fn files_merge_key_by_key_in_order() {
     let config = with(&[
-        ("stack.toml", "[nginx]\nport = 8080\n[redis.cache]\nmaxmemory = \"1GB\"\n"),
-        ("stack.d/10-local.toml", "[nginx]\nport = 8081\n[postgres]\nenabled = false\n"),
+        (
+            "stack.toml",
+            "[nginx]\nport = 8080\n[redis.cache]\nmaxmemory = \"1GB\"\n",
+        ),
+        (
+            "stack.d/10-local.toml",
+            "[nginx]\nport = 8081\n[postgres]\nenabled = false\n",
+        ),
     ])
     .unwrap();
     assert_eq!(config.nginx.port.get(), 8081);
-    assert_eq!(config.nginx.listen.to_string(), "0.0.0.0", "untouched keys keep the default");
+    assert_eq!(
+        config.nginx.listen.to_string(),
+        "0.0.0.0",
+        "untouched keys keep the default"
+    );
     assert_eq!(config.redis.cache.maxmemory.megabytes(), 1024);
     assert_eq!(config.redis.broker.maxmemory.megabytes(), 256);
     assert!(!config.postgres.enabled);
@@ -42,7 +52,9 @@ fn files_merge_key_by_key_in_order() {
 #[test]
 fn every_problem_is_reported_with_file_line_and_column() {
     let text = "[nginx]\nport = 0\nlisten = \"nowhere\"\n[postgres]\nshared_bufers = \"1GB\"\n[mystery]\nx = 1\n";
-    let errors = with(&[("/etc/analytics-stack/stack.toml", text)]).unwrap_err().0;
+    let errors = with(&[("/etc/analytics-stack/stack.toml", text)])
+        .unwrap_err()
+        .0;
     let rendered: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
     assert_eq!(errors.len(), 4, "{rendered:#?}");
     let find = |needle: &str| {
@@ -61,7 +73,9 @@ fn every_problem_is_reported_with_file_line_and_column() {
     assert!(typo.message.contains("unknown field"));
     let section = find("mystery");
     assert_eq!((section.line, section.column), (6, 2));
-    assert!(errors.iter().all(|d| d.file == "/etc/analytics-stack/stack.toml"));
+    assert!(errors
+        .iter()
+        .all(|d| d.file == "/etc/analytics-stack/stack.toml"));
 }
 
 #[test]
@@ -93,9 +107,12 @@ fn problems_in_two_files_are_both_reported() {
 #[test]
 fn a_later_file_can_fix_nothing_it_does_not_set() {
     // b.toml sets another key; a.toml's bad value is still reported at a.toml.
-    let errors = with(&[("a.toml", "[postgres]\nmax_connections = 3\n"), ("b.toml", "[postgres]\nport = 5433\n")])
-        .unwrap_err()
-        .0;
+    let errors = with(&[
+        ("a.toml", "[postgres]\nmax_connections = 3\n"),
+        ("b.toml", "[postgres]\nport = 5433\n"),
+    ])
+    .unwrap_err()
+    .0;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].file, "a.toml");
     assert_eq!((errors[0].line, errors[0].column), (2, 19));
@@ -103,22 +120,32 @@ fn a_later_file_can_fix_nothing_it_does_not_set() {
 
 #[test]
 fn two_components_on_one_port_are_refused() {
-    let errors = with(&[("stack.toml", "[redis.cache]\nport = 5432\n")]).unwrap_err().0;
+    let errors = with(&[("stack.toml", "[redis.cache]\nport = 5432\n")])
+        .unwrap_err()
+        .0;
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].message.contains("already used by postgres.port"), "{errors:?}");
+    assert!(
+        errors[0].message.contains("already used by postgres.port"),
+        "{errors:?}"
+    );
     assert_eq!((errors[0].file.as_str(), errors[0].line), ("stack.toml", 2));
 }
 
 #[test]
 fn a_disabled_component_frees_its_port() {
-    let config = with(&[("stack.toml", "[postgres]\nenabled = false\n[redis.cache]\nport = 5432\n")]).unwrap();
+    let config = with(&[(
+        "stack.toml",
+        "[postgres]\nenabled = false\n[redis.cache]\nport = 5432\n",
+    )])
+    .unwrap();
     assert_eq!(config.redis.cache.port.get(), 5432);
 }
 
 #[test]
 fn sizes_accept_units_in_any_case() {
     for (text, mb) in [("\"64mb\"", 64), ("\"2GB\"", 2048), ("\"2048kB\"", 2)] {
-        let config = with(&[("s.toml", &format!("[postgres]\nshared_buffers = {text}\n"))]).unwrap();
+        let config =
+            with(&[("s.toml", &format!("[postgres]\nshared_buffers = {text}\n"))]).unwrap();
         assert_eq!(config.postgres.shared_buffers.megabytes(), mb);
     }
     assert!(with(&[("s.toml", "[postgres]\nshared_buffers = \"12 parsecs\"\n")]).is_err());
@@ -129,8 +156,16 @@ fn drop_ins_are_read_in_name_order() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("stack.d")).unwrap();
     std::fs::write(dir.path().join("stack.toml"), "[nginx]\nport = 8000\n").unwrap();
-    std::fs::write(dir.path().join("stack.d/20-b.toml"), "[nginx]\nport = 8002\n").unwrap();
-    std::fs::write(dir.path().join("stack.d/10-a.toml"), "[nginx]\nport = 8001\n").unwrap();
+    std::fs::write(
+        dir.path().join("stack.d/20-b.toml"),
+        "[nginx]\nport = 8002\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("stack.d/10-a.toml"),
+        "[nginx]\nport = 8001\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("stack.d/README"), "not toml").unwrap();
     let config = load_dir(dir.path()).unwrap();
     assert_eq!(config.nginx.port.get(), 8002);

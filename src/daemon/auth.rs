@@ -6,9 +6,14 @@ use zbus::message::Header;
 
 /// The uid of the message's sender.
 pub async fn caller_uid(conn: &zbus::Connection, header: &Header<'_>) -> Result<u32, BusError> {
-    let sender = header.sender().ok_or_else(|| BusError::AccessDenied("message has no sender".into()))?;
+    let sender = header
+        .sender()
+        .ok_or_else(|| BusError::AccessDenied("message has no sender".into()))?;
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
-    Ok(dbus.get_connection_unix_user(sender.clone().into()).await.map_err(|e| BusError::AccessDenied(format!("cannot identify caller: {e}")))?)
+    Ok(dbus
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| BusError::AccessDenied(format!("cannot identify caller: {e}")))?)
 }
 
 /// Root may mutate; so may members of `admin_group` when it is set.
@@ -19,17 +24,33 @@ pub fn may_mutate(uid: u32, admin_group: &str) -> bool {
     if admin_group.is_empty() {
         return false;
     }
-    let Ok(Some(group)) = nix::unistd::Group::from_name(admin_group) else { return false };
-    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else { return false };
+    let Ok(Some(group)) = nix::unistd::Group::from_name(admin_group) else {
+        return false;
+    };
+    let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
+        return false;
+    };
     user.gid == group.gid || group.mem.iter().any(|m| *m == user.name)
 }
 
-pub async fn require_admin(conn: &zbus::Connection, header: &Header<'_>, admin_group: &str, what: &str) -> Result<(), BusError> {
+pub async fn require_admin(
+    conn: &zbus::Connection,
+    header: &Header<'_>,
+    admin_group: &str,
+    what: &str,
+) -> Result<(), BusError> {
     let uid = caller_uid(conn, header).await?;
     if may_mutate(uid, admin_group) {
         Ok(())
     } else {
-        Err(BusError::AccessDenied(format!("uid {uid} may not {what}: only root{} may", if admin_group.is_empty() { String::new() } else { format!(" and members of {admin_group}") })))
+        Err(BusError::AccessDenied(format!(
+            "uid {uid} may not {what}: only root{} may",
+            if admin_group.is_empty() {
+                String::new()
+            } else {
+                format!(" and members of {admin_group}")
+            }
+        )))
     }
 }
 

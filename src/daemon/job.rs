@@ -23,7 +23,11 @@ pub struct Job {
 #[interface(name = "org.analyticsstack.Stack1.Job")]
 impl Job {
     /// Asks the job to stop before its next step.
-    async fn cancel(&self, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+    async fn cancel(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
         super::auth::require_admin(conn, &header, &self.admin_group, "cancel a job").await?;
         self.cancel.store(true, Ordering::SeqCst);
         Ok(())
@@ -67,10 +71,20 @@ impl Job {
     }
 
     #[zbus(signal)]
-    pub async fn progress(emitter: &SignalEmitter<'_>, done: u32, total: u32, description: &str) -> zbus::Result<()>;
+    pub async fn progress(
+        emitter: &SignalEmitter<'_>,
+        done: u32,
+        total: u32,
+        description: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn finished(emitter: &SignalEmitter<'_>, state: &str, error_name: &str, error_message: &str) -> zbus::Result<()>;
+    pub async fn finished(
+        emitter: &SignalEmitter<'_>,
+        state: &str,
+        error_name: &str,
+        error_message: &str,
+    ) -> zbus::Result<()>;
 }
 
 impl Job {
@@ -81,7 +95,11 @@ impl Job {
                 self.result = result.clone();
             }
             Err(e) => {
-                self.state = if matches!(e, BusError::Cancelled(_)) { "cancelled".into() } else { "failed".into() };
+                self.state = if matches!(e, BusError::Cancelled(_)) {
+                    "cancelled".into()
+                } else {
+                    "failed".into()
+                };
                 self.error_name = e.short_name().into();
                 self.error_message = e.message();
             }

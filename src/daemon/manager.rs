@@ -20,27 +20,51 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(stack: Option<Arc<Stack>>) -> Self {
-        Manager { stack, busy: Arc::new(Mutex::new(())), next_job: AtomicU32::new(1) }
+        Manager {
+            stack,
+            busy: Arc::new(Mutex::new(())),
+            next_job: AtomicU32::new(1),
+        }
     }
 
     fn stack(&self) -> Result<Arc<Stack>, BusError> {
-        self.stack.clone().ok_or_else(|| BusError::Failed("daemon has no stack".into()))
+        self.stack
+            .clone()
+            .ok_or_else(|| BusError::Failed("daemon has no stack".into()))
     }
 
     fn admin_group(&self) -> String {
-        self.stack.as_ref().and_then(|s| s.config().ok()).map(|c| c.stack.admin_group).unwrap_or_default()
+        self.stack
+            .as_ref()
+            .and_then(|s| s.config().ok())
+            .map(|c| c.stack.admin_group)
+            .unwrap_or_default()
     }
 
-    async fn authorize(&self, conn: &zbus::Connection, header: &zbus::message::Header<'_>, what: &str) -> Result<(), BusError> {
+    async fn authorize(
+        &self,
+        conn: &zbus::Connection,
+        header: &zbus::message::Header<'_>,
+        what: &str,
+    ) -> Result<(), BusError> {
         auth::require_admin(conn, header, &self.admin_group(), what).await
     }
 
     fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
-        self.busy.clone().try_lock_owned().map_err(|_| BusError::Busy("another operation is running; try again when it ends".into()))
+        self.busy.clone().try_lock_owned().map_err(|_| {
+            BusError::Busy("another operation is running; try again when it ends".into())
+        })
     }
 
-    async fn control(&self, conn: &zbus::Connection, header: &zbus::message::Header<'_>, component: &str, verb: &'static str) -> Result<(), BusError> {
-        self.authorize(conn, header, &format!("{verb} components")).await?;
+    async fn control(
+        &self,
+        conn: &zbus::Connection,
+        header: &zbus::message::Header<'_>,
+        component: &str,
+        verb: &'static str,
+    ) -> Result<(), BusError> {
+        self.authorize(conn, header, &format!("{verb} components"))
+            .await?;
         let stack = self.stack()?;
         stack.component_units(component)?;
         let _guard = self.try_busy()?;
@@ -63,14 +87,19 @@ impl Manager {
     }
 
     /// Starts bringing the host to the configured state; returns the job to watch.
-    async fn apply(&self, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<OwnedObjectPath, BusError> {
+    async fn apply(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
         self.authorize(conn, &header, "apply").await?;
         let stack = self.stack()?;
         // Refuse a bad configuration at once rather than through the job.
         stack.config()?;
         let guard = self.try_busy()?;
         let id = self.next_job.fetch_add(1, Ordering::SeqCst);
-        let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}")).map_err(|e| BusError::Failed(e.to_string()))?;
+        let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}"))
+            .map_err(|e| BusError::Failed(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
             kind: "apply".into(),
@@ -100,7 +129,12 @@ impl Manager {
                 }
                 let emitter = progress_iface.signal_emitter();
                 let j = progress_iface.get().await;
-                for r in [j.steps_done_changed(emitter).await, j.steps_total_changed(emitter).await, j.description_changed(emitter).await, Job::progress(emitter, done, total, &description).await] {
+                for r in [
+                    j.steps_done_changed(emitter).await,
+                    j.steps_total_changed(emitter).await,
+                    j.description_changed(emitter).await,
+                    Job::progress(emitter, done, total, &description).await,
+                ] {
                     if let Err(e) = r {
                         tracing::warn!("cannot send progress: {e}");
                     }
@@ -110,11 +144,11 @@ impl Manager {
 
         let conn = conn.clone();
         tokio::spawn(async move {
-            let _guard = guard;
             super::notify::notify("STATUS=applying");
             let outcome: Result<String, BusError> = stack
                 .apply(&cancel, &move |done, total, d| {
-                    let _receiver_gone_is_fine = tx.send((done as u32, total as u32, d.to_string()));
+                    let _receiver_gone_is_fine =
+                        tx.send((done as u32, total as u32, d.to_string()));
                 })
                 .await
                 .map_err(BusError::from)
@@ -130,12 +164,20 @@ impl Manager {
             }
             let emitter = iface.signal_emitter();
             let j = iface.get().await;
-            for r in [j.state_changed(emitter).await, j.error_name_changed(emitter).await, j.error_message_changed(emitter).await, j.result_changed(emitter).await, Job::finished(emitter, &j.state, &j.error_name, &j.error_message).await] {
+            for r in [
+                j.state_changed(emitter).await,
+                j.error_name_changed(emitter).await,
+                j.error_message_changed(emitter).await,
+                j.result_changed(emitter).await,
+                Job::finished(emitter, &j.state, &j.error_name, &j.error_message).await,
+            ] {
                 if let Err(e) = r {
                     tracing::warn!("cannot send job result: {e}");
                 }
             }
             drop(j);
+            // The next operation may start now; the job object stays readable.
+            drop(guard);
             super::notify::notify("STATUS=idle");
             // Keep the finished job readable for a while, then drop it.
             let path = iface.signal_emitter().path().to_owned();
@@ -159,28 +201,55 @@ impl Manager {
             .iter()
             .map(|(name, description)| {
                 let enabled = desired.iter().any(|s| s.name == *name);
-                (name.to_string(), description.to_string(), enabled, crate::components::unit_names(name))
+                (
+                    name.to_string(),
+                    description.to_string(),
+                    enabled,
+                    crate::components::unit_names(name),
+                )
             })
             .collect())
     }
 
-    async fn start(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+    async fn start(
+        &self,
+        component: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
         self.control(conn, &header, component, "start").await
     }
 
-    async fn stop(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+    async fn stop(
+        &self,
+        component: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
         self.control(conn, &header, component, "stop").await
     }
 
-    async fn restart(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<(), BusError> {
+    async fn restart(
+        &self,
+        component: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
         self.control(conn, &header, component, "restart").await
     }
 
     /// Generated logins and connection URLs as JSON ("" = every component). Root only.
-    async fn credentials(&self, component: &str, #[zbus(connection)] conn: &zbus::Connection, #[zbus(header)] header: zbus::message::Header<'_>) -> Result<String, BusError> {
+    async fn credentials(
+        &self,
+        component: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<String, BusError> {
         let uid = auth::caller_uid(conn, &header).await?;
         if uid != 0 {
-            return Err(BusError::AccessDenied(format!("uid {uid} may not read credentials: only root may")));
+            return Err(BusError::AccessDenied(format!(
+                "uid {uid} may not read credentials: only root may"
+            )));
         }
         let name = (!component.is_empty()).then_some(component);
         to_json(&self.stack()?.credentials(name)?)

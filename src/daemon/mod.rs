@@ -57,7 +57,13 @@ impl BusError {
     pub fn message(&self) -> String {
         match self {
             BusError::ZBus(e) => e.to_string(),
-            BusError::InvalidConfig(m) | BusError::Busy(m) | BusError::AccessDenied(m) | BusError::Conflict(m) | BusError::NotFound(m) | BusError::Failed(m) | BusError::Cancelled(m) => m.clone(),
+            BusError::InvalidConfig(m)
+            | BusError::Busy(m)
+            | BusError::AccessDenied(m)
+            | BusError::Conflict(m)
+            | BusError::NotFound(m)
+            | BusError::Failed(m)
+            | BusError::Cancelled(m) => m.clone(),
         }
     }
 }

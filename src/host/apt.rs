@@ -21,7 +21,13 @@ pub async fn installed_versions(packages: &[String]) -> std::collections::BTreeM
     if packages.is_empty() {
         return out;
     }
-    let Ok(output) = Command::new("dpkg-query").arg("-W").arg("-f=${Package}\t${Status}\t${Version}\n").args(packages).output().await else {
+    let Ok(output) = Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package}\t${Status}\t${Version}\n")
+        .args(packages)
+        .output()
+        .await
+    else {
         return out;
     };
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -36,7 +42,12 @@ pub async fn installed_versions(packages: &[String]) -> std::collections::BTreeM
 }
 
 fn lists_present() -> bool {
-    std::fs::read_dir("/var/lib/apt/lists").map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))).unwrap_or(false)
+    std::fs::read_dir("/var/lib/apt/lists")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        })
+        .unwrap_or(false)
 }
 
 async fn apt_get(args: &[&str]) -> Result<(), String> {
@@ -51,21 +62,49 @@ async fn apt_get(args: &[&str]) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     Err(tail.join("\n"))
 }
 
 pub async fn install(packages: &[String]) -> Result<(), AptError> {
-    let err = |detail: String| AptError { packages: packages.join(" "), detail };
+    let err = |detail: String| AptError {
+        packages: packages.join(" "),
+        detail,
+    };
     // Keep services from starting during the install; leave an existing policy alone.
     let own_policy = !Path::new(POLICY_RC_D).exists();
     if own_policy {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::write(POLICY_RC_D, format!("#!/bin/sh\n{POLICY_MARKER}\nexit 101\n")).map_err(|e| err(format!("cannot write {POLICY_RC_D}: {e}")))?;
-        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755)).map_err(|e| err(e.to_string()))?;
+        std::fs::write(
+            POLICY_RC_D,
+            format!("#!/bin/sh\n{POLICY_MARKER}\nexit 101\n"),
+        )
+        .map_err(|e| err(format!("cannot write {POLICY_RC_D}: {e}")))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| err(e.to_string()))?;
     }
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"];
+    let mut args = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ];
     args.extend(packages.iter().map(String::as_str));
     let mut result = Ok(());
     if !lists_present() {

@@ -37,14 +37,31 @@ impl FsRoot {
     }
 
     /// Writes `contents` with `mode` and owner atomically; never leaves a partial file.
-    pub fn write_atomic(&self, abs: &Path, contents: &[u8], mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
+    pub fn write_atomic(
+        &self,
+        abs: &Path,
+        contents: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> std::io::Result<()> {
         let target = self.path(abs);
-        let dir = target.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
+        let dir = target
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no parent directory"))?;
         fs::create_dir_all(dir)?;
-        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file");
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let result = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             // Ownership before contents reach their final mode: a secret is never
             // readable by anyone but root and its owner, even for an instant.
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
@@ -82,24 +99,42 @@ impl FsRoot {
 
     pub fn ownership(&self, abs: &Path) -> Option<Ownership> {
         let (mode, uid, gid, _) = self.stat(abs)?;
-        Some(Ownership { mode, owner: user_name(uid), group: group_name(gid) })
+        Some(Ownership {
+            mode,
+            owner: user_name(uid),
+            group: group_name(gid),
+        })
     }
 }
 
 pub fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 pub fn group_name(gid: u32) -> String {
-    nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name).unwrap_or_else(|| gid.to_string())
+    nix::unistd::Group::from_gid(gid.into())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string())
 }
 
 pub fn uid_of(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
 
 pub fn gid_of(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 #[cfg(test)]
@@ -111,12 +146,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = FsRoot::new(dir.path());
         let p = Path::new("/var/lib/analytics-stack/secrets/x");
-        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         root.write_atomic(p, b"one", 0o600, uid, gid).unwrap();
         root.write_atomic(p, b"two", 0o600, uid, gid).unwrap();
         assert_eq!(root.read(p).unwrap(), b"two");
         assert_eq!(root.stat(p).unwrap().0, 0o600);
-        let names: Vec<_> = fs::read_dir(root.path(p.parent().unwrap())).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(root.path(p.parent().unwrap()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["x"]);
     }
 
@@ -125,7 +166,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = FsRoot::new(dir.path());
         let p = Path::new("/etc/a.conf");
-        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
         root.write_atomic(p, b"old", 0o644, uid, gid).unwrap();
         // An owner we may not give a file (unless root): the write must fail whole.
         if uid != 0 {
@@ -134,8 +178,14 @@ mod tests {
         }
         // A directory where the file should go: rename fails, old content stays.
         fs::create_dir_all(root.path(Path::new("/etc/b.conf/inner"))).unwrap();
-        assert!(root.write_atomic(Path::new("/etc/b.conf"), b"x", 0o644, uid, gid).is_err());
-        let leftovers: Vec<_> = fs::read_dir(root.path(Path::new("/etc"))).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains(".tmp-")).collect();
+        assert!(root
+            .write_atomic(Path::new("/etc/b.conf"), b"x", 0o644, uid, gid)
+            .is_err());
+        let leftovers: Vec<_> = fs::read_dir(root.path(Path::new("/etc")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

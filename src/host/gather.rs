@@ -9,8 +9,14 @@ use crate::state::RecordedState;
 use std::path::{Path, PathBuf};
 
 pub fn os_codename(fs: &FsRoot) -> String {
-    let text = fs.read(Path::new("/etc/os-release")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"').to_string()).unwrap_or_else(|| "bookworm".into())
+    let text = fs
+        .read(Path::new("/etc/os-release"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "bookworm".into())
 }
 
 pub fn read_secret(fs: &FsRoot, name: &str) -> Option<String> {
@@ -19,8 +25,16 @@ pub fn read_secret(fs: &FsRoot, name: &str) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-pub async fn gather(fs: &FsRoot, systemd: &Systemd, desired: &[ComponentSpec], state: &RecordedState) -> Result<HostFacts, super::systemd::SystemdError> {
-    let mut facts = HostFacts { codename: os_codename(fs), ..Default::default() };
+pub async fn gather(
+    fs: &FsRoot,
+    systemd: &Systemd,
+    desired: &[ComponentSpec],
+    state: &RecordedState,
+) -> Result<HostFacts, super::systemd::SystemdError> {
+    let mut facts = HostFacts {
+        codename: os_codename(fs),
+        ..Default::default()
+    };
     let packages: Vec<String> = desired.iter().flat_map(|s| s.packages.clone()).collect();
     facts.packages = super::apt::installed_versions(&packages).await;
     for user in desired.iter().flat_map(|s| &s.users) {
@@ -29,22 +43,52 @@ pub async fn gather(fs: &FsRoot, systemd: &Systemd, desired: &[ComponentSpec], s
         }
     }
     let mut dirs: Vec<PathBuf> = vec![paths::STATE.into(), paths::SECRETS.into()];
-    dirs.extend(desired.iter().flat_map(|s| s.dirs.iter().map(|d| d.path.clone())));
-    dirs.extend(desired.iter().flat_map(|s| s.pre_install_files.iter().filter_map(|f| f.path.parent().map(Path::to_path_buf))));
+    dirs.extend(
+        desired
+            .iter()
+            .flat_map(|s| s.dirs.iter().map(|d| d.path.clone())),
+    );
+    dirs.extend(desired.iter().flat_map(|s| {
+        s.pre_install_files
+            .iter()
+            .filter_map(|f| f.path.parent().map(Path::to_path_buf))
+    }));
     for d in dirs {
         if let Some(o) = fs.ownership(&d) {
             facts.dirs.insert(d, o);
         }
     }
-    let mut files: Vec<PathBuf> = desired.iter().flat_map(|s| s.files.iter().chain(&s.pre_install_files).map(|f| f.path.clone())).collect();
+    let mut files: Vec<PathBuf> = desired
+        .iter()
+        .flat_map(|s| {
+            s.files
+                .iter()
+                .chain(&s.pre_install_files)
+                .map(|f| f.path.clone())
+        })
+        .collect();
     files.push(crate::units::stack_target().path());
-    files.extend(desired.iter().flat_map(|s| s.units.iter().map(|u| u.path())));
+    files.extend(
+        desired
+            .iter()
+            .flat_map(|s| s.units.iter().map(|u| u.path())),
+    );
     for gone in &state.components {
-        files.extend(crate::components::unit_names(gone).into_iter().map(|u| PathBuf::from(paths::UNIT_DIR).join(u)));
+        files.extend(
+            crate::components::unit_names(gone)
+                .into_iter()
+                .map(|u| PathBuf::from(paths::UNIT_DIR).join(u)),
+        );
     }
     for f in files {
         if let (Ok(bytes), Some(ownership)) = (fs.read(&f), fs.ownership(&f)) {
-            facts.files.insert(f, FileFact { sha256: crate::util::sha256_hex(&bytes), ownership });
+            facts.files.insert(
+                f,
+                FileFact {
+                    sha256: crate::util::sha256_hex(&bytes),
+                    ownership,
+                },
+            );
         }
     }
     for name in desired.iter().flat_map(|s| &s.secrets) {
@@ -53,8 +97,18 @@ pub async fn gather(fs: &FsRoot, systemd: &Systemd, desired: &[ComponentSpec], s
         }
     }
     let mut units: Vec<String> = vec![paths::TARGET.into()];
-    units.extend(desired.iter().flat_map(|s| s.units.iter().map(|u| u.name.clone()).chain(s.distro_units.iter().cloned())));
-    units.extend(state.components.iter().flat_map(|c| crate::components::unit_names(c)));
+    units.extend(desired.iter().flat_map(|s| {
+        s.units
+            .iter()
+            .map(|u| u.name.clone())
+            .chain(s.distro_units.iter().cloned())
+    }));
+    units.extend(
+        state
+            .components
+            .iter()
+            .flat_map(|c| crate::components::unit_names(c)),
+    );
     for u in units {
         let fact = systemd.unit_fact(&u).await?;
         facts.units.insert(u, fact);

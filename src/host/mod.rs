@@ -12,7 +12,16 @@ use tokio::process::Command;
 /// `useradd` for a system user with its own group and no login shell.
 pub async fn create_system_user(name: &str, home: &std::path::Path) -> Result<(), String> {
     let out = Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--comment", "analytics-stack service user", "--home-dir"])
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--comment",
+            "analytics-stack service user",
+            "--home-dir",
+        ])
         .arg(home)
         .arg(name)
         .output()
@@ -21,13 +30,28 @@ pub async fn create_system_user(name: &str, home: &std::path::Path) -> Result<()
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("useradd {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 /// The last lines a unit wrote to the journal, for error messages.
 pub async fn journal_tail(unit: &str, lines: u32) -> String {
-    match Command::new("journalctl").args(["--no-pager", "-o", "short-iso", "-n", &lines.to_string(), "-u", unit]).output().await {
+    match Command::new("journalctl")
+        .args([
+            "--no-pager",
+            "-o",
+            "short-iso",
+            "-n",
+            &lines.to_string(),
+            "-u",
+            unit,
+        ])
+        .output()
+        .await
+    {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
         Err(e) => format!("(cannot read the journal: {e})"),
     }

@@ -20,15 +20,42 @@ pub trait SystemdManager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn enable_unit_files(&self, files: &[&str], runtime: bool, force: bool) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
-    fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Vec<(String, String, String)>>;
-    fn mask_unit_files(&self, files: &[&str], runtime: bool, force: bool) -> zbus::Result<Vec<(String, String, String)>>;
-    fn unmask_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Vec<(String, String, String)>>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn mask_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn unmask_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
 pub trait SystemdUnit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
@@ -40,7 +67,10 @@ pub trait SystemdUnit {
     fn unit_file_state(&self) -> zbus::Result<String>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
 pub trait SystemdService {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
@@ -55,9 +85,17 @@ pub enum SystemdError {
     #[error("systemd D-Bus call failed: {0}")]
     Bus(#[from] zbus::Error),
     #[error("{unit}: job {verb} finished with result '{result}'")]
-    JobFailed { unit: String, verb: &'static str, result: String },
+    JobFailed {
+        unit: String,
+        verb: &'static str,
+        result: String,
+    },
     #[error("{unit}: job {verb} did not finish within {secs} s")]
-    JobTimeout { unit: String, verb: &'static str, secs: u64 },
+    JobTimeout {
+        unit: String,
+        verb: &'static str,
+        secs: u64,
+    },
 }
 
 /// A unit's live status, for `status`.
@@ -79,7 +117,10 @@ pub struct Systemd {
 
 impl Systemd {
     pub async fn connect(conn: zbus::Connection) -> Result<Self, SystemdError> {
-        let manager = SystemdManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await?;
+        let manager = SystemdManagerProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         // Without Subscribe systemd may not send JobRemoved to us.
         manager.subscribe().await?;
         Ok(Systemd { conn, manager })
@@ -112,7 +153,12 @@ impl Systemd {
     }
 
     /// Runs a job (`start`, `stop`, `restart`, `reload`) and waits for its result.
-    pub async fn run_job(&self, verb: &'static str, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+    pub async fn run_job(
+        &self,
+        verb: &'static str,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
         let mut removed = self.manager.receive_job_removed().await?;
         let job = match verb {
             "start" => self.manager.start_unit(unit, "replace").await?,
@@ -129,17 +175,32 @@ impl Systemd {
             }
             Err(zbus::Error::Failure("systemd closed the connection".into()))
         };
-        let result = tokio::time::timeout(timeout, wait).await.map_err(|_| SystemdError::JobTimeout { unit: unit.into(), verb, secs: timeout.as_secs() })??;
+        let result =
+            tokio::time::timeout(timeout, wait)
+                .await
+                .map_err(|_| SystemdError::JobTimeout {
+                    unit: unit.into(),
+                    verb,
+                    secs: timeout.as_secs(),
+                })??;
         if result == "done" {
             Ok(())
         } else {
-            Err(SystemdError::JobFailed { unit: unit.into(), verb, result })
+            Err(SystemdError::JobFailed {
+                unit: unit.into(),
+                verb,
+                result,
+            })
         }
     }
 
     pub async fn unit_fact(&self, unit: &str) -> Result<UnitFact, SystemdError> {
         let path = self.manager.load_unit(unit).await?;
-        let u = SystemdUnitProxy::builder(&self.conn).path(path.clone())?.cache_properties(CacheProperties::No).build().await?;
+        let u = SystemdUnitProxy::builder(&self.conn)
+            .path(path.clone())?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         let mut fact = UnitFact {
             load_state: u.load_state().await?,
             active_state: u.active_state().await?,
@@ -148,7 +209,11 @@ impl Systemd {
             main_pid: 0,
         };
         if unit.ends_with(".service") && fact.load_state == "loaded" {
-            let s = SystemdServiceProxy::builder(&self.conn).path(path)?.cache_properties(CacheProperties::No).build().await?;
+            let s = SystemdServiceProxy::builder(&self.conn)
+                .path(path)?
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
             fact.main_pid = s.main_pid().await.unwrap_or(0);
         }
         Ok(fact)
@@ -157,10 +222,19 @@ impl Systemd {
     pub async fn unit_status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let fact = self.unit_fact(unit).await?;
         let path = self.manager.load_unit(unit).await?;
-        let s = SystemdServiceProxy::builder(&self.conn).path(path)?.cache_properties(CacheProperties::No).build().await?;
+        let s = SystemdServiceProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         // u64::MAX means "not accounted" (e.g. cgroup v1 without the memory controller).
         let memory_bytes = s.memory_current().await.ok().filter(|&m| m != u64::MAX);
         let restarts = s.n_restarts().await.unwrap_or(0);
-        Ok(UnitStatus { name: unit.into(), fact, memory_bytes, restarts })
+        Ok(UnitStatus {
+            name: unit.into(),
+            fact,
+            memory_bytes,
+            restarts,
+        })
     }
 }

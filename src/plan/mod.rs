@@ -12,42 +12,101 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
-    MaskDistroUnit { unit: String, before: DistroUnitBefore },
-    InstallPackages { packages: Vec<String> },
-    CreateUser { user: UserSpec },
-    EnsureDir { dir: DirSpec },
-    GenerateSecret { name: String },
-    WriteFile { file: FileSpec, why: &'static str },
-    WriteUnit { unit: UnitSpec, why: &'static str },
-    RemoveFile { path: PathBuf },
+    MaskDistroUnit {
+        unit: String,
+        before: DistroUnitBefore,
+    },
+    InstallPackages {
+        packages: Vec<String>,
+    },
+    CreateUser {
+        user: UserSpec,
+    },
+    EnsureDir {
+        dir: DirSpec,
+    },
+    GenerateSecret {
+        name: String,
+    },
+    WriteFile {
+        file: FileSpec,
+        why: &'static str,
+    },
+    WriteUnit {
+        unit: UnitSpec,
+        why: &'static str,
+    },
+    RemoveFile {
+        path: PathBuf,
+    },
     ReloadSystemd,
-    Init { provision: Provision },
-    EnableUnits { units: Vec<String> },
-    DisableUnits { units: Vec<String> },
-    StartUnit { unit: String },
-    RestartUnit { unit: String },
-    ReloadUnit { unit: String },
-    StopUnit { unit: String },
-    Provision { provision: Provision },
-    RecordComponent { component: String, installed: bool },
+    Init {
+        provision: Provision,
+    },
+    EnableUnits {
+        units: Vec<String>,
+    },
+    DisableUnits {
+        units: Vec<String>,
+    },
+    StartUnit {
+        unit: String,
+    },
+    RestartUnit {
+        unit: String,
+    },
+    ReloadUnit {
+        unit: String,
+    },
+    StopUnit {
+        unit: String,
+    },
+    Provision {
+        provision: Provision,
+    },
+    RecordComponent {
+        component: String,
+        installed: bool,
+    },
 }
 
 impl Step {
     /// A one-line human description, safe to print (no secrets).
     pub fn describe(&self) -> String {
         match self {
-            Step::MaskDistroUnit { unit, before } => format!("keep the distribution's {unit} stopped and masked (was {}{})", before.unit_file_state, if before.was_active { ", running" } else { "" }),
-            Step::InstallPackages { packages } => format!("install Debian packages: {}", packages.join(" ")),
+            Step::MaskDistroUnit { unit, before } => format!(
+                "keep the distribution's {unit} stopped and masked (was {}{})",
+                before.unit_file_state,
+                if before.was_active { ", running" } else { "" }
+            ),
+            Step::InstallPackages { packages } => {
+                format!("install Debian packages: {}", packages.join(" "))
+            }
             Step::CreateUser { user } => format!("create system user {}", user.name),
-            Step::EnsureDir { dir } => format!("directory {} ({:o} {}:{})", dir.path.display(), dir.mode, dir.owner, dir.group),
+            Step::EnsureDir { dir } => format!(
+                "directory {} ({:o} {}:{})",
+                dir.path.display(),
+                dir.mode,
+                dir.owner,
+                dir.group
+            ),
             Step::GenerateSecret { name } => format!("generate secret {name}"),
             Step::WriteFile { file, why } => format!("write {} ({why})", file.path.display()),
             Step::WriteUnit { unit, why } => format!("write unit {} ({why})", unit.name),
             Step::RemoveFile { path } => format!("remove {}", path.display()),
             Step::ReloadSystemd => "reload systemd".into(),
             Step::Init { provision } | Step::Provision { provision } => match provision {
-                Provision::PostgresInitdb { data_dir, .. } => format!("initialise PostgreSQL cluster in {}", data_dir.display()),
-                Provision::PostgresRoles { roles, .. } => format!("ensure PostgreSQL roles and databases: {}", roles.iter().map(|r| r.role.as_str()).collect::<Vec<_>>().join(", ")),
+                Provision::PostgresInitdb { data_dir, .. } => {
+                    format!("initialise PostgreSQL cluster in {}", data_dir.display())
+                }
+                Provision::PostgresRoles { roles, .. } => format!(
+                    "ensure PostgreSQL roles and databases: {}",
+                    roles
+                        .iter()
+                        .map(|r| r.role.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             },
             Step::EnableUnits { units } => format!("enable {}", units.join(" ")),
             Step::DisableUnits { units } => format!("disable {}", units.join(" ")),
@@ -55,7 +114,13 @@ impl Step {
             Step::RestartUnit { unit } => format!("restart {unit}"),
             Step::ReloadUnit { unit } => format!("reload {unit}"),
             Step::StopUnit { unit } => format!("stop {unit}"),
-            Step::RecordComponent { component, installed } => format!("record {component} as {}", if *installed { "installed" } else { "removed" }),
+            Step::RecordComponent {
+                component,
+                installed,
+            } => format!(
+                "record {component} as {}",
+                if *installed { "installed" } else { "removed" }
+            ),
         }
     }
 }
@@ -81,7 +146,11 @@ pub struct PortConflict {
 
 impl std::fmt::Display for PortConflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "port {} wanted by {} is held by {}", self.port, self.wanted_by, self.holder)
+        write!(
+            f,
+            "port {} wanted by {} is held by {}",
+            self.port, self.wanted_by, self.holder
+        )
     }
 }
 
@@ -91,7 +160,9 @@ pub fn port_conflicts(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<PortC
     for spec in desired {
         for want in &spec.ports {
             for l in facts.listeners.iter().filter(|l| l.port == want.port) {
-                let overlaps = l.address == want.address || l.address.is_unspecified() || want.address.is_unspecified();
+                let overlaps = l.address == want.address
+                    || l.address.is_unspecified()
+                    || want.address.is_unspecified();
                 if !overlaps || l.unit.as_deref() == Some(want.unit.as_str()) {
                     continue;
                 }
@@ -100,7 +171,11 @@ pub fn port_conflicts(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<PortC
                     (Some(p), Some(pid), None) => format!("{p} (pid {pid})"),
                     _ => format!("another process on {}", l.address),
                 };
-                conflicts.push(PortConflict { port: want.port, wanted_by: want.unit.clone(), holder });
+                conflicts.push(PortConflict {
+                    port: want.port,
+                    wanted_by: want.unit.clone(),
+                    holder,
+                });
             }
         }
     }
@@ -121,7 +196,11 @@ fn file_change(file: &FileSpec, facts: &HostFacts) -> Option<&'static str> {
     match filled {
         None => Some("new secret"),
         Some(text) if crate::util::sha256_hex(text.as_bytes()) != actual.sha256 => Some("changed"),
-        Some(_) if !ownership_matches(Some(&actual.ownership), file.mode, &file.owner, &file.group) => Some("ownership"),
+        Some(_)
+            if !ownership_matches(Some(&actual.ownership), file.mode, &file.owner, &file.group) =>
+        {
+            Some("ownership")
+        }
         Some(_) => None,
     }
 }
@@ -130,7 +209,9 @@ fn unit_change(unit: &UnitSpec, facts: &HostFacts) -> Option<&'static str> {
     match facts.files.get(&unit.path()) {
         None => Some("new"),
         Some(a) if a.sha256 != crate::util::sha256_hex(unit.content.as_bytes()) => Some("changed"),
-        Some(a) if !ownership_matches(Some(&a.ownership), 0o644, "root", "root") => Some("ownership"),
+        Some(a) if !ownership_matches(Some(&a.ownership), 0o644, "root", "root") => {
+            Some("ownership")
+        }
         Some(_) => None,
     }
 }
@@ -144,22 +225,41 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     // Components turned off since the last apply: stop them and remove their units,
     // keeping their data.
     let mut removed_units = false;
-    for gone in state.components.iter().filter(|c| !wanted.contains(c.as_str())) {
+    for gone in state
+        .components
+        .iter()
+        .filter(|c| !wanted.contains(c.as_str()))
+    {
         let units = crate::components::unit_names(gone);
         for unit in units.iter().rev() {
             if unit_fact(unit).is_active() {
                 steps.push(Step::StopUnit { unit: unit.clone() });
             }
         }
-        let present: Vec<String> = units.iter().filter(|u| facts.files.contains_key(&PathBuf::from(paths::UNIT_DIR).join(u))).cloned().collect();
+        let present: Vec<String> = units
+            .iter()
+            .filter(|u| {
+                facts
+                    .files
+                    .contains_key(&PathBuf::from(paths::UNIT_DIR).join(u))
+            })
+            .cloned()
+            .collect();
         if !present.is_empty() {
-            steps.push(Step::DisableUnits { units: present.clone() });
+            steps.push(Step::DisableUnits {
+                units: present.clone(),
+            });
             for u in present {
-                steps.push(Step::RemoveFile { path: PathBuf::from(paths::UNIT_DIR).join(u) });
+                steps.push(Step::RemoveFile {
+                    path: PathBuf::from(paths::UNIT_DIR).join(u),
+                });
             }
             removed_units = true;
         }
-        steps.push(Step::RecordComponent { component: gone.clone(), installed: false });
+        steps.push(Step::RecordComponent {
+            component: gone.clone(),
+            installed: false,
+        });
     }
 
     // The distribution's own services must not run beside the stack's.
@@ -167,11 +267,22 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         for unit in &spec.distro_units {
             let f = unit_fact(unit);
             if f.unit_file_state != "masked" || f.is_active() {
-                let before = state.distro_units.get(unit).cloned().unwrap_or(DistroUnitBefore {
-                    unit_file_state: if f.unit_file_state.is_empty() { "not-found".into() } else { f.unit_file_state.clone() },
-                    was_active: f.is_active(),
+                let before = state
+                    .distro_units
+                    .get(unit)
+                    .cloned()
+                    .unwrap_or(DistroUnitBefore {
+                        unit_file_state: if f.unit_file_state.is_empty() {
+                            "not-found".into()
+                        } else {
+                            f.unit_file_state.clone()
+                        },
+                        was_active: f.is_active(),
+                    });
+                steps.push(Step::MaskDistroUnit {
+                    unit: unit.clone(),
+                    before,
                 });
-                steps.push(Step::MaskDistroUnit { unit: unit.clone(), before });
             }
         }
     }
@@ -182,14 +293,29 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
             if let Some(why) = file_change(file, facts) {
                 if let Some(parent) = file.path.parent() {
                     if !facts.dirs.contains_key(parent) {
-                        steps.push(Step::EnsureDir { dir: DirSpec { path: parent.into(), mode: 0o755, owner: "root".into(), group: "root".into() } });
+                        steps.push(Step::EnsureDir {
+                            dir: DirSpec {
+                                path: parent.into(),
+                                mode: 0o755,
+                                owner: "root".into(),
+                                group: "root".into(),
+                            },
+                        });
                     }
                 }
-                steps.push(Step::WriteFile { file: file.clone(), why });
+                steps.push(Step::WriteFile {
+                    file: file.clone(),
+                    why,
+                });
             }
         }
     }
-    let missing: Vec<String> = desired.iter().flat_map(|s| s.packages.iter()).filter(|p| !facts.packages.contains_key(*p)).cloned().collect();
+    let missing: Vec<String> = desired
+        .iter()
+        .flat_map(|s| s.packages.iter())
+        .filter(|p| !facts.packages.contains_key(*p))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         steps.push(Step::InstallPackages { packages: missing });
     }
@@ -201,10 +327,23 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     }
 
     let base_dirs = [
-        DirSpec { path: paths::STATE.into(), mode: 0o755, owner: "root".into(), group: "root".into() },
-        DirSpec { path: paths::SECRETS.into(), mode: 0o700, owner: "root".into(), group: "root".into() },
+        DirSpec {
+            path: paths::STATE.into(),
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+        },
+        DirSpec {
+            path: paths::SECRETS.into(),
+            mode: 0o700,
+            owner: "root".into(),
+            group: "root".into(),
+        },
     ];
-    for dir in base_dirs.iter().chain(desired.iter().flat_map(|s| s.dirs.iter())) {
+    for dir in base_dirs
+        .iter()
+        .chain(desired.iter().flat_map(|s| s.dirs.iter()))
+    {
         if !ownership_matches(facts.dirs.get(&dir.path), dir.mode, &dir.owner, &dir.group) {
             steps.push(Step::EnsureDir { dir: dir.clone() });
         }
@@ -221,7 +360,10 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     let mut notified: BTreeMap<String, OnChange> = BTreeMap::new();
     for file in desired.iter().flat_map(|s| s.files.iter()) {
         if let Some(why) = file_change(file, facts) {
-            steps.push(Step::WriteFile { file: file.clone(), why });
+            steps.push(Step::WriteFile {
+                file: file.clone(),
+                why,
+            });
             for (unit, how) in &file.notify {
                 let e = notified.entry(unit.clone()).or_insert(*how);
                 if *how == OnChange::Restart {
@@ -232,11 +374,16 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     }
 
     let target = crate::units::stack_target();
-    let all_units: Vec<&UnitSpec> = std::iter::once(&target).chain(desired.iter().flat_map(|s| s.units.iter())).collect();
+    let all_units: Vec<&UnitSpec> = std::iter::once(&target)
+        .chain(desired.iter().flat_map(|s| s.units.iter()))
+        .collect();
     let mut wrote_units = removed_units;
     for unit in &all_units {
         if let Some(why) = unit_change(unit, facts) {
-            steps.push(Step::WriteUnit { unit: (*unit).clone(), why });
+            steps.push(Step::WriteUnit {
+                unit: (*unit).clone(),
+                why,
+            });
             wrote_units = true;
             if why != "new" {
                 notified.insert(unit.name.clone(), OnChange::Restart);
@@ -250,16 +397,26 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     for spec in desired {
         for p in &spec.init {
             let done = match p {
-                Provision::PostgresInitdb { data_dir, .. } => facts.existing.contains(&data_dir.join("PG_VERSION")),
-                Provision::PostgresRoles { .. } => state.provisioned.get(&p.id()) == Some(&p.fingerprint()),
+                Provision::PostgresInitdb { data_dir, .. } => {
+                    facts.existing.contains(&data_dir.join("PG_VERSION"))
+                }
+                Provision::PostgresRoles { .. } => {
+                    state.provisioned.get(&p.id()) == Some(&p.fingerprint())
+                }
             };
             if !done {
-                steps.push(Step::Init { provision: p.clone() });
+                steps.push(Step::Init {
+                    provision: p.clone(),
+                });
             }
         }
     }
 
-    let to_enable: Vec<String> = all_units.iter().filter(|u| !unit_fact(&u.name).is_enabled()).map(|u| u.name.clone()).collect();
+    let to_enable: Vec<String> = all_units
+        .iter()
+        .filter(|u| !unit_fact(&u.name).is_enabled())
+        .map(|u| u.name.clone())
+        .collect();
     if !to_enable.is_empty() {
         steps.push(Step::EnableUnits { units: to_enable });
     }
@@ -267,31 +424,46 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     for unit in all_units.iter().skip(1) {
         let f = unit_fact(&unit.name);
         if !f.is_active() {
-            steps.push(Step::StartUnit { unit: unit.name.clone() });
+            steps.push(Step::StartUnit {
+                unit: unit.name.clone(),
+            });
         } else {
             match notified.get(&unit.name) {
-                Some(OnChange::Restart) => steps.push(Step::RestartUnit { unit: unit.name.clone() }),
-                Some(OnChange::Reload) => steps.push(Step::ReloadUnit { unit: unit.name.clone() }),
+                Some(OnChange::Restart) => steps.push(Step::RestartUnit {
+                    unit: unit.name.clone(),
+                }),
+                Some(OnChange::Reload) => steps.push(Step::ReloadUnit {
+                    unit: unit.name.clone(),
+                }),
                 None => {}
             }
         }
     }
     if !unit_fact(&target.name).is_active() {
-        steps.push(Step::StartUnit { unit: target.name.clone() });
+        steps.push(Step::StartUnit {
+            unit: target.name.clone(),
+        });
     }
 
     for spec in desired {
         for p in &spec.provision {
             let uses_new_secret = match p {
-                Provision::PostgresRoles { roles, .. } => roles.iter().any(|r| new_secrets.contains(&r.password_secret)),
+                Provision::PostgresRoles { roles, .. } => roles
+                    .iter()
+                    .any(|r| new_secrets.contains(&r.password_secret)),
                 Provision::PostgresInitdb { .. } => false,
             };
             if uses_new_secret || state.provisioned.get(&p.id()) != Some(&p.fingerprint()) {
-                steps.push(Step::Provision { provision: p.clone() });
+                steps.push(Step::Provision {
+                    provision: p.clone(),
+                });
             }
         }
         if !state.components.contains(spec.name) {
-            steps.push(Step::RecordComponent { component: spec.name.into(), installed: true });
+            steps.push(Step::RecordComponent {
+                component: spec.name.into(),
+                installed: true,
+            });
         }
     }
 

@@ -5,30 +5,51 @@ use crate::facts::{FileFact, Listener, UnitFact};
 
 fn config(extra: &str) -> Config {
     load(&[
-        Source { origin: EMBEDDED_ORIGIN.into(), text: EMBEDDED_DEFAULT.into() },
-        Source { origin: "t.toml".into(), text: extra.into() },
+        Source {
+            origin: EMBEDDED_ORIGIN.into(),
+            text: EMBEDDED_DEFAULT.into(),
+        },
+        Source {
+            origin: "t.toml".into(),
+            text: extra.into(),
+        },
     ])
     .unwrap()
 }
 
 fn desired(extra: &str) -> Vec<ComponentSpec> {
-    render_all(&config(extra), &Platform { codename: "bookworm".into() })
+    render_all(
+        &config(extra),
+        &Platform {
+            codename: "bookworm".into(),
+        },
+    )
 }
 
 fn fresh_host() -> HostFacts {
-    HostFacts { codename: "bookworm".into(), ..Default::default() }
+    HostFacts {
+        codename: "bookworm".into(),
+        ..Default::default()
+    }
 }
 
 /// A simulated host: applies each step to the facts the way the executor would.
 fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
     let active = |facts: &mut HostFacts, unit: &str, on: bool| {
         let f = facts.units.entry(unit.to_string()).or_default();
-        f.active_state = if on { "active".into() } else { "inactive".into() };
+        f.active_state = if on {
+            "active".into()
+        } else {
+            "inactive".into()
+        };
     };
     for step in &plan.steps {
         match step {
             Step::MaskDistroUnit { unit, before } => {
-                state.distro_units.entry(unit.clone()).or_insert(before.clone());
+                state
+                    .distro_units
+                    .entry(unit.clone())
+                    .or_insert(before.clone());
                 let f = facts.units.entry(unit.clone()).or_default();
                 f.unit_file_state = "masked".into();
                 f.active_state = "inactive".into();
@@ -42,17 +63,47 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                 facts.users.insert(user.name.clone());
             }
             Step::EnsureDir { dir } => {
-                facts.dirs.insert(dir.path.clone(), Ownership { mode: dir.mode, owner: dir.owner.clone(), group: dir.group.clone() });
+                facts.dirs.insert(
+                    dir.path.clone(),
+                    Ownership {
+                        mode: dir.mode,
+                        owner: dir.owner.clone(),
+                        group: dir.group.clone(),
+                    },
+                );
             }
             Step::GenerateSecret { name } => {
-                facts.secrets.insert(name.clone(), format!("secret-of-{name}"));
+                facts
+                    .secrets
+                    .insert(name.clone(), format!("secret-of-{name}"));
             }
             Step::WriteFile { file, .. } => {
-                let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned()).expect("secrets exist before files");
-                facts.files.insert(file.path.clone(), FileFact { sha256: crate::util::sha256_hex(text.as_bytes()), ownership: Ownership { mode: file.mode, owner: file.owner.clone(), group: file.group.clone() } });
+                let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned())
+                    .expect("secrets exist before files");
+                facts.files.insert(
+                    file.path.clone(),
+                    FileFact {
+                        sha256: crate::util::sha256_hex(text.as_bytes()),
+                        ownership: Ownership {
+                            mode: file.mode,
+                            owner: file.owner.clone(),
+                            group: file.group.clone(),
+                        },
+                    },
+                );
             }
             Step::WriteUnit { unit, .. } => {
-                facts.files.insert(unit.path(), FileFact { sha256: crate::util::sha256_hex(unit.content.as_bytes()), ownership: Ownership { mode: 0o644, owner: "root".into(), group: "root".into() } });
+                facts.files.insert(
+                    unit.path(),
+                    FileFact {
+                        sha256: crate::util::sha256_hex(unit.content.as_bytes()),
+                        ownership: Ownership {
+                            mode: 0o644,
+                            owner: "root".into(),
+                            group: "root".into(),
+                        },
+                    },
+                );
             }
             Step::RemoveFile { path } => {
                 facts.files.remove(path);
@@ -76,9 +127,14 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             Step::StartUnit { unit } => active(facts, unit, true),
             Step::StopUnit { unit } => active(facts, unit, false),
             Step::Provision { provision } => {
-                state.provisioned.insert(provision.id(), provision.fingerprint());
+                state
+                    .provisioned
+                    .insert(provision.id(), provision.fingerprint());
             }
-            Step::RecordComponent { component, installed } => {
+            Step::RecordComponent {
+                component,
+                installed,
+            } => {
                 if *installed {
                     state.components.insert(component.clone());
                 } else {
@@ -105,11 +161,25 @@ fn converged(extra: &str) -> (HostFacts, RecordedState) {
 fn a_fresh_host_gets_everything_in_dependency_order() {
     let p = plan(&desired(""), &fresh_host(), &RecordedState::default());
     let steps = names(&p);
-    let pos = |needle: &str| steps.iter().position(|s| s.contains(needle)).unwrap_or_else(|| panic!("no step {needle}: {steps:#?}"));
+    let pos = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no step {needle}: {steps:#?}"))
+    };
     assert!(pos("keep the distribution's postgresql.service") < pos("install Debian packages"));
-    assert!(pos("createcluster.d") < pos("install Debian packages"), "no default cluster may be created");
-    assert!(pos("install Debian packages: postgresql-15 redis-server nginx") < pos("create system user analytics-postgres"));
-    assert!(pos("generate secret postgres-warehouse") < pos("write /etc/analytics-stack/redis/broker-auth.conf"));
+    assert!(
+        pos("createcluster.d") < pos("install Debian packages"),
+        "no default cluster may be created"
+    );
+    assert!(
+        pos("install Debian packages: postgresql-15 redis-server nginx")
+            < pos("create system user analytics-postgres")
+    );
+    assert!(
+        pos("generate secret postgres-warehouse")
+            < pos("write /etc/analytics-stack/redis/broker-auth.conf")
+    );
     assert!(pos("write unit analytics-postgres.service") < pos("reload systemd"));
     assert!(pos("reload systemd") < pos("initialise PostgreSQL"));
     assert!(pos("initialise PostgreSQL") < pos("start analytics-postgres.service"));
@@ -130,20 +200,40 @@ fn a_second_apply_of_the_same_config_plans_nothing() {
 fn a_changed_port_rewrites_one_file_and_restarts_one_unit() {
     let (facts, state) = converged("");
     let p = plan(&desired("[redis.cache]\nport = 6390\n"), &facts, &state);
-    assert_eq!(names(&p), ["write /etc/analytics-stack/redis/cache.conf (changed)", "restart analytics-redis-cache.service"]);
+    assert_eq!(
+        names(&p),
+        [
+            "write /etc/analytics-stack/redis/cache.conf (changed)",
+            "restart analytics-redis-cache.service"
+        ]
+    );
 }
 
 #[test]
 fn an_nginx_change_reloads_instead_of_restarting() {
     let (facts, state) = converged("");
-    let p = plan(&desired("[stack]\nhostname = \"stack.example\"\n"), &facts, &state);
-    assert_eq!(names(&p), ["write /etc/analytics-stack/nginx/nginx.conf (changed)", "reload analytics-nginx.service"]);
+    let p = plan(
+        &desired("[stack]\nhostname = \"stack.example\"\n"),
+        &facts,
+        &state,
+    );
+    assert_eq!(
+        names(&p),
+        [
+            "write /etc/analytics-stack/nginx/nginx.conf (changed)",
+            "reload analytics-nginx.service"
+        ]
+    );
 }
 
 #[test]
 fn a_stopped_unit_is_started_and_nothing_else_happens() {
     let (mut facts, state) = converged("");
-    facts.units.get_mut("analytics-redis-broker.service").unwrap().active_state = "failed".into();
+    facts
+        .units
+        .get_mut("analytics-redis-broker.service")
+        .unwrap()
+        .active_state = "failed".into();
     let p = plan(&desired(""), &facts, &state);
     assert_eq!(names(&p), ["start analytics-redis-broker.service"]);
 }
@@ -151,9 +241,19 @@ fn a_stopped_unit_is_started_and_nothing_else_happens() {
 #[test]
 fn a_file_edited_by_hand_is_put_back() {
     let (mut facts, state) = converged("");
-    facts.files.get_mut(&PathBuf::from("/etc/analytics-stack/postgres/pg_hba.conf")).unwrap().sha256 = "edited".into();
+    facts
+        .files
+        .get_mut(&PathBuf::from("/etc/analytics-stack/postgres/pg_hba.conf"))
+        .unwrap()
+        .sha256 = "edited".into();
     let p = plan(&desired(""), &facts, &state);
-    assert_eq!(names(&p), ["write /etc/analytics-stack/postgres/pg_hba.conf (changed)", "reload analytics-postgres.service"]);
+    assert_eq!(
+        names(&p),
+        [
+            "write /etc/analytics-stack/postgres/pg_hba.conf (changed)",
+            "reload analytics-postgres.service"
+        ]
+    );
 }
 
 #[test]
@@ -181,26 +281,73 @@ fn a_lost_secret_is_regenerated_and_its_users_updated() {
     let (mut facts, state) = converged("");
     facts.secrets.remove("postgres-airflow");
     let p = plan(&desired(""), &facts, &state);
-    assert_eq!(names(&p), ["generate secret postgres-airflow", "ensure PostgreSQL roles and databases: superset, airflow, warehouse"]);
+    assert_eq!(
+        names(&p),
+        [
+            "generate secret postgres-airflow",
+            "ensure PostgreSQL roles and databases: superset, airflow, warehouse"
+        ]
+    );
 }
 
 #[test]
 fn the_distro_state_before_masking_is_kept_from_the_first_time() {
     let mut facts = fresh_host();
-    facts.units.insert("nginx.service".into(), UnitFact { unit_file_state: "enabled".into(), active_state: "active".into(), ..Default::default() });
+    facts.units.insert(
+        "nginx.service".into(),
+        UnitFact {
+            unit_file_state: "enabled".into(),
+            active_state: "active".into(),
+            ..Default::default()
+        },
+    );
     let p = plan(&desired(""), &facts, &RecordedState::default());
-    let before = p.steps.iter().find_map(|s| match s { Step::MaskDistroUnit { unit, before } if unit == "nginx.service" => Some(before.clone()), _ => None }).unwrap();
-    assert_eq!(before, DistroUnitBefore { unit_file_state: "enabled".into(), was_active: true });
+    let before = p
+        .steps
+        .iter()
+        .find_map(|s| match s {
+            Step::MaskDistroUnit { unit, before } if unit == "nginx.service" => {
+                Some(before.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        before,
+        DistroUnitBefore {
+            unit_file_state: "enabled".into(),
+            was_active: true
+        }
+    );
 }
 
 #[test]
 fn a_foreign_listener_on_a_wanted_port_is_named() {
     let mut facts = fresh_host();
-    facts.listeners.push(Listener { address: "0.0.0.0".parse().unwrap(), port: 80, pid: Some(42), process: Some("apache2".into()), unit: Some("apache2.service".into()) });
-    facts.listeners.push(Listener { address: "127.0.0.1".parse().unwrap(), port: 5432, pid: Some(7), process: Some("postgres".into()), unit: Some(crate::components::postgres::UNIT.into()) });
+    facts.listeners.push(Listener {
+        address: "0.0.0.0".parse().unwrap(),
+        port: 80,
+        pid: Some(42),
+        process: Some("apache2".into()),
+        unit: Some("apache2.service".into()),
+    });
+    facts.listeners.push(Listener {
+        address: "127.0.0.1".parse().unwrap(),
+        port: 5432,
+        pid: Some(7),
+        process: Some("postgres".into()),
+        unit: Some(crate::components::postgres::UNIT.into()),
+    });
     let conflicts = port_conflicts(&desired(""), &facts);
-    assert_eq!(conflicts.len(), 1, "the stack's own postgres is no conflict: {conflicts:?}");
-    assert_eq!(conflicts[0].to_string(), "port 80 wanted by analytics-nginx.service is held by apache2 (pid 42, apache2.service)");
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "the stack's own postgres is no conflict: {conflicts:?}"
+    );
+    assert_eq!(
+        conflicts[0].to_string(),
+        "port 80 wanted by analytics-nginx.service is held by apache2 (pid 42, apache2.service)"
+    );
 }
 
 #[test]

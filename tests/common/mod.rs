@@ -1,0 +1,188 @@
+//! A throwaway Debian 12 container with a real systemd as PID 1 (systemd-nspawn,
+//! volatile overlay over a cached root filesystem), with this build's binaries,
+//! daemon unit and D-Bus policy bound in. See docs/TESTING.md.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rootfs() -> PathBuf {
+    let dir = std::env::var_os("ANALYTICS_STACK_TEST_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/analytics-stack-test/rootfs"));
+    let status = Command::new(repo().join("tests/harness/build-rootfs.sh"))
+        .arg(&dir)
+        .status()
+        .expect("run build-rootfs.sh");
+    assert!(status.success(), "building the test root filesystem failed");
+    dir
+}
+
+pub struct Container {
+    nspawn: Child,
+    pub leader: u32,
+    pub name: String,
+}
+
+fn find_leader(nspawn_pid: u32) -> Option<u32> {
+    // The container's PID 1: a descendant of nspawn whose NSpid line has two
+    // fields and ends in 1.
+    let mut frontier = vec![nspawn_pid];
+    while let Some(pid) = frontier.pop() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap_or_default();
+            if let Some(ns) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) {
+                let f: Vec<&str> = ns.split_whitespace().collect();
+                if f.len() == 2 && f[1] == "1" {
+                    return Some(c);
+                }
+            }
+            frontier.push(c);
+        }
+    }
+    None
+}
+
+impl Container {
+    pub fn boot(name: &str) -> Container {
+        let rootfs = rootfs();
+        let bind = |src: &Path, dst: &str| format!("--bind-ro={}:{dst}", src.display());
+        let r = repo();
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["-q", "-D"])
+            .arg(&rootfs)
+            .args([
+                "-M",
+                name,
+                "--register=no",
+                "--keep-unit",
+                "--link-journal=no",
+                "--volatile=overlay",
+                "--kill-signal=SIGRTMIN+3",
+            ])
+            .arg(bind(
+                Path::new(env!("CARGO_BIN_EXE_analytics-stackd")),
+                "/usr/sbin/analytics-stackd",
+            ))
+            .arg(bind(
+                Path::new(env!("CARGO_BIN_EXE_analytics-stack")),
+                "/usr/bin/analytics-stack",
+            ))
+            .arg(bind(
+                &r.join("units/analytics-stackd.service"),
+                "/etc/systemd/system/analytics-stackd.service",
+            ))
+            .arg(bind(
+                &r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
+                "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
+            ))
+            .arg("-b")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start systemd-nspawn");
+        let pid = nspawn.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leader = loop {
+            if let Some(l) = find_leader(pid) {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "container {name} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let c = Container {
+            nspawn,
+            leader,
+            name: name.into(),
+        };
+        // PID 1 may still be the pre-exec nspawn child: wait for systemd to answer.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = loop {
+            let out = c.sh("timeout 10 systemctl is-system-running --wait 2>&1");
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if state == "running" || state == "degraded" {
+                break state;
+            }
+            assert!(Instant::now() < deadline, "container {name} state: {state}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!("[{name}] systemd is {state} (leader pid {leader})");
+        c
+    }
+
+    /// Runs a shell command inside, as root, with a clean environment.
+    pub fn sh(&self, cmd: &str) -> Output {
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &self.leader.to_string(),
+                "-a",
+                "--",
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+                "LANG=C.UTF-8",
+                "bash",
+                "-c",
+                cmd,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, cmd: &str) -> String {
+        let out = self.sh(cmd);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "`{cmd}` failed ({:?}):\nstdout: {stdout}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    pub fn start_daemon(&self) {
+        self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
+        eprintln!(
+            "[{}] analytics-stackd is {}",
+            self.name,
+            self.ok("systemctl is-active analytics-stackd.service")
+                .trim()
+        );
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM to nspawn; it halts PID 1 with SIGRTMIN+3.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.nspawn.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}

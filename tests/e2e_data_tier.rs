@@ -1,0 +1,273 @@
+//! End-to-end: a real systemd in a container, the daemon started as a service, the
+//! data tier installed from Debian's packages through the CLI, probed over SQL,
+//! RESP and HTTP. Run by `tests/run-all.sh` (these need root and systemd-nspawn).
+
+mod common;
+
+use common::Container;
+use serde_json::Value;
+
+fn status(c: &Container, as_user: Option<&str>) -> Value {
+    let cmd = match as_user {
+        Some(u) => format!("runuser -u {u} -- analytics-stack status --json"),
+        None => "analytics-stack status --json".into(),
+    };
+    serde_json::from_str(&c.ok(&cmd)).expect("status --json is JSON")
+}
+
+fn main_pids(v: &Value) -> Vec<(String, u64)> {
+    v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| {
+            c["units"].as_array().unwrap().iter().map(|u| {
+                (
+                    u["name"].as_str().unwrap().to_string(),
+                    u["main_pid"].as_u64().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
+fn data_tier_end_to_end() {
+    let c = Container::boot("as-e2e-data");
+    c.start_daemon();
+
+    // A malformed config is refused with file, line and column, and nothing runs.
+    c.ok("mkdir -p /etc/analytics-stack && printf '[nginx]\\nport = 0\\n[postgres]\\nshared_bufers = \"1GB\"\\n' > /etc/analytics-stack/stack.toml");
+    let bad = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert_eq!(bad.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/etc/analytics-stack/stack.toml:2:8: nginx.port"),
+        "{err}"
+    );
+    assert!(
+        err.contains("/etc/analytics-stack/stack.toml:4:1: postgres.shared_bufers"),
+        "{err}"
+    );
+    assert!(!c
+        .sh("test -e /etc/systemd/system/analytics-postgres.service")
+        .status
+        .success());
+    c.ok("rm /etc/analytics-stack/stack.toml");
+
+    // An unprivileged user may read status but not apply.
+    let denied = c.sh("runuser -u alice -- analytics-stack apply");
+    assert_eq!(
+        denied.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("AccessDenied"));
+    let _ = status(&c, Some("alice"));
+
+    // The plan of a fresh host names the packages.
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("install Debian packages: postgresql-15 redis-server nginx"),
+        "{plan}"
+    );
+
+    // Two applies at once: the second is told the daemon is busy.
+    // Detached from our output pipe, so this call returns while the apply runs.
+    c.ok("setsid bash -c 'analytics-stack apply > /tmp/apply1.out 2> /tmp/apply1.err; echo $? > /tmp/apply1.rc' < /dev/null > /dev/null 2>&1 &");
+    c.ok("for i in $(seq 100); do busctl get-property org.analyticsstack.Stack1 /org/analyticsstack/Stack1 org.analyticsstack.Stack1.Manager Busy | grep -q true && exit 0; sleep 0.1; done; exit 1");
+    let second = c.sh("analytics-stack apply");
+    assert_eq!(
+        second.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("Busy"));
+    c.ok("for i in $(seq 600); do test -s /tmp/apply1.rc && break; sleep 0.5; done");
+    let rc = c.ok("cat /tmp/apply1.rc");
+    assert_eq!(
+        rc.trim(),
+        "0",
+        "first apply failed:\n{}\n{}",
+        c.ok("cat /tmp/apply1.out"),
+        c.ok("cat /tmp/apply1.err")
+    );
+    eprintln!("{}", c.ok("tail -n 3 /tmp/apply1.err; cat /tmp/apply1.out"));
+
+    // Every component is healthy, with versions and running units.
+    let s1 = status(&c, None);
+    let comps = s1["components"].as_array().unwrap();
+    let names: Vec<&str> = comps.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["postgres", "redis", "nginx"]);
+    for comp in comps {
+        assert_eq!(comp["healthy"], true, "{comp}");
+        assert!(!comp["version"].as_str().unwrap().is_empty());
+        for u in comp["units"].as_array().unwrap() {
+            assert_eq!(u["active_state"], "active", "{u}");
+            assert!(u["main_pid"].as_u64().unwrap() > 0);
+        }
+    }
+
+    // The distribution's own services are not running beside the stack's.
+    for unit in [
+        "postgresql.service",
+        "redis-server.service",
+        "nginx.service",
+    ] {
+        let state = c.ok(&format!("systemctl is-enabled {unit} || true"));
+        assert_eq!(state.trim(), "masked", "{unit}");
+    }
+    assert!(
+        c.ok("ls /etc/postgresql/ 2>/dev/null | wc -l").trim() == "0",
+        "no Debian default cluster may exist"
+    );
+
+    // Each unit runs as its own user and passes systemd-analyze verify.
+    c.ok("systemd-analyze verify /etc/systemd/system/analytics-*.service");
+    for (unit, user) in [
+        ("analytics-postgres.service", "analytics-postgres"),
+        ("analytics-redis-broker.service", "analytics-redis"),
+        ("analytics-nginx.service", "analytics-nginx"),
+    ] {
+        let pid = c.ok(&format!("systemctl show -p MainPID --value {unit}"));
+        let owner = c.ok(&format!("ps -o user= -p {}", pid.trim()));
+        assert_eq!(owner.trim(), user, "{unit}");
+        let security = c.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | tail -n 1"
+        ));
+        eprintln!("{unit}: {}", security.trim());
+    }
+
+    // Secrets are 0600 and not printed by status.
+    let perms = c.ok("stat -c '%a %U' /var/lib/analytics-stack/secrets/*");
+    assert!(perms.lines().all(|l| l == "600 root"), "{perms}");
+    let secret = c.ok("cat /var/lib/analytics-stack/secrets/postgres-warehouse");
+    assert!(!c
+        .ok("analytics-stack status --json; analytics-stack plan --json")
+        .contains(secret.trim()));
+
+    // SQL into the warehouse with the generated credentials.
+    let psql = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -tAX";
+    c.ok(&format!(
+        "{psql} -c 'CREATE TABLE facts (n int); INSERT INTO facts VALUES (42);'"
+    ));
+    assert_eq!(
+        c.ok(&format!("{psql} -c 'SELECT sum(n) FROM facts'"))
+            .trim(),
+        "42"
+    );
+    for role in ["superset", "airflow"] {
+        let out = c.ok(&format!("PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-{role}) psql -h 127.0.0.1 -U {role} -d {role} -tAX -c 'SELECT current_user'"));
+        assert_eq!(out.trim(), role);
+    }
+
+    // Both Redis instances answer, with the policy each role needs.
+    for (port, secret, policy) in [
+        (6379, "redis-broker", "noeviction"),
+        (6380, "redis-cache", "allkeys-lru"),
+    ] {
+        let cli = format!("redis-cli -p {port} --no-auth-warning -a $(cat /var/lib/analytics-stack/secrets/{secret})");
+        assert_eq!(c.ok(&format!("{cli} ping")).trim(), "PONG");
+        assert!(c
+            .ok(&format!("{cli} config get maxmemory-policy"))
+            .contains(policy));
+        let anonymous = c.ok(&format!("redis-cli -p {port} ping || true"));
+        assert!(
+            anonymous.contains("NOAUTH"),
+            "redis must require a password: {anonymous}"
+        );
+    }
+
+    // The landing page lists the services; application routes answer 503 for now.
+    let page = c.ok("curl -fsS http://127.0.0.1/");
+    for needle in [
+        "postgres",
+        "redis",
+        "nginx",
+        "healthy",
+        "/superset/",
+        "/airflow/",
+        "/grafana/",
+    ] {
+        assert!(page.contains(needle), "landing page lacks {needle}");
+    }
+    for route in ["superset", "airflow", "grafana"] {
+        let code = c.ok(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1/{route}/"
+        ));
+        assert_eq!(code, "503", "/{route}/");
+    }
+
+    // A second apply plans nothing, and restarts nothing.
+    assert!(c.ok("analytics-stack plan").contains("nothing to do"));
+    let again = c.ok("analytics-stack apply");
+    assert!(again.contains("nothing to do"), "{again}");
+    let s2 = status(&c, None);
+    assert_eq!(main_pids(&s1), main_pids(&s2));
+
+    // kill -9 of PostgreSQL: systemd restarts it and committed rows are still there.
+    let old = c.ok("systemctl show -p MainPID --value analytics-postgres.service");
+    c.ok(&format!("kill -9 {}", old.trim()));
+    c.ok("for i in $(seq 120); do p=$(systemctl show -p MainPID --value analytics-postgres.service); [ \"$(systemctl is-active analytics-postgres.service)\" = active ] && [ \"$p\" != 0 ] && [ \"$p\" != OLD ] && break; sleep 0.5; done".replace("OLD", old.trim()).as_str());
+    let new = c.ok("systemctl show -p MainPID --value analytics-postgres.service");
+    assert_ne!(old.trim(), new.trim());
+    c.ok(&format!(
+        "for i in $(seq 60); do {psql} -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done"
+    ));
+    assert_eq!(
+        c.ok(&format!("{psql} -c 'SELECT sum(n) FROM facts'"))
+            .trim(),
+        "42"
+    );
+
+    // Component control and the journal.
+    c.ok("analytics-stack stop redis");
+    assert_eq!(
+        c.ok("systemctl is-active analytics-redis-broker.service || true")
+            .trim(),
+        "inactive"
+    );
+    c.ok("analytics-stack start redis");
+    assert_eq!(
+        c.ok("systemctl is-active analytics-redis-broker.service")
+            .trim(),
+        "active"
+    );
+    let unknown = c.sh("analytics-stack restart mongodb");
+    assert_eq!(unknown.status.code(), Some(7));
+    assert!(c
+        .ok("analytics-stack logs postgres -n 50")
+        .contains("database system is ready"));
+
+    // A config change restarts only what it touches.
+    let before = main_pids(&status(&c, None));
+    c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '[redis.cache]\\nmaxmemory = \"128MB\"\\n' > /etc/analytics-stack/stack.d/50-cache.toml");
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("restart analytics-redis-cache.service"),
+        "{plan}"
+    );
+    c.ok("analytics-stack apply");
+    let after = main_pids(&status(&c, None));
+    for ((unit, a), (_, b)) in before.iter().zip(&after) {
+        if unit == "analytics-redis-cache.service" {
+            assert_ne!(a, b, "{unit} should have restarted");
+        } else {
+            assert_eq!(a, b, "{unit} must not restart");
+        }
+    }
+
+    // Root can read the generated credentials; alice cannot.
+    assert!(c
+        .ok("analytics-stack credentials postgres")
+        .contains("postgresql://warehouse:"));
+    assert_eq!(
+        c.sh("runuser -u alice -- analytics-stack credentials")
+            .status
+            .code(),
+        Some(5)
+    );
+}
