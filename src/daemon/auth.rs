@@ -10,10 +10,9 @@ pub async fn caller_uid(conn: &zbus::Connection, header: &Header<'_>) -> Result<
         .sender()
         .ok_or_else(|| BusError::AccessDenied("message has no sender".into()))?;
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
-    Ok(dbus
-        .get_connection_unix_user(sender.clone().into())
+    dbus.get_connection_unix_user(sender.clone().into())
         .await
-        .map_err(|e| BusError::AccessDenied(format!("cannot identify caller: {e}")))?)
+        .map_err(|e| BusError::AccessDenied(format!("cannot identify caller: {e}")))
 }
 
 /// Root may mutate; so may members of `admin_group` when it is set.
@@ -30,7 +29,7 @@ pub fn may_mutate(uid: u32, admin_group: &str) -> bool {
     let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) else {
         return false;
     };
-    user.gid == group.gid || group.mem.iter().any(|m| *m == user.name)
+    user.gid == group.gid || group.mem.contains(&user.name)
 }
 
 pub async fn require_admin(

@@ -53,8 +53,7 @@ pub fn unit_of_cgroup(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.rsplit(':').next())
         .flat_map(|path| path.split('/'))
-        .filter(|seg| seg.ends_with(".service") || seg.ends_with(".scope"))
-        .last()
+        .rfind(|seg| seg.ends_with(".service") || seg.ends_with(".scope"))
         .map(String::from)
 }
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Brings the stack up. On a machine whose PID 1 is not systemd (like the build
+# machines), inside a throwaway Debian 12 container with a real systemd that shares
+# the host's network, so the landing page is reachable from the host.
+# Tear it down with scripts/down.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tests/harness/container.sh
+name=${ANALYTICS_STACK_CONTAINER:-analytics-stack}
+
+if [ "$(id -u)" != 0 ]; then echo "run as root" >&2; exit 1; fi
+if [ -f "/run/analytics-stack-dev/$name.pid" ] && kill -0 "$(cat "/run/analytics-stack-dev/$name.pid")" 2>/dev/null; then
+  echo "container $name is already running; scripts/down.sh first" >&2; exit 1
+fi
+cargo build --release --bins
+container_boot "$name" "$PWD/target/release"
+container_exec "$LEADER" 'systemctl daemon-reload && systemctl start analytics-stackd.service'
+container_exec "$LEADER" 'analytics-stack apply'
+container_exec "$LEADER" 'analytics-stack status'
+port=$(container_exec "$LEADER" 'analytics-stack config show' | awk -F' = ' '/^\[nginx\]/{n=1} n && $1=="port"{print $2; exit}')
+echo
+echo "The stack is up: http://127.0.0.1:${port:-80}/"
+echo "A shell inside: nsenter -t $LEADER -a bash    Tear down: scripts/down.sh"

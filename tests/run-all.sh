@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, unit tests, and the end-to-end tests that
+# boot a real systemd in containers (root needed). Installs what it needs itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then echo "tests/run-all.sh must run as root (the end-to-end tests boot containers)" >&2; exit 1; fi
+need=()
+for tool in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd nsenter:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+# The root filesystem is built (or reused) before the tests, outside their timeouts.
+tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}"
+cargo nextest run --run-ignored all --no-fail-fast
