@@ -54,10 +54,10 @@ impl Executor<'_> {
         let total = plan.steps.len();
         for (i, step) in plan.steps.iter().enumerate() {
             let description = step.describe();
+            progress(i, total, &description);
             if self.cancel.load(Ordering::SeqCst) {
                 return Err(ExecError::Cancelled(description));
             }
-            progress(i, total, &description);
             tracing::info!(step = i + 1, total, "{description}");
             self.step(step, state)
                 .await

@@ -108,6 +108,8 @@ fn data_tier_end_to_end() {
         for u in comp["units"].as_array().unwrap() {
             assert_eq!(u["active_state"], "active", "{u}");
             assert!(u["main_pid"].as_u64().unwrap() > 0);
+            // The test containers enable memory accounting (tests/harness/init.sh).
+            assert!(u["memory_bytes"].as_u64().unwrap_or(0) > 0, "{u}");
         }
     }
 

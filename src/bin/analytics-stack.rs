@@ -281,6 +281,11 @@ async fn apply(json: bool) -> Result<(), Failure> {
         .await?;
     let mut progress = job.receive_progress().await?;
     let mut finished = job.receive_finished().await?;
+    // A daemon that dies mid-job never sends Finished: watch its bus name too.
+    let dbus = zbus::fdo::DBusProxy::new(m.inner().connection()).await?;
+    let mut owner_changes = dbus
+        .receive_name_owner_changed_with_args(&[(0, analytics_stack::daemon::BUS_NAME)])
+        .await?;
     // The job may have ended before we subscribed: its properties tell.
     let mut state = job.state().await?;
     while state == "running" {
@@ -294,6 +299,9 @@ async fn apply(json: bool) -> Result<(), Failure> {
             }
             Some(f) = finished.next() => {
                 state = f.args().map(|a| a.state.clone()).unwrap_or_else(|_| "failed".into());
+            }
+            Some(_) = owner_changes.next() => {
+                return Err(Failure { code: 1, message: "Failed: analytics-stackd exited during the apply; run `analytics-stack apply` again to converge".into() });
             }
             else => state = job.state().await?,
         }

@@ -78,13 +78,35 @@ async fn apt_get(args: &[&str]) -> Result<(), String> {
     Err(tail.join("\n"))
 }
 
+async fn dpkg_configure_pending() -> Result<(), String> {
+    let out = Command::new("dpkg")
+        .args(["--configure", "-a", "--force-confdef", "--force-confold"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run dpkg: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "dpkg --configure -a: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 pub async fn install(packages: &[String]) -> Result<(), AptError> {
     let err = |detail: String| AptError {
         packages: packages.join(" "),
         detail,
     };
     // Keep services from starting during the install; leave an existing policy alone.
-    let own_policy = !Path::new(POLICY_RC_D).exists();
+    // A file with our marker was left by a daemon killed mid-install: it is ours.
+    let own_policy = std::fs::read_to_string(POLICY_RC_D)
+        .map_or(!Path::new(POLICY_RC_D).exists(), |t| {
+            t.contains(POLICY_MARKER)
+        });
     if own_policy {
         use std::os::unix::fs::PermissionsExt;
         std::fs::write(
@@ -106,8 +128,9 @@ pub async fn install(packages: &[String]) -> Result<(), AptError> {
         "Dpkg::Options::=--force-confold",
     ];
     args.extend(packages.iter().map(String::as_str));
-    let mut result = Ok(());
-    if !lists_present() {
+    // Finish any install a killed daemon interrupted; a no-op otherwise.
+    let mut result = dpkg_configure_pending().await;
+    if result.is_ok() && !lists_present() {
         result = apt_get(&["update", "-q"]).await;
     }
     if result.is_ok() {

@@ -59,8 +59,8 @@ impl Container {
         let rootfs = rootfs();
         let bind = |src: &Path, dst: &str| format!("--bind-ro={}:{dst}", src.display());
         let r = repo();
-        let nspawn = Command::new("systemd-nspawn")
-            .args(["-q", "-D"])
+        let nspawn = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"))
+            .args([name, "-q", "-D"])
             .arg(&rootfs)
             .args([
                 "-M",
@@ -87,7 +87,11 @@ impl Container {
                 &r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
                 "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
             ))
-            .arg("-b")
+            .arg(bind(
+                &r.join("tests/harness/init.sh"),
+                "/usr/local/sbin/analytics-test-init",
+            ))
+            .arg("/usr/local/sbin/analytics-test-init")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -11,13 +11,14 @@ container_boot() {
   local name=$1 bindir=$2
   "$HARNESS_DIR/build-rootfs.sh" "$ROOTFS"
   mkdir -p /run/analytics-stack-dev
-  setsid systemd-nspawn -q -D "$ROOTFS" -M "$name" --register=no --keep-unit --link-journal=no \
+  setsid "$HARNESS_DIR/nspawn-in-cgroup.sh" "$name" -q -D "$ROOTFS" -M "$name" --register=no --keep-unit --link-journal=no \
     --volatile=overlay --kill-signal=SIGRTMIN+3 \
     --bind-ro="$bindir/analytics-stackd:/usr/sbin/analytics-stackd" \
     --bind-ro="$bindir/analytics-stack:/usr/bin/analytics-stack" \
     --bind-ro="$REPO_DIR/units/analytics-stackd.service:/etc/systemd/system/analytics-stackd.service" \
     --bind-ro="$REPO_DIR/packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf:/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf" \
-    -b </dev/null >/run/analytics-stack-dev/"$name".log 2>&1 &
+    --bind-ro="$HARNESS_DIR/init.sh:/usr/local/sbin/analytics-test-init" \
+    /usr/local/sbin/analytics-test-init </dev/null >/run/analytics-stack-dev/"$name".log 2>&1 &
   local nspawn=$!
   echo "$nspawn" >/run/analytics-stack-dev/"$name".pid
   LEADER=
