@@ -345,7 +345,22 @@ impl Stack {
         }
         let status = self.status().await?;
         let html = crate::landing::render(&config, &status);
-        let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+        // The public view: health and versions, no PIDs or memory figures, so the file
+        // changes only when health does.
+        let public: Vec<serde_json::Value> = status
+            .components
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "healthy": c.healthy,
+                    "version": c.version,
+                    "units": c.units.iter().map(|u| serde_json::json!({"name": u.name, "active_state": u.active_state})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let json = serde_json::to_string_pretty(&serde_json::json!({ "components": public }))
+            .unwrap_or_default();
         for (name, body) in [("index.html", html), ("status.json", json)] {
             let path = PathBuf::from(paths::WWW).join(name);
             if self.fs.read(&path).ok().as_deref() != Some(body.as_bytes()) {

@@ -205,7 +205,10 @@ fn data_tier_end_to_end() {
 
     // A second apply plans nothing, and restarts nothing.
     assert!(c.ok("analytics-stack plan").contains("nothing to do"));
+    c.ok("touch /tmp/before-second-apply && sleep 1.1");
     let again = c.ok("analytics-stack apply");
+    let written = c.ok("find /etc/analytics-stack /etc/systemd/system /var/lib/analytics-stack/state.json /var/lib/analytics-stack/secrets /var/lib/analytics-stack/www /etc/postgresql-common -newer /tmp/before-second-apply");
+    assert_eq!(written.trim(), "", "a no-op apply wrote files");
     assert!(again.contains("nothing to do"), "{again}");
     let s2 = status(&c, None);
     assert_eq!(main_pids(&s1), main_pids(&s2));

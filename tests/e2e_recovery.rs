@@ -77,6 +77,49 @@ fn cancelled_and_killed_applies_converge() {
     for comp in status["components"].as_array().unwrap() {
         assert_eq!(comp["healthy"], true, "{comp}");
     }
+    // A unit that cannot start: apply names the error and shows the unit's journal;
+    // fixing the config converges.
+    c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '[postgres]\\nshared_buffers = \"200GB\"\\n' > /etc/analytics-stack/stack.d/90-too-big.toml");
+    let failed = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&failed.stderr).to_string();
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Failed:")
+            && err.contains("--- last journal lines of analytics-postgres.service ---"),
+        "{err}"
+    );
+    assert!(
+        err.contains("shared memory"),
+        "the journal lines should show PostgreSQL's own complaint: {err}"
+    );
+    c.ok("rm /etc/analytics-stack/stack.d/90-too-big.toml");
+    assert!(c
+        .ok("analytics-stack apply")
+        .contains("every component is healthy"));
+
+    // Another process on a wanted port: apply refuses and names it.
+    c.ok("analytics-stack stop redis");
+    c.ok("systemd-run --unit=squatter perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(LocalAddr => \"127.0.0.1:6380\", Listen => 1, ReuseAddr => 1) or die $!; sleep 600'");
+    c.ok("for i in $(seq 50); do grep -q ':18EC 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1");
+    let conflict = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&conflict.stderr).to_string();
+    assert_eq!(conflict.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("port 6380 wanted by analytics-redis-cache.service is held by perl (pid")
+            && err.contains("squatter.service"),
+        "{err}"
+    );
+    c.ok("systemctl stop squatter.service");
+
+    // Members of the configured admin group may change the stack too.
+    c.ok("groupadd stackadmins && usermod -aG stackadmins alice && printf '[stack]\\nadmin_group = \"stackadmins\"\\n' > /etc/analytics-stack/stack.d/10-admins.toml");
+    c.ok("runuser -u alice -- analytics-stack apply");
+    assert_eq!(
+        c.ok("systemctl is-active analytics-redis-cache.service")
+            .trim(),
+        "active"
+    );
+
     // The provisioned roles work after the interrupted run.
     c.ok("PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -c 'SELECT 1'");
 }
