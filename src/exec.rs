@@ -157,13 +157,7 @@ impl Executor<'_> {
             Step::RecordComponent {
                 component,
                 installed,
-            } => {
-                if *installed {
-                    state.components.insert(component.clone());
-                } else {
-                    state.components.remove(component);
-                }
-            }
+            } => state.record_component(component, *installed),
         }
         Ok(())
     }

@@ -19,6 +19,16 @@ pub struct RecordedState {
     pub files: BTreeSet<String>,
 }
 
+impl RecordedState {
+    pub fn record_component(&mut self, name: &str, installed: bool) {
+        if installed {
+            self.components.insert(name.to_string());
+        } else {
+            self.components.remove(name);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistroUnitBefore {
     /// `enabled`, `disabled`, `static`, `not-found`, …

@@ -1,19 +1,8 @@
 use super::*;
-use crate::config::{load, Source, EMBEDDED_DEFAULT, EMBEDDED_ORIGIN};
 use crate::model::{secret_names, OnChange};
 
 fn config(extra: &str) -> Config {
-    load(&[
-        Source {
-            origin: EMBEDDED_ORIGIN.into(),
-            text: EMBEDDED_DEFAULT.into(),
-        },
-        Source {
-            origin: "t.toml".into(),
-            text: extra.into(),
-        },
-    ])
-    .unwrap()
+    crate::config::load_texts(&[("t.toml", extra)]).unwrap()
 }
 
 fn bookworm() -> Platform {

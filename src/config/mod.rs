@@ -107,6 +107,19 @@ pub fn load_dir(etc_dir: &Path) -> Result<Config, ConfigErrors> {
     load(&sources)
 }
 
+/// The embedded default with `files` (origin, text) merged over it, in order.
+pub fn load_texts(files: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let mut sources = vec![Source {
+        origin: EMBEDDED_ORIGIN.into(),
+        text: EMBEDDED_DEFAULT.into(),
+    }];
+    sources.extend(files.iter().map(|(origin, text)| Source {
+        origin: origin.to_string(),
+        text: text.to_string(),
+    }));
+    load(&sources)
+}
+
 /// A key path such as `["redis", "broker", "port"]`.
 type KeyPath = Vec<String>;
 

@@ -1,17 +1,7 @@
 use super::*;
 
 fn with(files: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
-    let mut sources = vec![Source {
-        origin: EMBEDDED_ORIGIN.into(),
-        text: EMBEDDED_DEFAULT.into(),
-    }];
-    for (origin, text) in files {
-        sources.push(Source {
-            origin: origin.to_string(),
-            text: text.to_string(),
-        });
-    }
-    load(&sources)
+    load_texts(files)
 }
 
 #[test]

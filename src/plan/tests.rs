@@ -1,20 +1,10 @@
 use super::*;
 use crate::components::{render_all, Platform};
-use crate::config::{load, Config, Source, EMBEDDED_DEFAULT, EMBEDDED_ORIGIN};
+use crate::config::Config;
 use crate::facts::{FileFact, Listener, UnitFact};
 
 fn config(extra: &str) -> Config {
-    load(&[
-        Source {
-            origin: EMBEDDED_ORIGIN.into(),
-            text: EMBEDDED_DEFAULT.into(),
-        },
-        Source {
-            origin: "t.toml".into(),
-            text: extra.into(),
-        },
-    ])
-    .unwrap()
+    crate::config::load_texts(&[("t.toml", extra)]).unwrap()
 }
 
 fn desired(extra: &str) -> Vec<ComponentSpec> {
@@ -134,13 +124,7 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             Step::RecordComponent {
                 component,
                 installed,
-            } => {
-                if *installed {
-                    state.components.insert(component.clone());
-                } else {
-                    state.components.remove(component);
-                }
-            }
+            } => state.record_component(component, *installed),
         }
     }
 }
