@@ -2,6 +2,7 @@
 //! platform. The flow is config → plan (pure) → fetch/install → render → systemd → health;
 //! see docs/ARCHITECTURE.md.
 
+pub mod artifact;
 pub mod client;
 pub mod components;
 pub mod config;
