@@ -1,8 +1,11 @@
 use super::*;
 use std::io::Write;
 
+/// (name, type, mode, contents, link target)
+type RawEntry<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
+
 /// A tar.gz with entries written raw, so that hostile names can be built.
-fn tar_gz(entries: &[(&str, tar::EntryType, u32, &[u8], Option<&str>)]) -> Vec<u8> {
+fn tar_gz(entries: &[RawEntry]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
         flate2::Compression::fast(),
@@ -106,7 +109,7 @@ fn a_release_tarball_unpacks_under_its_version_with_the_top_dir_stripped() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-fn refused(entries: &[(&str, tar::EntryType, u32, &[u8], Option<&str>)]) -> (UnpackError, PathBuf) {
+fn refused(entries: &[RawEntry]) -> (UnpackError, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let archive = write(tmp.path(), "evil.tar.gz", &tar_gz(entries));
     let root = tmp.path().join("opt/x");
