@@ -149,28 +149,80 @@ impl Stack {
         }
         let plan = plan::plan(&desired, &facts, &state);
         let steps: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
-        if !plan.is_empty() {
-            Executor {
-                fs: &self.fs,
-                systemd: &self.systemd,
-                cancel,
+        let outcome = async {
+            if !plan.is_empty() {
+                Executor {
+                    fs: &self.fs,
+                    systemd: &self.systemd,
+                    cancel,
+                }
+                .run(&plan, &mut state, progress)
+                .await?;
             }
-            .run(&plan, &mut state, progress)
-            .await?;
+            self.wait_healthy(
+                &desired,
+                Duration::from_secs(config.stack.health_timeout_secs.into()),
+            )
+            .await
         }
-        self.wait_healthy(
-            &desired,
-            Duration::from_secs(config.stack.health_timeout_secs.into()),
-        )
-        .await?;
-        if let Err(e) = self.write_landing_page().await {
-            tracing::warn!("cannot write the landing page: {e}");
+        .await;
+        if !plan.is_empty() || outcome.is_err() {
+            self.publish_apply_metrics(&config, &desired, started.elapsed(), outcome.is_ok());
+        }
+        outcome?;
+        // An apply that changed nothing writes nothing; the daemon's refresher keeps
+        // the page's health current otherwise.
+        if !plan.is_empty() {
+            if let Err(e) = self.write_landing_page().await {
+                tracing::warn!("cannot write the landing page: {e}");
+            }
         }
         Ok(ApplyReport {
             changed: !plan.is_empty(),
             steps,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The daemon's own figures, through node_exporter's textfile collector.
+    fn publish_apply_metrics(
+        &self,
+        config: &Config,
+        desired: &[ComponentSpec],
+        took: Duration,
+        ok: bool,
+    ) {
+        if !config.node_exporter.enabled {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let text = format!(
+            "# HELP analytics_stack_last_apply_timestamp_seconds When the last apply that changed something (or failed) ended.\n\
+             # TYPE analytics_stack_last_apply_timestamp_seconds gauge\n\
+             analytics_stack_last_apply_timestamp_seconds {now}\n\
+             # HELP analytics_stack_last_apply_duration_seconds How long it took.\n\
+             # TYPE analytics_stack_last_apply_duration_seconds gauge\n\
+             analytics_stack_last_apply_duration_seconds {:.3}\n\
+             # HELP analytics_stack_last_apply_success 1 if it succeeded.\n\
+             # TYPE analytics_stack_last_apply_success gauge\n\
+             analytics_stack_last_apply_success {}\n\
+             # HELP analytics_stack_components Components enabled in the configuration.\n\
+             # TYPE analytics_stack_components gauge\n\
+             analytics_stack_components {}\n",
+            took.as_secs_f64(),
+            u8::from(ok),
+            desired.len()
+        );
+        let path =
+            Path::new(crate::components::node_exporter::TEXTFILE_DIR).join("analytics_stack.prom");
+        if self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
+            if let Err(e) = self.fs.write_atomic(&path, text.as_bytes(), 0o644, 0, 0) {
+                tracing::warn!("cannot publish metrics to {}: {e}", path.display());
+            }
+        }
     }
 
     async fn wait_healthy(

@@ -26,6 +26,8 @@ pub struct ServiceUnit {
     /// PostgreSQL's JIT and other code generators need W^X relaxed.
     pub allow_write_execute: bool,
     pub environment: Vec<(String, String)>,
+    /// Host metrics exporters read /proc/meminfo, /proc/stat, …: keep all of /proc.
+    pub needs_host_proc: bool,
 }
 
 impl ServiceUnit {
@@ -48,6 +50,7 @@ impl ServiceUnit {
             timeout_sec: 90,
             allow_write_execute: false,
             environment: Vec::new(),
+            needs_host_proc: false,
         }
     }
 
@@ -129,8 +132,6 @@ impl ServiceUnit {
             "ProtectKernelLogs=yes",
             "ProtectControlGroups=yes",
             "ProtectProc=invisible",
-            "ProcSubset=pid",
-            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
             "RestrictNamespaces=yes",
             "RestrictRealtime=yes",
             "RestrictSUIDSGID=yes",
@@ -143,6 +144,16 @@ impl ServiceUnit {
             "DevicePolicy=closed",
         ] {
             line(&mut u, l);
+        }
+        if self.needs_host_proc {
+            // Network device statistics come over netlink.
+            line(
+                &mut u,
+                "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            );
+        } else {
+            line(&mut u, "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6");
+            line(&mut u, "ProcSubset=pid");
         }
         if !self.allow_write_execute {
             line(&mut u, "MemoryDenyWriteExecute=yes");

@@ -101,7 +101,10 @@ fn data_tier_end_to_end() {
     let s1 = status(&c, None);
     let comps = s1["components"].as_array().unwrap();
     let names: Vec<&str> = comps.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["postgres", "redis", "nginx"]);
+    assert_eq!(
+        names,
+        ["postgres", "redis", "nginx", "node-exporter", "prometheus"]
+    );
     for comp in comps {
         assert_eq!(comp["healthy"], true, "{comp}");
         assert!(!comp["version"].as_str().unwrap().is_empty());

@@ -3,7 +3,9 @@
 //! adding a module here and a line in [`render_all`], not new control flow.
 
 pub mod nginx;
+pub mod node_exporter;
 pub mod postgres;
+pub mod prometheus;
 pub mod redis;
 
 use crate::config::Config;
@@ -33,6 +35,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "Redis: Celery broker (no eviction) and cache (LRU)",
     ),
     ("nginx", "NGINX: the single entry point"),
+    (
+        "node-exporter",
+        "node_exporter: host metrics and unit states",
+    ),
+    (
+        "prometheus",
+        "Prometheus: metrics of the host and the stack",
+    ),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -51,6 +61,12 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     if config.nginx.enabled {
         specs.push(nginx::render(config));
     }
+    if config.node_exporter.enabled {
+        specs.push(node_exporter::render(config));
+    }
+    if config.prometheus.enabled {
+        specs.push(prometheus::render(config));
+    }
     specs
 }
 
@@ -60,6 +76,8 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "postgres" => vec![postgres::UNIT.into()],
         "redis" => vec![redis::unit_name("broker"), redis::unit_name("cache")],
         "nginx" => vec![nginx::UNIT.into()],
+        "node-exporter" => vec![node_exporter::UNIT.into()],
+        "prometheus" => vec![prometheus::UNIT.into()],
         _ => Vec::new(),
     }
 }

@@ -15,7 +15,10 @@ fn bookworm() -> Platform {
 fn default_renders_the_data_tier_in_start_order() {
     let specs = render_all(&config(""), &bookworm());
     let names: Vec<_> = specs.iter().map(|s| s.name).collect();
-    assert_eq!(names, ["postgres", "redis", "nginx"]);
+    assert_eq!(
+        names,
+        ["postgres", "redis", "nginx", "node-exporter", "prometheus"]
+    );
     let units: Vec<_> = specs
         .iter()
         .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
@@ -26,7 +29,9 @@ fn default_renders_the_data_tier_in_start_order() {
             "analytics-postgres.service",
             "analytics-redis-broker.service",
             "analytics-redis-cache.service",
-            "analytics-nginx.service"
+            "analytics-nginx.service",
+            "analytics-node-exporter.service",
+            "analytics-prometheus.service"
         ]
     );
     for (name, _) in KNOWN {
@@ -46,7 +51,7 @@ fn default_renders_the_data_tier_in_start_order() {
 #[test]
 fn disabled_components_are_not_rendered() {
     let specs = render_all(
-        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n"),
+        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n"),
         &bookworm(),
     );
     assert_eq!(specs.len(), 1);
@@ -145,4 +150,31 @@ fn every_unit_is_sandboxed_and_runs_as_its_own_user() {
             assert!(!c.contains("bash -c"));
         }
     }
+}
+
+#[test]
+fn prometheus_scrapes_itself_and_node_exporter_as_job_node() {
+    let conf = prometheus::render_config(&config("[node_exporter]\nport = 9101\n"));
+    assert!(conf.contains("  - job_name: 'node'\n    metrics_path: '/metrics'\n    static_configs:\n      - targets: ['127.0.0.1:9101']\n"), "{conf}");
+    assert!(conf.contains("  - job_name: 'prometheus'\n"));
+    let without = prometheus::render_config(&config("[node_exporter]\nenabled = false\n"));
+    assert!(!without.contains("job_name: 'node'"));
+}
+
+#[test]
+fn node_exporter_watches_the_stack_units_and_sees_all_of_proc() {
+    let unit = &node_exporter::render(&config("")).units[0].content;
+    assert!(
+        unit.contains(
+            "--collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target)"
+        ),
+        "{unit}"
+    );
+    assert!(
+        !unit.contains("ProcSubset=pid"),
+        "host metrics need /proc/meminfo and friends"
+    );
+    assert!(postgres::render(&config(""), &bookworm()).units[0]
+        .content
+        .contains("ProcSubset=pid"));
 }

@@ -203,6 +203,15 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
         ));
         ports.push((key_path("redis.cache.port"), config.redis.cache.port.get()));
     }
+    if config.prometheus.enabled {
+        ports.push((key_path("prometheus.port"), config.prometheus.port.get()));
+    }
+    if config.node_exporter.enabled {
+        ports.push((
+            key_path("node_exporter.port"),
+            config.node_exporter.port.get(),
+        ));
+    }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((

@@ -13,6 +13,8 @@ pub struct Config {
     pub nginx: NginxConfig,
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
+    pub prometheus: PrometheusConfig,
+    pub node_exporter: NodeExporterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +55,69 @@ pub struct RedisConfig {
 pub struct RedisInstanceConfig {
     pub port: Port,
     pub maxmemory: ByteSize,
+}
+
+/// Where a component's software comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The distribution's package.
+    Debian,
+    /// The upstream release archive (verified), under /opt/analytics-stack.
+    Archive,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub source: Source,
+    pub port: Port,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeExporterConfig {
+    pub enabled: bool,
+    pub source: Source,
+    pub port: Port,
+}
+
+/// A Prometheus-style duration: a number and one of s, m, h, d, w, y.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Duration(String);
+
+impl Duration {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Duration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let unit = s.chars().last().unwrap_or(' ');
+        let digits = &s[..s.len().saturating_sub(1)];
+        if "smhdwy".contains(unit)
+            && !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && digits != "0"
+        {
+            Ok(Duration(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a duration like \"15d\" (units: s, m, h, d, w, y)"
+            ))
+        }
+    }
+}
+
+impl From<Duration> for String {
+    fn from(d: Duration) -> String {
+        d.0
+    }
 }
 
 /// A TCP port a service listens on: 1..=65535.

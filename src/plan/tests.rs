@@ -194,7 +194,7 @@ fn a_changed_port_rewrites_one_file_and_restarts_one_unit() {
 }
 
 #[test]
-fn an_nginx_change_reloads_instead_of_restarting() {
+fn config_changes_reload_the_services_that_can_reload() {
     let (facts, state) = converged("");
     let p = plan(
         &desired("[stack]\nhostname = \"stack.example\"\n"),
@@ -205,7 +205,9 @@ fn an_nginx_change_reloads_instead_of_restarting() {
         names(&p),
         [
             "write /etc/analytics-stack/nginx/nginx.conf (changed)",
-            "reload analytics-nginx.service"
+            "write /etc/analytics-stack/prometheus/prometheus.yml (changed)",
+            "reload analytics-nginx.service",
+            "reload analytics-prometheus.service"
         ]
     );
 }

@@ -7,7 +7,7 @@
 # `apt-get install` (run by the daemon, for real) does not depend on the network.
 set -euo pipefail
 
-ROOTFS_REVISION=3
+ROOTFS_REVISION=4
 out=${1:?usage: build-rootfs.sh OUTPUT_DIR}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 stamp="$out/.analytics-stack-rootfs-$ROOTFS_REVISION"
@@ -41,7 +41,7 @@ SRC
 in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBIAN_FRONTEND=noninteractive "$@"; }
 in_root apt-get update -q
 # Download only: installing is the daemon's job inside each test.
-in_root apt-get install -y -q --download-only postgresql redis-server nginx
+in_root apt-get install -y -q --download-only --no-install-recommends postgresql redis-server nginx prometheus prometheus-node-exporter
 # An ordinary user for the access-control tests.
 in_root useradd --create-home --shell /bin/bash alice
 # Timers that would run apt inside a test container.

@@ -1,0 +1,66 @@
+//! node_exporter: host metrics, the state of every `analytics-*` unit (systemd
+//! collector, over D-Bus), and a textfile directory where the daemon can publish
+//! its own figures.
+
+use crate::config::Config;
+use crate::model::*;
+use crate::units::ServiceUnit;
+
+pub const UNIT: &str = "analytics-node-exporter.service";
+pub const USER: &str = "analytics-node-exporter";
+pub const TEXTFILE_DIR: &str = "/var/lib/analytics-stack/node-exporter/textfile";
+
+pub fn render(config: &Config) -> ComponentSpec {
+    let port = config.node_exporter.port.get();
+    let mut unit = ServiceUnit::new(
+        UNIT,
+        "analytics-stack: node_exporter",
+        USER,
+        format!(
+            "/usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:{port} --collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target) --collector.textfile.directory={TEXTFILE_DIR}"
+        ),
+    );
+    unit.needs_host_proc = true;
+    ComponentSpec {
+        name: "node-exporter",
+        description: "node_exporter: host metrics and unit states",
+        packages: vec!["prometheus-node-exporter".into()],
+        version_package: "prometheus-node-exporter".into(),
+        distro_units: vec!["prometheus-node-exporter.service".into()],
+        pre_install_files: vec![],
+        users: vec![UserSpec {
+            name: USER.into(),
+            home: "/nonexistent".into(),
+            groups: vec![],
+        }],
+        dirs: vec![
+            DirSpec {
+                path: format!("{}/node-exporter", paths::STATE).into(),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+            },
+            // The daemon (root) writes here; the exporter only reads.
+            DirSpec {
+                path: TEXTFILE_DIR.into(),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+            },
+        ],
+        secrets: vec![],
+        files: vec![],
+        units: vec![unit.render()],
+        init: vec![],
+        provision: vec![],
+        ports: vec![PortSpec {
+            address: [127, 0, 0, 1].into(),
+            port,
+            unit: UNIT.into(),
+        }],
+        probes: vec![Probe::Http {
+            port,
+            path: "/metrics".into(),
+        }],
+    }
+}

@@ -1,0 +1,90 @@
+//! End-to-end: real Prometheus and node_exporter from Debian's packages run as
+//! `analytics-*` units; Prometheus scrapes node_exporter, whose systemd collector
+//! reports the stack's units.
+
+mod common;
+
+use common::Container;
+
+fn query(c: &Container, promql: &str) -> serde_json::Value {
+    let out = c.ok(&format!(
+        "curl -fsS --get --data-urlencode 'query={promql}' http://127.0.0.1:9090/api/v1/query"
+    ));
+    serde_json::from_str(&out).expect("Prometheus answers JSON")
+}
+
+/// Waits (up to a minute: the scrape interval is 15 s) for a query to return `want`.
+fn wait_for_value(c: &Container, promql: &str, want: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..120 {
+        last = query(c, promql);
+        let results = last["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !results.is_empty() && results.iter().all(|r| r["value"][1] == want) {
+            return last;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("{promql} never became {want}: {last}");
+}
+
+#[test]
+#[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
+fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
+    let c = Container::boot("as-e2e-metrics");
+    c.start_daemon();
+    // The metrics pair alone (plus NGINX's landing page is not needed here).
+    c.ok("mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n' > /etc/analytics-stack/stack.toml");
+    c.ok("analytics-stack apply");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();
+    let names: Vec<&str> = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-exporter", "prometheus"]);
+    assert!(
+        status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["healthy"] == true),
+        "{status}"
+    );
+
+    // The generated configuration passes Prometheus's own checker.
+    let check = c.ok("promtool check config /etc/analytics-stack/prometheus/prometheus.yml");
+    assert!(check.contains("SUCCESS"), "{check}");
+    c.ok("systemd-analyze verify /etc/systemd/system/analytics-prometheus.service /etc/systemd/system/analytics-node-exporter.service");
+
+    // Scraped: up{job="node"} = 1, through the Prometheus HTTP API.
+    wait_for_value(&c, "up{job=\"node\"}", "1");
+    wait_for_value(&c, "up{job=\"prometheus\"}", "1");
+    // The systemd collector reports the stack's units as active.
+    let active = wait_for_value(
+        &c,
+        "node_systemd_unit_state{name=\"analytics-prometheus.service\",state=\"active\"}",
+        "1",
+    );
+    assert_eq!(active["data"]["result"][0]["metric"]["job"], "node");
+    // Host metrics really come through (needs all of /proc despite the sandbox).
+    let mem = wait_for_value(&c, "node_memory_MemTotal_bytes > bool 0", "1");
+    assert_eq!(mem["data"]["result"].as_array().unwrap().len(), 1);
+    // Network device statistics (netlink is allowed to the exporter, nothing else).
+    wait_for_value(&c, "count(node_network_receive_bytes_total) > bool 0", "1");
+    // The daemon's own figures arrive through the textfile collector.
+    wait_for_value(&c, "analytics_stack_last_apply_success", "1");
+    wait_for_value(&c, "analytics_stack_components", "2");
+
+    // Both listen on loopback only.
+    let listeners = c.ok("ss -Hltn '( sport = :9090 or sport = :9100 )'");
+    assert!(
+        listeners.lines().count() >= 2 && listeners.lines().all(|l| l.contains("127.0.0.1:")),
+        "{listeners}"
+    );
+}
