@@ -44,6 +44,12 @@ pub trait Job {
     fn result(&self) -> zbus::Result<String>;
     #[zbus(signal)]
     fn progress(&self, done: u32, total: u32, description: String) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn bytes_done(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_total(&self) -> zbus::Result<u64>;
+    #[zbus(signal)]
+    fn bytes(&self, done: u64, total: u64) -> zbus::Result<()>;
     #[zbus(signal)]
     fn finished(
         &self,
@@ -62,6 +68,7 @@ pub fn exit_code(error_name: &str) -> u8 {
         "Conflict" => 6,
         "NotFound" => 7,
         "Cancelled" => 8,
+        "Integrity" => 10,
         _ => 1,
     }
 }

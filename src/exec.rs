@@ -1,6 +1,8 @@
 //! The executor: runs a plan's steps in order against the host, recording the state
 //! after each step so a killed daemon converges on its next run.
 
+use crate::artifact::catalog::{ArchivePin, DigestSource};
+use crate::artifact::Fetcher;
 use crate::host::{self, fsroot::FsRoot, systemd::Systemd};
 use crate::model::{fill_secrets, paths, Provision};
 use crate::plan::{Plan, Step};
@@ -17,6 +19,16 @@ pub enum ExecError {
     Step { step: String, reason: String },
     #[error("cancelled before step '{0}'")]
     Cancelled(String),
+    #[error("step '{step}' refused: {reason}")]
+    Integrity { step: String, reason: String },
+}
+
+/// Where the executor reports what it does.
+pub trait Progress: Sync {
+    /// Before step `done` of `total`.
+    fn step(&self, done: usize, total: usize, description: &str);
+    /// Bytes of the current download.
+    fn bytes(&self, done: u64, total: Option<u64>);
 }
 
 pub struct Executor<'a> {
@@ -44,34 +56,85 @@ fn ids(owner: &str, group: &str) -> Result<(u32, u32), String> {
 }
 
 impl Executor<'_> {
-    /// Runs every step; `progress(done, total, description)` is called before each.
+    /// Runs every step, reporting each (and download bytes) to `progress`.
     pub async fn run(
         &self,
         plan: &Plan,
         state: &mut RecordedState,
-        progress: &(dyn Fn(usize, usize, &str) + Sync),
+        progress: &dyn Progress,
     ) -> Result<(), ExecError> {
         let total = plan.steps.len();
         for (i, step) in plan.steps.iter().enumerate() {
             let description = step.describe();
-            progress(i, total, &description);
+            progress.step(i, total, &description);
             if self.cancel.load(Ordering::SeqCst) {
                 return Err(ExecError::Cancelled(description));
             }
             tracing::info!(step = i + 1, total, "{description}");
-            self.step(step, state)
-                .await
-                .map_err(|reason| ExecError::Step {
-                    step: description.clone(),
-                    reason,
-                })?;
+            let result = match step {
+                Step::InstallArchive { pin } => self.install_archive(pin, progress).await,
+                other => self
+                    .step(other, state)
+                    .await
+                    .map_err(|reason| ExecError::Step {
+                        step: description.clone(),
+                        reason,
+                    }),
+            };
+            result?;
             save_state(self.fs, state).map_err(|e| ExecError::Step {
                 step: description,
                 reason: format!("cannot record state: {e}"),
             })?;
         }
-        progress(total, total, "done");
+        progress.step(total, total, "done");
         Ok(())
+    }
+
+    /// Download (or reuse the cached), verify, unpack and switch `current`. A digest
+    /// mismatch or an unsafe archive is an integrity error, and nothing is unpacked.
+    async fn install_archive(
+        &self,
+        pin: &ArchivePin,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        use crate::artifact::{catalog, fetch::FetchError, UnpackError};
+        let failed = |reason: String| ExecError::Step {
+            step: format!("install {} {}", pin.component, pin.version),
+            reason,
+        };
+        let integrity = |reason: String| ExecError::Integrity {
+            step: format!("install {} {}", pin.component, pin.version),
+            reason,
+        };
+        let from_fetch = |e: FetchError| match e {
+            FetchError::Digest { .. } => integrity(e.to_string()),
+            other => failed(other.to_string()),
+        };
+        let fetcher =
+            Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
+        let sha256 = match &pin.digest {
+            DigestSource::Pinned(d) => d.clone(),
+            DigestSource::ChecksumFile(url) => {
+                let text = fetcher.get_text(url).await.map_err(from_fetch)?;
+                catalog::digest_from_checksums(&text, &pin.file_name).ok_or_else(|| {
+                    integrity(format!("{url} lists no sha256 for {}", pin.file_name))
+                })?
+            }
+        };
+        let archive = fetcher
+            .fetch(&pin.url, &pin.file_name, &sha256, &|done, total| {
+                progress.bytes(done, total)
+            })
+            .await
+            .map_err(from_fetch)?;
+        let root = self.fs.path(&Path::new(paths::OPT).join(&pin.component));
+        let from_unpack = |e: UnpackError| match e {
+            UnpackError::Io { .. } => failed(e.to_string()),
+            other => integrity(other.to_string()),
+        };
+        crate::artifact::unpack(&archive, pin.format, &root, &pin.version).map_err(from_unpack)?;
+        crate::artifact::switch_current(&root, &pin.version).map_err(from_unpack)
     }
 
     async fn unit_job(&self, verb: &'static str, unit: &str) -> Result<(), String> {
@@ -97,6 +160,13 @@ impl Executor<'_> {
                     self.unit_job("stop", unit).await?;
                 }
                 self.systemd.mask(unit).await.map_err(sd)?;
+            }
+            // run() sends these to install_archive, which reports integrity errors apart.
+            Step::InstallArchive { pin } => {
+                return Err(format!(
+                    "{} must be installed through install_archive",
+                    pin.component
+                ))
             }
             Step::InstallPackages { packages } => host::apt::install(packages)
                 .await

@@ -19,6 +19,10 @@ pub struct HostFacts {
     pub units: BTreeMap<String, UnitFact>,
     /// Paths whose existence some step depends on (e.g. `PG_VERSION`).
     pub existing: BTreeSet<PathBuf>,
+    /// Unpacked release archives: (component, version) directories present.
+    pub archives: BTreeSet<(String, String)>,
+    /// Where each component's `current` link points.
+    pub current_archives: BTreeMap<String, String>,
     /// Listening TCP sockets.
     pub listeners: Vec<Listener>,
 }

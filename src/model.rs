@@ -14,6 +14,9 @@ pub mod paths {
     pub const WWW: &str = "/var/lib/analytics-stack/www";
     pub const UNIT_DIR: &str = "/etc/systemd/system";
     pub const TARGET: &str = "analytics-stack.target";
+    /// Release archives unpack to OPT/COMPONENT/VERSION, with OPT/COMPONENT/current.
+    pub const OPT: &str = "/opt/analytics-stack";
+    pub const DOWNLOADS: &str = "/var/cache/analytics-stack/downloads";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,6 +25,8 @@ pub struct ComponentSpec {
     pub description: &'static str,
     /// Debian packages to install.
     pub packages: Vec<String>,
+    /// A release archive to download, verify and unpack instead of (or beside) packages.
+    pub archive: Option<crate::artifact::catalog::ArchivePin>,
     /// The package whose version is the component's version.
     pub version_package: String,
     /// The distribution's own units for this software, kept stopped and masked while

@@ -26,6 +26,10 @@ pub enum StackError {
     Failed(String),
     #[error("{0}")]
     Cancelled(String),
+    /// A download that does not verify, or an archive that would write outside its
+    /// directory.
+    #[error("{0}")]
+    Integrity(String),
 }
 
 impl From<crate::host::systemd::SystemdError> for StackError {
@@ -39,6 +43,7 @@ impl From<ExecError> for StackError {
         match e {
             ExecError::Cancelled(_) => StackError::Cancelled(e.to_string()),
             ExecError::Step { .. } => StackError::Failed(e.to_string()),
+            ExecError::Integrity { .. } => StackError::Integrity(e.to_string()),
         }
     }
 }
@@ -133,7 +138,7 @@ impl Stack {
     pub async fn apply(
         &self,
         cancel: &AtomicBool,
-        progress: &(dyn Fn(usize, usize, &str) + Sync),
+        progress: &dyn exec::Progress,
     ) -> Result<ApplyReport, StackError> {
         let started = Instant::now();
         let (config, desired) = self.desired()?;

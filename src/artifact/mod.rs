@@ -3,6 +3,7 @@
 //! versioned directory with every entry checked, and a `current` link switched
 //! atomically.
 
+pub mod catalog;
 pub mod fetch;
 pub mod unpack;
 

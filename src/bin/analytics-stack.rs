@@ -271,6 +271,26 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
+/// A download's progress: a bar on a terminal, one line when done otherwise.
+fn print_bytes(done: u64, total: u64, tty: bool) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    if tty && total > 0 {
+        let filled = (done * 30 / total) as usize;
+        eprint!(
+            "\r      [{}{}] {:.1}/{:.1} MiB",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            mib(done),
+            mib(total)
+        );
+        if done == total {
+            eprintln!();
+        }
+    } else if done == total {
+        eprintln!("      downloaded {:.1} MiB", mib(done));
+    }
+}
+
 async fn apply(json: bool) -> Result<(), Failure> {
     let m = manager().await?;
     let path = m.apply().await?;
@@ -281,6 +301,8 @@ async fn apply(json: bool) -> Result<(), Failure> {
         .await?;
     let mut progress = job.receive_progress().await?;
     let mut finished = job.receive_finished().await?;
+    let mut bytes = job.receive_bytes().await?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A daemon that dies mid-job never sends Finished: watch its bus name too.
     let dbus = zbus::fdo::DBusProxy::new(m.inner().connection()).await?;
     let mut owner_changes = dbus
@@ -295,6 +317,11 @@ async fn apply(json: bool) -> Result<(), Failure> {
                     if a.done < a.total {
                         eprintln!("[{}/{}] {}", a.done + 1, a.total, a.description);
                     }
+                }
+            }
+            Some(b) = bytes.next() => {
+                if let Ok(a) = b.args() {
+                    print_bytes(a.done, a.total, tty);
                 }
             }
             Some(f) = finished.next() => {

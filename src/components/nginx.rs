@@ -149,6 +149,7 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "nginx",
         description: "NGINX: the single entry point",
+        archive: None,
         packages: vec!["nginx".into()],
         version_package: "nginx".into(),
         distro_units: vec!["nginx.service".into()],

@@ -24,6 +24,7 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "node-exporter",
         description: "node_exporter: host metrics and unit states",
+        archive: None,
         packages: vec!["prometheus-node-exporter".into()],
         version_package: "prometheus-node-exporter".into(),
         distro_units: vec!["prometheus-node-exporter.service".into()],

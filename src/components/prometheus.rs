@@ -77,6 +77,7 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "prometheus",
         description: "Prometheus: metrics of the host and the stack",
+        archive: None,
         packages: vec!["prometheus".into()],
         version_package: "prometheus".into(),
         distro_units: vec!["prometheus.service".into()],

@@ -110,6 +110,7 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "redis",
         description: "Redis: Celery broker (no eviction) and cache (LRU)",
+        archive: None,
         packages: vec!["redis-server".into()],
         version_package: "redis-server".into(),
         distro_units: vec!["redis-server.service".into()],

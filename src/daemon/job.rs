@@ -13,6 +13,8 @@ pub struct Job {
     pub steps_done: u32,
     pub steps_total: u32,
     pub description: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
     pub error_name: String,
     pub error_message: String,
     pub result: String,
@@ -50,6 +52,16 @@ impl Job {
     fn steps_total(&self) -> u32 {
         self.steps_total
     }
+    /// Bytes of the current download so far.
+    #[zbus(property)]
+    fn bytes_done(&self) -> u64 {
+        self.bytes_done
+    }
+    /// Size of the current download (0: not known).
+    #[zbus(property)]
+    fn bytes_total(&self) -> u64 {
+        self.bytes_total
+    }
     /// What the job is doing now.
     #[zbus(property)]
     fn description(&self) -> String {
@@ -79,6 +91,9 @@ impl Job {
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]
+    pub async fn bytes(emitter: &SignalEmitter<'_>, done: u64, total: u64) -> zbus::Result<()>;
+
+    #[zbus(signal)]
     pub async fn finished(
         emitter: &SignalEmitter<'_>,
         state: &str,
@@ -88,6 +103,24 @@ impl Job {
 }
 
 impl Job {
+    /// A job of `kind`, running.
+    pub fn new(kind: &str, cancel: Arc<AtomicBool>, admin_group: String) -> Self {
+        Job {
+            kind: kind.into(),
+            state: "running".into(),
+            steps_done: 0,
+            steps_total: 0,
+            description: "planning".into(),
+            bytes_done: 0,
+            bytes_total: 0,
+            error_name: String::new(),
+            error_message: String::new(),
+            result: String::new(),
+            cancel,
+            admin_group,
+        }
+    }
+
     pub fn finish_with(&mut self, outcome: &Result<String, BusError>) {
         match outcome {
             Ok(result) => {

@@ -75,6 +75,35 @@ impl Manager {
     }
 }
 
+/// What the executor reports, on its way to the job object.
+enum Update {
+    Step(u32, u32, String),
+    Bytes(u64, u64),
+}
+
+/// Sends progress to the job's forwarder; download bytes at most every 200 ms.
+struct ChannelProgress {
+    tx: tokio::sync::mpsc::UnboundedSender<Update>,
+    last_bytes: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl crate::exec::Progress for ChannelProgress {
+    fn step(&self, done: usize, total: usize, description: &str) {
+        // A closed channel means the job object is gone: nobody to tell.
+        let _nobody_listening =
+            self.tx
+                .send(Update::Step(done as u32, total as u32, description.into()));
+    }
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        let mut last = self.last_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let finished = Some(done) == total;
+        if finished || last.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            *last = Some(std::time::Instant::now());
+            let _nobody_listening = self.tx.send(Update::Bytes(done, total.unwrap_or(0)));
+        }
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, BusError> {
     serde_json::to_string(v).map_err(|e| BusError::Failed(e.to_string()))
 }
@@ -101,40 +130,49 @@ impl Manager {
         let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}"))
             .map_err(|e| BusError::Failed(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            kind: "apply".into(),
-            state: "running".into(),
-            steps_done: 0,
-            steps_total: 0,
-            description: "planning".into(),
-            error_name: String::new(),
-            error_message: String::new(),
-            result: String::new(),
-            cancel: cancel.clone(),
-            admin_group: self.admin_group(),
-        };
+        let job = Job::new("apply", cancel.clone(), self.admin_group());
         conn.object_server().at(&path, job).await?;
         let iface = conn.object_server().interface::<_, Job>(&path).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u32, String)>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
 
         // Progress: properties first (late clients read them), then the signal.
         let progress_iface = iface.clone();
         let forward = tokio::spawn(async move {
-            while let Some((done, total, description)) = rx.recv().await {
-                {
-                    let mut j = progress_iface.get_mut().await;
-                    j.steps_done = done;
-                    j.steps_total = total;
-                    j.description = description.clone();
-                }
+            while let Some(update) = rx.recv().await {
                 let emitter = progress_iface.signal_emitter();
-                let j = progress_iface.get().await;
-                for r in [
-                    j.steps_done_changed(emitter).await,
-                    j.steps_total_changed(emitter).await,
-                    j.description_changed(emitter).await,
-                    Job::progress(emitter, done, total, &description).await,
-                ] {
+                let results = match update {
+                    Update::Step(done, total, description) => {
+                        {
+                            let mut j = progress_iface.get_mut().await;
+                            j.steps_done = done;
+                            j.steps_total = total;
+                            j.description = description.clone();
+                            j.bytes_done = 0;
+                            j.bytes_total = 0;
+                        }
+                        let j = progress_iface.get().await;
+                        vec![
+                            j.steps_done_changed(emitter).await,
+                            j.steps_total_changed(emitter).await,
+                            j.description_changed(emitter).await,
+                            Job::progress(emitter, done, total, &description).await,
+                        ]
+                    }
+                    Update::Bytes(done, total) => {
+                        {
+                            let mut j = progress_iface.get_mut().await;
+                            j.bytes_done = done;
+                            j.bytes_total = total;
+                        }
+                        let j = progress_iface.get().await;
+                        vec![
+                            j.bytes_done_changed(emitter).await,
+                            j.bytes_total_changed(emitter).await,
+                            Job::bytes(emitter, done, total).await,
+                        ]
+                    }
+                };
+                for r in results {
                     if let Err(e) = r {
                         tracing::warn!("cannot send progress: {e}");
                     }
@@ -145,15 +183,19 @@ impl Manager {
         let conn = conn.clone();
         tokio::spawn(async move {
             super::notify::notify("STATUS=applying");
+            let progress = ChannelProgress {
+                tx,
+                last_bytes: std::sync::Mutex::new(None),
+            };
             let outcome: Result<String, BusError> = stack
-                .apply(&cancel, &move |done, total, d| {
-                    let _receiver_gone_is_fine =
-                        tx.send((done as u32, total as u32, d.to_string()));
-                })
+                .apply(&cancel, &progress)
                 .await
                 .map_err(BusError::from)
                 .and_then(|report| to_json(&report));
-            let _ = forward.await;
+            drop(progress);
+            if let Err(e) = forward.await {
+                tracing::warn!("progress forwarding ended abnormally: {e}");
+            }
             match &outcome {
                 Ok(_) => tracing::info!("apply succeeded"),
                 Err(e) => tracing::error!("apply failed: {}", e.message()),
@@ -272,18 +314,7 @@ pub fn introspection_xml() -> String {
     use zbus::object_server::Interface;
     let mut xml = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n");
     Manager::new(None).introspect_to_writer(&mut xml, 1);
-    let job = Job {
-        kind: String::new(),
-        state: String::new(),
-        steps_done: 0,
-        steps_total: 0,
-        description: String::new(),
-        error_name: String::new(),
-        error_message: String::new(),
-        result: String::new(),
-        cancel: Arc::new(AtomicBool::new(false)),
-        admin_group: String::new(),
-    };
+    let job = Job::new("", Arc::new(AtomicBool::new(false)), String::new());
     job.introspect_to_writer(&mut xml, 1);
     xml.push_str("</node>\n");
     xml

@@ -24,6 +24,7 @@ pub enum BusError {
     NotFound(String),
     Failed(String),
     Cancelled(String),
+    Integrity(String),
 }
 
 impl From<crate::stack::StackError> for BusError {
@@ -36,6 +37,7 @@ impl From<crate::stack::StackError> for BusError {
             S::NotFound(_) => BusError::NotFound(text),
             S::Failed(_) => BusError::Failed(text),
             S::Cancelled(_) => BusError::Cancelled(text),
+            S::Integrity(_) => BusError::Integrity(text),
         }
     }
 }
@@ -52,6 +54,7 @@ impl BusError {
             BusError::NotFound(_) => "NotFound",
             BusError::Failed(_) => "Failed",
             BusError::Cancelled(_) => "Cancelled",
+            BusError::Integrity(_) => "Integrity",
         }
     }
     pub fn message(&self) -> String {
@@ -63,7 +66,8 @@ impl BusError {
             | BusError::Conflict(m)
             | BusError::NotFound(m)
             | BusError::Failed(m)
-            | BusError::Cancelled(m) => m.clone(),
+            | BusError::Cancelled(m)
+            | BusError::Integrity(m) => m.clone(),
         }
     }
 }

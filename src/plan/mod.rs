@@ -19,6 +19,9 @@ pub enum Step {
     InstallPackages {
         packages: Vec<String>,
     },
+    InstallArchive {
+        pin: crate::artifact::catalog::ArchivePin,
+    },
     CreateUser {
         user: UserSpec,
     },
@@ -82,6 +85,10 @@ impl Step {
             Step::InstallPackages { packages } => {
                 format!("install Debian packages: {}", packages.join(" "))
             }
+            Step::InstallArchive { pin } => format!(
+                "install {} {} from {} (verified)",
+                pin.component, pin.version, pin.url
+            ),
             Step::CreateUser { user } => format!("create system user {}", user.name),
             Step::EnsureDir { dir } => format!(
                 "directory {} ({:o} {}:{})",
@@ -320,6 +327,23 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         steps.push(Step::InstallPackages { packages: missing });
     }
 
+    let mut notified: BTreeMap<String, OnChange> = BTreeMap::new();
+    for spec in desired {
+        if let Some(pin) = &spec.archive {
+            let installed = facts
+                .archives
+                .contains(&(pin.component.clone(), pin.version.clone()));
+            let current = facts.current_archives.get(&pin.component) == Some(&pin.version);
+            if !(installed && current) {
+                steps.push(Step::InstallArchive { pin: pin.clone() });
+                // A new version restarts the component's running units.
+                for unit in &spec.units {
+                    notified.insert(unit.name.clone(), OnChange::Restart);
+                }
+            }
+        }
+    }
+
     for user in desired.iter().flat_map(|s| s.users.iter()) {
         if !facts.users.contains(&user.name) {
             steps.push(Step::CreateUser { user: user.clone() });
@@ -357,7 +381,6 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     }
 
     // Configuration files, remembering which units must restart or reload.
-    let mut notified: BTreeMap<String, OnChange> = BTreeMap::new();
     for file in desired.iter().flat_map(|s| s.files.iter()) {
         if let Some(why) = file_change(file, facts) {
             steps.push(Step::WriteFile {

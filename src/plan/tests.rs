@@ -49,6 +49,14 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                     facts.packages.insert(p.clone(), "1.0".into());
                 }
             }
+            Step::InstallArchive { pin } => {
+                facts
+                    .archives
+                    .insert((pin.component.clone(), pin.version.clone()));
+                facts
+                    .current_archives
+                    .insert(pin.component.clone(), pin.version.clone());
+            }
             Step::CreateUser { user } => {
                 facts.users.insert(user.name.clone());
             }

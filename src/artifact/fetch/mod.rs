@@ -79,6 +79,30 @@ impl Fetcher {
         })
     }
 
+    /// A small text resource (a checksum file), at most 1 MiB.
+    pub async fn get_text(&self, url: &str) -> Result<String, FetchError> {
+        let net = |e: reqwest::Error| FetchError::Network {
+            url: url.into(),
+            reason: e.to_string(),
+        };
+        let response = self.client.get(url).send().await.map_err(net)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(FetchError::Http {
+                url: url.into(),
+                status,
+            });
+        }
+        let bytes = response.bytes().await.map_err(net)?;
+        if bytes.len() > 1 << 20 {
+            return Err(FetchError::Network {
+                url: url.into(),
+                reason: "checksum file larger than 1 MiB".into(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// The verified archive in the cache, downloading (or resuming) it when needed.
     /// `progress(done, total)` is called as bytes arrive.
     pub async fn fetch(
