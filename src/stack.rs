@@ -114,6 +114,7 @@ impl Stack {
     pub fn platform(&self) -> Platform {
         Platform {
             codename: gather::os_codename(&self.fs),
+            arch: crate::artifact::catalog::debian_arch().into(),
         }
     }
 

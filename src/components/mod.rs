@@ -2,11 +2,13 @@
 //! probes) produced by a renderer from the configuration. Adding a component means
 //! adding a module here and a line in [`render_all`], not new control flow.
 
+pub mod loki;
 pub mod nginx;
 pub mod node_exporter;
 pub mod postgres;
 pub mod prometheus;
 pub mod redis;
+pub mod statsd_exporter;
 
 use crate::config::Config;
 use crate::model::ComponentSpec;
@@ -16,6 +18,8 @@ use crate::model::ComponentSpec;
 pub struct Platform {
     /// Debian codename: `bookworm`, `trixie`.
     pub codename: String,
+    /// Debian architecture: `amd64`, `arm64`.
+    pub arch: String,
 }
 
 impl Platform {
@@ -43,6 +47,11 @@ pub const KNOWN: &[(&str, &str)] = &[
         "prometheus",
         "Prometheus: metrics of the host and the stack",
     ),
+    (
+        "statsd-exporter",
+        "statsd_exporter: Airflow's StatsD as Prometheus metrics",
+    ),
+    ("loki", "Loki: the journal of every stack unit"),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -64,6 +73,12 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     if config.node_exporter.enabled {
         specs.push(node_exporter::render(config));
     }
+    if config.statsd_exporter.enabled {
+        specs.push(statsd_exporter::render(config, platform));
+    }
+    if config.loki.enabled {
+        specs.push(loki::render(config, platform));
+    }
     if config.prometheus.enabled {
         specs.push(prometheus::render(config));
     }
@@ -78,6 +93,8 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "nginx" => vec![nginx::UNIT.into()],
         "node-exporter" => vec![node_exporter::UNIT.into()],
         "prometheus" => vec![prometheus::UNIT.into()],
+        "statsd-exporter" => vec![statsd_exporter::UNIT.into()],
+        "loki" => vec![loki::UNIT.into()],
         _ => Vec::new(),
     }
 }

@@ -32,6 +32,20 @@ pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
             path: "/metrics",
         });
     }
+    if config.statsd_exporter.enabled {
+        t.push(ScrapeTarget {
+            job: "statsd",
+            port: config.statsd_exporter.port.get(),
+            path: "/metrics",
+        });
+    }
+    if config.loki.enabled {
+        t.push(ScrapeTarget {
+            job: "loki",
+            port: config.loki.port.get(),
+            path: "/metrics",
+        });
+    }
     t
 }
 

@@ -212,6 +212,20 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
             config.node_exporter.port.get(),
         ));
     }
+    if config.statsd_exporter.enabled {
+        ports.push((
+            key_path("statsd_exporter.port"),
+            config.statsd_exporter.port.get(),
+        ));
+        ports.push((
+            key_path("statsd_exporter.statsd_port"),
+            config.statsd_exporter.statsd_port.get(),
+        ));
+    }
+    if config.loki.enabled {
+        ports.push((key_path("loki.port"), config.loki.port.get()));
+        ports.push((key_path("loki.grpc_port"), config.loki.grpc_port.get()));
+    }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((

@@ -15,6 +15,63 @@ pub struct Config {
     pub redis: RedisConfig,
     pub prometheus: PrometheusConfig,
     pub node_exporter: NodeExporterConfig,
+    pub archives: ArchivesConfig,
+    pub statsd_exporter: StatsdExporterConfig,
+    pub loki: LokiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivesConfig {
+    pub mirror: MirrorUrl,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsdExporterConfig {
+    pub enabled: bool,
+    pub port: Port,
+    pub statsd_port: Port,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LokiConfig {
+    pub enabled: bool,
+    pub port: Port,
+    pub grpc_port: Port,
+    pub retention: Duration,
+}
+
+/// "" or an http(s) URL without query or fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MirrorUrl(String);
+
+impl MirrorUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MirrorUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.is_empty()
+            || ((s.starts_with("http://") || s.starts_with("https://"))
+                && !s.contains(['?', '#', ' ']));
+        if ok {
+            Ok(MirrorUrl(s))
+        } else {
+            Err(format!("{s:?} is not an http(s) URL"))
+        }
+    }
+}
+
+impl From<MirrorUrl> for String {
+    fn from(m: MirrorUrl) -> String {
+        m.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

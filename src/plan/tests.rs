@@ -12,6 +12,7 @@ fn desired(extra: &str) -> Vec<ComponentSpec> {
         &config(extra),
         &Platform {
             codename: "bookworm".into(),
+            arch: "amd64".into(),
         },
     )
 }
@@ -355,4 +356,33 @@ fn plans_never_carry_secret_values() {
         assert!(!json.contains(secret.as_str()));
     }
     assert!(json.contains("broker-auth.conf"));
+}
+
+#[test]
+fn an_archive_component_is_installed_once_and_a_new_version_restarts_it() {
+    let on = "[statsd_exporter]\nenabled = true\n";
+    let p = plan(&desired(on), &fresh_host(), &RecordedState::default());
+    let steps = names(&p);
+    let install = steps
+        .iter()
+        .position(|s| s.starts_with("install statsd-exporter "))
+        .expect("archive step");
+    assert!(steps[install].ends_with("(verified)"));
+    assert!(
+        install
+            < steps
+                .iter()
+                .position(|s| s == "start analytics-statsd-exporter.service")
+                .unwrap()
+    );
+    let (mut facts, state) = converged(on);
+    assert!(plan(&desired(on), &facts, &state).is_empty());
+    // Another version is current (e.g. the catalog moved on): install and restart.
+    facts
+        .current_archives
+        .insert("statsd-exporter".into(), "0.0.1".into());
+    let again = names(&plan(&desired(on), &facts, &state));
+    assert_eq!(again.len(), 2, "{again:#?}");
+    assert!(again[0].starts_with("install statsd-exporter"));
+    assert_eq!(again[1], "restart analytics-statsd-exporter.service");
 }
