@@ -10,10 +10,17 @@ pub const UNIT: &str = "analytics-statsd-exporter.service";
 pub const USER: &str = "analytics-statsd";
 const CONF_DIR: &str = "/etc/analytics-stack/statsd-exporter";
 
+/// (StatsD glob, metric name, labels from the glob's captures)
+type MappingRule = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Airflow's StatsD names (prefix `airflow`) as labelled metrics. The names follow
 /// those Airflow's own Helm chart publishes, so existing dashboards apply.
 pub fn render_mapping() -> String {
-    let rules: &[(&str, &str, &[(&str, &str)])] = &[
+    let rules: &[MappingRule] = &[
         (
             "airflow.dag.*.*.duration",
             "airflow_task_duration",

@@ -121,6 +121,19 @@ pub async fn gather(
             }
         }
     }
+    for pin in desired.iter().filter_map(|s| s.archive.as_ref()) {
+        let root = PathBuf::from(paths::OPT).join(&pin.component);
+        if fs.path(&root.join(&pin.version)).is_dir() {
+            facts
+                .archives
+                .insert((pin.component.clone(), pin.version.clone()));
+        }
+        if let Ok(target) = std::fs::read_link(fs.path(&root.join("current"))) {
+            facts
+                .current_archives
+                .insert(pin.component.clone(), target.to_string_lossy().into_owned());
+        }
+    }
     facts.listeners = super::ports::listeners();
     Ok(facts)
 }

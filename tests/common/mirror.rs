@@ -1,0 +1,115 @@
+//! A local mirror of release hosts for the end-to-end tests: serves a directory over
+//! HTTP on 127.0.0.1 (the containers share the host's network), honours
+//! `Range: bytes=N-`, and cuts a response short once when `<file>.cut-once` holds a
+//! byte count (an interrupted download). Files are read at each request, so a test
+//! can change the mirror between applies.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// (request path, range start) of each request, in order.
+type RequestLog = Mutex<Vec<(String, Option<u64>)>>;
+
+pub struct Mirror {
+    pub root: PathBuf,
+    pub url: String,
+    /// (path, range start) of every request, in order.
+    pub log: Arc<RequestLog>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mirror {
+    pub fn start() -> Mirror {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (r, l) = (root.clone(), log.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (r, l) = (r.clone(), l.clone());
+                std::thread::spawn(move || serve_one(stream, &r, &l));
+            }
+        });
+        Mirror {
+            root,
+            url,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Writes a file at `path` (upstream's URL path) in the mirror.
+    pub fn put(&self, path: &str, bytes: &[u8]) {
+        let p = self.root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    /// The next GET of `path` stops after `bytes` bytes.
+    pub fn cut_once(&self, path: &str, bytes: usize) {
+        self.put(&format!("{path}.cut-once"), bytes.to_string().as_bytes());
+    }
+
+    pub fn requests(&self) -> Vec<(String, Option<u64>)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(
+    mut stream: std::net::TcpStream,
+    root: &Path,
+    log: &Mutex<Vec<(String, Option<u64>)>>,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range = v.trim().trim_end_matches('-').parse::<u64>().ok();
+        }
+    }
+    log.lock().unwrap().push((path.clone(), range));
+    let file = root.join(path.trim_start_matches('/'));
+    let Ok(body) = std::fs::read(&file) else {
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    let start = (range.unwrap_or(0) as usize).min(body.len());
+    let part = &body[start..];
+    let head = match range {
+        Some(_) => format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n", part.len(), body.len().saturating_sub(1), body.len()),
+        None => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len()),
+    };
+    let _ = stream.write_all(head.as_bytes());
+    let cut = file.with_file_name(format!(
+        "{}.cut-once",
+        file.file_name().unwrap().to_string_lossy()
+    ));
+    let send = match std::fs::read_to_string(&cut)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+    {
+        Some(n) => {
+            let _ = std::fs::remove_file(&cut);
+            &part[..n.min(part.len())]
+        }
+        None => part,
+    };
+    let _ = stream.write_all(send);
+}

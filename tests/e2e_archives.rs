@@ -1,0 +1,233 @@
+//! End-to-end: components installed from release archives through a local mirror in
+//! upstream's layout (the real hosts cannot be reached here). The programs inside the
+//! archives are STAND-INS (tests/standins/: small Perl servers), so this test proves
+//! download, verification, unpacking, `current` switching, units and probes, not the
+//! real programs' behaviour.
+
+mod common;
+
+use common::{mirror::Mirror, Container};
+use std::io::Write;
+
+const STATSD_DIR: &str = "prometheus/statsd_exporter/releases/download/v0.30.0";
+const STATSD_TGZ: &str = "statsd_exporter-0.30.0.linux-amd64.tar.gz";
+const LOKI_DIR: &str = "grafana/loki/releases/download/v3.7.0";
+const LOKI_ZIP: &str = "loki-linux-amd64.zip";
+
+fn standin(name: &str) -> Vec<u8> {
+    std::fs::read(common::repo().join("tests/standins").join(name)).unwrap()
+}
+
+/// statsd_exporter's upstream layout: a top directory with the binary and licences.
+fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let top = "statsd_exporter-0.30.0.linux-amd64";
+    for (name, mode, data) in [
+        ("statsd_exporter", 0o755, standin("statsd_exporter")),
+        (
+            "LICENSE",
+            0o644,
+            b"Apache-2.0 (stand-in archive)\n".to_vec(),
+        ),
+        ("NOTICE", 0o644, b"stand-in\n".to_vec()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(format!("{top}/{name}")).unwrap();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    if let Some(evil) = extra_entry {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..evil.len()].copy_from_slice(evil.as_bytes());
+        h.set_mode(0o644);
+        h.set_size(5);
+        h.set_cksum();
+        b.append(&h, &b"evil\n"[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Loki's upstream layout: a zip holding one file, `loki-linux-amd64`.
+fn loki_zip() -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    z.start_file(
+        "loki-linux-amd64",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    z.write_all(&standin("loki")).unwrap();
+    // Padding so that the download is long enough to be cut in the middle.
+    z.start_file(
+        "PADDING-stand-in",
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+    )
+    .unwrap();
+    z.write_all(&vec![b'x'; 400_000]).unwrap();
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+fn sha(b: &[u8]) -> String {
+    analytics_stack::util::sha256_hex(b)
+}
+
+#[test]
+#[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
+fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries() {
+    let mirror = Mirror::start();
+    let good = statsd_tarball(None);
+    let zip = loki_zip();
+    mirror.put(&format!("{LOKI_DIR}/{LOKI_ZIP}"), &zip);
+    mirror.put(
+        &format!("{LOKI_DIR}/SHA256SUMS"),
+        format!("{}  {LOKI_ZIP}\n", sha(&zip)).as_bytes(),
+    );
+
+    let c = Container::boot("as-e2e-archives");
+    c.start_daemon();
+    c.ok(&format!(
+        "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+        mirror.url
+    ));
+    let nothing_installed = |c: &Container| {
+        c.ok("ls /opt/analytics-stack/statsd-exporter 2>/dev/null | grep -v '^current$' || true")
+            .trim()
+            .is_empty()
+    };
+
+    // 1. A digest that does not match: refused with a typed error naming both digests.
+    mirror.put(&format!("{STATSD_DIR}/{STATSD_TGZ}"), &good);
+    mirror.put(
+        &format!("{STATSD_DIR}/sha256sums.txt"),
+        format!("{}  {STATSD_TGZ}\n", "0".repeat(64)).as_bytes(),
+    );
+    let out = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(
+        err.contains("Integrity")
+            && err.contains("sha256 mismatch")
+            && err.contains(&"0".repeat(64))
+            && err.contains(&sha(&good)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}/{STATSD_DIR}/{STATSD_TGZ}", mirror.url)),
+        "{err}"
+    );
+    assert!(nothing_installed(&c));
+    assert_eq!(
+        c.ok("ls /var/cache/analytics-stack/downloads/ | grep statsd || true")
+            .trim(),
+        "",
+        "a refused download is not kept"
+    );
+
+    // 2. An archive with an entry escaping its directory: refused, nothing unpacked.
+    let evil = statsd_tarball(Some(
+        "statsd_exporter-0.30.0.linux-amd64/../../../../../tmp/escaped",
+    ));
+    mirror.put(&format!("{STATSD_DIR}/{STATSD_TGZ}"), &evil);
+    mirror.put(
+        &format!("{STATSD_DIR}/sha256sums.txt"),
+        format!("{}  {STATSD_TGZ}\n", sha(&evil)).as_bytes(),
+    );
+    let out = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("would escape the target directory"), "{err}");
+    assert!(nothing_installed(&c));
+    assert!(!c.sh("test -e /tmp/escaped").status.success());
+    assert!(
+        c.ok("ls -A /opt/analytics-stack/statsd-exporter/ 2>/dev/null || true")
+            .trim()
+            .is_empty(),
+        "no staging directory may be left"
+    );
+
+    // 3. The good archive, and Loki's download cut in the middle: the apply fails…
+    mirror.put(&format!("{STATSD_DIR}/{STATSD_TGZ}"), &good);
+    mirror.put(
+        &format!("{STATSD_DIR}/sha256sums.txt"),
+        format!("{}  {STATSD_TGZ}\n", sha(&good)).as_bytes(),
+    );
+    mirror.cut_once(&format!("{LOKI_DIR}/{LOKI_ZIP}"), 150_000);
+    let out = c.sh("analytics-stack apply");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        c.ok("ls /opt/analytics-stack/loki 2>/dev/null || true")
+            .trim()
+            .is_empty(),
+        "nothing of Loki is unpacked"
+    );
+
+    // 4. …and the next one resumes the download and converges.
+    let out = c.ok("analytics-stack apply 2>&1");
+    assert!(out.contains("every component is healthy"), "{out}");
+    assert!(
+        out.contains("downloaded"),
+        "byte progress reaches the CLI: {out}"
+    );
+    let loki_requests: Vec<Option<u64>> = mirror
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| p.ends_with(LOKI_ZIP))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(loki_requests.first(), Some(&None));
+    assert!(
+        matches!(loki_requests.last(), Some(Some(n)) if *n > 0),
+        "the second download resumes with a Range request: {loki_requests:?}"
+    );
+
+    assert_eq!(
+        c.ok("readlink /opt/analytics-stack/statsd-exporter/current")
+            .trim(),
+        "0.30.0"
+    );
+    assert_eq!(
+        c.ok("readlink /opt/analytics-stack/loki/current").trim(),
+        "3.7.0"
+    );
+    assert_eq!(
+        c.ok("sha256sum < /opt/analytics-stack/loki/current/loki-linux-amd64")
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        sha(&standin("loki"))
+    );
+    // The stand-ins run as their units, sandboxed, and answer their probes.
+    let ready = c.ok("curl -fsS http://127.0.0.1:3100/ready");
+    assert_eq!(ready.trim(), "ready (stand-in loki)");
+    eprintln!("stand-in loki answered: {}", ready.trim());
+    assert!(c
+        .ok("curl -fsS http://127.0.0.1:9102/metrics")
+        .contains("stand-in statsd_exporter"));
+    assert!(
+        c.ok("journalctl -u analytics-statsd-exporter.service --no-pager")
+            .contains("stand-in statsd_exporter: mapping config OK"),
+        "ExecStartPre ran --check-config"
+    );
+    c.ok("systemd-analyze verify /etc/systemd/system/analytics-loki.service /etc/systemd/system/analytics-statsd-exporter.service");
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();
+    for comp in status["components"].as_array().unwrap() {
+        assert_eq!(comp["healthy"], true, "{comp}");
+    }
+
+    // A second apply downloads nothing and changes nothing.
+    let before = mirror.requests().len();
+    assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+    assert_eq!(
+        mirror.requests().len(),
+        before,
+        "a converged host fetches nothing"
+    );
+}
