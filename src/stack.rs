@@ -298,10 +298,14 @@ impl Stack {
                 name: spec.name.into(),
                 description: spec.description.into(),
                 healthy,
-                version: versions
-                    .get(&spec.version_package)
-                    .cloned()
-                    .unwrap_or_else(|| "not installed".into()),
+                // An archive's version is the catalog's; a package's, dpkg's.
+                version: match &spec.archive {
+                    Some(pin) => pin.version.clone(),
+                    None => versions
+                        .get(&spec.version_package)
+                        .cloned()
+                        .unwrap_or_else(|| "not installed".into()),
+                },
                 units,
                 probes,
             });

@@ -221,6 +221,13 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
     for comp in status["components"].as_array().unwrap() {
         assert_eq!(comp["healthy"], true, "{comp}");
     }
+    let versions: Vec<&str> = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["0.30.0", "3.7.0"]);
 
     // A second apply downloads nothing and changes nothing.
     let before = mirror.requests().len();

@@ -71,7 +71,7 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
         specs.push(nginx::render(config));
     }
     if config.node_exporter.enabled {
-        specs.push(node_exporter::render(config));
+        specs.push(node_exporter::render(config, platform));
     }
     if config.statsd_exporter.enabled {
         specs.push(statsd_exporter::render(config, platform));
@@ -80,9 +80,45 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
         specs.push(loki::render(config, platform));
     }
     if config.prometheus.enabled {
-        specs.push(prometheus::render(config));
+        specs.push(prometheus::render(config, platform));
     }
     specs
+}
+
+/// Where a component's program comes from: (path of the program, archive to
+/// install, Debian packages to install), for `source`.
+pub fn software(
+    source: crate::config::SoftwareSource,
+    component: &str,
+    debian_binary: &str,
+    debian_package: &str,
+    config: &Config,
+    platform: &Platform,
+) -> (
+    String,
+    Option<crate::artifact::catalog::ArchivePin>,
+    Vec<String>,
+) {
+    match source {
+        crate::config::SoftwareSource::Debian => {
+            (debian_binary.into(), None, vec![debian_package.into()])
+        }
+        crate::config::SoftwareSource::Archive => {
+            let pin = crate::artifact::catalog::pin(
+                component,
+                &platform.arch,
+                config.archives.mirror.as_str(),
+            );
+            let binary = pin
+                .as_ref()
+                .map_or_else(|| component.to_string(), |p| p.binary.clone());
+            (
+                format!("{}/{component}/current/{binary}", crate::model::paths::OPT),
+                pin,
+                Vec::new(),
+            )
+        }
+    }
 }
 
 /// Names of the units a known component runs, whatever its configuration.

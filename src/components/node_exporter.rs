@@ -10,22 +10,30 @@ pub const UNIT: &str = "analytics-node-exporter.service";
 pub const USER: &str = "analytics-node-exporter";
 pub const TEXTFILE_DIR: &str = "/var/lib/analytics-stack/node-exporter/textfile";
 
-pub fn render(config: &Config) -> ComponentSpec {
+pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
     let port = config.node_exporter.port.get();
+    let (binary, archive, packages) = super::software(
+        config.node_exporter.source,
+        "node-exporter",
+        "/usr/bin/prometheus-node-exporter",
+        "prometheus-node-exporter",
+        config,
+        platform,
+    );
     let mut unit = ServiceUnit::new(
         UNIT,
         "analytics-stack: node_exporter",
         USER,
         format!(
-            "/usr/bin/prometheus-node-exporter --web.listen-address=127.0.0.1:{port} --collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target) --collector.textfile.directory={TEXTFILE_DIR}"
+            "{binary} --web.listen-address=127.0.0.1:{port} --collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target) --collector.textfile.directory={TEXTFILE_DIR}"
         ),
     );
     unit.needs_host_proc = true;
     ComponentSpec {
         name: "node-exporter",
         description: "node_exporter: host metrics and unit states",
-        archive: None,
-        packages: vec!["prometheus-node-exporter".into()],
+        archive,
+        packages,
         version_package: "prometheus-node-exporter".into(),
         distro_units: vec!["prometheus-node-exporter.service".into()],
         pre_install_files: vec![],

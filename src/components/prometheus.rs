@@ -71,17 +71,25 @@ pub fn render_config(config: &Config) -> String {
     y
 }
 
-pub fn render(config: &Config) -> ComponentSpec {
+pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
     let p = &config.prometheus;
     let port = p.port.get();
     let data = format!("{}/prometheus", paths::STATE);
     let conf = format!("{CONF_DIR}/prometheus.yml");
+    let (binary, archive, packages) = super::software(
+        config.prometheus.source,
+        "prometheus",
+        "/usr/bin/prometheus",
+        "prometheus",
+        config,
+        platform,
+    );
     let mut unit = ServiceUnit::new(
         UNIT,
         "analytics-stack: Prometheus",
         USER,
         format!(
-            "/usr/bin/prometheus --config.file={conf} --storage.tsdb.path={data} --storage.tsdb.retention.time={ret} --web.listen-address=127.0.0.1:{port}",
+            "{binary} --config.file={conf} --storage.tsdb.path={data} --storage.tsdb.retention.time={ret} --web.listen-address=127.0.0.1:{port}",
             ret = p.retention.as_str()
         ),
     );
@@ -91,8 +99,8 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "prometheus",
         description: "Prometheus: metrics of the host and the stack",
-        archive: None,
-        packages: vec!["prometheus".into()],
+        archive,
+        packages,
         version_package: "prometheus".into(),
         distro_units: vec!["prometheus.service".into()],
         pre_install_files: vec![],

@@ -173,7 +173,7 @@ fn prometheus_scrapes_itself_and_node_exporter_as_job_node() {
 
 #[test]
 fn node_exporter_watches_the_stack_units_and_sees_all_of_proc() {
-    let unit = &node_exporter::render(&config("")).units[0].content;
+    let unit = &node_exporter::render(&config(""), &bookworm()).units[0].content;
     assert!(
         unit.contains(
             "--collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target)"
@@ -256,4 +256,40 @@ fn statsd_mapping_names_airflow_metrics_with_labels() {
             );
         }
     }
+}
+
+#[test]
+fn the_config_chooses_debian_or_the_release_archive() {
+    let debian = render_all(&config(""), &bookworm());
+    let prom = debian.iter().find(|s| s.name == "prometheus").unwrap();
+    assert_eq!(
+        (prom.packages.clone(), prom.archive.is_none()),
+        (vec!["prometheus".to_string()], true)
+    );
+    assert!(prom.units[0]
+        .content
+        .contains("ExecStart=/usr/bin/prometheus --config.file="));
+
+    let archive = render_all(
+        &config("[prometheus]\nsource = \"archive\"\n[node_exporter]\nsource = \"archive\"\n"),
+        &bookworm(),
+    );
+    let prom = archive.iter().find(|s| s.name == "prometheus").unwrap();
+    assert!(prom.packages.is_empty());
+    assert!(prom
+        .archive
+        .as_ref()
+        .unwrap()
+        .url
+        .ends_with("/prometheus-3.5.0.linux-amd64.tar.gz"));
+    assert!(prom.units[0]
+        .content
+        .contains("ExecStart=/opt/analytics-stack/prometheus/current/prometheus --config.file="));
+    let node = archive.iter().find(|s| s.name == "node-exporter").unwrap();
+    assert!(node.units[0].content.contains(
+        "ExecStart=/opt/analytics-stack/node-exporter/current/node_exporter --web.listen-address="
+    ));
+    let bad =
+        crate::config::load_texts(&[("t.toml", "[prometheus]\nsource = \"snap\"\n")]).unwrap_err();
+    assert!(bad.0[0].message.contains("unknown variant"), "{bad}");
 }

@@ -117,7 +117,7 @@ pub struct RedisInstanceConfig {
 /// Where a component's software comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum SoftwareSource {
     /// The distribution's package.
     Debian,
     /// The upstream release archive (verified), under /opt/analytics-stack.
@@ -128,7 +128,7 @@ pub enum Source {
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     pub enabled: bool,
-    pub source: Source,
+    pub source: SoftwareSource,
     pub port: Port,
     pub retention: Duration,
 }
@@ -137,7 +137,7 @@ pub struct PrometheusConfig {
 #[serde(deny_unknown_fields)]
 pub struct NodeExporterConfig {
     pub enabled: bool,
-    pub source: Source,
+    pub source: SoftwareSource,
     pub port: Port,
 }
 
