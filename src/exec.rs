@@ -33,6 +33,8 @@ pub trait Progress: Sync {
 
 pub struct Executor<'a> {
     pub fs: &'a FsRoot,
+    /// The configured archive mirror ("" = upstream), for URLs a resolver names.
+    pub mirror: String,
     pub systemd: &'a Systemd,
     pub cancel: &'a AtomicBool,
 }
@@ -113,7 +115,17 @@ impl Executor<'_> {
         };
         let fetcher =
             Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
+        let mut url = pin.url.clone();
         let sha256 = match &pin.digest {
+            DigestSource::Resolver => {
+                let text = fetcher.get_text(&pin.url).await.map_err(from_fetch)?;
+                let (resolved, sha) = catalog::from_resolver(&text).ok_or_else(|| {
+                    integrity(format!("{} did not name a URL and sha256", pin.url))
+                })?;
+                // The resolver names upstream's host: a mirror serves the same path.
+                url = catalog::through_mirror(&resolved, &self.mirror);
+                sha
+            }
             DigestSource::Pinned(d) => d.clone(),
             DigestSource::ChecksumFile(url) => {
                 let text = fetcher.get_text(url).await.map_err(from_fetch)?;
@@ -123,7 +135,7 @@ impl Executor<'_> {
             }
         };
         let archive = fetcher
-            .fetch(&pin.url, &pin.file_name, &sha256, &|done, total| {
+            .fetch(&url, &pin.file_name, &sha256, &|done, total| {
                 progress.bytes(done, total)
             })
             .await

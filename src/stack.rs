@@ -159,6 +159,7 @@ impl Stack {
             if !plan.is_empty() {
                 Executor {
                     fs: &self.fs,
+                    mirror: config.archives.mirror.as_str().to_string(),
                     systemd: &self.systemd,
                     cancel,
                 }
@@ -385,6 +386,13 @@ impl Stack {
                             format!("redis://:{value}@127.0.0.1:{port}/0"),
                         )
                     }
+                    "grafana" => (
+                        "admin".to_string(),
+                        format!(
+                            "user admin, password {value}, at http://{}/grafana/",
+                            config.stack.hostname.as_str()
+                        ),
+                    ),
                     _ => (secret.clone(), value),
                 };
                 entries.insert(key, serde_json::Value::String(shown));
@@ -397,6 +405,45 @@ impl Stack {
             }
         }
         Ok(serde_json::Value::Object(out))
+    }
+
+    /// What the daemon keeps current between applies: the landing page's health and,
+    /// for Prometheus, each unit's memory and restarts.
+    pub async fn refresh(&self) -> Result<(), StackError> {
+        let config = self.config()?;
+        if config.node_exporter.enabled {
+            let status = self.status().await?;
+            let mut text = String::from(
+                "# HELP analytics_stack_unit_memory_bytes Memory of each stack unit (cgroup accounting).\n# TYPE analytics_stack_unit_memory_bytes gauge\n",
+            );
+            for c in &status.components {
+                for u in c.units.iter().filter(|u| u.memory_bytes.is_some()) {
+                    text.push_str(&format!(
+                        "analytics_stack_unit_memory_bytes{{component=\"{}\",unit=\"{}\"}} {}\n",
+                        c.name,
+                        u.name,
+                        u.memory_bytes.unwrap_or(0)
+                    ));
+                }
+            }
+            text.push_str("# HELP analytics_stack_unit_restarts Automatic restarts of each stack unit since it was started.\n# TYPE analytics_stack_unit_restarts gauge\n");
+            for c in &status.components {
+                for u in &c.units {
+                    text.push_str(&format!(
+                        "analytics_stack_unit_restarts{{component=\"{}\",unit=\"{}\"}} {}\n",
+                        c.name, u.name, u.restarts
+                    ));
+                }
+            }
+            let path = Path::new(crate::components::node_exporter::TEXTFILE_DIR)
+                .join("analytics_stack_units.prom");
+            if self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
+                self.fs
+                    .write_atomic(&path, text.as_bytes(), 0o644, 0, 0)
+                    .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
+            }
+        }
+        self.write_landing_page().await
     }
 
     /// Writes `/`'s landing page and `status.json` when NGINX is part of the stack.

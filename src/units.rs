@@ -28,6 +28,9 @@ pub struct ServiceUnit {
     pub environment: Vec<(String, String)>,
     /// Host metrics exporters read /proc/meminfo, /proc/stat, …: keep all of /proc.
     pub needs_host_proc: bool,
+    /// systemd credentials (name, root-only source file), readable by the service
+    /// under /run/credentials/UNIT/NAME: secrets never sit in its config files.
+    pub credentials: Vec<(String, String)>,
 }
 
 impl ServiceUnit {
@@ -51,6 +54,7 @@ impl ServiceUnit {
             allow_write_execute: false,
             environment: Vec::new(),
             needs_host_proc: false,
+            credentials: Vec::new(),
         }
     }
 
@@ -85,6 +89,9 @@ impl ServiceUnit {
         }
         for pre in &self.exec_start_pre {
             line(&mut u, &format!("ExecStartPre={pre}"));
+        }
+        for (name, source) in &self.credentials {
+            line(&mut u, &format!("LoadCredential={name}:{source}"));
         }
         line(&mut u, &format!("ExecStart={}", self.exec_start));
         if let Some(reload) = &self.exec_reload {

@@ -73,6 +73,35 @@ fn loki_zip() -> Vec<u8> {
     buf.into_inner()
 }
 
+/// Grafana's upstream layout: `grafana-VERSION/` with bin/, conf/ and public/.
+fn grafana_tarball() -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, mode, data) in [
+        ("grafana-13.0.1/bin/grafana", 0o755, standin("grafana")),
+        (
+            "grafana-13.0.1/conf/defaults.ini",
+            0o644,
+            b"; stand-in archive\n".to_vec(),
+        ),
+        (
+            "grafana-13.0.1/public/index.html",
+            0o644,
+            b"stand-in\n".to_vec(),
+        ),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
 fn sha(b: &[u8]) -> String {
     analytics_stack::util::sha256_hex(b)
 }
@@ -89,10 +118,22 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         format!("{}  {LOKI_ZIP}\n", sha(&zip)).as_bytes(),
     );
 
+    // Grafana: a resolver answering like grafana.com's download API, naming a URL
+    // with a build id, which the daemon fetches through the same mirror.
+    let grafana = grafana_tarball();
+    mirror.put(
+        "grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz",
+        &grafana,
+    );
+    mirror.put(
+        "api/downloads/grafana/versions/13.0.1/packages/amd64/linux",
+        format!(r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz", "sha256": "{}"}}"#, sha(&grafana)).as_bytes(),
+    );
+
     let c = Container::boot("as-e2e-archives");
     c.start_daemon();
     c.ok(&format!(
-        "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+        "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[grafana]\\nenabled = true\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
         mirror.url
     ));
     let nothing_installed = |c: &Container| {
@@ -221,13 +262,64 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
     for comp in status["components"].as_array().unwrap() {
         assert_eq!(comp["healthy"], true, "{comp}");
     }
+    let names: Vec<&str> = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nginx", "statsd-exporter", "loki", "grafana"]);
     let versions: Vec<&str> = status["components"]
         .as_array()
         .unwrap()
         .iter()
+        .skip(1)
         .map(|c| c["version"].as_str().unwrap())
         .collect();
-    assert_eq!(versions, ["0.30.0", "3.7.0"]);
+    assert_eq!(versions, ["0.30.0", "3.7.0", "13.0.1"]);
+
+    // Grafana (stand-in) through NGINX under /grafana/, with its admin password
+    // arriving as a systemd credential and nowhere in its config files.
+    assert_eq!(
+        c.ok("readlink /opt/analytics-stack/grafana/current").trim(),
+        "13.0.1"
+    );
+    let health = c.ok("curl -fsS http://127.0.0.1/grafana/api/health");
+    assert!(health.contains("\"database\":\"ok\""), "{health}");
+    let password = c
+        .ok("cat /var/lib/analytics-stack/secrets/grafana-admin")
+        .trim()
+        .to_string();
+    assert_eq!(password.len(), 64);
+    assert!(c
+        .ok("journalctl -u analytics-grafana.service --no-pager")
+        .contains("stand-in grafana: admin password from credential, 64 characters"));
+    assert!(
+        !c.sh(&format!("grep -r {password} /etc/analytics-stack"))
+            .status
+            .success(),
+        "the password is in no config file"
+    );
+    assert!(c
+        .ok("analytics-stack credentials grafana")
+        .contains(&password));
+    assert_eq!(
+        c.ok("stat -c '%a %U' /var/lib/analytics-stack/secrets/grafana-admin")
+            .trim(),
+        "600 root"
+    );
+    let provisioned = c.ok("ls /etc/analytics-stack/grafana/dashboards");
+    assert_eq!(
+        provisioned.split_whitespace().collect::<Vec<_>>(),
+        ["airflow.json", "host.json", "logs.json", "stack.json"]
+    );
+    for (file, expected) in analytics_stack::components::dashboards::all() {
+        let written: serde_json::Value = serde_json::from_str(&c.ok(&format!(
+            "cat /etc/analytics-stack/grafana/dashboards/{file}"
+        )))
+        .expect("dashboard files are JSON");
+        assert_eq!(written, expected, "{file}");
+    }
 
     // A second apply downloads nothing and changes nothing.
     let before = mirror.requests().len();

@@ -81,6 +81,36 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     wait_for_value(&c, "analytics_stack_last_apply_success", "1");
     wait_for_value(&c, "analytics_stack_components", "2");
 
+    // Each unit's memory and restarts, published by the daemon's refresher.
+    wait_for_value(
+        &c,
+        "count(analytics_stack_unit_restarts{unit=\"analytics-prometheus.service\"}) > bool 0",
+        "1",
+    );
+    wait_for_value(
+        &c,
+        "analytics_stack_unit_memory_bytes{unit=\"analytics-prometheus.service\"} > bool 1000000",
+        "1",
+    );
+
+    // Every node_* metric the Grafana dashboards query is one the real node_exporter
+    // produces here.
+    let exposed = c.ok("curl -fsS http://127.0.0.1:9100/metrics");
+    let mut checked = 0;
+    for expr in analytics_stack::components::dashboards::prometheus_exprs() {
+        for name in analytics_stack::components::dashboards::metric_names(&expr) {
+            if name.starts_with("node_") {
+                assert!(
+                    exposed.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "dashboard metric {name} is not exported by node_exporter"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "{checked}");
+
     // Both listen on loopback only.
     let listeners = c.ok("ss -Hltn '( sport = :9090 or sport = :9100 )'");
     assert!(

@@ -17,6 +17,10 @@ pub struct CatalogEntry {
     /// Upstream's checksum file beside the archive, when no digest is pinned.
     #[serde(default)]
     pub checksums: Option<String>,
+    /// The per-arch URL is a resolver answering JSON `{"url", "sha256"}` (Grafana's
+    /// download URLs hold a build id that cannot be derived from the version).
+    #[serde(default)]
+    pub resolve: bool,
     pub amd64: String,
     pub arm64: String,
     #[serde(default)]
@@ -32,6 +36,8 @@ pub enum DigestSource {
     Pinned(String),
     /// The line for the archive's file name in this checksum file.
     ChecksumFile(String),
+    /// `url` is a resolver: its JSON names the archive's URL and sha256.
+    Resolver,
 }
 
 /// One archive to install, resolved for this host's architecture and mirror.
@@ -77,8 +83,20 @@ pub fn pin(component: &str, arch: &str, mirror: &str) -> Option<ArchivePin> {
         _ => (entry.amd64.clone(), entry.sha256_amd64.clone()),
     };
     let url = through_mirror(&url, mirror);
-    let file_name = url.rsplit('/').next().unwrap_or_default().to_string();
+    let file_name = if entry.resolve {
+        format!(
+            "{component}-{}.linux-{arch}.{}",
+            entry.version,
+            match entry.format {
+                ArchiveFormat::TarGz => "tar.gz",
+                ArchiveFormat::Zip => "zip",
+            }
+        )
+    } else {
+        url.rsplit('/').next().unwrap_or_default().to_string()
+    };
     let digest = match (sha, &entry.checksums) {
+        _ if entry.resolve => DigestSource::Resolver,
         (Some(sha), _) => DigestSource::Pinned(sha),
         (None, Some(sums)) => DigestSource::ChecksumFile(format!(
             "{}/{sums}",
@@ -95,6 +113,14 @@ pub fn pin(component: &str, arch: &str, mirror: &str) -> Option<ArchivePin> {
         digest,
         binary: entry.binary.replace("{arch}", arch),
     })
+}
+
+/// The archive URL and sha256 a resolver's JSON names.
+pub fn from_resolver(json: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let url = v["url"].as_str()?.to_string();
+    let sha = v["sha256"].as_str()?.to_ascii_lowercase();
+    (sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some((url, sha))
 }
 
 /// The digest for `file_name` in a `sha256sum`-style checksum file.
@@ -144,6 +170,30 @@ mod tests {
         );
         assert_eq!(p.binary, "loki-linux-amd64");
         assert_eq!(p.file_name, "loki-linux-amd64.zip");
+    }
+
+    #[test]
+    fn grafana_is_resolved_through_its_download_api() {
+        let p = pin("grafana", "arm64", "").unwrap();
+        assert_eq!(p.digest, DigestSource::Resolver);
+        assert!(
+            p.url
+                .starts_with("https://grafana.com/api/downloads/grafana/versions/"),
+            "{}",
+            p.url
+        );
+        assert_eq!(
+            p.file_name,
+            format!("grafana-{}.linux-arm64.tar.gz", p.version)
+        );
+        let json = format!(
+            r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_123_linux_amd64.tar.gz", "sha256": "{}"}}"#,
+            "AB".repeat(32)
+        );
+        let (url, sha) = from_resolver(&json).unwrap();
+        assert!(url.ends_with("_linux_amd64.tar.gz"));
+        assert_eq!(sha, "ab".repeat(32));
+        assert!(from_resolver(r#"{"url": "x", "sha256": "short"}"#).is_none());
     }
 
     #[test]

@@ -71,7 +71,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
             if let Ok(_guard) = busy.try_lock() {
-                if let Err(e) = stack.write_landing_page().await {
+                if let Err(e) = stack.refresh().await {
                     tracing::debug!("landing page not refreshed: {e}");
                 }
             }

@@ -2,6 +2,8 @@
 //! probes) produced by a renderer from the configuration. Adding a component means
 //! adding a module here and a line in [`render_all`], not new control flow.
 
+pub mod dashboards;
+pub mod grafana;
 pub mod loki;
 pub mod nginx;
 pub mod node_exporter;
@@ -52,6 +54,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "statsd_exporter: Airflow's StatsD as Prometheus metrics",
     ),
     ("loki", "Loki: the journal of every stack unit"),
+    (
+        "grafana",
+        "Grafana: dashboards of logs and metrics, under /grafana/",
+    ),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -81,6 +87,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.prometheus.enabled {
         specs.push(prometheus::render(config, platform));
+    }
+    if config.grafana.enabled {
+        specs.push(grafana::render(config, platform));
     }
     specs
 }
@@ -131,6 +140,7 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "prometheus" => vec![prometheus::UNIT.into()],
         "statsd-exporter" => vec![statsd_exporter::UNIT.into()],
         "loki" => vec![loki::UNIT.into()],
+        "grafana" => vec![grafana::UNIT.into()],
         _ => Vec::new(),
     }
 }

@@ -21,7 +21,7 @@ pub struct Route {
 }
 
 /// The application routes; their upstreams arrive with the tiers that install them.
-pub fn routes(_config: &Config) -> Vec<Route> {
+pub fn routes(config: &Config) -> Vec<Route> {
     vec![
         Route {
             prefix: "/superset/",
@@ -39,7 +39,7 @@ pub fn routes(_config: &Config) -> Vec<Route> {
             prefix: "/grafana/",
             title: "Grafana",
             component: "grafana",
-            upstream: None,
+            upstream: config.grafana.enabled.then(|| config.grafana.port.get()),
         },
     ]
 }

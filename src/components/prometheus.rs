@@ -46,6 +46,13 @@ pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
             path: "/metrics",
         });
     }
+    if config.grafana.enabled {
+        t.push(ScrapeTarget {
+            job: "grafana",
+            port: config.grafana.port.get(),
+            path: "/grafana/metrics",
+        });
+    }
     t
 }
 

@@ -5,7 +5,8 @@ fn config(extra: &str) -> Config {
     crate::config::load_texts(&[("t.toml", extra)]).unwrap()
 }
 
-const ALL_ON: &str = "[statsd_exporter]\nenabled = true\n[loki]\nenabled = true\n";
+const ALL_ON: &str =
+    "[statsd_exporter]\nenabled = true\n[loki]\nenabled = true\n[grafana]\nenabled = true\n";
 
 fn bookworm() -> Platform {
     Platform {
@@ -292,4 +293,107 @@ fn the_config_chooses_debian_or_the_release_archive() {
     let bad =
         crate::config::load_texts(&[("t.toml", "[prometheus]\nsource = \"snap\"\n")]).unwrap_err();
     assert!(bad.0[0].message.contains("unknown variant"), "{bad}");
+}
+
+#[test]
+fn grafana_lives_under_its_sub_path_air_gapped_with_a_secret_it_never_sees_in_files() {
+    let c = config(ALL_ON);
+    let ini = grafana::render_ini(&c);
+    for needle in [
+        "[server]\nhttp_addr = 127.0.0.1\nhttp_port = 3000\n",
+        "root_url = %(protocol)s://%(domain)s/grafana/\nserve_from_sub_path = true\n",
+        "admin_password = $__file{/run/credentials/analytics-grafana.service/admin-password}\n",
+        "reporting_enabled = false\ncheck_for_updates = false\ncheck_for_plugin_updates = false\n",
+        "preinstall_disabled = true\n",
+        "allow_sign_up = false\n",
+    ] {
+        assert!(ini.contains(needle), "grafana.ini lacks {needle:?}");
+    }
+    let spec = grafana::render(&c, &bookworm());
+    assert!(spec.units[0].content.contains(
+        "LoadCredential=admin-password:/var/lib/analytics-stack/secrets/grafana-admin\n"
+    ));
+    assert!(spec.units[0].content.contains("ExecStart=/opt/analytics-stack/grafana/current/bin/grafana server --homepath /opt/analytics-stack/grafana/current --config /etc/analytics-stack/grafana/grafana.ini"));
+    assert!(
+        spec.files.iter().all(|f| f.secret_names().is_empty()),
+        "no secret is written into Grafana's files"
+    );
+    let ds = grafana::render_datasources(&c);
+    assert!(ds.contains("  - name: Prometheus\n    uid: analytics-prometheus\n    type: prometheus\n    access: proxy\n    url: http://127.0.0.1:9090\n"));
+    assert!(ds.contains("  - name: Loki\n    uid: analytics-loki\n    type: loki\n    access: proxy\n    url: http://127.0.0.1:3100\n"));
+    assert!(grafana::render_dashboard_provider().contains("    type: file\n"));
+    // NGINX proxies /grafana/ to it, keeping the prefix.
+    let n = nginx::render_conf(&c);
+    let block = n
+        .split("location /grafana/ {")
+        .nth(1)
+        .unwrap()
+        .split('}')
+        .next()
+        .unwrap();
+    assert!(
+        block.contains("proxy_pass http://127.0.0.1:3000;")
+            && block.contains("proxy_set_header Upgrade $http_upgrade;"),
+        "{block}"
+    );
+}
+
+#[test]
+fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
+    let mapping = statsd_exporter::render_mapping();
+    let airflow_names: Vec<&str> = mapping
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name: \""))
+        .map(|n| n.trim_end_matches('"'))
+        .collect();
+    let mut node_metrics = 0;
+    for (file, d) in dashboards::all() {
+        assert!(
+            d["uid"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("analytics-")),
+            "{file}"
+        );
+        assert!(
+            d["title"].is_string() && d["schemaVersion"].is_number(),
+            "{file}"
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        for p in d["panels"].as_array().unwrap() {
+            assert!(
+                p["gridPos"]["w"].is_number() && p["type"].is_string(),
+                "{file}: {p}"
+            );
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "{file}: panel without query"
+            );
+        }
+    }
+    for expr in dashboards::prometheus_exprs() {
+        for name in dashboards::metric_names(&expr) {
+            if name.starts_with("airflow_") {
+                assert!(
+                    airflow_names.contains(&name.as_str()),
+                    "{name} is not produced by the statsd mapping"
+                );
+            } else if name.starts_with("analytics_stack_") {
+                assert!(
+                    dashboards::DAEMON_METRICS.contains(&name.as_str()),
+                    "{name} is not published by the daemon"
+                );
+            } else if name.starts_with("node_") {
+                node_metrics += 1; // checked against the real node_exporter in tests/e2e_metrics.rs
+            } else {
+                assert_eq!(name, "up", "unexpected metric {name} in {expr}");
+            }
+        }
+    }
+    assert!(node_metrics >= 8);
+    assert_eq!(
+        dashboards::metric_names("sum by (state) (increase(airflow_ti_finish{x=\"y\"}[5m]))"),
+        ["airflow_ti_finish"]
+    );
 }

@@ -226,6 +226,9 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
         ports.push((key_path("loki.port"), config.loki.port.get()));
         ports.push((key_path("loki.grpc_port"), config.loki.grpc_port.get()));
     }
+    if config.grafana.enabled {
+        ports.push((key_path("grafana.port"), config.grafana.port.get()));
+    }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((

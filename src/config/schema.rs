@@ -18,6 +18,14 @@ pub struct Config {
     pub archives: ArchivesConfig,
     pub statsd_exporter: StatsdExporterConfig,
     pub loki: LokiConfig,
+    pub grafana: GrafanaConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrafanaConfig {
+    pub enabled: bool,
+    pub port: Port,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

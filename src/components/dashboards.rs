@@ -1,0 +1,273 @@
+//! Grafana dashboards, provisioned from files: host metrics, the stack's overview,
+//! Airflow (from its StatsD metrics) and logs per unit. Built as JSON here so that
+//! tests can check every query names a metric the exporters really produce.
+
+use serde_json::{json, Value};
+
+pub const PROMETHEUS_UID: &str = "analytics-prometheus";
+pub const LOKI_UID: &str = "analytics-loki";
+
+/// The daemon's own metrics (node_exporter's textfile collector).
+pub const DAEMON_METRICS: &[&str] = &[
+    "analytics_stack_last_apply_timestamp_seconds",
+    "analytics_stack_last_apply_duration_seconds",
+    "analytics_stack_last_apply_success",
+    "analytics_stack_components",
+    "analytics_stack_unit_memory_bytes",
+    "analytics_stack_unit_restarts",
+];
+
+fn panel(
+    id: u32,
+    title: &str,
+    kind: &str,
+    unit: &str,
+    datasource: &str,
+    exprs: &[(&str, &str)],
+) -> Value {
+    let ds = json!({ "type": if datasource == LOKI_UID { "loki" } else { "prometheus" }, "uid": datasource });
+    let targets: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, (expr, legend))| json!({ "refId": ((b'A' + i as u8) as char).to_string(), "datasource": ds, "expr": expr, "legendFormat": legend }))
+        .collect();
+    json!({
+        "id": id, "title": title, "type": kind, "datasource": ds,
+        // Two panels a row, in id order.
+        "gridPos": { "h": 8, "w": 12, "x": (id - 1) % 2 * 12, "y": (id - 1) / 2 * 8 },
+        "fieldConfig": { "defaults": { "unit": unit }, "overrides": [] },
+        "options": {},
+        "targets": targets,
+    })
+}
+
+fn dashboard(uid: &str, title: &str, panels: Vec<Value>, templating: Value) -> Value {
+    json!({
+        "uid": uid, "title": title, "tags": ["analytics-stack"], "editable": false,
+        "schemaVersion": 39, "version": 1, "refresh": "30s",
+        "time": { "from": "now-6h", "to": "now" },
+        "templating": { "list": templating },
+        "panels": panels,
+    })
+}
+
+/// (file name, dashboard) for every provisioned dashboard.
+pub fn all() -> Vec<(&'static str, Value)> {
+    let p = PROMETHEUS_UID;
+    let host = dashboard(
+        "analytics-host",
+        "Host (node_exporter)",
+        vec![
+            panel(1, "CPU busy", "timeseries", "percent", p, &[("100 * (1 - avg(rate(node_cpu_seconds_total{job=\"node\",mode=\"idle\"}[5m])))", "busy")]),
+            panel(2, "Memory used", "timeseries", "bytes", p, &[("node_memory_MemTotal_bytes{job=\"node\"} - node_memory_MemAvailable_bytes{job=\"node\"}", "used"), ("node_memory_MemTotal_bytes{job=\"node\"}", "total")]),
+            panel(3, "Load", "timeseries", "short", p, &[("node_load1{job=\"node\"}", "1m"), ("node_load5{job=\"node\"}", "5m")]),
+            panel(4, "Disk space free", "timeseries", "bytes", p, &[("node_filesystem_avail_bytes{job=\"node\",fstype!~\"tmpfs|overlay|squashfs\"}", "{{mountpoint}}")]),
+            panel(5, "Network traffic", "timeseries", "Bps", p, &[("rate(node_network_receive_bytes_total{job=\"node\"}[5m])", "{{device}} in"), ("rate(node_network_transmit_bytes_total{job=\"node\"}[5m])", "{{device}} out")]),
+        ],
+        json!([]),
+    );
+    let stack =
+        dashboard(
+            "analytics-stack-overview",
+            "Stack overview",
+            vec![
+            panel(
+                1,
+                "Units active",
+                "stat",
+                "short",
+                p,
+                &[(
+                    "node_systemd_unit_state{job=\"node\",name=~\"analytics-.*\",state=\"active\"}",
+                    "{{name}}",
+                )]),
+            panel(
+                2,
+                "Scrape targets up",
+                "stat",
+                "short",
+                p,
+                &[("up", "{{job}}")]),
+            panel(
+                3,
+                "Restarts per unit",
+                "timeseries",
+                "short",
+                p,
+                &[("analytics_stack_unit_restarts", "{{unit}}")]),
+            panel(
+                4,
+                "Memory per unit",
+                "timeseries",
+                "bytes",
+                p,
+                &[("analytics_stack_unit_memory_bytes", "{{unit}}")]),
+            panel(
+                5,
+                "Last apply",
+                "stat",
+                "short",
+                p,
+                &[
+                    ("analytics_stack_last_apply_success", "succeeded"),
+                    ("analytics_stack_last_apply_duration_seconds", "seconds"),
+                ]),
+        ],
+            json!([]),
+        );
+    let airflow = dashboard(
+        "analytics-airflow",
+        "Airflow",
+        vec![
+            panel(
+                1,
+                "Task duration",
+                "timeseries",
+                "ms",
+                p,
+                &[("airflow_task_duration", "{{dag_id}}.{{task_id}}")],
+            ),
+            panel(
+                2,
+                "DAG run duration",
+                "timeseries",
+                "ms",
+                p,
+                &[("airflow_dagrun_duration", "{{dag_id}}")],
+            ),
+            panel(
+                3,
+                "Task instances finished",
+                "timeseries",
+                "short",
+                p,
+                &[(
+                    "sum by (state) (increase(airflow_ti_finish[5m]))",
+                    "{{state}}",
+                )],
+            ),
+            panel(
+                4,
+                "Executor",
+                "timeseries",
+                "short",
+                p,
+                &[
+                    ("airflow_executor_running_tasks", "running"),
+                    ("airflow_executor_queued_tasks", "queued"),
+                    ("airflow_executor_open_slots", "open"),
+                ],
+            ),
+        ],
+        json!([]),
+    );
+    let logs = dashboard(
+        "analytics-logs",
+        "Logs per unit",
+        vec![
+            panel(
+                1,
+                "Lines per unit",
+                "timeseries",
+                "short",
+                LOKI_UID,
+                &[(
+                    "sum by (unit) (count_over_time({unit=~\"$unit\"}[5m]))",
+                    "{{unit}}",
+                )],
+            ),
+            json!({
+                "id": 2, "title": "Journal", "type": "logs",
+                "datasource": { "type": "loki", "uid": LOKI_UID },
+                "gridPos": { "h": 16, "w": 24, "x": 0, "y": 8 },
+                "options": { "showTime": true, "sortOrder": "Descending" },
+                "targets": [{ "refId": "A", "datasource": { "type": "loki", "uid": LOKI_UID }, "expr": "{unit=~\"$unit\"}" }],
+            }),
+        ],
+        json!([{
+            "name": "unit", "type": "query", "label": "unit",
+            "datasource": { "type": "loki", "uid": LOKI_UID },
+            "query": "label_values(unit)", "includeAll": true, "multi": true,
+            "current": { "text": "All", "value": "$__all" }, "allValue": "analytics-.*",
+        }]),
+    );
+    vec![
+        ("host.json", host),
+        ("stack.json", stack),
+        ("airflow.json", airflow),
+        ("logs.json", logs),
+    ]
+}
+
+/// Metric names a PromQL expression reads (functions, keywords, labels and
+/// numbers removed).
+pub fn metric_names(expr: &str) -> Vec<String> {
+    const NOT_METRICS: &[&str] = &[
+        "rate",
+        "irate",
+        "increase",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "histogram_quantile",
+        "count_over_time",
+        "time",
+    ];
+    let mut cleaned = String::new();
+    let mut depth = 0;
+    for ch in expr.chars() {
+        match ch {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            _ if depth == 0 => cleaned.push(ch),
+            _ => {}
+        }
+    }
+    // Grouping labels: `by (state)`.
+    let mut names = Vec::new();
+    let mut after_grouping = false;
+    for token in cleaned.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+        if token.is_empty() {
+            continue;
+        }
+        if after_grouping {
+            after_grouping = false;
+            continue;
+        }
+        if token == "by" || token == "without" {
+            after_grouping = true;
+            continue;
+        }
+        if NOT_METRICS.contains(&token) || token.chars().next().is_some_and(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        names.push(token.to_string());
+    }
+    names
+}
+
+/// Every Prometheus expression of every dashboard.
+pub fn prometheus_exprs() -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, d) in all() {
+        for p in d["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if t["datasource"]["uid"] == PROMETHEUS_UID {
+                    out.push(t["expr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    }
+    out
+}
