@@ -184,7 +184,7 @@ impl Executor<'_> {
                 .await
                 .map_err(|e| e.to_string())?,
             Step::CreateUser { user } => {
-                host::create_system_user(&user.name, &user.home).await?;
+                host::create_system_user(&user.name, &user.home, &user.groups).await?;
                 state.users.insert(user.name.clone());
             }
             Step::EnsureDir { dir } => {

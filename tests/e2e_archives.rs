@@ -52,6 +52,20 @@ fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// Alloy's upstream layout: a zip holding one file, `alloy-linux-amd64`.
+fn alloy_zip() -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    z.start_file(
+        "alloy-linux-amd64",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    z.write_all(&standin("alloy")).unwrap();
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
 /// Loki's upstream layout: a zip holding one file, `loki-linux-amd64`.
 fn loki_zip() -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
@@ -130,10 +144,20 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         format!(r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz", "sha256": "{}"}}"#, sha(&grafana)).as_bytes(),
     );
 
+    let alloy = alloy_zip();
+    mirror.put(
+        "grafana/alloy/releases/download/v1.12.0/alloy-linux-amd64.zip",
+        &alloy,
+    );
+    mirror.put(
+        "grafana/alloy/releases/download/v1.12.0/SHA256SUMS",
+        format!("{}  alloy-linux-amd64.zip\n", sha(&alloy)).as_bytes(),
+    );
+
     let c = Container::boot("as-e2e-archives");
     c.start_daemon();
     c.ok(&format!(
-        "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[grafana]\\nenabled = true\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+        "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[grafana]\\nenabled = true\\n[log_shipper]\\nenabled = true\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
         mirror.url
     ));
     let nothing_installed = |c: &Container| {
@@ -268,7 +292,10 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["nginx", "statsd-exporter", "loki", "grafana"]);
+    assert_eq!(
+        names,
+        ["nginx", "statsd-exporter", "loki", "alloy", "grafana"]
+    );
     let versions: Vec<&str> = status["components"]
         .as_array()
         .unwrap()
@@ -276,7 +303,24 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         .skip(1)
         .map(|c| c["version"].as_str().unwrap())
         .collect();
-    assert_eq!(versions, ["0.30.0", "3.7.0", "13.0.1"]);
+    assert_eq!(versions, ["0.30.0", "3.7.0", "1.12.0", "13.0.1"]);
+
+    // The log shipper (stand-in Alloy) runs in the systemd-journal group and can read
+    // the stack units' journal.
+    let journal = c.ok("journalctl -u analytics-alloy.service --no-pager");
+    let lines: usize = journal
+        .split("stand-in alloy: journal readable, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert!(lines > 0, "the shipper saw no analytics-* lines: {journal}");
+    assert_eq!(
+        c.ok("id -nG analytics-alloy")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["analytics-alloy", "systemd-journal"]
+    );
 
     // Grafana (stand-in) through NGINX under /grafana/, with its admin password
     // arriving as a systemd credential and nowhere in its config files.

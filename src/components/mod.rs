@@ -4,6 +4,7 @@
 
 pub mod dashboards;
 pub mod grafana;
+pub mod log_shipper;
 pub mod loki;
 pub mod nginx;
 pub mod node_exporter;
@@ -58,6 +59,11 @@ pub const KNOWN: &[(&str, &str)] = &[
         "grafana",
         "Grafana: dashboards of logs and metrics, under /grafana/",
     ),
+    (
+        "promtail",
+        "Promtail: the journal to Loki (end of life; see alloy)",
+    ),
+    ("alloy", "Grafana Alloy: the journal to Loki"),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -87,6 +93,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.prometheus.enabled {
         specs.push(prometheus::render(config, platform));
+    }
+    if config.log_shipper.enabled {
+        specs.push(log_shipper::render(config, platform));
     }
     if config.grafana.enabled {
         specs.push(grafana::render(config, platform));
@@ -141,6 +150,10 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "statsd-exporter" => vec![statsd_exporter::UNIT.into()],
         "loki" => vec![loki::UNIT.into()],
         "grafana" => vec![grafana::UNIT.into()],
+        "promtail" => vec![log_shipper::unit_name(
+            crate::config::LogShipperKind::Promtail,
+        )],
+        "alloy" => vec![log_shipper::unit_name(crate::config::LogShipperKind::Alloy)],
         _ => Vec::new(),
     }
 }

@@ -53,6 +53,13 @@ pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
             path: "/grafana/metrics",
         });
     }
+    if config.log_shipper.enabled {
+        t.push(ScrapeTarget {
+            job: super::log_shipper::component_name(config.log_shipper.kind),
+            port: config.log_shipper.port.get(),
+            path: "/metrics",
+        });
+    }
     t
 }
 

@@ -5,8 +5,15 @@ fn config(extra: &str) -> Config {
     crate::config::load_texts(&[("t.toml", extra)]).unwrap()
 }
 
-const ALL_ON: &str =
-    "[statsd_exporter]\nenabled = true\n[loki]\nenabled = true\n[grafana]\nenabled = true\n";
+const ALL_ON: &str = "[statsd_exporter]\nenabled = true\n[loki]\nenabled = true\n[grafana]\nenabled = true\n[log_shipper]\nenabled = true\n";
+
+fn with_promtail() -> Config {
+    crate::config::load_texts(&[
+        ("a.toml", ALL_ON),
+        ("b.toml", "[log_shipper]\nkind = \"promtail\"\n"),
+    ])
+    .unwrap()
+}
 
 fn bookworm() -> Platform {
     Platform {
@@ -38,7 +45,12 @@ fn default_renders_the_data_tier_in_start_order() {
             "analytics-prometheus.service"
         ]
     );
-    let everything = render_all(&config(ALL_ON), &bookworm());
+    let mut everything = render_all(&config(ALL_ON), &bookworm());
+    everything.extend(
+        render_all(&with_promtail(), &bookworm())
+            .into_iter()
+            .filter(|s| s.name == "promtail"),
+    );
     assert_eq!(
         everything.len(),
         KNOWN.len(),
@@ -396,4 +408,51 @@ fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
         dashboards::metric_names("sum by (state) (increase(airflow_ti_finish{x=\"y\"}[5m]))"),
         ["airflow_ti_finish"]
     );
+}
+
+#[test]
+fn the_log_shippers_read_the_journal_of_stack_units_into_loki() {
+    let c = config(ALL_ON);
+    let alloy = log_shipper::render_alloy(&c);
+    for needle in [
+        "loki.source.journal \"stack\" {",
+        "relabel_rules = loki.relabel.journal.rules",
+        "forward_to    = [loki.write.local.receiver]",
+        "source_labels = [\"__journal__systemd_unit\"]\n    target_label  = \"unit\"",
+        "regex         = \"analytics-.*\"\n    action        = \"keep\"",
+        "url = \"http://127.0.0.1:3100/loki/api/v1/push\"",
+        "labels        = {job = \"systemd-journal\", host = \"localhost\"}",
+    ] {
+        assert!(
+            alloy.contains(needle),
+            "config.alloy lacks {needle:?}:\n{alloy}"
+        );
+    }
+    assert_eq!(
+        alloy.matches('{').count(),
+        alloy.matches('}').count(),
+        "balanced blocks"
+    );
+    let spec = log_shipper::render(&c, &bookworm());
+    assert_eq!(spec.name, "alloy");
+    assert_eq!(spec.users[0].groups, ["systemd-journal"]);
+    assert!(spec.units[0].content.contains("ExecStart=/opt/analytics-stack/alloy/current/alloy-linux-amd64 run --server.http.listen-addr=127.0.0.1:9080 --storage.path=/var/lib/analytics-stack/alloy --disable-reporting /etc/analytics-stack/alloy/config.alloy"));
+
+    let pc = with_promtail();
+    let promtail = log_shipper::render_promtail(&pc);
+    for needle in [
+        "  - job_name: journal\n    journal:\n      max_age: 12h\n",
+        "      - source_labels: ['__journal__systemd_unit']\n        target_label: 'unit'\n",
+        "      - source_labels: ['unit']\n        regex: 'analytics-.*'\n        action: keep\n",
+        "clients:\n  - url: http://127.0.0.1:3100/loki/api/v1/push\n",
+        "positions:\n  filename: /var/lib/analytics-stack/promtail/positions.yaml\n",
+    ] {
+        assert!(promtail.contains(needle), "promtail.yaml lacks {needle:?}");
+    }
+    let spec = log_shipper::render(&pc, &bookworm());
+    assert_eq!(
+        (spec.name, spec.units[0].name.as_str()),
+        ("promtail", "analytics-promtail.service")
+    );
+    assert!(prometheus::render_config(&pc).contains("job_name: 'promtail'"));
 }

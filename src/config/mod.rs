@@ -229,6 +229,9 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     if config.grafana.enabled {
         ports.push((key_path("grafana.port"), config.grafana.port.get()));
     }
+    if config.log_shipper.enabled {
+        ports.push((key_path("log_shipper.port"), config.log_shipper.port.get()));
+    }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((

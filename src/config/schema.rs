@@ -19,6 +19,22 @@ pub struct Config {
     pub statsd_exporter: StatsdExporterConfig,
     pub loki: LokiConfig,
     pub grafana: GrafanaConfig,
+    pub log_shipper: LogShipperConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogShipperConfig {
+    pub enabled: bool,
+    pub kind: LogShipperKind,
+    pub port: Port,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogShipperKind {
+    Alloy,
+    Promtail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,8 +10,16 @@ pub mod systemd;
 use tokio::process::Command;
 
 /// `useradd` for a system user with its own group and no login shell.
-pub async fn create_system_user(name: &str, home: &std::path::Path) -> Result<(), String> {
-    let out = Command::new("useradd")
+pub async fn create_system_user(
+    name: &str,
+    home: &std::path::Path,
+    groups: &[String],
+) -> Result<(), String> {
+    let mut cmd = Command::new("useradd");
+    if !groups.is_empty() {
+        cmd.arg("--groups").arg(groups.join(","));
+    }
+    let out = cmd
         .args([
             "--system",
             "--user-group",
