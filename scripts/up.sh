@@ -15,6 +15,15 @@ fi
 cargo build --release --bins
 container_boot "$name" "$PWD/target/release"
 container_exec "$LEADER" 'systemctl daemon-reload && systemctl start analytics-stackd.service'
+# Components from release archives need their hosts (or an [archives] mirror).
+probe=$(awk -F'"' '/^amd64 = /{print $2; exit}' catalog/archives.toml)
+if [ -z "${ANALYTICS_STACK_MIRROR:-}" ] && ! curl -fsS -o /dev/null -I --max-time 8 "$probe" 2>/dev/null; then
+  echo "note: the release hosts cannot be reached from here: statsd-exporter, loki, the log shipper and grafana are turned off" >&2
+  echo "      (set ANALYTICS_STACK_MIRROR to an internal mirror of them to include them)" >&2
+  container_exec "$LEADER" "mkdir -p /etc/analytics-stack/stack.d && printf '# Written by scripts/up.sh: the release hosts were unreachable.\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-no-release-hosts.toml"
+elif [ -n "${ANALYTICS_STACK_MIRROR:-}" ]; then
+  container_exec "$LEADER" "mkdir -p /etc/analytics-stack/stack.d && printf '[archives]\\nmirror = \"%s\"\\n' '$ANALYTICS_STACK_MIRROR' > /etc/analytics-stack/stack.d/00-mirror.toml"
+fi
 container_exec "$LEADER" 'analytics-stack apply'
 container_exec "$LEADER" 'analytics-stack status'
 port=$(container_exec "$LEADER" 'analytics-stack config show' | awk -F' = ' '/^\[nginx\]/{n=1} n && $1=="port"{print $2; exit}')

@@ -223,7 +223,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             for c in v["components"].as_array().into_iter().flatten() {
                 let healthy = c["healthy"].as_bool().unwrap_or(false);
                 println!(
-                    "{:<10} {:<9} {}",
+                    "{:<16} {:<9} {}",
                     c["name"].as_str().unwrap_or(""),
                     if healthy { "healthy" } else { "UNHEALTHY" },
                     c["version"].as_str().unwrap_or("")
@@ -259,7 +259,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Components => {
             for (name, description, enabled, units) in manager().await?.list_components().await? {
                 println!(
-                    "{:<10} {:<8} {}  [{}]",
+                    "{:<16} {:<8} {}  [{}]",
                     name,
                     if enabled { "enabled" } else { "disabled" },
                     description,

@@ -23,12 +23,22 @@ fn bookworm() -> Platform {
 }
 
 #[test]
-fn default_renders_the_data_tier_in_start_order() {
+fn default_renders_the_whole_stack_in_start_order() {
     let specs = render_all(&config(""), &bookworm());
     let names: Vec<_> = specs.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        ["postgres", "redis", "nginx", "node-exporter", "prometheus"]
+        [
+            "postgres",
+            "redis",
+            "nginx",
+            "node-exporter",
+            "statsd-exporter",
+            "loki",
+            "prometheus",
+            "alloy",
+            "grafana"
+        ]
     );
     let units: Vec<_> = specs
         .iter()
@@ -42,7 +52,11 @@ fn default_renders_the_data_tier_in_start_order() {
             "analytics-redis-cache.service",
             "analytics-nginx.service",
             "analytics-node-exporter.service",
-            "analytics-prometheus.service"
+            "analytics-statsd-exporter.service",
+            "analytics-loki.service",
+            "analytics-prometheus.service",
+            "analytics-alloy.service",
+            "analytics-grafana.service"
         ]
     );
     let mut everything = render_all(&config(ALL_ON), &bookworm());
@@ -73,7 +87,7 @@ fn default_renders_the_data_tier_in_start_order() {
 #[test]
 fn disabled_components_are_not_rendered() {
     let specs = render_all(
-        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n"),
+        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n"),
         &bookworm(),
     );
     assert_eq!(specs.len(), 1);
@@ -127,7 +141,9 @@ fn redis_broker_never_evicts_and_cache_does() {
 
 #[test]
 fn nginx_routes_answer_503_until_their_component_exists() {
-    let conf = nginx::render_conf(&config("[nginx]\nport = 8080\n"));
+    let conf = nginx::render_conf(&config(
+        "[nginx]\nport = 8080\n[grafana]\nenabled = false\n",
+    ));
     assert!(conf.contains("listen 0.0.0.0:8080 default_server;"));
     for prefix in ["/superset/", "/airflow/", "/grafana/"] {
         let block = conf

@@ -215,8 +215,12 @@ fn config_changes_reload_the_services_that_can_reload() {
         [
             "write /etc/analytics-stack/nginx/nginx.conf (changed)",
             "write /etc/analytics-stack/prometheus/prometheus.yml (changed)",
+            "write /etc/analytics-stack/alloy/config.alloy (changed)",
+            "write /etc/analytics-stack/grafana/grafana.ini (changed)",
             "reload analytics-nginx.service",
-            "reload analytics-prometheus.service"
+            "reload analytics-prometheus.service",
+            "restart analytics-alloy.service",
+            "restart analytics-grafana.service"
         ]
     );
 }

@@ -163,6 +163,13 @@ impl Container {
         stdout
     }
 
+    /// Turns off the components that come from release archives: their hosts cannot
+    /// be reached from the test machines (tests/e2e_archives.rs covers them through
+    /// a local mirror).
+    pub fn without_release_archives(&self) {
+        self.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# The release hosts cannot be reached from the test machines.\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-no-release-hosts.toml");
+    }
+
     pub fn start_daemon(&self) {
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
         eprintln!(
