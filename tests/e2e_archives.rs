@@ -52,16 +52,16 @@ fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
-/// Alloy's upstream layout: a zip holding one file, `alloy-linux-amd64`.
-fn alloy_zip() -> Vec<u8> {
+/// The layout of Alloy's and Promtail's zips: one file, `NAME-linux-amd64`.
+fn single_binary_zip(name: &str) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut z = zip::ZipWriter::new(&mut buf);
     z.start_file(
-        "alloy-linux-amd64",
+        format!("{name}-linux-amd64"),
         zip::write::SimpleFileOptions::default().unix_permissions(0o755),
     )
     .unwrap();
-    z.write_all(&standin("alloy")).unwrap();
+    z.write_all(&standin(name)).unwrap();
     z.finish().unwrap();
     buf.into_inner()
 }
@@ -144,7 +144,7 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         format!(r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz", "sha256": "{}"}}"#, sha(&grafana)).as_bytes(),
     );
 
-    let alloy = alloy_zip();
+    let alloy = single_binary_zip("alloy");
     mirror.put(
         "grafana/alloy/releases/download/v1.12.0/alloy-linux-amd64.zip",
         &alloy,
@@ -373,4 +373,42 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         before,
         "a converged host fetches nothing"
     );
+
+    // Promtail instead of Alloy: Alloy's unit goes, Promtail's comes, same result.
+    let promtail = single_binary_zip("promtail");
+    mirror.put(
+        "grafana/loki/releases/download/v3.5.1/promtail-linux-amd64.zip",
+        &promtail,
+    );
+    mirror.put(
+        "grafana/loki/releases/download/v3.5.1/SHA256SUMS",
+        format!("{}  promtail-linux-amd64.zip\n", sha(&promtail)).as_bytes(),
+    );
+    c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '[log_shipper]\\nkind = \"promtail\"\\n' > /etc/analytics-stack/stack.d/50-promtail.toml");
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("stop analytics-alloy.service") && plan.contains("install promtail 3.5.1"),
+        "{plan}"
+    );
+    c.ok("analytics-stack apply");
+    assert!(!c
+        .sh("test -e /etc/systemd/system/analytics-alloy.service")
+        .status
+        .success());
+    assert_eq!(
+        c.ok("systemctl is-active analytics-promtail.service")
+            .trim(),
+        "active"
+    );
+    assert_eq!(
+        c.ok("curl -fsS http://127.0.0.1:9080/ready").trim(),
+        "Ready (stand-in promtail)"
+    );
+    let journal = c.ok("journalctl -u analytics-promtail.service --no-pager");
+    assert!(
+        journal.contains("stand-in promtail: journal readable, ")
+            && !journal.contains("readable, 0 lines"),
+        "{journal}"
+    );
+    assert!(c.ok("analytics-stack plan").contains("nothing to do"));
 }

@@ -161,6 +161,14 @@ impl std::fmt::Display for PortConflict {
     }
 }
 
+fn is_stack_unit(unit: &str) -> bool {
+    crate::components::KNOWN.iter().any(|(name, _)| {
+        crate::components::unit_names(name)
+            .iter()
+            .any(|u| u == unit)
+    })
+}
+
 /// Ports wanted by the stack that a process outside the unit meant to own them holds.
 pub fn port_conflicts(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<PortConflict> {
     let mut conflicts = Vec::new();
@@ -170,7 +178,10 @@ pub fn port_conflicts(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<PortC
                 let overlaps = l.address == want.address
                     || l.address.is_unspecified()
                     || want.address.is_unspecified();
-                if !overlaps || l.unit.as_deref() == Some(want.unit.as_str()) {
+                // The stack's own units are no conflict: the wanted one is already
+                // there, and the unit of a component being turned off (e.g. Alloy
+                // replaced by Promtail) is stopped before anything starts.
+                if !overlaps || l.unit.as_deref().is_some_and(is_stack_unit) {
                     continue;
                 }
                 let holder = match (&l.process, l.pid, &l.unit) {

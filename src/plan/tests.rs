@@ -390,3 +390,19 @@ fn an_archive_component_is_installed_once_and_a_new_version_restarts_it() {
     assert!(again[0].starts_with("install statsd-exporter"));
     assert_eq!(again[1], "restart analytics-statsd-exporter.service");
 }
+
+#[test]
+fn a_port_held_by_a_stack_unit_being_replaced_is_no_conflict() {
+    let mut facts = fresh_host();
+    facts.listeners.push(Listener {
+        address: "127.0.0.1".parse().unwrap(),
+        port: 9080,
+        pid: Some(9),
+        process: Some("alloy".into()),
+        unit: Some("analytics-alloy.service".into()),
+    });
+    let promtail = desired("[log_shipper]\nkind = \"promtail\"\n");
+    assert!(port_conflicts(&promtail, &facts).is_empty());
+    facts.listeners[0].unit = Some("someone-else.service".into());
+    assert_eq!(port_conflicts(&promtail, &facts).len(), 1);
+}
