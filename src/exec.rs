@@ -84,6 +84,12 @@ impl Executor<'_> {
                     }),
             };
             result?;
+            // Once the state is gone on purpose, do not write it back.
+            let state_removed = matches!(step, Step::ForgetState)
+                || matches!(step, Step::RemoveTree { path } if path == Path::new(paths::STATE));
+            if state_removed {
+                continue;
+            }
             save_state(self.fs, state).map_err(|e| ExecError::Step {
                 step: description,
                 reason: format!("cannot record state: {e}"),
@@ -236,6 +242,34 @@ impl Executor<'_> {
             Step::RestartUnit { unit } => self.unit_job("restart", unit).await?,
             Step::ReloadUnit { unit } => self.unit_job("reload", unit).await?,
             Step::StopUnit { unit } => self.unit_job("stop", unit).await?,
+            Step::RestoreDistroUnit { unit, before } => {
+                self.systemd.unmask(unit).await.map_err(sd)?;
+                self.systemd.reload().await.map_err(sd)?;
+                if before.unit_file_state == "enabled" {
+                    self.systemd
+                        .enable(std::slice::from_ref(unit))
+                        .await
+                        .map_err(sd)?;
+                }
+                if before.was_active {
+                    self.unit_job("start", unit).await?;
+                }
+                state.distro_units.remove(unit);
+            }
+            Step::DeleteUser { user } => {
+                host::delete_system_user(user).await?;
+                state.users.remove(user);
+            }
+            Step::RemoveTree { path } => match std::fs::remove_dir_all(self.fs.path(path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", path.display()))
+                }
+                _ => {}
+            },
+            Step::ForgetState => self
+                .fs
+                .remove_file(Path::new(paths::STATE_FILE))
+                .map_err(|e| e.to_string())?,
             Step::RecordComponent {
                 component,
                 installed,

@@ -63,6 +63,13 @@ pub struct ApplyReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct UninstallReport {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct ComponentStatus {
     pub name: String,
     pub description: String,
@@ -405,6 +412,37 @@ impl Stack {
             }
         }
         Ok(serde_json::Value::Object(out))
+    }
+
+    /// Removes everything the stack created; data too when `purge_data`.
+    pub async fn uninstall(
+        &self,
+        purge_data: bool,
+        cancel: &AtomicBool,
+        progress: &dyn exec::Progress,
+    ) -> Result<UninstallReport, StackError> {
+        let started = Instant::now();
+        let mut state = exec::load_state(&self.fs);
+        let facts = gather::gather_uninstall(&self.fs, &self.systemd, &state).await?;
+        let plan = crate::plan::uninstall::plan_uninstall(&facts, &state, purge_data);
+        let removed: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
+        let mirror = self
+            .config()
+            .map(|c| c.archives.mirror.as_str().to_string())
+            .unwrap_or_default();
+        Executor {
+            fs: &self.fs,
+            mirror,
+            systemd: &self.systemd,
+            cancel,
+        }
+        .run(&plan, &mut state, progress)
+        .await?;
+        Ok(UninstallReport {
+            removed,
+            kept: crate::plan::uninstall::kept(purge_data),
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// What the daemon keeps current between applies: the landing page's health and,

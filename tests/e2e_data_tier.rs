@@ -279,4 +279,61 @@ fn data_tier_end_to_end() {
             .code(),
         Some(5)
     );
+
+    // Uninstall keeps the data: units, users, generated files go; the distribution's
+    // units come back; a second uninstall has nothing to do.
+    let out = c.ok("analytics-stack uninstall");
+    assert!(
+        out.contains("removed:") && out.contains("delete system user analytics-postgres"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kept:") && out.contains("/var/lib/analytics-stack (databases"),
+        "{out}"
+    );
+    assert_eq!(
+        c.ok("ls /etc/systemd/system | grep -c '^analytics-' || true")
+            .trim(),
+        "1",
+        "only the daemon's own unit stays"
+    );
+    assert!(!c.sh("getent passwd analytics-postgres").status.success());
+    assert!(!c
+        .sh("test -e /etc/analytics-stack/postgres")
+        .status
+        .success());
+    assert!(c
+        .sh("test -e /var/lib/analytics-stack/postgres/15/PG_VERSION")
+        .status
+        .success());
+    for unit in [
+        "postgresql.service",
+        "redis-server.service",
+        "nginx.service",
+    ] {
+        assert_ne!(
+            c.ok(&format!("systemctl is-enabled {unit} || true")).trim(),
+            "masked",
+            "{unit} is restored"
+        );
+    }
+    assert!(c
+        .ok("analytics-stack uninstall")
+        .contains("nothing to remove"));
+    // Applying again reuses the kept data and secrets.
+    c.ok("analytics-stack apply");
+    assert_eq!(
+        c.ok(&format!("{psql} -c 'SELECT sum(n) FROM facts'"))
+            .trim(),
+        "42"
+    );
+    // --purge-data removes the data too.
+    c.ok("analytics-stack uninstall --purge-data");
+    assert!(!c.sh("test -e /var/lib/analytics-stack").status.success());
+    assert!(!c.sh("test -e /opt/analytics-stack").status.success());
+    assert_eq!(
+        c.ok("systemctl list-units --no-legend 'analytics-*' | grep -v analytics-stackd || true")
+            .trim(),
+        ""
+    );
 }

@@ -59,6 +59,14 @@ enum Command {
     Credentials { component: Option<String> },
     /// The components the stack knows.
     Components,
+    /// Stop and remove every unit, user, directory and file the stack created, and
+    /// restore the distribution services it disabled. Data stays unless --purge-data.
+    Uninstall {
+        #[arg(long)]
+        purge_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +221,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Apply { json } => apply(json).await,
+        Command::Uninstall { purge_data, json } => uninstall(purge_data, json).await,
         Command::Status { json } => {
             let text = manager().await?.status().await?;
             if json {
@@ -291,9 +300,12 @@ fn print_bytes(done: u64, total: u64, tty: bool) {
     }
 }
 
-async fn apply(json: bool) -> Result<(), Failure> {
-    let m = manager().await?;
-    let path = m.apply().await?;
+/// Follows a job until it ends, drawing its progress; its JSON result, or its error.
+async fn follow_job(
+    m: &ManagerProxy<'_>,
+    path: zbus::zvariant::OwnedObjectPath,
+    verb: &str,
+) -> Result<String, Failure> {
     let job = JobProxy::builder(m.inner().connection())
         .path(path)?
         .cache_properties(zbus::proxy::CacheProperties::No)
@@ -328,31 +340,13 @@ async fn apply(json: bool) -> Result<(), Failure> {
                 state = f.args().map(|a| a.state.clone()).unwrap_or_else(|_| "failed".into());
             }
             Some(_) = owner_changes.next() => {
-                return Err(Failure { code: 1, message: "Failed: analytics-stackd exited during the apply; run `analytics-stack apply` again to converge".into() });
+                return Err(Failure { code: 1, message: format!("Failed: analytics-stackd exited during the {verb}; run `analytics-stack {verb}` again to converge") });
             }
             else => state = job.state().await?,
         }
     }
     if state == "succeeded" {
-        let result = job.result().await?;
-        if json {
-            print_json(&result);
-        } else {
-            let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
-            let n = v["steps"].as_array().map_or(0, |s| s.len());
-            if n == 0 {
-                println!(
-                    "nothing to do; every component is healthy ({:.2} s)",
-                    v["seconds"].as_f64().unwrap_or(0.0)
-                );
-            } else {
-                println!(
-                    "applied {n} steps; every component is healthy ({:.1} s)",
-                    v["seconds"].as_f64().unwrap_or(0.0)
-                );
-            }
-        }
-        Ok(())
+        Ok(job.result().await?)
     } else {
         let name = job.error_name().await?;
         let message = job.error_message().await?;
@@ -361,4 +355,48 @@ async fn apply(json: bool) -> Result<(), Failure> {
             message: format!("{name}: {message}"),
         })
     }
+}
+
+async fn apply(json: bool) -> Result<(), Failure> {
+    let m = manager().await?;
+    let path = m.apply().await?;
+    let result = follow_job(&m, path, "apply").await?;
+    if json {
+        print_json(&result);
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+    let n = v["steps"].as_array().map_or(0, |s| s.len());
+    let secs = v["seconds"].as_f64().unwrap_or(0.0);
+    if n == 0 {
+        println!("nothing to do; every component is healthy ({secs:.2} s)");
+    } else {
+        println!("applied {n} steps; every component is healthy ({secs:.1} s)");
+    }
+    Ok(())
+}
+
+async fn uninstall(purge_data: bool, json: bool) -> Result<(), Failure> {
+    let m = manager().await?;
+    let path = m.uninstall(purge_data).await?;
+    let result = follow_job(&m, path, "uninstall").await?;
+    if json {
+        print_json(&result);
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+    let removed = v["removed"].as_array().cloned().unwrap_or_default();
+    if removed.is_empty() {
+        println!("nothing to remove: the stack is not installed");
+    } else {
+        println!("removed:");
+        for r in removed {
+            println!("  - {}", r.as_str().unwrap_or(""));
+        }
+    }
+    println!("kept:");
+    for k in v["kept"].as_array().into_iter().flatten() {
+        println!("  - {}", k.as_str().unwrap_or(""));
+    }
+    Ok(())
 }

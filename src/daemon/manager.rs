@@ -108,29 +108,27 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, BusError> {
     serde_json::to_string(v).map_err(|e| BusError::Failed(e.to_string()))
 }
 
-#[interface(name = "org.analyticsstack.Stack1.Manager")]
 impl Manager {
-    /// What `Apply` would do, as JSON (`steps`, `conflicts`, `plan`). Changes nothing.
-    async fn plan(&self) -> Result<String, BusError> {
-        to_json(&self.stack()?.plan().await?)
-    }
-
-    /// Starts bringing the host to the configured state; returns the job to watch.
-    async fn apply(
+    /// Publishes a job object at once and runs `work` behind it: progress flows to
+    /// the job's properties and signals, its result ends it, and `guard` (the
+    /// one-operation-at-a-time lock) is held until then.
+    async fn start_job<F, Fut>(
         &self,
-        #[zbus(connection)] conn: &zbus::Connection,
-        #[zbus(header)] header: zbus::message::Header<'_>,
-    ) -> Result<OwnedObjectPath, BusError> {
-        self.authorize(conn, &header, "apply").await?;
-        let stack = self.stack()?;
-        // Refuse a bad configuration at once rather than through the job.
-        stack.config()?;
-        let guard = self.try_busy()?;
+        conn: &zbus::Connection,
+        kind: &'static str,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        stack: Arc<Stack>,
+        work: F,
+    ) -> Result<OwnedObjectPath, BusError>
+    where
+        F: FnOnce(Arc<Stack>, Arc<AtomicBool>, ChannelProgress) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<String, BusError>> + Send + 'static,
+    {
         let id = self.next_job.fetch_add(1, Ordering::SeqCst);
         let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}"))
             .map_err(|e| BusError::Failed(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job::new("apply", cancel.clone(), self.admin_group());
+        let job = Job::new(kind, cancel.clone(), self.admin_group());
         conn.object_server().at(&path, job).await?;
         let iface = conn.object_server().interface::<_, Job>(&path).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
@@ -182,23 +180,18 @@ impl Manager {
 
         let conn = conn.clone();
         tokio::spawn(async move {
-            super::notify::notify("STATUS=applying");
+            super::notify::notify(&format!("STATUS={kind}ing"));
             let progress = ChannelProgress {
                 tx,
                 last_bytes: std::sync::Mutex::new(None),
             };
-            let outcome: Result<String, BusError> = stack
-                .apply(&cancel, &progress)
-                .await
-                .map_err(BusError::from)
-                .and_then(|report| to_json(&report));
-            drop(progress);
+            let outcome: Result<String, BusError> = work(stack, cancel, progress).await;
             if let Err(e) = forward.await {
                 tracing::warn!("progress forwarding ended abnormally: {e}");
             }
             match &outcome {
-                Ok(_) => tracing::info!("apply succeeded"),
-                Err(e) => tracing::error!("apply failed: {}", e.message()),
+                Ok(_) => tracing::info!("{kind} succeeded"),
+                Err(e) => tracing::error!("{kind} failed: {}", e.message()),
             }
             {
                 let mut j = iface.get_mut().await;
@@ -229,6 +222,68 @@ impl Manager {
             }
         });
         Ok(path)
+    }
+}
+
+#[interface(name = "org.analyticsstack.Stack1.Manager")]
+impl Manager {
+    /// What `Apply` would do, as JSON (`steps`, `conflicts`, `plan`). Changes nothing.
+    async fn plan(&self) -> Result<String, BusError> {
+        to_json(&self.stack()?.plan().await?)
+    }
+
+    /// Starts bringing the host to the configured state; returns the job to watch.
+    async fn apply(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        self.authorize(conn, &header, "apply").await?;
+        let stack = self.stack()?;
+        // Refuse a bad configuration at once rather than through the job.
+        stack.config()?;
+        let guard = self.try_busy()?;
+        self.start_job(
+            conn,
+            "apply",
+            guard,
+            stack,
+            |stack, cancel, progress| async move {
+                stack
+                    .apply(&cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
+    /// Removes every unit, user, directory and file the stack created and restores
+    /// the distribution's units it masked; data too when `purge_data`. Returns the job.
+    async fn uninstall(
+        &self,
+        purge_data: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        self.authorize(conn, &header, "uninstall").await?;
+        let stack = self.stack()?;
+        let guard = self.try_busy()?;
+        self.start_job(
+            conn,
+            "uninstall",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .uninstall(purge_data, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
     }
 
     /// Every enabled component with its units, health and version, as JSON.

@@ -137,3 +137,59 @@ pub async fn gather(
     facts.listeners = super::ports::listeners();
     Ok(facts)
 }
+
+/// Facts for an uninstall: what of the stack is still on the host.
+pub async fn gather_uninstall(
+    fs: &FsRoot,
+    systemd: &Systemd,
+    state: &RecordedState,
+) -> Result<HostFacts, super::systemd::SystemdError> {
+    use crate::plan::uninstall::{all_stack_units, generated_trees};
+    let mut facts = HostFacts {
+        codename: os_codename(fs),
+        ..Default::default()
+    };
+    for unit in all_stack_units() {
+        let fact = systemd.unit_fact(&unit).await?;
+        facts.units.insert(unit.clone(), fact);
+        let path = PathBuf::from(paths::UNIT_DIR).join(&unit);
+        if let Some(ownership) = fs.ownership(&path) {
+            facts.files.insert(
+                path,
+                FileFact {
+                    sha256: String::new(),
+                    ownership,
+                },
+            );
+        }
+    }
+    for f in &state.files {
+        let path = PathBuf::from(f);
+        if let Some(ownership) = fs.ownership(&path) {
+            facts.files.insert(
+                path,
+                FileFact {
+                    sha256: String::new(),
+                    ownership,
+                },
+            );
+        }
+    }
+    for user in &state.users {
+        if super::fsroot::uid_of(user).is_some() {
+            facts.users.insert(user.clone());
+        }
+    }
+    for dir in generated_trees()
+        .into_iter()
+        .chain([PathBuf::from(paths::STATE)])
+    {
+        if let Some(o) = fs.ownership(&dir) {
+            facts.dirs.insert(dir, o);
+        }
+    }
+    if fs.exists(Path::new(paths::STATE_FILE)) {
+        facts.existing.insert(paths::STATE_FILE.into());
+    }
+    Ok(facts)
+}

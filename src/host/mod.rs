@@ -45,6 +45,24 @@ pub async fn create_system_user(
     }
 }
 
+/// `userdel` (the user's home is the stack's data directory: never removed here).
+pub async fn delete_system_user(name: &str) -> Result<(), String> {
+    let out = Command::new("userdel")
+        .arg(name)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run userdel: {e}"))?;
+    // 6: no such user — already gone, which is what was wanted.
+    if out.status.success() || out.status.code() == Some(6) {
+        Ok(())
+    } else {
+        Err(format!(
+            "userdel {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// The last lines a unit wrote to the journal, for error messages.
 pub async fn journal_tail(unit: &str, lines: u32) -> String {
     match Command::new("journalctl")

@@ -67,6 +67,20 @@ pub enum Step {
     Provision {
         provision: Provision,
     },
+    /// Unmask a distribution unit and put it back as it was before the stack.
+    RestoreDistroUnit {
+        unit: String,
+        before: DistroUnitBefore,
+    },
+    DeleteUser {
+        user: String,
+    },
+    /// Remove a directory tree the stack created.
+    RemoveTree {
+        path: PathBuf,
+    },
+    /// Remove the state file: the stack owns nothing any more.
+    ForgetState,
     RecordComponent {
         component: String,
         installed: bool,
@@ -121,6 +135,14 @@ impl Step {
             Step::RestartUnit { unit } => format!("restart {unit}"),
             Step::ReloadUnit { unit } => format!("reload {unit}"),
             Step::StopUnit { unit } => format!("stop {unit}"),
+            Step::RestoreDistroUnit { unit, before } => format!(
+                "restore the distribution's {unit} ({}{})",
+                before.unit_file_state,
+                if before.was_active { ", running" } else { "" }
+            ),
+            Step::DeleteUser { user } => format!("delete system user {user}"),
+            Step::RemoveTree { path } => format!("remove {} and everything in it", path.display()),
+            Step::ForgetState => format!("remove {}", paths::STATE_FILE),
             Step::RecordComponent {
                 component,
                 installed,
@@ -503,6 +525,8 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
 
     Plan { steps }
 }
+
+pub mod uninstall;
 
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,12 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                     .provisioned
                     .insert(provision.id(), provision.fingerprint());
             }
+            Step::RestoreDistroUnit { .. }
+            | Step::DeleteUser { .. }
+            | Step::RemoveTree { .. }
+            | Step::ForgetState => {
+                panic!("an apply plan never holds uninstall steps: {step:?}")
+            }
             Step::RecordComponent {
                 component,
                 installed,
