@@ -19,4 +19,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # The root filesystem is built (or reused) before the tests, outside their timeouts.
 tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}"
+# The Debian package, for tests/e2e_package.rs (also outside the tests' timeouts).
+packaging/build-deb.sh
 cargo nextest run --run-ignored all --no-fail-fast

@@ -61,6 +61,9 @@ enum Command {
     Components,
     /// Stop and remove every unit, user, directory and file the stack created, and
     /// restore the distribution services it disabled. Data stays unless --purge-data.
+    /// Print a shell completion script (bash, zsh, fish).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
     Uninstall {
         #[arg(long)]
         purge_data: bool,
@@ -222,6 +225,16 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Apply { json } => apply(json).await,
         Command::Uninstall { purge_data, json } => uninstall(purge_data, json).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "analytics-stack",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Status { json } => {
             let text = manager().await?.status().await?;
             if json {

@@ -6,7 +6,7 @@
 
 pub mod mirror;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,41 +57,53 @@ fn find_leader(nspawn_pid: u32) -> Option<u32> {
 }
 
 impl Container {
+    /// A container with this build's binaries, daemon unit and D-Bus policy bound in.
     pub fn boot(name: &str) -> Container {
-        let rootfs = rootfs();
-        let bind = |src: &Path, dst: &str| format!("--bind-ro={}:{dst}", src.display());
         let r = repo();
-        let nspawn = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"))
-            .args([name, "-q", "-D"])
-            .arg(&rootfs)
-            .args([
-                "-M",
-                name,
-                "--register=no",
-                "--keep-unit",
-                "--link-journal=no",
-                "--volatile=overlay",
-                "--kill-signal=SIGRTMIN+3",
-            ])
-            .arg(bind(
-                Path::new(env!("CARGO_BIN_EXE_analytics-stackd")),
-                "/usr/sbin/analytics-stackd",
-            ))
-            .arg(bind(
-                Path::new(env!("CARGO_BIN_EXE_analytics-stack")),
-                "/usr/bin/analytics-stack",
-            ))
-            .arg(bind(
-                &r.join("units/analytics-stackd.service"),
-                "/etc/systemd/system/analytics-stackd.service",
-            ))
-            .arg(bind(
-                &r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
-                "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
-            ))
-            .arg(bind(
-                &r.join("tests/harness/init.sh"),
-                "/usr/local/sbin/analytics-test-init",
+        Container::boot_with(
+            name,
+            &[
+                (
+                    PathBuf::from(env!("CARGO_BIN_EXE_analytics-stackd")),
+                    "/usr/sbin/analytics-stackd",
+                ),
+                (
+                    PathBuf::from(env!("CARGO_BIN_EXE_analytics-stack")),
+                    "/usr/bin/analytics-stack",
+                ),
+                (
+                    r.join("units/analytics-stackd.service"),
+                    "/etc/systemd/system/analytics-stackd.service",
+                ),
+                (
+                    r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
+                    "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
+                ),
+            ],
+        )
+    }
+
+    /// A container with only `binds` (source on the host, path inside) added.
+    pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
+        let rootfs = rootfs();
+        let r = repo();
+        let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
+        cmd.args([name, "-q", "-D"]).arg(&rootfs).args([
+            "-M",
+            name,
+            "--register=no",
+            "--keep-unit",
+            "--link-journal=no",
+            "--volatile=overlay",
+            "--kill-signal=SIGRTMIN+3",
+        ]);
+        for (src, dst) in binds {
+            cmd.arg(format!("--bind-ro={}:{dst}", src.display()));
+        }
+        let nspawn = cmd
+            .arg(format!(
+                "--bind-ro={}:/usr/local/sbin/analytics-test-init",
+                r.join("tests/harness/init.sh").display()
             ))
             .arg("/usr/local/sbin/analytics-test-init")
             .stdin(Stdio::null())
