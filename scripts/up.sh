@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings the stack up. On a machine whose PID 1 is not systemd (like the build
-# machines), inside a throwaway Debian 12 container with a real systemd that shares
-# the host's network, so the landing page is reachable from the host.
+# machines): builds the Debian package, boots a throwaway Debian 12 container with a
+# real systemd that shares the host's network, installs the package in it with apt,
+# and runs `analytics-stack apply`; the landing page is then reachable from the host.
 # Tear it down with scripts/down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +13,11 @@ if [ "$(id -u)" != 0 ]; then echo "run as root" >&2; exit 1; fi
 if [ -f "/run/analytics-stack-dev/$name.pid" ] && kill -0 "$(cat "/run/analytics-stack-dev/$name.pid")" 2>/dev/null; then
   echo "container $name is already running; scripts/down.sh first" >&2; exit 1
 fi
-cargo build --release --bins
-container_boot "$name" "$PWD/target/release"
-container_exec "$LEADER" 'systemctl daemon-reload && systemctl start analytics-stackd.service'
+packaging/build-deb.sh >/dev/null
+deb=$(ls target/debian/analytics-stack_*.deb | head -n 1)
+container_boot_with "$name" --bind-ro="$PWD/target/debian:/mnt/deb"
+container_exec "$LEADER" "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/$(basename "$deb")" >/dev/null
+container_exec "$LEADER" 'for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1'
 # Components from release archives need their hosts (or an [archives] mirror).
 probe=$(awk -F'"' '/^amd64 = /{print $2; exit}' catalog/archives.toml)
 if [ -z "${ANALYTICS_STACK_MIRROR:-}" ] && ! curl -fsS -o /dev/null -I --max-time 8 "$probe" 2>/dev/null; then

@@ -6,17 +6,24 @@ HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$HARNESS_DIR/../.." && pwd)
 ROOTFS=${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}
 
-# container_boot NAME BIN_DIR: boots NAME in the background; sets LEADER.
+# container_boot NAME BIN_DIR: boots NAME in the background with the binaries of
+# BIN_DIR, the daemon's unit and D-Bus policy bound in; sets LEADER.
 container_boot() {
   local name=$1 bindir=$2
-  "$HARNESS_DIR/build-rootfs.sh" "$ROOTFS"
-  mkdir -p /run/analytics-stack-dev
-  setsid "$HARNESS_DIR/nspawn-in-cgroup.sh" "$name" -q -D "$ROOTFS" -M "$name" --register=no --keep-unit --link-journal=no \
-    --volatile=overlay --kill-signal=SIGRTMIN+3 \
+  container_boot_with "$name" \
     --bind-ro="$bindir/analytics-stackd:/usr/sbin/analytics-stackd" \
     --bind-ro="$bindir/analytics-stack:/usr/bin/analytics-stack" \
     --bind-ro="$REPO_DIR/units/analytics-stackd.service:/etc/systemd/system/analytics-stackd.service" \
-    --bind-ro="$REPO_DIR/packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf:/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf" \
+    --bind-ro="$REPO_DIR/packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf:/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf"
+}
+
+# container_boot_with NAME NSPAWN-ARGS...: boots NAME with extra nspawn arguments.
+container_boot_with() {
+  local name=$1; shift
+  "$HARNESS_DIR/build-rootfs.sh" "$ROOTFS"
+  mkdir -p /run/analytics-stack-dev
+  setsid "$HARNESS_DIR/nspawn-in-cgroup.sh" "$name" -q -D "$ROOTFS" -M "$name" --register=no --keep-unit --link-journal=no \
+    --volatile=overlay --kill-signal=SIGRTMIN+3 "$@" \
     --bind-ro="$HARNESS_DIR/init.sh:/usr/local/sbin/analytics-test-init" \
     /usr/local/sbin/analytics-test-init </dev/null >/run/analytics-stack-dev/"$name".log 2>&1 &
   local nspawn=$!
