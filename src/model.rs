@@ -19,7 +19,8 @@ pub mod paths {
     pub const DOWNLOADS: &str = "/var/cache/analytics-stack/downloads";
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Fields a component does not use stay at their defaults (`..Default::default()`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ComponentSpec {
     pub name: &'static str,
     pub description: &'static str,

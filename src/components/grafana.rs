@@ -116,10 +116,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "grafana",
         description: "Grafana: dashboards of logs and metrics, under /grafana/",
         archive: pin,
-        packages: vec![],
-        version_package: String::new(),
-        distro_units: vec![],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: data.clone().into(),
@@ -159,8 +155,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         secrets: vec![ADMIN_SECRET.into()],
         files,
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![PortSpec {
             address: [127, 0, 0, 1].into(),
             port,
@@ -170,5 +164,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             port,
             path: "/grafana/api/health".into(),
         }],
+        ..Default::default()
     }
 }

@@ -97,10 +97,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name,
         description: "ships the journal of every stack unit to Loki",
         archive: pin,
-        packages: vec![],
-        version_package: String::new(),
-        distro_units: vec![],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: user.clone(),
             home: data.clone().into(),
@@ -120,14 +116,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
                 group: user.clone(),
             },
         ],
-        secrets: vec![],
         files: vec![FileSpec::new(conf, text)
             .mode(0o640)
             .group(&user)
             .notify(&unit_name, OnChange::Restart)],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![PortSpec {
             address: [127, 0, 0, 1].into(),
             port,
@@ -137,5 +130,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             port,
             path: health.into(),
         }],
+        ..Default::default()
     }
 }

@@ -55,10 +55,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "loki",
         description: "Loki: the journal of every stack unit",
         archive: pin,
-        packages: vec![],
-        version_package: String::new(),
-        distro_units: vec![],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: data.clone().into(),
@@ -78,14 +74,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
                 group: USER.into(),
             },
         ],
-        secrets: vec![],
         files: vec![FileSpec::new(conf, render_config(config))
             .mode(0o640)
             .group(USER)
             .notify(UNIT, OnChange::Restart)],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![
             PortSpec {
                 address: [127, 0, 0, 1].into(),
@@ -102,5 +95,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             port,
             path: "/ready".into(),
         }],
+        ..Default::default()
     }
 }

@@ -149,11 +149,9 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "nginx",
         description: "NGINX: the single entry point",
-        archive: None,
         packages: vec!["nginx".into()],
         version_package: "nginx".into(),
         distro_units: vec!["nginx.service".into()],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: "/nonexistent".into(),
@@ -173,11 +171,8 @@ pub fn render(config: &Config) -> ComponentSpec {
                 group: "root".into(),
             },
         ],
-        secrets: vec![],
         files: vec![FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![PortSpec {
             address: config.nginx.listen,
             port,
@@ -187,5 +182,6 @@ pub fn render(config: &Config) -> ComponentSpec {
             port,
             path: "/healthz".into(),
         }],
+        ..Default::default()
     }
 }

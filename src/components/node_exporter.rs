@@ -36,7 +36,6 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         packages,
         version_package: "prometheus-node-exporter".into(),
         distro_units: vec!["prometheus-node-exporter.service".into()],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: "/nonexistent".into(),
@@ -57,11 +56,7 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
                 group: "root".into(),
             },
         ],
-        secrets: vec![],
-        files: vec![],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![PortSpec {
             address: [127, 0, 0, 1].into(),
             port,
@@ -71,5 +66,6 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
             port,
             path: "/metrics".into(),
         }],
+        ..Default::default()
     }
 }

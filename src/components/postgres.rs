@@ -98,7 +98,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "postgres",
         description: "PostgreSQL: warehouse and metadata store",
-        archive: None,
         packages: vec![format!("postgresql-{major}")],
         version_package: format!("postgresql-{major}"),
         distro_units: vec!["postgresql.service".into(), format!("postgresql@{major}-main.service")],
@@ -155,5 +154,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             unit: UNIT.into(),
         }],
         probes: vec![Probe::Postgres { port }],
+        ..Default::default()
     }
 }

@@ -117,7 +117,6 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         packages,
         version_package: "prometheus".into(),
         distro_units: vec!["prometheus.service".into()],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: data.clone().into(),
@@ -137,14 +136,11 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
                 group: USER.into(),
             },
         ],
-        secrets: vec![],
         files: vec![FileSpec::new(conf, render_config(config))
             .mode(0o640)
             .group(USER)
             .notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![PortSpec {
             address: [127, 0, 0, 1].into(),
             port,
@@ -154,5 +150,6 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
             port,
             path: "/-/ready".into(),
         }],
+        ..Default::default()
     }
 }

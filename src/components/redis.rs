@@ -110,11 +110,9 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "redis",
         description: "Redis: Celery broker (no eviction) and cache (LRU)",
-        archive: None,
         packages: vec!["redis-server".into()],
         version_package: "redis-server".into(),
         distro_units: vec!["redis-server.service".into()],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: format!("{}/redis", paths::STATE).into(),
@@ -124,9 +122,8 @@ pub fn render(config: &Config) -> ComponentSpec {
         secrets: vec![password_secret("broker"), password_secret("cache")],
         files,
         units,
-        init: vec![],
-        provision: vec![],
         ports,
         probes,
+        ..Default::default()
     }
 }

@@ -131,10 +131,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "statsd-exporter",
         description: "statsd_exporter: Airflow's StatsD as Prometheus metrics",
         archive: pin,
-        packages: vec![],
-        version_package: String::new(),
-        distro_units: vec![],
-        pre_install_files: vec![],
         users: vec![UserSpec {
             name: USER.into(),
             home: "/nonexistent".into(),
@@ -146,14 +142,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             owner: "root".into(),
             group: USER.into(),
         }],
-        secrets: vec![],
         files: vec![FileSpec::new(mapping, render_mapping())
             .mode(0o640)
             .group(USER)
             .notify(UNIT, OnChange::Restart)],
         units: vec![unit.render()],
-        init: vec![],
-        provision: vec![],
         ports: vec![
             PortSpec {
                 address: [127, 0, 0, 1].into(),
@@ -170,5 +163,6 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             port: c.port.get(),
             path: "/metrics".into(),
         }],
+        ..Default::default()
     }
 }

@@ -256,6 +256,35 @@ fn unit_change(unit: &UnitSpec, facts: &HostFacts) -> Option<&'static str> {
     }
 }
 
+/// Stops the active ones of `units` (last first) and disables those that have a unit
+/// file; returns the latter.
+pub(crate) fn stop_and_disable(
+    units: &[String],
+    facts: &HostFacts,
+    steps: &mut Vec<Step>,
+) -> Vec<String> {
+    for unit in units.iter().rev() {
+        if facts.units.get(unit).is_some_and(|f| f.is_active()) {
+            steps.push(Step::StopUnit { unit: unit.clone() });
+        }
+    }
+    let present: Vec<String> = units
+        .iter()
+        .filter(|u| {
+            facts
+                .files
+                .contains_key(&PathBuf::from(paths::UNIT_DIR).join(u))
+        })
+        .cloned()
+        .collect();
+    if !present.is_empty() {
+        steps.push(Step::DisableUnits {
+            units: present.clone(),
+        });
+    }
+    present
+}
+
 /// Plans the steps that bring the host from `facts` to `desired`.
 pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState) -> Plan {
     let mut steps = Vec::new();
@@ -270,32 +299,13 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         .iter()
         .filter(|c| !wanted.contains(c.as_str()))
     {
-        let units = crate::components::unit_names(gone);
-        for unit in units.iter().rev() {
-            if unit_fact(unit).is_active() {
-                steps.push(Step::StopUnit { unit: unit.clone() });
-            }
-        }
-        let present: Vec<String> = units
-            .iter()
-            .filter(|u| {
-                facts
-                    .files
-                    .contains_key(&PathBuf::from(paths::UNIT_DIR).join(u))
-            })
-            .cloned()
-            .collect();
-        if !present.is_empty() {
-            steps.push(Step::DisableUnits {
-                units: present.clone(),
+        let present = stop_and_disable(&crate::components::unit_names(gone), facts, &mut steps);
+        for u in &present {
+            steps.push(Step::RemoveFile {
+                path: PathBuf::from(paths::UNIT_DIR).join(u),
             });
-            for u in present {
-                steps.push(Step::RemoveFile {
-                    path: PathBuf::from(paths::UNIT_DIR).join(u),
-                });
-            }
-            removed_units = true;
         }
+        removed_units |= !present.is_empty();
         steps.push(Step::RecordComponent {
             component: gone.clone(),
             installed: false,

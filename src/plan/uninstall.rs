@@ -61,24 +61,7 @@ pub fn all_stack_units() -> Vec<String> {
 
 pub fn plan_uninstall(facts: &HostFacts, state: &RecordedState, purge_data: bool) -> Plan {
     let mut steps = Vec::new();
-    let units = all_stack_units();
-    for unit in units.iter().rev() {
-        if facts.units.get(unit).is_some_and(|f| f.is_active()) {
-            steps.push(Step::StopUnit { unit: unit.clone() });
-        }
-    }
-    let present: Vec<String> = units
-        .iter()
-        .filter(|u| {
-            facts
-                .files
-                .contains_key(&PathBuf::from(paths::UNIT_DIR).join(u))
-        })
-        .cloned()
-        .collect();
-    if !present.is_empty() {
-        steps.push(Step::DisableUnits { units: present });
-    }
+    super::stop_and_disable(&all_stack_units(), facts, &mut steps);
     let mut removed_unit = false;
     for f in &state.files {
         let path = PathBuf::from(f);
