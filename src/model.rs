@@ -56,12 +56,53 @@ pub struct UserSpec {
     pub groups: Vec<String>,
 }
 
+impl UserSpec {
+    /// A system user for one service, in no other group.
+    pub fn service(name: &str, home: impl Into<PathBuf>) -> Self {
+        UserSpec {
+            name: name.into(),
+            home: home.into(),
+            groups: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DirSpec {
     pub path: PathBuf,
     pub mode: u32,
     pub owner: String,
     pub group: String,
+}
+
+impl DirSpec {
+    /// Configuration a service reads but may not change: root's, readable by its group.
+    pub fn config(path: impl Into<PathBuf>, service_user: &str) -> Self {
+        DirSpec {
+            path: path.into(),
+            mode: 0o750,
+            owner: "root".into(),
+            group: service_user.into(),
+        }
+    }
+    /// A service's own data, for its user alone.
+    pub fn private(path: impl Into<PathBuf>, user: &str) -> Self {
+        DirSpec {
+            path: path.into(),
+            mode: 0o700,
+            owner: user.into(),
+            group: user.into(),
+        }
+    }
+    /// Root's, readable by everyone.
+    pub fn public(path: impl Into<PathBuf>) -> Self {
+        DirSpec {
+            path: path.into(),
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+        }
+    }
 }
 
 /// What happens to a running unit when one of its files changes.
@@ -208,6 +249,16 @@ pub struct PortSpec {
     pub address: std::net::IpAddr,
     pub port: u16,
     pub unit: String,
+}
+
+impl PortSpec {
+    pub fn loopback(port: u16, unit: &str) -> Self {
+        PortSpec {
+            address: [127, 0, 0, 1].into(),
+            port,
+            unit: unit.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -106,60 +106,26 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             serde_json::to_string_pretty(&dashboard).unwrap_or_default() + "\n",
         ));
     }
-    let dir = |path: String, mode: u32, owner: &str, group: &str| DirSpec {
-        path: path.into(),
-        mode,
-        owner: owner.into(),
-        group: group.into(),
-    };
     ComponentSpec {
         name: "grafana",
         description: "Grafana: dashboards of logs and metrics, under /grafana/",
         archive: pin,
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: data.clone().into(),
-            groups: vec![],
-        }],
+        users: vec![UserSpec::service(USER, data.clone())],
         dirs: vec![
-            dir(CONF_DIR.into(), 0o750, "root", USER),
-            dir(format!("{CONF_DIR}/provisioning"), 0o750, "root", USER),
-            dir(
-                format!("{CONF_DIR}/provisioning/datasources"),
-                0o750,
-                "root",
-                USER,
-            ),
-            dir(
-                format!("{CONF_DIR}/provisioning/dashboards"),
-                0o750,
-                "root",
-                USER,
-            ),
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::config(format!("{CONF_DIR}/provisioning"), USER),
+            DirSpec::config(format!("{CONF_DIR}/provisioning/datasources"), USER),
+            DirSpec::config(format!("{CONF_DIR}/provisioning/dashboards"), USER),
             // Grafana looks for these and logs errors when they are missing.
-            dir(
-                format!("{CONF_DIR}/provisioning/plugins"),
-                0o750,
-                "root",
-                USER,
-            ),
-            dir(
-                format!("{CONF_DIR}/provisioning/alerting"),
-                0o750,
-                "root",
-                USER,
-            ),
-            dir(format!("{CONF_DIR}/dashboards"), 0o750, "root", USER),
-            dir(data, 0o700, USER, USER),
+            DirSpec::config(format!("{CONF_DIR}/provisioning/plugins"), USER),
+            DirSpec::config(format!("{CONF_DIR}/provisioning/alerting"), USER),
+            DirSpec::config(format!("{CONF_DIR}/dashboards"), USER),
+            DirSpec::private(data, USER),
         ],
         secrets: vec![ADMIN_SECRET.into()],
         files,
         units: vec![unit.render()],
-        ports: vec![PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port,
-            unit: UNIT.into(),
-        }],
+        ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Http {
             port,
             path: "/grafana/api/health".into(),

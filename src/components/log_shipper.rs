@@ -103,29 +103,15 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             groups: vec![JOURNAL_GROUP.into()],
         }],
         dirs: vec![
-            DirSpec {
-                path: conf_dir.into(),
-                mode: 0o750,
-                owner: "root".into(),
-                group: user.clone(),
-            },
-            DirSpec {
-                path: data.into(),
-                mode: 0o700,
-                owner: user.clone(),
-                group: user.clone(),
-            },
+            DirSpec::config(conf_dir, &user),
+            DirSpec::private(data, &user),
         ],
         files: vec![FileSpec::new(conf, text)
             .mode(0o640)
             .group(&user)
             .notify(&unit_name, OnChange::Restart)],
         units: vec![unit.render()],
-        ports: vec![PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port,
-            unit: unit_name.clone(),
-        }],
+        ports: vec![PortSpec::loopback(port, &unit_name)],
         probes: vec![Probe::Http {
             port,
             path: health.into(),

@@ -55,24 +55,10 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "loki",
         description: "Loki: the journal of every stack unit",
         archive: pin,
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: data.clone().into(),
-            groups: vec![],
-        }],
+        users: vec![UserSpec::service(USER, data.clone())],
         dirs: vec![
-            DirSpec {
-                path: CONF_DIR.into(),
-                mode: 0o750,
-                owner: "root".into(),
-                group: USER.into(),
-            },
-            DirSpec {
-                path: data.into(),
-                mode: 0o700,
-                owner: USER.into(),
-                group: USER.into(),
-            },
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::private(data, USER),
         ],
         files: vec![FileSpec::new(conf, render_config(config))
             .mode(0o640)
@@ -80,16 +66,8 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             .notify(UNIT, OnChange::Restart)],
         units: vec![unit.render()],
         ports: vec![
-            PortSpec {
-                address: [127, 0, 0, 1].into(),
-                port,
-                unit: UNIT.into(),
-            },
-            PortSpec {
-                address: [127, 0, 0, 1].into(),
-                port: config.loki.grpc_port.get(),
-                unit: UNIT.into(),
-            },
+            PortSpec::loopback(port, UNIT),
+            PortSpec::loopback(config.loki.grpc_port.get(), UNIT),
         ],
         probes: vec![Probe::Http {
             port,

@@ -152,25 +152,8 @@ pub fn render(config: &Config) -> ComponentSpec {
         packages: vec!["nginx".into()],
         version_package: "nginx".into(),
         distro_units: vec!["nginx.service".into()],
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: "/nonexistent".into(),
-            groups: vec![],
-        }],
-        dirs: vec![
-            DirSpec {
-                path: CONF_DIR.into(),
-                mode: 0o755,
-                owner: "root".into(),
-                group: "root".into(),
-            },
-            DirSpec {
-                path: paths::WWW.into(),
-                mode: 0o755,
-                owner: "root".into(),
-                group: "root".into(),
-            },
-        ],
+        users: vec![UserSpec::service(USER, "/nonexistent")],
+        dirs: vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)],
         files: vec![FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
         ports: vec![PortSpec {

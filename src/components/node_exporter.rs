@@ -36,11 +36,7 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         packages,
         version_package: "prometheus-node-exporter".into(),
         distro_units: vec!["prometheus-node-exporter.service".into()],
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: "/nonexistent".into(),
-            groups: vec![],
-        }],
+        users: vec![UserSpec::service(USER, "/nonexistent")],
         dirs: vec![
             DirSpec {
                 path: format!("{}/node-exporter", paths::STATE).into(),
@@ -49,19 +45,10 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
                 group: "root".into(),
             },
             // The daemon (root) writes here; the exporter only reads.
-            DirSpec {
-                path: TEXTFILE_DIR.into(),
-                mode: 0o755,
-                owner: "root".into(),
-                group: "root".into(),
-            },
+            DirSpec::public(TEXTFILE_DIR),
         ],
         units: vec![unit.render()],
-        ports: vec![PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port,
-            unit: UNIT.into(),
-        }],
+        ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Http {
             port,
             path: "/metrics".into(),

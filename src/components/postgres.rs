@@ -117,12 +117,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
                 owner: USER.into(),
                 group: USER.into(),
             },
-            DirSpec {
-                path: CONF_DIR.into(),
-                mode: 0o750,
-                owner: "root".into(),
-                group: USER.into(),
-            },
+            DirSpec::config(CONF_DIR, USER),
         ],
         secrets: ROLES.iter().map(|r| password_secret(r)).collect(),
         files: vec![
@@ -148,11 +143,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
                 })
                 .collect(),
         }],
-        ports: vec![PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port,
-            unit: UNIT.into(),
-        }],
+        ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Postgres { port }],
         ..Default::default()
     }

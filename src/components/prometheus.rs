@@ -117,35 +117,17 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         packages,
         version_package: "prometheus".into(),
         distro_units: vec!["prometheus.service".into()],
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: data.clone().into(),
-            groups: vec![],
-        }],
+        users: vec![UserSpec::service(USER, data.clone())],
         dirs: vec![
-            DirSpec {
-                path: CONF_DIR.into(),
-                mode: 0o750,
-                owner: "root".into(),
-                group: USER.into(),
-            },
-            DirSpec {
-                path: data.into(),
-                mode: 0o700,
-                owner: USER.into(),
-                group: USER.into(),
-            },
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::private(data, USER),
         ],
         files: vec![FileSpec::new(conf, render_config(config))
             .mode(0o640)
             .group(USER)
             .notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
-        ports: vec![PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port,
-            unit: UNIT.into(),
-        }],
+        ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Http {
             port,
             path: "/-/ready".into(),

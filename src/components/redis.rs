@@ -44,12 +44,7 @@ pub fn render(config: &Config) -> ComponentSpec {
     let mut units = Vec::new();
     let mut ports = Vec::new();
     let mut probes = Vec::new();
-    let mut dirs = vec![DirSpec {
-        path: CONF_DIR.into(),
-        mode: 0o750,
-        owner: "root".into(),
-        group: USER.into(),
-    }];
+    let mut dirs = vec![DirSpec::config(CONF_DIR, USER)];
     for (instance, cfg, policy) in [
         ("broker", &config.redis.broker, "noeviction"),
         ("cache", &config.redis.cache, "allkeys-lru"),
@@ -88,11 +83,7 @@ pub fn render(config: &Config) -> ComponentSpec {
         unit.service_type = "notify";
         unit.read_write_paths = vec![format!("{}/redis/{instance}", paths::STATE)];
         units.push(unit.render());
-        ports.push(PortSpec {
-            address: [127, 0, 0, 1].into(),
-            port: cfg.port.get(),
-            unit: unit_name.clone(),
-        });
+        ports.push(PortSpec::loopback(cfg.port.get(), &unit_name));
         probes.push(Probe::Redis {
             port: cfg.port.get(),
             password_secret: Some(password_secret(instance)),

@@ -131,33 +131,16 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "statsd-exporter",
         description: "statsd_exporter: Airflow's StatsD as Prometheus metrics",
         archive: pin,
-        users: vec![UserSpec {
-            name: USER.into(),
-            home: "/nonexistent".into(),
-            groups: vec![],
-        }],
-        dirs: vec![DirSpec {
-            path: CONF_DIR.into(),
-            mode: 0o750,
-            owner: "root".into(),
-            group: USER.into(),
-        }],
+        users: vec![UserSpec::service(USER, "/nonexistent")],
+        dirs: vec![DirSpec::config(CONF_DIR, USER)],
         files: vec![FileSpec::new(mapping, render_mapping())
             .mode(0o640)
             .group(USER)
             .notify(UNIT, OnChange::Restart)],
         units: vec![unit.render()],
         ports: vec![
-            PortSpec {
-                address: [127, 0, 0, 1].into(),
-                port: c.port.get(),
-                unit: UNIT.into(),
-            },
-            PortSpec {
-                address: [127, 0, 0, 1].into(),
-                port: c.statsd_port.get(),
-                unit: UNIT.into(),
-            },
+            PortSpec::loopback(c.port.get(), UNIT),
+            PortSpec::loopback(c.statsd_port.get(), UNIT),
         ],
         probes: vec![Probe::Http {
             port: c.port.get(),
