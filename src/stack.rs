@@ -449,8 +449,13 @@ impl Stack {
     /// for Prometheus, each unit's memory and restarts.
     pub async fn refresh(&self) -> Result<(), StackError> {
         let config = self.config()?;
+        let wants_page = config.nginx.enabled && self.fs.exists(Path::new(paths::WWW));
+        if !config.node_exporter.enabled && !wants_page {
+            return Ok(());
+        }
+        // One round of probes serves both outputs.
+        let status = self.status().await?;
         if config.node_exporter.enabled {
-            let status = self.status().await?;
             let mut text = String::from(
                 "# HELP analytics_stack_unit_memory_bytes Memory of each stack unit (cgroup accounting).\n# TYPE analytics_stack_unit_memory_bytes gauge\n",
             );
@@ -481,7 +486,7 @@ impl Stack {
                     .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
             }
         }
-        self.write_landing_page().await
+        self.write_landing_page_from(&config, &status)
     }
 
     /// Writes `/`'s landing page and `status.json` when NGINX is part of the stack.
@@ -491,7 +496,18 @@ impl Stack {
             return Ok(());
         }
         let status = self.status().await?;
-        let html = crate::landing::render(&config, &status);
+        self.write_landing_page_from(&config, &status)
+    }
+
+    fn write_landing_page_from(
+        &self,
+        config: &Config,
+        status: &StatusReport,
+    ) -> Result<(), StackError> {
+        if !config.nginx.enabled || !self.fs.exists(Path::new(paths::WWW)) {
+            return Ok(());
+        }
+        let html = crate::landing::render(config, status);
         // The public view: health and versions, no PIDs or memory figures, so the file
         // changes only when health does.
         let public: Vec<serde_json::Value> = status

@@ -19,48 +19,46 @@ pub struct ScrapeTarget {
 
 /// Every enabled component that exposes metrics.
 pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
-    let mut t = vec![ScrapeTarget {
-        job: "prometheus",
-        port: config.prometheus.port.get(),
-        path: "/metrics",
-    }];
-    if config.node_exporter.enabled {
+    let target =
+        |enabled: bool, job: &'static str, port: crate::config::Port, path: &'static str| {
+            enabled.then_some(ScrapeTarget {
+                job,
+                port: port.get(),
+                path,
+            })
+        };
+    [
+        target(true, "prometheus", config.prometheus.port, "/metrics"),
         // "node": the job name the Node Exporter Full dashboard expects.
-        t.push(ScrapeTarget {
-            job: "node",
-            port: config.node_exporter.port.get(),
-            path: "/metrics",
-        });
-    }
-    if config.statsd_exporter.enabled {
-        t.push(ScrapeTarget {
-            job: "statsd",
-            port: config.statsd_exporter.port.get(),
-            path: "/metrics",
-        });
-    }
-    if config.loki.enabled {
-        t.push(ScrapeTarget {
-            job: "loki",
-            port: config.loki.port.get(),
-            path: "/metrics",
-        });
-    }
-    if config.grafana.enabled {
-        t.push(ScrapeTarget {
-            job: "grafana",
-            port: config.grafana.port.get(),
-            path: "/grafana/metrics",
-        });
-    }
-    if config.log_shipper.enabled {
-        t.push(ScrapeTarget {
-            job: super::log_shipper::component_name(config.log_shipper.kind),
-            port: config.log_shipper.port.get(),
-            path: "/metrics",
-        });
-    }
-    t
+        target(
+            config.node_exporter.enabled,
+            "node",
+            config.node_exporter.port,
+            "/metrics",
+        ),
+        target(
+            config.statsd_exporter.enabled,
+            "statsd",
+            config.statsd_exporter.port,
+            "/metrics",
+        ),
+        target(config.loki.enabled, "loki", config.loki.port, "/metrics"),
+        target(
+            config.grafana.enabled,
+            "grafana",
+            config.grafana.port,
+            "/grafana/metrics",
+        ),
+        target(
+            config.log_shipper.enabled,
+            super::log_shipper::component_name(config.log_shipper.kind),
+            config.log_shipper.port,
+            "/metrics",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 pub fn render_config(config: &Config) -> String {

@@ -149,31 +149,27 @@ pub async fn gather_uninstall(
         codename: os_codename(fs),
         ..Default::default()
     };
+    // Presence and ownership are enough to plan a removal: no hashing.
+    let record = |facts: &mut HostFacts, path: PathBuf| {
+        if let Some(ownership) = fs.ownership(&path) {
+            facts.files.insert(
+                path,
+                FileFact {
+                    sha256: String::new(),
+                    ownership,
+                },
+            );
+        }
+    };
     for unit in all_stack_units() {
         let fact = systemd.unit_fact(&unit).await?;
         facts.units.insert(unit.clone(), fact);
         let path = PathBuf::from(paths::UNIT_DIR).join(&unit);
-        if let Some(ownership) = fs.ownership(&path) {
-            facts.files.insert(
-                path,
-                FileFact {
-                    sha256: String::new(),
-                    ownership,
-                },
-            );
-        }
+        record(&mut facts, path);
     }
     for f in &state.files {
         let path = PathBuf::from(f);
-        if let Some(ownership) = fs.ownership(&path) {
-            facts.files.insert(
-                path,
-                FileFact {
-                    sha256: String::new(),
-                    ownership,
-                },
-            );
-        }
+        record(&mut facts, path);
     }
     for user in &state.users {
         if super::fsroot::uid_of(user).is_some() {
