@@ -12,7 +12,7 @@ container_boot "$name" "$PWD/target/release"
 inside() { container_exec "$LEADER" "$1"; }
 inside 'systemctl daemon-reload && systemctl start analytics-stackd.service'
 # The data tier and Debian-packaged metrics only: release archives are not downloaded here.
-inside "mkdir -p /etc/analytics-stack/stack.d && printf '[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-bench.toml"
+inside "mkdir -p /etc/analytics-stack/stack.d && printf '[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-bench.toml"
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }

@@ -4,14 +4,17 @@
 use crate::artifact::catalog::{ArchivePin, DigestSource};
 use crate::artifact::Fetcher;
 use crate::host::{self, fsroot::FsRoot, systemd::Systemd};
-use crate::model::{fill_secrets, paths, Provision};
+use crate::model::{fill_secrets, paths, Provision, VenvSpec};
 use crate::plan::{Plan, Step};
 use crate::state::RecordedState;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-const UNIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longer than any unit's own start timeout (a first migration takes minutes).
+const UNIT_TIMEOUT: Duration = Duration::from_secs(1000);
+/// uv's download and build cache.
+pub const UV_CACHE: &str = "/var/cache/analytics-stack/uv";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -75,6 +78,14 @@ impl Executor<'_> {
             tracing::info!(step = i + 1, total, "{description}");
             let result = match step {
                 Step::InstallArchive { pin } => self.install_archive(pin, progress).await,
+                Step::BuildVenv { venv } => {
+                    self.build_venv(venv)
+                        .await
+                        .map_err(|reason| ExecError::Step {
+                            step: description.clone(),
+                            reason,
+                        })
+                }
                 other => self
                     .step(other, state)
                     .await
@@ -155,6 +166,51 @@ impl Executor<'_> {
         crate::artifact::switch_current(&root, &pin.version).map_err(from_unpack)
     }
 
+    /// Builds `venv` where it will stay (venvs hold absolute paths), marks it complete
+    /// last, then switches `current`. A build without the mark is removed first, so a
+    /// killed daemon's half-built venv is never used.
+    async fn build_venv(&self, venv: &VenvSpec) -> Result<(), String> {
+        let root = self.fs.path(&venv.root());
+        let dir = self.fs.path(&venv.dir());
+        if !self.fs.exists(&venv.complete_marker()) {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", dir.display()))
+                }
+                _ => {}
+            }
+            std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+            let uv = self.fs.path(&venv.uv_binary());
+            let interpreter = self.fs.path(&venv.interpreter);
+            run_uv(
+                &uv,
+                &["venv", "--quiet", "--no-project", "--python"],
+                &[interpreter.as_os_str(), dir.as_os_str()],
+            )
+            .await?;
+            let lock = dir.join("requirements.lock");
+            std::fs::write(&lock, venv.lock).map_err(|e| format!("{}: {e}", lock.display()))?;
+            let python = dir.join("bin/python");
+            let mut args = vec![
+                "pip",
+                "sync",
+                "--quiet",
+                "--require-hashes",
+                "--compile-bytecode",
+            ];
+            if !venv.index_url.is_empty() {
+                args.extend(["--index-url", venv.index_url.as_str()]);
+            }
+            args.push("--python");
+            run_uv(&uv, &args, &[python.as_os_str(), lock.as_os_str()]).await?;
+            let marker = self.fs.path(&venv.complete_marker());
+            std::fs::write(&marker, format!("{}\n", venv.id))
+                .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+                .map_err(|e| format!("{}: {e}", marker.display()))?;
+        }
+        crate::artifact::switch_current(&root, &venv.id).map_err(|e| e.to_string())
+    }
+
     async fn unit_job(&self, verb: &'static str, unit: &str) -> Result<(), String> {
         match self.systemd.run_job(verb, unit, UNIT_TIMEOUT).await {
             Ok(()) => Ok(()),
@@ -186,6 +242,7 @@ impl Executor<'_> {
                     pin.component
                 ))
             }
+            Step::BuildVenv { venv } => self.build_venv(venv).await?,
             Step::InstallPackages { packages } => host::apt::install(packages)
                 .await
                 .map_err(|e| e.to_string())?,
@@ -200,7 +257,7 @@ impl Executor<'_> {
                     .map_err(|e| format!("{}: {e}", dir.path.display()))?;
             }
             Step::GenerateSecret { name } => {
-                let value = host::new_secret().map_err(|e| e.to_string())?;
+                let value = host::new_secret(name).map_err(|e| e.to_string())?;
                 let path = PathBuf::from(paths::SECRETS).join(name);
                 self.fs
                     .write_atomic(&path, format!("{value}\n").as_bytes(), 0o600, 0, 0)
@@ -335,6 +392,37 @@ impl Executor<'_> {
                 run_psql(socket_dir, *port, &sql).await
             }
         }
+    }
+}
+
+/// Runs uv with its own cache and no user configuration; never downloads a Python.
+async fn run_uv(uv: &Path, args: &[&str], paths: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = tokio::process::Command::new(uv)
+        .args(args)
+        .args(paths)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/root")
+        .env("UV_CACHE_DIR", UV_CACHE)
+        .env("UV_NO_CONFIG", "1")
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        // The host's trust store: a site's own CA (an internal index, a proxy).
+        .env("UV_SYSTEM_CERTS", "1")
+        .env("UV_NO_PROGRESS", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", uv.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        Err(format!(
+            "uv {}: {}",
+            args.iter().take(2).copied().collect::<Vec<_>>().join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
     }
 }
 

@@ -23,6 +23,10 @@ pub struct HostFacts {
     pub archives: BTreeSet<(String, String)>,
     /// Where each component's `current` link points.
     pub current_archives: BTreeMap<String, String>,
+    /// Venvs whose `current` build is complete: name → id.
+    pub venvs: BTreeMap<String, String>,
+    /// The Python 3 minor version of `[python] interpreter`, when it exists.
+    pub python_minor: Option<u32>,
     /// Listening TCP sockets.
     pub listeners: Vec<Listener>,
 }

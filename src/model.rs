@@ -28,6 +28,8 @@ pub struct ComponentSpec {
     pub packages: Vec<String>,
     /// A release archive to download, verify and unpack instead of (or beside) packages.
     pub archive: Option<crate::artifact::catalog::ArchivePin>,
+    /// A Python venv built from a lock file (the application's software).
+    pub venv: Option<VenvSpec>,
     /// The package whose version is the component's version.
     pub version_package: String,
     /// The distribution's own units for this software, kept stopped and masked while
@@ -48,6 +50,44 @@ pub struct ComponentSpec {
     pub ports: Vec<PortSpec>,
     pub probes: Vec<Probe>,
 }
+
+/// A venv under `OPT/NAME/ID` (`OPT/NAME/current` links the one in use), built by uv
+/// from a lock file whose every package is pinned with its hashes. Venvs hold absolute
+/// paths, so each is built where it stays; `ID` changes with the lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VenvSpec {
+    pub name: String,
+    /// The application's version and the lock file's hash: `3.3.2-1a2b3c4d5e6f`.
+    pub id: String,
+    #[serde(skip)]
+    pub lock: &'static str,
+    pub interpreter: PathBuf,
+    /// The package index; "" = PyPI.
+    pub index_url: String,
+    /// uv, itself a verified artifact (its PyPI wheel).
+    pub uv: crate::artifact::catalog::ArchivePin,
+}
+
+impl VenvSpec {
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(paths::OPT).join(&self.name)
+    }
+    pub fn dir(&self) -> PathBuf {
+        self.root().join(&self.id)
+    }
+    /// Written last: a venv without it is a broken build and is rebuilt.
+    pub fn complete_marker(&self) -> PathBuf {
+        self.dir().join(VENV_COMPLETE)
+    }
+    pub fn uv_binary(&self) -> PathBuf {
+        PathBuf::from(paths::OPT)
+            .join(&self.uv.component)
+            .join(&self.uv.version)
+            .join(&self.uv.binary)
+    }
+}
+
+pub const VENV_COMPLETE: &str = ".analytics-stack-complete";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSpec {

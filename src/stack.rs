@@ -152,6 +152,11 @@ impl Stack {
         let (config, desired) = self.desired()?;
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
+        // Before anything is installed: every venv needs a Python its application supports.
+        let problems = python_problems(&desired, &facts);
+        if !problems.is_empty() {
+            return Err(StackError::Conflict(problems.join("\n")));
+        }
         let conflicts = plan::port_conflicts(&desired, &facts);
         if !conflicts.is_empty() {
             let lines: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
@@ -307,9 +312,10 @@ impl Stack {
                 description: spec.description.into(),
                 healthy,
                 // An archive's version is the catalog's; a package's, dpkg's.
-                version: match &spec.archive {
-                    Some(pin) => pin.version.clone(),
-                    None => versions
+                version: match (&spec.archive, &spec.venv) {
+                    (Some(pin), _) => pin.version.clone(),
+                    (None, Some(venv)) => venv.id.clone(),
+                    (None, None) => versions
                         .get(&spec.version_package)
                         .cloned()
                         .unwrap_or_else(|| "not installed".into()),
@@ -393,13 +399,20 @@ impl Stack {
                             format!("redis://:{value}@127.0.0.1:{port}/0"),
                         )
                     }
-                    "grafana" => (
-                        "admin".to_string(),
-                        format!(
-                            "user admin, password {value}, at http://{}/grafana/",
-                            config.stack.hostname.as_str()
-                        ),
-                    ),
+                    "grafana" | "airflow" | "superset" => {
+                        // Keys and other internal secrets stay internal.
+                        if !secret.ends_with("-admin") {
+                            continue;
+                        }
+                        (
+                            "admin".to_string(),
+                            format!(
+                                "user admin, password {value}, at http://{}/{}/",
+                                config.stack.hostname.as_str(),
+                                spec.name
+                            ),
+                        )
+                    }
                     _ => (secret.clone(), value),
                 };
                 entries.insert(key, serde_json::Value::String(shown));
@@ -534,4 +547,26 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// Applications whose venv cannot be built on the configured interpreter: it is too
+/// old or too new, or it does not exist and the distribution's python3 would not fit.
+pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFacts) -> Vec<String> {
+    let mut problems = Vec::new();
+    for venv in desired.iter().filter_map(|s| s.venv.as_ref()) {
+        let Some(app) = components::python::app(&venv.name) else {
+            continue;
+        };
+        let interpreter = venv.interpreter.display().to_string();
+        // Not there yet: Debian's python3 will be installed, if that is the interpreter.
+        let minor = facts.python_minor.or_else(|| {
+            (interpreter == "/usr/bin/python3")
+                .then(|| components::python::debian_python_minor(&facts.codename))
+                .flatten()
+        });
+        if let Some(problem) = components::python::unsupported(app, &interpreter, minor) {
+            problems.push(problem);
+        }
+    }
+    problems
 }

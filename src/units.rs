@@ -31,6 +31,16 @@ pub struct ServiceUnit {
     /// systemd credentials (name, root-only source file), readable by the service
     /// under /run/credentials/UNIT/NAME: secrets never sit in its config files.
     pub credentials: Vec<(String, String)>,
+    /// `KEY=value` lines read by systemd (root's file): secrets shared by several
+    /// units without the service user being able to read them from disk.
+    pub environment_file: Option<String>,
+    /// With `service_type = "oneshot"`: stays active after its commands succeed, so it
+    /// runs once per boot (or restart) and units ordered after it wait for it.
+    pub remain_after_exit: bool,
+    /// Supervises children that make themselves non-dumpable (Airflow's task
+    /// supervisor): with ProtectProc=invisible their /proc entries vanish even for
+    /// the same user, so /proc is left at the default (still ProcSubset=pid-free).
+    pub sees_nondumpable_children: bool,
 }
 
 impl ServiceUnit {
@@ -55,6 +65,9 @@ impl ServiceUnit {
             environment: Vec::new(),
             needs_host_proc: false,
             credentials: Vec::new(),
+            environment_file: None,
+            remain_after_exit: false,
+            sees_nondumpable_children: false,
         }
     }
 
@@ -87,6 +100,12 @@ impl ServiceUnit {
         for (k, v) in &self.environment {
             line(&mut u, &format!("Environment=\"{k}={v}\""));
         }
+        if let Some(file) = &self.environment_file {
+            line(&mut u, &format!("EnvironmentFile={file}"));
+        }
+        if self.remain_after_exit {
+            line(&mut u, "RemainAfterExit=yes");
+        }
         for pre in &self.exec_start_pre {
             line(&mut u, &format!("ExecStartPre={pre}"));
         }
@@ -104,8 +123,11 @@ impl ServiceUnit {
             line(&mut u, &format!("KillMode={mode}"));
         }
         line(&mut u, &format!("TimeoutSec={}", self.timeout_sec));
-        line(&mut u, "Restart=on-failure");
-        line(&mut u, "RestartSec=2");
+        // A oneshot that fails is reported, not retried in a loop.
+        if self.service_type != "oneshot" {
+            line(&mut u, "Restart=on-failure");
+            line(&mut u, "RestartSec=2");
+        }
         if let Some(dir) = &self.runtime_directory {
             line(&mut u, &format!("RuntimeDirectory={dir}"));
             line(&mut u, "RuntimeDirectoryMode=0755");
@@ -138,7 +160,6 @@ impl ServiceUnit {
             "ProtectKernelModules=yes",
             "ProtectKernelLogs=yes",
             "ProtectControlGroups=yes",
-            "ProtectProc=invisible",
             "RestrictNamespaces=yes",
             "RestrictRealtime=yes",
             "RestrictSUIDSGID=yes",
@@ -151,6 +172,9 @@ impl ServiceUnit {
             "DevicePolicy=closed",
         ] {
             line(&mut u, l);
+        }
+        if !self.sees_nondumpable_children {
+            line(&mut u, "ProtectProc=invisible");
         }
         if self.needs_host_proc {
             // Network device statistics come over netlink.

@@ -10,3 +10,56 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A generated secret's text: hex, except Fernet keys (names ending `fernet-key`),
+/// which Airflow requires as URL-safe base64 of 32 bytes.
+pub fn format_secret(name: &str, bytes: &[u8; 32]) -> String {
+    if name.ends_with("fernet-key") {
+        base64_url(bytes)
+    } else {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// URL-safe base64 with padding (RFC 4648 §5).
+pub fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_url_matches_rfc_4648_vectors() {
+        assert_eq!(base64_url(b""), "");
+        assert_eq!(base64_url(b"f"), "Zg==");
+        assert_eq!(base64_url(b"fo"), "Zm8=");
+        assert_eq!(base64_url(b"foo"), "Zm9v");
+        assert_eq!(base64_url(b"foob"), "Zm9vYg==");
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8=");
+    }
+
+    #[test]
+    fn fernet_keys_are_44_characters_of_url_safe_base64() {
+        let key = format_secret("airflow-fernet-key", &[7u8; 32]);
+        assert_eq!(key.len(), 44);
+        assert!(key.ends_with('='));
+        assert_eq!(format_secret("redis-broker", &[7u8; 32]).len(), 64);
+    }
+}

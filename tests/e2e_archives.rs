@@ -6,51 +6,13 @@
 
 mod common;
 
-use common::{mirror::Mirror, Container};
+use common::mirror::{standin, statsd_tarball, Mirror};
+use common::Container;
 use std::io::Write;
 
-const STATSD_DIR: &str = "prometheus/statsd_exporter/releases/download/v0.30.0";
-const STATSD_TGZ: &str = "statsd_exporter-0.30.0.linux-amd64.tar.gz";
+use common::mirror::{STATSD_DIR, STATSD_TGZ};
 const LOKI_DIR: &str = "grafana/loki/releases/download/v3.7.0";
 const LOKI_ZIP: &str = "loki-linux-amd64.zip";
-
-fn standin(name: &str) -> Vec<u8> {
-    std::fs::read(common::repo().join("tests/standins").join(name)).unwrap()
-}
-
-/// statsd_exporter's upstream layout: a top directory with the binary and licences.
-fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    let top = "statsd_exporter-0.30.0.linux-amd64";
-    for (name, mode, data) in [
-        ("statsd_exporter", 0o755, standin("statsd_exporter")),
-        (
-            "LICENSE",
-            0o644,
-            b"Apache-2.0 (stand-in archive)\n".to_vec(),
-        ),
-        ("NOTICE", 0o644, b"stand-in\n".to_vec()),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(format!("{top}/{name}")).unwrap();
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, &data[..]).unwrap();
-    }
-    if let Some(evil) = extra_entry {
-        let mut h = tar::Header::new_gnu();
-        h.as_gnu_mut().unwrap().name[..evil.len()].copy_from_slice(evil.as_bytes());
-        h.set_mode(0o644);
-        h.set_size(5);
-        h.set_cksum();
-        b.append(&h, &b"evil\n"[..]).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
 
 /// The layout of Alloy's and Promtail's zips: one file, `NAME-linux-amd64`.
 fn single_binary_zip(name: &str) -> Vec<u8> {
@@ -156,6 +118,7 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
 
     let c = Container::boot("as-e2e-archives");
     c.start_daemon();
+    c.without_apps();
     c.ok(&format!(
         "mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[grafana]\\nenabled = true\\n[log_shipper]\\nenabled = true\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = true\\n[loki]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
         mirror.url

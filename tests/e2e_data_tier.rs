@@ -37,6 +37,7 @@ fn data_tier_end_to_end() {
     let c = Container::boot("as-e2e-data");
     c.start_daemon();
     c.without_release_archives();
+    c.without_apps();
 
     // A malformed config is refused with file, line and column, and nothing runs.
     c.ok("mkdir -p /etc/analytics-stack && printf '[nginx]\\nport = 0\\n[postgres]\\nshared_bufers = \"1GB\"\\n' > /etc/analytics-stack/stack.toml");

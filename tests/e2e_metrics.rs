@@ -36,6 +36,7 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     let c = Container::boot("as-e2e-metrics");
     c.start_daemon();
     c.without_release_archives();
+    c.without_apps();
     // The metrics pair alone (plus NGINX's landing page is not needed here).
     c.ok("mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n' > /etc/analytics-stack/stack.toml");
     c.ok("analytics-stack apply");

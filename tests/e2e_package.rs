@@ -58,6 +58,7 @@ fn the_package_installs_runs_the_stack_and_leaves_nothing_when_purged() {
         .contains("/etc/analytics-stack/stack.toml"));
 
     c.without_release_archives();
+    c.without_apps();
     c.ok("analytics-stack apply");
     let status: serde_json::Value =
         serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();

@@ -25,6 +25,7 @@ fn cancelled_and_killed_applies_converge() {
     let c = Container::boot("as-e2e-recovery");
     c.start_daemon();
     c.without_release_archives();
+    c.without_apps();
 
     // Cancel: the job ends as cancelled before its next step; alice may not cancel.
     let reply = c.ok(&format!("busctl call {BUS} Apply"));

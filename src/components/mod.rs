@@ -2,7 +2,9 @@
 //! probes) produced by a renderer from the configuration. Adding a component means
 //! adding a module here and a line in [`render_all`], not new control flow.
 
+pub mod airflow;
 pub mod dashboards;
+pub mod dlt;
 pub mod grafana;
 pub mod log_shipper;
 pub mod loki;
@@ -10,8 +12,10 @@ pub mod nginx;
 pub mod node_exporter;
 pub mod postgres;
 pub mod prometheus;
+pub mod python;
 pub mod redis;
 pub mod statsd_exporter;
+pub mod superset;
 
 use crate::config::Config;
 use crate::model::ComponentSpec;
@@ -64,6 +68,18 @@ pub const KNOWN: &[(&str, &str)] = &[
         "Promtail: the journal to Loki (end of life; see alloy)",
     ),
     ("alloy", "Grafana Alloy: the journal to Loki"),
+    (
+        "airflow",
+        "Airflow: scheduler, API server under /airflow/, Celery worker",
+    ),
+    (
+        "superset",
+        "Superset: dashboards and SQL on the warehouse, under /superset/",
+    ),
+    (
+        "dlt",
+        "dlt: ingestion pipelines, run by Airflow into the warehouse",
+    ),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -99,6 +115,15 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.grafana.enabled {
         specs.push(grafana::render(config, platform));
+    }
+    if config.airflow.enabled {
+        specs.push(airflow::render(config, platform));
+    }
+    if config.superset.enabled {
+        specs.push(superset::render(config, platform));
+    }
+    if config.dlt.enabled {
+        specs.push(dlt::render(config, platform));
     }
     specs
 }
@@ -154,6 +179,8 @@ pub fn unit_names(component: &str) -> Vec<String> {
             crate::config::LogShipperKind::Promtail,
         )],
         "alloy" => vec![log_shipper::unit_name(crate::config::LogShipperKind::Alloy)],
+        "airflow" => airflow::unit_names(),
+        "superset" => superset::unit_names(),
         _ => Vec::new(),
     }
 }

@@ -27,13 +27,13 @@ pub fn routes(config: &Config) -> Vec<Route> {
             prefix: "/superset/",
             title: "Superset",
             component: "superset",
-            upstream: None,
+            upstream: config.superset.enabled.then(|| config.superset.port.get()),
         },
         Route {
             prefix: "/airflow/",
             title: "Airflow",
             component: "airflow",
-            upstream: None,
+            upstream: config.airflow.enabled.then(|| config.airflow.port.get()),
         },
         Route {
             prefix: "/grafana/",

@@ -5,6 +5,9 @@ fn config(extra: &str) -> Config {
     crate::config::load_texts(&[("t.toml", extra)]).unwrap()
 }
 
+const NO_APPS: &str =
+    "[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n";
+
 const ALL_ON: &str = "[statsd_exporter]\nenabled = true\n[loki]\nenabled = true\n[grafana]\nenabled = true\n[log_shipper]\nenabled = true\n";
 
 fn with_promtail() -> Config {
@@ -37,7 +40,10 @@ fn default_renders_the_whole_stack_in_start_order() {
             "loki",
             "prometheus",
             "alloy",
-            "grafana"
+            "grafana",
+            "airflow",
+            "superset",
+            "dlt"
         ]
     );
     let units: Vec<_> = specs
@@ -56,7 +62,16 @@ fn default_renders_the_whole_stack_in_start_order() {
             "analytics-loki.service",
             "analytics-prometheus.service",
             "analytics-alloy.service",
-            "analytics-grafana.service"
+            "analytics-grafana.service",
+            "analytics-airflow-init.service",
+            "analytics-airflow-api-server.service",
+            "analytics-airflow-scheduler.service",
+            "analytics-airflow-dag-processor.service",
+            "analytics-airflow-triggerer.service",
+            "analytics-airflow-worker.service",
+            "analytics-superset-init.service",
+            "analytics-superset-web.service",
+            "analytics-superset-worker.service"
         ]
     );
     let mut everything = render_all(&config(ALL_ON), &bookworm());
@@ -87,7 +102,7 @@ fn default_renders_the_whole_stack_in_start_order() {
 #[test]
 fn disabled_components_are_not_rendered() {
     let specs = render_all(
-        &config("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n"),
+        &config(&format!("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n{NO_APPS}")),
         &bookworm(),
     );
     assert_eq!(specs.len(), 1);
@@ -141,10 +156,10 @@ fn redis_broker_never_evicts_and_cache_does() {
 
 #[test]
 fn nginx_routes_answer_503_until_their_component_exists() {
-    let conf = nginx::render_conf(&config(
-        "[nginx]\nport = 8080\n[grafana]\nenabled = false\n",
-    ));
-    assert!(conf.contains("listen 0.0.0.0:8080 default_server;"));
+    let conf = nginx::render_conf(&config(&format!(
+        "[nginx]\nport = 8081\n[grafana]\nenabled = false\n{NO_APPS}"
+    )));
+    assert!(conf.contains("listen 0.0.0.0:8081 default_server;"));
     for prefix in ["/superset/", "/airflow/", "/grafana/"] {
         let block = conf
             .split(&format!("location {prefix} {{"))

@@ -232,6 +232,39 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     if config.log_shipper.enabled {
         ports.push((key_path("log_shipper.port"), config.log_shipper.port.get()));
     }
+    if config.airflow.enabled {
+        ports.push((key_path("airflow.port"), config.airflow.port.get()));
+        ports.push((
+            key_path("airflow.scheduler_health_port"),
+            config.airflow.scheduler_health_port.get(),
+        ));
+    }
+    if config.superset.enabled {
+        ports.push((key_path("superset.port"), config.superset.port.get()));
+    }
+    // The applications keep their metadata in PostgreSQL and queue work on Redis.
+    // Reported where the needed component was turned off: that is the user's line.
+    let enabled = |name: &str| match name {
+        "postgres" => config.postgres.enabled,
+        "redis" => config.redis.enabled,
+        "airflow" => config.airflow.enabled,
+        "superset" => config.superset.enabled,
+        "dlt" => config.dlt.enabled,
+        _ => true,
+    };
+    const NEEDS: &[(&str, &[&str])] = &[
+        ("airflow", &["postgres", "redis"]),
+        ("superset", &["postgres", "redis"]),
+        ("dlt", &["postgres", "airflow"]),
+    ];
+    for (app, needed) in NEEDS {
+        for needed in needed.iter().filter(|n| enabled(app) && !enabled(n)) {
+            problems.push((
+                key_path(&format!("{needed}.enabled")),
+                format!("{needed} is needed by {app}: disable {app} too, or keep {needed}"),
+            ));
+        }
+    }
     for (i, (path, port)) in ports.iter().enumerate() {
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
             problems.push((

@@ -20,6 +20,109 @@ pub struct Config {
     pub loki: LokiConfig,
     pub grafana: GrafanaConfig,
     pub log_shipper: LogShipperConfig,
+    pub python: PythonConfig,
+    pub airflow: AirflowConfig,
+    pub superset: SupersetConfig,
+    pub dlt: DltConfig,
+}
+
+/// Where the application venvs come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonConfig {
+    /// The interpreter the venvs are built on.
+    pub interpreter: AbsolutePath,
+    /// A package index (PEP 503 "simple") serving the locked packages; "" = PyPI.
+    pub index_url: MirrorUrl,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AirflowConfig {
+    pub enabled: bool,
+    /// The API server (UI, REST API and the tasks' execution API), loopback only.
+    pub port: Port,
+    /// The scheduler's health check server, loopback only.
+    pub scheduler_health_port: Port,
+    /// Tasks the Celery worker runs at once.
+    pub worker_concurrency: WorkerCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupersetConfig {
+    pub enabled: bool,
+    /// gunicorn, loopback only.
+    pub port: Port,
+    /// gunicorn worker processes (4 threads each).
+    pub web_workers: WorkerCount,
+    /// Processes of the Celery worker (async queries, reports, thumbnails).
+    pub worker_concurrency: WorkerCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DltConfig {
+    pub enabled: bool,
+}
+
+/// A count of worker processes: 1..=64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u32")]
+pub struct WorkerCount(u32);
+
+impl WorkerCount {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for WorkerCount {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (1..=64).contains(&v) {
+            Ok(WorkerCount(v as u32))
+        } else {
+            Err(format!("must be between 1 and 64, not {v}"))
+        }
+    }
+}
+
+impl From<WorkerCount> for u32 {
+    fn from(c: WorkerCount) -> u32 {
+        c.0
+    }
+}
+
+/// An absolute filesystem path without `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AbsolutePath(String);
+
+impl AbsolutePath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AbsolutePath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.starts_with('/')
+            && !s.split('/').any(|part| part == "..")
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(AbsolutePath(s))
+        } else {
+            Err(format!("{s:?} is not an absolute path"))
+        }
+    }
+}
+
+impl From<AbsolutePath> for String {
+    fn from(p: AbsolutePath) -> String {
+        p.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

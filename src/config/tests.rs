@@ -24,7 +24,7 @@ fn files_merge_key_by_key_in_order() {
         ),
         (
             "stack.d/10-local.toml",
-            "[nginx]\nport = 8081\n[postgres]\nenabled = false\n",
+            "[nginx]\nport = 8081\n[postgres]\nenabled = false\n[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n",
         ),
     ])
     .unwrap();
@@ -125,7 +125,7 @@ fn two_components_on_one_port_are_refused() {
 fn a_disabled_component_frees_its_port() {
     let config = with(&[(
         "stack.toml",
-        "[postgres]\nenabled = false\n[redis.cache]\nport = 5432\n",
+        "[postgres]\nenabled = false\n[redis.cache]\nport = 5432\n[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n",
     )])
     .unwrap();
     assert_eq!(config.redis.cache.port.get(), 5432);
@@ -159,4 +159,22 @@ fn drop_ins_are_read_in_name_order() {
     std::fs::write(dir.path().join("stack.d/README"), "not toml").unwrap();
     let config = load_dir(dir.path()).unwrap();
     assert_eq!(config.nginx.port.get(), 8002);
+}
+
+#[test]
+fn an_application_whose_store_is_disabled_is_refused_at_the_users_line() {
+    let err = with(&[(
+        "stack.toml",
+        "[stack]\nhostname = \"h\"\n[redis]\nenabled = false\n",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stack.toml:4:11"), "{err}");
+    assert!(err.contains("redis is needed by airflow"), "{err}");
+    assert!(err.contains("redis is needed by superset"), "{err}");
+    let ok = with(&[(
+        "stack.toml",
+        "[redis]\nenabled = false\n[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n",
+    )]);
+    assert!(ok.is_ok());
 }

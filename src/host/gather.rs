@@ -121,7 +121,14 @@ pub async fn gather(
             }
         }
     }
-    for pin in desired.iter().filter_map(|s| s.archive.as_ref()) {
+    let uv_pins = desired
+        .iter()
+        .filter_map(|s| s.venv.as_ref().map(|v| &v.uv));
+    for pin in desired
+        .iter()
+        .filter_map(|s| s.archive.as_ref())
+        .chain(uv_pins)
+    {
         let root = PathBuf::from(paths::OPT).join(&pin.component);
         if fs.path(&root.join(&pin.version)).is_dir() {
             facts
@@ -133,6 +140,18 @@ pub async fn gather(
                 .current_archives
                 .insert(pin.component.clone(), target.to_string_lossy().into_owned());
         }
+    }
+    for venv in desired.iter().filter_map(|s| s.venv.as_ref()) {
+        let current = std::fs::read_link(fs.path(&venv.root().join("current")));
+        if let Ok(id) = current {
+            let id = id.to_string_lossy().into_owned();
+            if fs.exists(&venv.root().join(&id).join(crate::model::VENV_COMPLETE)) {
+                facts.venvs.insert(venv.name.clone(), id);
+            }
+        }
+    }
+    if let Some(venv) = desired.iter().find_map(|s| s.venv.as_ref()) {
+        facts.python_minor = python_minor(&fs.path(&venv.interpreter)).await;
     }
     facts.listeners = super::ports::listeners();
     Ok(facts)
@@ -188,4 +207,22 @@ pub async fn gather_uninstall(
         facts.existing.insert(paths::STATE_FILE.into());
     }
     Ok(facts)
+}
+
+/// The Python 3 minor version of `interpreter`, if it runs.
+pub async fn python_minor(interpreter: &Path) -> Option<u32> {
+    let out = tokio::process::Command::new(interpreter)
+        .args([
+            "-c",
+            "import sys; print(sys.version_info[0], sys.version_info[1])",
+        ])
+        .env_clear()
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["3", minor] => minor.parse().ok(),
+        _ => None,
+    }
 }

@@ -84,9 +84,9 @@ pub async fn journal_tail(unit: &str, lines: u32) -> String {
 }
 
 /// A new random secret: 32 bytes from the kernel, hex-encoded (safe in URLs and configs).
-pub fn new_secret() -> std::io::Result<String> {
+pub fn new_secret(name: &str) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::util::format_secret(name, &bytes))
 }

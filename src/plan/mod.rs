@@ -22,6 +22,11 @@ pub enum Step {
     InstallArchive {
         pin: crate::artifact::catalog::ArchivePin,
     },
+    /// Build the venv from its lock file with uv (or reuse a complete build of the
+    /// same lock) and point `current` at it.
+    BuildVenv {
+        venv: VenvSpec,
+    },
     CreateUser {
         user: UserSpec,
     },
@@ -102,6 +107,10 @@ impl Step {
             Step::InstallArchive { pin } => format!(
                 "install {} {} from {} (verified)",
                 pin.component, pin.version, pin.url
+            ),
+            Step::BuildVenv { venv } => format!(
+                "build the {} venv {} from its lock file with uv (hashes required)",
+                venv.name, venv.id
             ),
             Step::CreateUser { user } => format!("create system user {}", user.name),
             Step::EnsureDir { dir } => format!(
@@ -387,6 +396,29 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
+    // Venvs: uv first (a verified artifact, fetched only when a venv must be built),
+    // then each venv whose lock file is not the one in use.
+    let stale_venvs: Vec<(&ComponentSpec, &VenvSpec)> = desired
+        .iter()
+        .filter_map(|s| s.venv.as_ref().map(|v| (s, v)))
+        .filter(|(_, v)| facts.venvs.get(&v.name) != Some(&v.id))
+        .collect();
+    if let Some((_, first)) = stale_venvs.first() {
+        let uv = &first.uv;
+        if !facts
+            .archives
+            .contains(&(uv.component.clone(), uv.version.clone()))
+        {
+            steps.push(Step::InstallArchive { pin: uv.clone() });
+        }
+    }
+    for (spec, venv) in stale_venvs {
+        steps.push(Step::BuildVenv { venv: venv.clone() });
+        for unit in &spec.units {
+            notified.insert(unit.name.clone(), OnChange::Restart);
+        }
+    }
+
     for user in desired.iter().flat_map(|s| s.users.iter()) {
         if !facts.users.contains(&user.name) {
             steps.push(Step::CreateUser { user: user.clone() });
@@ -487,31 +519,27 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         steps.push(Step::EnableUnits { units: to_enable });
     }
 
-    for unit in all_units.iter().skip(1) {
-        let f = unit_fact(&unit.name);
-        if !f.is_active() {
-            steps.push(Step::StartUnit {
-                unit: unit.name.clone(),
-            });
-        } else {
-            match notified.get(&unit.name) {
-                Some(OnChange::Restart) => steps.push(Step::RestartUnit {
+    // Component by component, in start order: its units, then its provisioning, so
+    // that e.g. PostgreSQL's roles exist before Airflow's migration connects.
+    for spec in desired {
+        for unit in &spec.units {
+            let f = unit_fact(&unit.name);
+            if !f.is_active() {
+                steps.push(Step::StartUnit {
                     unit: unit.name.clone(),
-                }),
-                Some(OnChange::Reload) => steps.push(Step::ReloadUnit {
-                    unit: unit.name.clone(),
-                }),
-                None => {}
+                });
+            } else {
+                match notified.get(&unit.name) {
+                    Some(OnChange::Restart) => steps.push(Step::RestartUnit {
+                        unit: unit.name.clone(),
+                    }),
+                    Some(OnChange::Reload) => steps.push(Step::ReloadUnit {
+                        unit: unit.name.clone(),
+                    }),
+                    None => {}
+                }
             }
         }
-    }
-    if !unit_fact(&target.name).is_active() {
-        steps.push(Step::StartUnit {
-            unit: target.name.clone(),
-        });
-    }
-
-    for spec in desired {
         for p in &spec.provision {
             let uses_new_secret = match p {
                 Provision::PostgresRoles { roles, .. } => roles
@@ -531,6 +559,11 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
                 installed: true,
             });
         }
+    }
+    if !unit_fact(&target.name).is_active() {
+        steps.push(Step::StartUnit {
+            unit: target.name.clone(),
+        });
     }
 
     Plan { steps }

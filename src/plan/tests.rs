@@ -3,17 +3,30 @@ use crate::components::{render_all, Platform};
 use crate::config::Config;
 use crate::facts::{FileFact, Listener, UnitFact};
 
+/// Most tests here are about the data and metrics tiers; the applications have their
+/// own tests below (`with_apps`).
+const NO_APPS: &str =
+    "[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n";
+
 fn config(extra: &str) -> Config {
-    crate::config::load_texts(&[("t.toml", extra)]).unwrap()
+    crate::config::load_texts(&[("00-no-apps.toml", NO_APPS), ("t.toml", extra)]).unwrap()
+}
+
+fn bookworm() -> Platform {
+    Platform {
+        codename: "bookworm".into(),
+        arch: "amd64".into(),
+    }
 }
 
 fn desired(extra: &str) -> Vec<ComponentSpec> {
+    render_all(&config(extra), &bookworm())
+}
+
+fn with_apps(extra: &str) -> Vec<ComponentSpec> {
     render_all(
-        &config(extra),
-        &Platform {
-            codename: "bookworm".into(),
-            arch: "amd64".into(),
-        },
+        &crate::config::load_texts(&[("t.toml", extra)]).unwrap(),
+        &bookworm(),
     )
 }
 
@@ -57,6 +70,15 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                 facts
                     .current_archives
                     .insert(pin.component.clone(), pin.version.clone());
+            }
+            Step::BuildVenv { venv } => {
+                assert!(
+                    facts
+                        .archives
+                        .contains(&(venv.uv.component.clone(), venv.uv.version.clone())),
+                    "uv is installed before a venv is built"
+                );
+                facts.venvs.insert(venv.name.clone(), venv.id.clone());
             }
             Step::CreateUser { user } => {
                 facts.users.insert(user.name.clone());
@@ -184,7 +206,9 @@ fn a_fresh_host_gets_everything_in_dependency_order() {
     assert!(pos("initialise PostgreSQL") < pos("start analytics-postgres.service"));
     assert!(pos("start analytics-postgres.service") < pos("start analytics-redis-broker.service"));
     assert!(pos("start analytics-redis-cache.service") < pos("start analytics-nginx.service"));
-    assert!(pos("start analytics-nginx.service") < pos("ensure PostgreSQL roles"));
+    // Roles exist before any later component (an application) could connect.
+    assert!(pos("start analytics-postgres.service") < pos("ensure PostgreSQL roles"));
+    assert!(pos("ensure PostgreSQL roles") < pos("start analytics-redis-broker.service"));
     assert!(steps.iter().any(|s| s == "start analytics-stack.target"));
 }
 
@@ -411,4 +435,121 @@ fn a_port_held_by_a_stack_unit_being_replaced_is_no_conflict() {
     assert!(port_conflicts(&promtail, &facts).is_empty());
     facts.listeners[0].unit = Some("someone-else.service".into());
     assert_eq!(port_conflicts(&promtail, &facts).len(), 1);
+}
+
+const APPS_ONLY: &str = "[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n";
+
+#[test]
+fn venvs_are_built_once_after_uv_and_a_second_plan_is_empty() {
+    let desired = with_apps(APPS_ONLY);
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    let first = plan(&desired, &facts, &state);
+    let steps = names(&first);
+    let uv = steps
+        .iter()
+        .position(|s| s.starts_with("install uv "))
+        .expect("uv installed");
+    let builds: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.starts_with("build the "))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        builds.len(),
+        3,
+        "airflow, superset and dlt venvs: {steps:#?}"
+    );
+    assert!(builds.iter().all(|b| *b > uv));
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("install uv "))
+            .count(),
+        1
+    );
+    // Migrations run (the init unit starts) before any Airflow process.
+    let start = |u: &str| {
+        steps
+            .iter()
+            .position(|s| s == &format!("start {u}"))
+            .unwrap()
+    };
+    assert!(
+        start(crate::components::airflow::INIT_UNIT) < start(crate::components::airflow::API_UNIT)
+    );
+    assert!(
+        start(crate::components::airflow::INIT_UNIT)
+            < start(crate::components::airflow::WORKER_UNIT)
+    );
+    assert!(
+        start(crate::components::superset::INIT_UNIT)
+            < start(crate::components::superset::WEB_UNIT)
+    );
+    simulate(&first, &mut facts, &mut state);
+    let second = plan(&desired, &facts, &state);
+    assert!(second.is_empty(), "{:#?}", names(&second));
+}
+
+#[test]
+fn a_new_lock_file_rebuilds_that_venv_and_restarts_only_its_units() {
+    let desired = with_apps(APPS_ONLY);
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    simulate(&plan(&desired, &facts, &state), &mut facts, &mut state);
+    // The host has an older Superset venv in use.
+    facts
+        .venvs
+        .insert("superset".into(), "6.0.0-000000000000".into());
+    let steps = names(&plan(&desired, &facts, &state));
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("build the superset venv")),
+        "{steps:#?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.starts_with("install uv")),
+        "uv is kept: {steps:#?}"
+    );
+    assert!(!steps.iter().any(|s| s.contains("airflow")), "{steps:#?}");
+    for unit in crate::components::superset::unit_names() {
+        assert!(
+            steps.contains(&format!("restart {unit}")),
+            "{unit}: {steps:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_python_the_application_does_not_support_is_refused_before_anything_installs() {
+    let trixie = render_all(
+        &crate::config::load_texts(&[("t.toml", APPS_ONLY)]).unwrap(),
+        &Platform {
+            codename: "trixie".into(),
+            arch: "amd64".into(),
+        },
+    );
+    let facts = HostFacts {
+        codename: "trixie".into(),
+        ..Default::default()
+    };
+    let problems = crate::stack::python_problems(&trixie, &facts);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].contains("superset 6.1.0 supports Python 3.10 to 3.12"));
+    assert!(problems[0].contains("/usr/bin/python3 is Python 3.13"));
+    // Bookworm's python3 is 3.11: fine for all three.
+    assert!(crate::stack::python_problems(&with_apps(APPS_ONLY), &fresh_host()).is_empty());
+    // A custom interpreter that is missing is named.
+    let custom = with_apps(&format!(
+        "{APPS_ONLY}[python]\ninterpreter = \"/opt/py/bin/python3\"\n"
+    ));
+    let problems = crate::stack::python_problems(&custom, &fresh_host());
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.contains("/opt/py/bin/python3 does not exist")),
+        "{problems:#?}"
+    );
 }

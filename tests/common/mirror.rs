@@ -113,3 +113,81 @@ fn serve_one(
     };
     let _ = stream.write_all(send);
 }
+
+pub const STATSD_DIR: &str = "prometheus/statsd_exporter/releases/download/v0.30.0";
+pub const STATSD_TGZ: &str = "statsd_exporter-0.30.0.linux-amd64.tar.gz";
+
+/// A stand-in program from tests/standins/.
+pub fn standin(name: &str) -> Vec<u8> {
+    std::fs::read(super::repo().join("tests/standins").join(name)).unwrap()
+}
+
+/// statsd_exporter's upstream layout (a top directory with the binary and licences),
+/// holding the STAND-IN; `extra_entry` adds a raw entry name (e.g. one escaping).
+pub fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let top = "statsd_exporter-0.30.0.linux-amd64";
+    for (name, mode, data) in [
+        ("statsd_exporter", 0o755, standin("statsd_exporter")),
+        (
+            "LICENSE",
+            0o644,
+            b"Apache-2.0 (stand-in archive)\n".to_vec(),
+        ),
+        ("NOTICE", 0o644, b"stand-in\n".to_vec()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(format!("{top}/{name}")).unwrap();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    if let Some(evil) = extra_entry {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..evil.len()].copy_from_slice(evil.as_bytes());
+        h.set_mode(0o644);
+        h.set_size(5);
+        h.set_cksum();
+        b.append(&h, &b"evil\n"[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+impl Mirror {
+    /// The stand-in statsd_exporter with its checksum file, in upstream's layout.
+    pub fn put_statsd_exporter(&self) {
+        let tgz = statsd_tarball(None);
+        self.put(&format!("{STATSD_DIR}/{STATSD_TGZ}"), &tgz);
+        self.put(
+            &format!("{STATSD_DIR}/sha256sums.txt"),
+            format!(
+                "{}  {STATSD_TGZ}\n",
+                analytics_stack::util::sha256_hex(&tgz)
+            )
+            .as_bytes(),
+        );
+    }
+
+    /// A file fetched from its real URL on the host (PyPI is reachable here), kept at
+    /// its upstream path: what an internal mirror of that host holds.
+    pub fn put_from(&self, url: &str) {
+        let path = url
+            .split_once("://")
+            .and_then(|(_, r)| r.find('/').map(|i| r[i..].to_string()))
+            .unwrap();
+        let dest = self.root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let ok = std::process::Command::new("curl")
+            .args(["-fsSL", "--retry", "3", "-o"])
+            .arg(&dest)
+            .arg(url)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot fetch {url} for the mirror");
+    }
+}

@@ -182,6 +182,12 @@ impl Container {
         self.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# The release hosts cannot be reached from the test machines.\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-no-release-hosts.toml");
     }
 
+    /// Turns off Airflow, Superset and dlt (tests/e2e_apps.rs covers them): tests of
+    /// the other tiers need not build venvs.
+    pub fn without_apps(&self) {
+        self.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# This test is about other tiers.\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/01-no-apps.toml");
+    }
+
     pub fn start_daemon(&self) {
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
         eprintln!(

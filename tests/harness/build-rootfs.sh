@@ -7,7 +7,7 @@
 # `apt-get install` (run by the daemon, for real) does not depend on the network.
 set -euo pipefail
 
-ROOTFS_REVISION=4
+ROOTFS_REVISION=6
 out=${1:?usage: build-rootfs.sh OUTPUT_DIR}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 stamp="$out/.analytics-stack-rootfs-$ROOTFS_REVISION"
@@ -39,9 +39,15 @@ deb ${mirror%/debian}/debian-security bookworm-security main
 SRC
 
 in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBIAN_FRONTEND=noninteractive "$@"; }
+# The certificate authorities this machine trusts beyond Debian's (e.g. an egress
+# proxy's), so the container reaches PyPI over HTTPS as the host does.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$tmp/usr/local/share/ca-certificates/"
+  in_root update-ca-certificates >/dev/null
+fi
 in_root apt-get update -q
 # Download only: installing is the daemon's job inside each test.
-in_root apt-get install -y -q --download-only --no-install-recommends postgresql redis-server nginx prometheus prometheus-node-exporter
+in_root apt-get install -y -q --download-only --no-install-recommends postgresql redis-server nginx prometheus prometheus-node-exporter python3
 # An ordinary user for the access-control tests.
 in_root useradd --create-home --shell /bin/bash alice
 # Timers that would run apt inside a test container.

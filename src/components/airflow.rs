@@ -1,0 +1,300 @@
+//! Apache Airflow 3 from its locked venv: the API server (UI, REST API and the tasks'
+//! execution API, under `/airflow/`), scheduler, dag-processor, triggerer and a Celery
+//! worker, each its own unit. The broker is the non-evicting Redis; metadata and Celery
+//! results live in PostgreSQL. A oneshot unit migrates the schema and creates the
+//! admin before the processes start, so a reboot converges the same way as an apply.
+//!
+//! Every process reads one environment file (root's, 0600, read by systemd), so the
+//! JWT secret, Fernet key and passwords are the same everywhere and in no file the
+//! service user can read.
+
+use super::python::AIRFLOW;
+use super::{postgres, redis, Platform};
+use crate::config::Config;
+use crate::model::*;
+use crate::units::ServiceUnit;
+
+pub const USER: &str = "analytics-airflow";
+pub const INIT_UNIT: &str = "analytics-airflow-init.service";
+pub const API_UNIT: &str = "analytics-airflow-api-server.service";
+pub const SCHEDULER_UNIT: &str = "analytics-airflow-scheduler.service";
+pub const DAG_PROCESSOR_UNIT: &str = "analytics-airflow-dag-processor.service";
+pub const TRIGGERER_UNIT: &str = "analytics-airflow-triggerer.service";
+pub const WORKER_UNIT: &str = "analytics-airflow-worker.service";
+pub const ADMIN_SECRET: &str = "airflow-admin";
+pub const FERNET_SECRET: &str = "airflow-fernet-key";
+pub const JWT_SECRET: &str = "airflow-jwt-secret";
+pub const API_SECRET: &str = "airflow-api-secret-key";
+const CONF_DIR: &str = "/etc/analytics-stack/airflow";
+/// AIRFLOW_HOME: logs, dlt's pipeline state.
+pub const HOME: &str = "/var/lib/analytics-stack/airflow";
+/// Where users put DAG files; Airflow looks here for new ones every 30 seconds.
+pub const DAGS_DIR: &str = "/var/lib/analytics-stack/dags";
+/// Where users put dlt pipelines that DAGs run.
+pub const PIPELINES_DIR: &str = "/var/lib/analytics-stack/pipelines";
+
+/// Every unit, in start order (migrations first).
+pub fn unit_names() -> Vec<String> {
+    [
+        INIT_UNIT,
+        API_UNIT,
+        SCHEDULER_UNIT,
+        DAG_PROCESSOR_UNIT,
+        TRIGGERER_UNIT,
+        WORKER_UNIT,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn env_path() -> String {
+    format!("{CONF_DIR}/airflow.env")
+}
+
+/// The environment every Airflow process shares; secrets as references.
+pub fn render_env(config: &Config) -> String {
+    let pg = config.postgres.port.get();
+    let db = format!(
+        "airflow:{}@127.0.0.1:{pg}/airflow",
+        secret_ref(&postgres::password_secret("airflow"))
+    );
+    let broker = format!(
+        "redis://:{}@127.0.0.1:{}/0",
+        secret_ref(&redis::password_secret("broker")),
+        config.redis.broker.port.get()
+    );
+    let port = config.airflow.port.get();
+    let host = config.stack.hostname.as_str();
+    let nginx_port = config.nginx.port.get();
+    let public = if nginx_port == 80 {
+        format!("http://{host}/airflow")
+    } else {
+        format!("http://{host}:{nginx_port}/airflow")
+    };
+    let mut vars: Vec<(&str, String)> = vec![
+        ("AIRFLOW_HOME", HOME.into()),
+        ("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor".into()),
+        ("AIRFLOW__CORE__DAGS_FOLDER", DAGS_DIR.into()),
+        ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".into()),
+        ("AIRFLOW__CORE__FERNET_KEY", secret_ref(FERNET_SECRET)),
+        (
+            "AIRFLOW__CORE__AUTH_MANAGER",
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager".into(),
+        ),
+        // Tasks report to the API server under the prefix; the default URL has none
+        // and every task would fail with "Not Found".
+        (
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+            format!("http://127.0.0.1:{port}/airflow/execution/"),
+        ),
+        (
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            format!("postgresql+psycopg2://{db}"),
+        ),
+        ("AIRFLOW__CELERY__BROKER_URL", broker),
+        (
+            "AIRFLOW__CELERY__RESULT_BACKEND",
+            format!("db+postgresql://{db}"),
+        ),
+        (
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+            config.airflow.worker_concurrency.get().to_string(),
+        ),
+        ("AIRFLOW__API__BASE_URL", public),
+        ("AIRFLOW__API__SECRET_KEY", secret_ref(API_SECRET)),
+        // One JWT secret for every process, or workers fail signature checks.
+        ("AIRFLOW__API_AUTH__JWT_SECRET", secret_ref(JWT_SECRET)),
+        ("AIRFLOW__LOGGING__BASE_LOG_FOLDER", format!("{HOME}/logs")),
+        ("AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "True".into()),
+        (
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST",
+            "127.0.0.1".into(),
+        ),
+        (
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+            config.airflow.scheduler_health_port.get().to_string(),
+        ),
+        // New DAG files appear within 30 s rather than Airflow's default 5 minutes.
+        ("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30".into()),
+        // dlt pipelines run by the DAGs load into the warehouse; no telemetry.
+        (
+            "DESTINATION__POSTGRES__CREDENTIALS",
+            format!(
+                "postgresql://warehouse:{}@127.0.0.1:{pg}/warehouse",
+                secret_ref(&postgres::password_secret("warehouse"))
+            ),
+        ),
+        ("RUNTIME__DLTHUB_TELEMETRY", "false".into()),
+        ("DLT_DATA_DIR", format!("{HOME}/dlt")),
+        ("ANALYTICS_STACK_PIPELINES", PIPELINES_DIR.into()),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+    ];
+    if config.statsd_exporter.enabled {
+        vars.extend([
+            ("AIRFLOW__METRICS__STATSD_ON", "True".into()),
+            ("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1".into()),
+            (
+                "AIRFLOW__METRICS__STATSD_PORT",
+                config.statsd_exporter.statsd_port.get().to_string(),
+            ),
+            ("AIRFLOW__METRICS__STATSD_PREFIX", "airflow".into()),
+        ]);
+    }
+    let mut text = String::from(
+        "# Generated by analytics-stackd; edit the stack config instead.\n\
+         # Read by systemd for every analytics-airflow-* unit.\n",
+    );
+    for (k, v) in vars {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    text
+}
+
+/// Creates the admin user once, with the password the stack generated (read from the
+/// unit's credential, so it never appears in a command line).
+pub const CREATE_ADMIN_PY: &str = r#"# Generated by analytics-stackd: creates Airflow's admin user once.
+import os
+import sys
+
+from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+
+with open(os.path.join(os.environ["CREDENTIALS_DIRECTORY"], "admin-password")) as f:
+    password = f.read().strip()
+
+with get_application_builder() as appbuilder:
+    sm = appbuilder.sm
+    if sm.find_user(username="admin") is not None:
+        print("the admin user exists")
+        sys.exit(0)
+    role = sm.find_role("Admin")
+    if role is None:
+        sys.exit("the Admin role does not exist: did the migration run?")
+    if sm.add_user("admin", "Airflow", "Admin", "admin@localhost", role, password) is None:
+        sys.exit("could not create the admin user")
+    print("created the admin user")
+"#;
+
+fn airflow_unit(name: &str, description: &str, args: &str) -> ServiceUnit {
+    let mut unit = ServiceUnit::new(
+        name,
+        description,
+        USER,
+        format!("{} {args}", AIRFLOW.bin("airflow")),
+    );
+    unit.environment_file = Some(env_path());
+    unit.read_write_paths = vec![HOME.into()];
+    unit.after = vec![INIT_UNIT.into()];
+    // Airflow and Celery read /proc/meminfo and other processes' state (psutil).
+    unit.needs_host_proc = true;
+    unit.timeout_sec = 300;
+    unit
+}
+
+pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
+    let port = config.airflow.port.get();
+    let health_port = config.airflow.scheduler_health_port.get();
+    let airflow = AIRFLOW.bin("airflow");
+
+    let mut init = ServiceUnit::new(
+        INIT_UNIT,
+        "analytics-stack: Airflow database migration and admin user",
+        USER,
+        format!("{} {CONF_DIR}/create_admin.py", AIRFLOW.bin("python")),
+    );
+    init.service_type = "oneshot";
+    init.remain_after_exit = true;
+    init.exec_start_pre = vec![format!("{airflow} db migrate")];
+    init.environment_file = Some(env_path());
+    init.read_write_paths = vec![HOME.into()];
+    init.credentials = vec![(
+        "admin-password".into(),
+        format!("{}/{ADMIN_SECRET}", paths::SECRETS),
+    )];
+    init.needs_host_proc = true;
+    // A first migration on two cores takes minutes.
+    init.timeout_sec = 900;
+    init.after = vec![postgres::UNIT.into(), redis::unit_name("broker")];
+
+    let api = airflow_unit(
+        API_UNIT,
+        "analytics-stack: Airflow API server",
+        &format!("api-server --host 127.0.0.1 --port {port} --workers 1 --proxy-headers"),
+    );
+    let mut scheduler = airflow_unit(
+        SCHEDULER_UNIT,
+        "analytics-stack: Airflow scheduler",
+        "scheduler",
+    );
+    let mut dag_processor = airflow_unit(
+        DAG_PROCESSOR_UNIT,
+        "analytics-stack: Airflow DAG processor",
+        "dag-processor",
+    );
+    // --skip-serve-logs: no log server on 0.0.0.0; the API server reads logs from disk.
+    let mut triggerer = airflow_unit(
+        TRIGGERER_UNIT,
+        "analytics-stack: Airflow triggerer",
+        "triggerer --skip-serve-logs",
+    );
+    let mut worker = airflow_unit(
+        WORKER_UNIT,
+        "analytics-stack: Airflow Celery worker",
+        "celery worker --skip-serve-logs",
+    );
+    // These run work in supervised subprocesses that Airflow marks non-dumpable.
+    for unit in [
+        &mut scheduler,
+        &mut dag_processor,
+        &mut triggerer,
+        &mut worker,
+    ] {
+        unit.sees_nondumpable_children = true;
+    }
+    let units = [init, api, scheduler, dag_processor, triggerer, worker];
+    let env = units.iter().fold(
+        FileSpec::new(env_path(), render_env(config)).mode(0o600),
+        |file, unit| file.notify(&unit.name, OnChange::Restart),
+    );
+    ComponentSpec {
+        name: "airflow",
+        description: "Airflow: scheduler, API server under /airflow/, Celery worker",
+        packages: AIRFLOW.packages(config),
+        venv: AIRFLOW.venv(config, platform),
+        users: vec![UserSpec::service(USER, HOME)],
+        dirs: vec![
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::private(HOME, USER),
+            DirSpec::config(DAGS_DIR, USER),
+            DirSpec::config(PIPELINES_DIR, USER),
+        ],
+        secrets: vec![
+            ADMIN_SECRET.into(),
+            FERNET_SECRET.into(),
+            JWT_SECRET.into(),
+            API_SECRET.into(),
+        ],
+        files: vec![
+            env,
+            FileSpec::new(format!("{CONF_DIR}/create_admin.py"), CREATE_ADMIN_PY)
+                .mode(0o640)
+                .group(USER)
+                .notify(INIT_UNIT, OnChange::Restart),
+        ],
+        units: units.iter().map(ServiceUnit::render).collect(),
+        ports: vec![
+            PortSpec::loopback(port, API_UNIT),
+            PortSpec::loopback(health_port, SCHEDULER_UNIT),
+        ],
+        probes: vec![
+            Probe::Http {
+                port,
+                path: "/airflow/api/v2/monitor/health".into(),
+            },
+            Probe::Http {
+                port: health_port,
+                path: "/health".into(),
+            },
+        ],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,115 @@
+//! What the Python applications share: the lock files (embedded, so the daemon and a
+//! bundle always agree on them), the venv each one gets, and the Python versions each
+//! supports.
+
+use super::Platform;
+use crate::config::Config;
+use crate::model::{paths, VenvSpec};
+
+/// One locked application environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockedApp {
+    pub name: &'static str,
+    /// The application's own version (the lock pins it).
+    pub version: &'static str,
+    pub lock: &'static str,
+    /// Supported Python 3 minor versions, inclusive.
+    pub python_minors: (u32, u32),
+}
+
+pub const AIRFLOW: LockedApp = LockedApp {
+    name: "airflow",
+    version: "3.3.2",
+    lock: include_str!("../../python/airflow.lock"),
+    python_minors: (10, 14),
+};
+
+pub const SUPERSET: LockedApp = LockedApp {
+    name: "superset",
+    version: "6.1.0",
+    lock: include_str!("../../python/superset.lock"),
+    python_minors: (10, 12),
+};
+
+pub const DLT: LockedApp = LockedApp {
+    name: "dlt",
+    version: "1.31.0",
+    lock: include_str!("../../python/dlt.lock"),
+    python_minors: (9, 14),
+};
+
+pub const ALL: &[LockedApp] = &[AIRFLOW, SUPERSET, DLT];
+
+/// The Debian package that provides `/usr/bin/python3`.
+pub const DEBIAN_PYTHON: &str = "python3";
+
+impl LockedApp {
+    /// `VERSION-HASH`: a new lock file is a new venv beside the old one.
+    pub fn venv_id(&self) -> String {
+        let hash = crate::util::sha256_hex(self.lock.as_bytes());
+        format!("{}-{}", self.version, &hash[..12])
+    }
+
+    /// `OPT/NAME/current/bin/PROGRAM`, the path units run.
+    pub fn bin(&self, program: &str) -> String {
+        format!("{}/{}/current/bin/{program}", paths::OPT, self.name)
+    }
+
+    pub fn supports(&self, minor: u32) -> bool {
+        (self.python_minors.0..=self.python_minors.1).contains(&minor)
+    }
+
+    pub fn venv(&self, config: &Config, platform: &Platform) -> Option<VenvSpec> {
+        let uv =
+            crate::artifact::catalog::pin("uv", &platform.arch, config.archives.mirror.as_str())?;
+        Some(VenvSpec {
+            name: self.name.into(),
+            id: self.venv_id(),
+            lock: self.lock,
+            interpreter: config.python.interpreter.as_str().into(),
+            index_url: config.python.index_url.as_str().into(),
+            uv,
+        })
+    }
+
+    /// The Debian packages the venv needs: the interpreter, when it is Debian's.
+    pub fn packages(&self, config: &Config) -> Vec<String> {
+        if config.python.interpreter.as_str() == "/usr/bin/python3" {
+            vec![DEBIAN_PYTHON.into()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The `python3` minor version a Debian release installs as /usr/bin/python3.
+pub fn debian_python_minor(codename: &str) -> Option<u32> {
+    match codename {
+        "bookworm" => Some(11),
+        "trixie" => Some(13),
+        _ => None,
+    }
+}
+
+/// Why `app` cannot run on the interpreter, if it cannot. `minor` is the interpreter's
+/// Python 3 minor version (known, or what Debian will install), `None` if unknown.
+pub fn unsupported(app: &LockedApp, interpreter: &str, minor: Option<u32>) -> Option<String> {
+    let (lo, hi) = app.python_minors;
+    match minor {
+        Some(m) if app.supports(m) => None,
+        Some(m) => Some(format!(
+            "{} {} supports Python 3.{lo} to 3.{hi}, but {interpreter} is Python 3.{m}; \
+             set [python] interpreter to a supported Python, or disable {}",
+            app.name, app.version, app.name
+        )),
+        None => Some(format!(
+            "{} needs Python 3.{lo} to 3.{hi}, and {interpreter} does not exist \
+             (and this distribution's python3 is not known); set [python] interpreter",
+            app.name
+        )),
+    }
+}
+
+pub fn app(name: &str) -> Option<&'static LockedApp> {
+    ALL.iter().find(|a| a.name == name)
+}

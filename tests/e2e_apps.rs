@@ -1,0 +1,320 @@
+//! End-to-end: the applications tier. Real Airflow 3.3, Superset 6.1 and dlt from PyPI
+//! (through the locked venvs uv builds), real PostgreSQL, Redis, NGINX, Prometheus and
+//! node_exporter from Debian, in a real systemd. The one STAND-IN is statsd_exporter
+//! (tests/standins/statsd_exporter, served from a local mirror in upstream's layout):
+//! its real release cannot be downloaded here; the stand-in counts the StatsD packets
+//! it receives, which is what this test asks of it.
+
+mod common;
+
+use common::{mirror::Mirror, Container};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const DAG: &str = "analytics_stack_sample";
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn secret(c: &Container, name: &str) -> String {
+    c.ok(&format!("cat /var/lib/analytics-stack/secrets/{name}"))
+        .trim()
+        .to_string()
+}
+
+/// A bearer token from Airflow's API (FAB auth manager), through NGINX.
+fn airflow_token(c: &Container) -> String {
+    let body = format!(
+        r#"{{"username": "admin", "password": "{}"}}"#,
+        secret(c, "airflow-admin")
+    );
+    let out = c.ok(&format!(
+        "curl -fsS -X POST -H 'Content-Type: application/json' -d '{body}' http://127.0.0.1/airflow/auth/token"
+    ));
+    json(&out)["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+fn airflow(c: &Container, token: &str, method: &str, path: &str, body: Option<&str>) -> Value {
+    let data = body.map_or(String::new(), |b| {
+        format!("-H 'Content-Type: application/json' -d '{b}'")
+    });
+    json(&c.ok(&format!(
+        "curl -sS -X {method} -H 'Authorization: Bearer {token}' {data} http://127.0.0.1/airflow/api/v2{path}"
+    )))
+}
+
+/// Triggers the sample DAG and waits for the run to succeed (panics with the task's
+/// log when it fails).
+fn run_sample_dag(c: &Container) -> Duration {
+    let token = airflow_token(c);
+    let started = Instant::now();
+    let run = airflow(
+        c,
+        &token,
+        "POST",
+        &format!("/dags/{DAG}/dagRuns"),
+        Some(r#"{"logical_date": null}"#),
+    );
+    let run_id = run["dag_run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dag_run_id: {run}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let state = airflow(
+            c,
+            &token,
+            "GET",
+            &format!("/dags/{DAG}/dagRuns/{run_id}"),
+            None,
+        );
+        match state["state"].as_str() {
+            Some("success") => return started.elapsed(),
+            Some("failed") => {
+                let log = c.sh(&format!(
+                    "cat /var/lib/analytics-stack/airflow/logs/dag_id={DAG}/run_id={run_id}/task_id=*/attempt=*.log"
+                ));
+                panic!(
+                    "the DAG run failed: {state}\n{}\n{}",
+                    String::from_utf8_lossy(&log.stdout),
+                    c.ok("journalctl -u 'analytics-airflow-*' -n 80 --no-pager")
+                );
+            }
+            _ if Instant::now() > deadline => panic!(
+                "the DAG run did not finish: {state}\n{}",
+                c.ok("journalctl -u 'analytics-airflow-*' -n 80 --no-pager")
+            ),
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+fn main_pids(c: &Container) -> Vec<(String, String)> {
+    let units =
+        c.ok("systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'");
+    units
+        .lines()
+        .map(|u| {
+            (
+                u.to_string(),
+                c.ok(&format!("systemctl show -p MainPID --value {u}"))
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
+fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
+    // statsd_exporter (stand-in) and uv come through the archive mirror; uv's wheel is
+    // the real one, fetched from PyPI for the mirror.
+    let mirror = Mirror::start();
+    mirror.put_statsd_exporter();
+    let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
+    mirror.put_from(&uv.url);
+
+    let c = Container::boot("as-e2e-apps");
+    c.start_daemon();
+    c.without_release_archives();
+    c.ok(&format!(
+        "printf '[statsd_exporter]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.d/10-apps-test.toml",
+        mirror.url
+    ));
+
+    let started = Instant::now();
+    c.ok("analytics-stack apply");
+    eprintln!(
+        "[figure] cold apply of the stack with the applications: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every component healthy.
+    let status = json(&c.ok("analytics-stack status --json"));
+    let components = status["components"].as_array().unwrap();
+    let names: Vec<&str> = components
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "postgres",
+        "redis",
+        "nginx",
+        "statsd-exporter",
+        "airflow",
+        "superset",
+        "dlt",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert!(
+        components.iter().all(|c| c["healthy"] == true),
+        "{status:#}"
+    );
+    // Venvs built from the lock files, current links in place, the marks written last.
+    for app in ["airflow", "superset", "dlt"] {
+        c.ok(&format!(
+            "test -f /opt/analytics-stack/{app}/current/.analytics-stack-complete && test -x /opt/analytics-stack/{app}/current/bin/python"
+        ));
+    }
+    let airflow_version = c.ok("/opt/analytics-stack/airflow/current/bin/python -c 'import airflow; print(airflow.__version__)'");
+    assert_eq!(airflow_version.trim(), "3.3.2");
+
+    // Units verify, run as their own users, and report their sandboxing.
+    let units = c.ok("ls /etc/systemd/system/analytics-airflow-*.service /etc/systemd/system/analytics-superset-*.service");
+    c.ok(&format!(
+        "systemd-analyze verify {}",
+        units.split_whitespace().collect::<Vec<_>>().join(" ")
+    ));
+    for unit in [
+        "analytics-airflow-api-server.service",
+        "analytics-superset-web.service",
+        "analytics-airflow-worker.service",
+    ] {
+        let score = c.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | tail -n 1"
+        ));
+        eprintln!("[figure] {unit}: {}", score.trim());
+    }
+    assert_eq!(
+        c.ok("ps -o user= -p $(systemctl show -p MainPID --value analytics-airflow-scheduler.service)").trim(),
+        "analytics-airflow"
+    );
+    // Secrets: the env file is root's alone; nothing secret is printed by status.
+    assert_eq!(
+        c.ok("stat -c '%a %U' /etc/analytics-stack/airflow/airflow.env")
+            .trim(),
+        "600 root"
+    );
+    assert!(!c
+        .ok("analytics-stack status --json")
+        .contains(&secret(&c, "airflow-admin")));
+    // The log servers do not listen on the network.
+    let listeners = c.ok("ss -Hltn");
+    assert!(
+        !listeners.contains(":8793") && !listeners.contains(":8794"),
+        "{listeners}"
+    );
+    assert!(
+        !listeners.contains("0.0.0.0:8080") && !listeners.contains("0.0.0.0:8088"),
+        "{listeners}"
+    );
+
+    // One door: the landing page links the apps; each answers under its prefix.
+    let landing = c.ok("curl -fsS http://127.0.0.1/");
+    assert!(
+        landing.contains("/airflow/") && landing.contains("/superset/"),
+        "{landing}"
+    );
+    c.ok("curl -fsS http://127.0.0.1/superset/health");
+    c.ok("curl -fsS http://127.0.0.1/airflow/api/v2/monitor/health");
+    let login_page =
+        c.ok("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1/superset/login/");
+    assert_eq!(login_page.trim(), "200");
+    let ui = c.ok("curl -fsS http://127.0.0.1/airflow/");
+    assert!(
+        ui.contains("/airflow/"),
+        "the UI is served for its prefix: {ui}"
+    );
+    // credentials prints both logins (root only).
+    let creds = json(&c.ok("analytics-stack credentials"));
+    assert!(creds["airflow"]["admin"]
+        .as_str()
+        .unwrap()
+        .contains(&secret(&c, "airflow-admin")));
+    assert!(creds["superset"]["admin"]
+        .as_str()
+        .unwrap()
+        .contains(&secret(&c, "superset-admin")));
+
+    // Trigger the sample DAG through /airflow/: dlt loads the warehouse.
+    let took = run_sample_dag(&c);
+    eprintln!(
+        "[figure] sample DAG run (trigger to success): {:.1} s",
+        took.as_secs_f64()
+    );
+    let psql = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -tAX";
+    let rows = c.ok(&format!(
+        "{psql} -c 'SELECT count(*) FROM sample_data.readings'"
+    ));
+    assert_eq!(
+        rows.trim(),
+        analytics_stack::components::dlt::SAMPLE_ROWS.to_string()
+    );
+
+    // The same rows through Superset's API (SQL Lab on the registered warehouse).
+    let login = json(&c.ok(&format!(
+        "curl -fsS -c /tmp/ss.jar -X POST -H 'Content-Type: application/json' -d '{{\"username\": \"admin\", \"password\": \"{}\", \"provider\": \"db\", \"refresh\": true}}' http://127.0.0.1/superset/api/v1/security/login",
+        secret(&c, "superset-admin")
+    )));
+    let token = login["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+    let auth = format!("-H 'Authorization: Bearer {token}'");
+    let csrf = json(&c.ok(&format!(
+        "curl -fsS -b /tmp/ss.jar -c /tmp/ss.jar {auth} http://127.0.0.1/superset/api/v1/security/csrf_token/"
+    )))["result"]
+        .as_str()
+        .expect("csrf token")
+        .to_string();
+    let databases = json(&c.ok(&format!(
+        "curl -fsS -b /tmp/ss.jar {auth} http://127.0.0.1/superset/api/v1/database/"
+    )));
+    let warehouse_id = databases["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database_name"] == "warehouse")
+        .unwrap_or_else(|| panic!("warehouse is not registered: {databases}"))["id"]
+        .as_u64()
+        .unwrap();
+    let query = json(&c.ok(&format!(
+        "curl -sS -b /tmp/ss.jar {auth} -H 'X-CSRFToken: {csrf}' -H 'Referer: http://127.0.0.1/superset/sqllab/' -H 'Content-Type: application/json' -d '{{\"database_id\": {warehouse_id}, \"sql\": \"SELECT count(*) AS n FROM sample_data.readings\", \"runAsync\": false, \"schema\": \"sample_data\"}}' http://127.0.0.1/superset/api/v1/sqllab/execute/"
+    )));
+    assert_eq!(
+        query["data"][0]["n"].as_u64(),
+        Some(analytics_stack::components::dlt::SAMPLE_ROWS as u64),
+        "{query}"
+    );
+
+    // Airflow's StatsD packets reached 127.0.0.1:9125 (the stand-in counts them).
+    let metrics = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
+    let packets: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("standin_statsd_packets_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(packets > 0, "{metrics}");
+    assert!(metrics.contains("name=\"airflow."), "{metrics}");
+
+    // A second apply changes nothing and restarts nothing.
+    let before = main_pids(&c);
+    let again = json(&c.ok("analytics-stack apply --json"));
+    assert_eq!(again["changed"], false, "{again}");
+    assert_eq!(main_pids(&c), before);
+
+    // kill -9 of the Celery worker: systemd restarts it, and a new run succeeds.
+    let old = c.ok("systemctl show -p MainPID --value analytics-airflow-worker.service");
+    c.ok(&format!("kill -9 {}", old.trim()));
+    c.ok(&format!("for i in $(seq 240); do p=$(systemctl show -p MainPID --value analytics-airflow-worker.service); [ \"$(systemctl is-active analytics-airflow-worker.service)\" = active ] && [ \"$p\" != 0 ] && [ \"$p\" != {} ] && exit 0; sleep 0.5; done; exit 1", old.trim()));
+    run_sample_dag(&c);
+    assert_eq!(
+        c.ok(&format!(
+            "{psql} -c 'SELECT count(*) FROM sample_data.readings'"
+        ))
+        .trim(),
+        analytics_stack::components::dlt::SAMPLE_ROWS.to_string(),
+        "the pipeline merges on id: a rerun adds no duplicates"
+    );
+
+    // Idle memory of every unit (PSS), for the closing note.
+    eprintln!("[figure] idle PSS per unit (MiB):\n{}", c.ok(
+        "for u in $(systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'); do t=0; for p in $(cat /sys/fs/cgroup/systemd/system.slice/$u/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup/system.slice/$u/cgroup.procs 2>/dev/null); do s=$(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null); t=$((t + ${s:-0})); done; echo \"$u $((t / 1024))\"; done"
+    ));
+}
