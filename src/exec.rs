@@ -1,7 +1,7 @@
 //! The executor: runs a plan's steps in order against the host, recording the state
 //! after each step so a killed daemon converges on its next run.
 
-use crate::artifact::catalog::{ArchivePin, DigestSource};
+use crate::artifact::catalog::ArchivePin;
 use crate::artifact::Fetcher;
 use crate::host::{self, fsroot::FsRoot, systemd::Systemd};
 use crate::model::{fill_secrets, paths, Provision, VenvSpec};
@@ -40,6 +40,11 @@ pub struct Executor<'a> {
     pub mirror: String,
     pub systemd: &'a Systemd,
     pub cancel: &'a AtomicBool,
+    /// Where Debian packages come from (the host's sources, a mirror, a bundle).
+    pub apt: host::apt::AptSources,
+    /// A verified offline bundle: archives and wheels come from it, nothing is
+    /// downloaded.
+    pub bundle: Option<crate::bundle::Bundle>,
 }
 
 pub fn load_state(fs: &FsRoot) -> RecordedState {
@@ -117,7 +122,7 @@ impl Executor<'_> {
         pin: &ArchivePin,
         progress: &dyn Progress,
     ) -> Result<(), ExecError> {
-        use crate::artifact::{catalog, fetch::FetchError, UnpackError};
+        use crate::artifact::{fetch::FetchError, UnpackError};
         let failed = |reason: String| ExecError::Step {
             step: format!("install {} {}", pin.component, pin.version),
             reason,
@@ -132,31 +137,32 @@ impl Executor<'_> {
         };
         let fetcher =
             Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
-        let mut url = pin.url.clone();
-        let sha256 = match &pin.digest {
-            DigestSource::Resolver => {
-                let text = fetcher.get_text(&pin.url).await.map_err(from_fetch)?;
-                let (resolved, sha) = catalog::from_resolver(&text).ok_or_else(|| {
-                    integrity(format!("{} did not name a URL and sha256", pin.url))
-                })?;
-                // The resolver names upstream's host: a mirror serves the same path.
-                url = catalog::through_mirror(&resolved, &self.mirror);
-                sha
-            }
-            DigestSource::Pinned(d) => d.clone(),
-            DigestSource::ChecksumFile(url) => {
-                let text = fetcher.get_text(url).await.map_err(from_fetch)?;
-                catalog::digest_from_checksums(&text, &pin.file_name).ok_or_else(|| {
-                    integrity(format!("{url} lists no sha256 for {}", pin.file_name))
+        let archive = match &self.bundle {
+            // The bundle was verified whole against its manifest when it was opened.
+            Some(bundle) => bundle
+                .archive(&pin.component, &pin.version)
+                .map(|(path, _)| path)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "the bundle holds no {} {} archive",
+                        pin.component, pin.version
+                    ))
+                })?,
+            None => {
+                crate::artifact::obtain(&fetcher, pin, &self.mirror, &|done, total| {
+                    progress.bytes(done, total)
+                })
+                .await
+                .map_err(|e| {
+                    if e.is_integrity() {
+                        integrity(e.to_string())
+                    } else {
+                        failed(e.to_string())
+                    }
                 })?
+                .0
             }
         };
-        let archive = fetcher
-            .fetch(&url, &pin.file_name, &sha256, &|done, total| {
-                progress.bytes(done, total)
-            })
-            .await
-            .map_err(from_fetch)?;
         let root = self.fs.path(&Path::new(paths::OPT).join(&pin.component));
         let from_unpack = |e: UnpackError| match e {
             UnpackError::Io { .. } => failed(e.to_string()),
@@ -198,8 +204,17 @@ impl Executor<'_> {
                 "--require-hashes",
                 "--compile-bytecode",
             ];
-            if !venv.index_url.is_empty() {
-                args.extend(["--index-url", venv.index_url.as_str()]);
+            let wheels = self
+                .bundle
+                .as_ref()
+                .map(|b| b.wheels().display().to_string());
+            match &wheels {
+                // Offline: the bundle's wheels and nothing else.
+                Some(dir) => args.extend(["--offline", "--no-index", "--find-links", dir.as_str()]),
+                None if !venv.index_url.is_empty() => {
+                    args.extend(["--index-url", venv.index_url.as_str()])
+                }
+                None => {}
             }
             args.push("--python");
             run_uv(&uv, &args, &[python.as_os_str(), lock.as_os_str()]).await?;
@@ -243,7 +258,7 @@ impl Executor<'_> {
                 ))
             }
             Step::BuildVenv { venv } => self.build_venv(venv).await?,
-            Step::InstallPackages { packages } => host::apt::install(packages)
+            Step::InstallPackages { packages } => host::apt::install(packages, &self.apt)
                 .await
                 .map_err(|e| e.to_string())?,
             Step::CreateUser { user } => {

@@ -147,9 +147,27 @@ impl Stack {
         &self,
         cancel: &AtomicBool,
         progress: &dyn exec::Progress,
+        bundle: Option<&Path>,
     ) -> Result<ApplyReport, StackError> {
         let started = Instant::now();
         let (config, desired) = self.desired()?;
+        // A bundle is verified whole before anything else happens.
+        let bundle = match bundle.map(Path::to_path_buf).or_else(|| {
+            (!config.bundle.path.is_empty()).then(|| PathBuf::from(&config.bundle.path))
+        }) {
+            Some(path) => Some(self.open_bundle(&path)?),
+            None => None,
+        };
+        let apt = match (&bundle, config.apt.mirror.as_str()) {
+            (Some(b), _) => crate::host::apt::AptSources::Only(b.apt_sources()),
+            (None, "") => crate::host::apt::AptSources::Host,
+            (None, mirror) => {
+                let codename = self.platform().codename;
+                crate::host::apt::AptSources::Only(format!(
+                    "deb {mirror} {codename} main\ndeb {mirror} {codename}-updates main\n"
+                ))
+            }
+        };
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
         // Before anything is installed: every venv needs a Python its application supports.
@@ -174,6 +192,8 @@ impl Stack {
                     mirror: config.archives.mirror.as_str().to_string(),
                     systemd: &self.systemd,
                     cancel,
+                    apt,
+                    bundle,
                 }
                 .run(&plan, &mut state, progress)
                 .await?;
@@ -369,6 +389,27 @@ impl Stack {
     }
 
     /// Secrets a root user may read back: connection details per component.
+    /// Verifies and extracts an offline bundle for this host.
+    pub fn open_bundle(&self, path: &Path) -> Result<crate::bundle::Bundle, StackError> {
+        let platform = self.platform();
+        let root = self.fs.path(Path::new(crate::bundle::EXTRACT_ROOT));
+        crate::bundle::open(path, &root, &platform.codename, &platform.arch).map_err(|e| {
+            let text = match &e {
+                crate::bundle::BundleError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    format!("{e} (the daemon has a private /tmp: put the bundle elsewhere)")
+                }
+                _ => e.to_string(),
+            };
+            if e.is_integrity() {
+                StackError::Integrity(text)
+            } else {
+                StackError::Failed(text)
+            }
+        })
+    }
+
     pub fn credentials(&self, name: Option<&str>) -> Result<serde_json::Value, StackError> {
         let (config, desired) = self.desired()?;
         let mut out = serde_json::Map::new();
@@ -448,6 +489,8 @@ impl Stack {
             mirror,
             systemd: &self.systemd,
             cancel,
+            apt: crate::host::apt::AptSources::Host,
+            bundle: None,
         }
         .run(&plan, &mut state, progress)
         .await?;

@@ -20,6 +20,27 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum BundleAction {
+    /// Download everything an install of the configured stack needs into one file
+    /// (run on a connected machine; the configuration read is this machine's).
+    Create {
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Target architecture (default: this machine's).
+        #[arg(long, value_parser = ["amd64", "arm64"])]
+        arch: Option<String>,
+        /// Target distribution (default: this machine's).
+        #[arg(long, value_parser = ["bookworm", "trixie"])]
+        distro: Option<String>,
+        /// The Debian mirror to resolve packages from.
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        debian_mirror: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Show what apply would do, without doing it.
     Plan {
@@ -30,6 +51,14 @@ enum Command {
     Apply {
         #[arg(long)]
         json: bool,
+        /// Install only from this offline bundle (verified whole first); no network.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
+    /// Offline bundles for air-gapped hosts.
+    Bundle {
+        #[command(subcommand)]
+        action: BundleAction,
     },
     /// Each component with its units, health and version.
     Status {
@@ -223,7 +252,17 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Apply { json } => apply(json).await,
+        Command::Apply { json, bundle } => apply(json, bundle).await,
+        Command::Bundle {
+            action:
+                BundleAction::Create {
+                    output,
+                    arch,
+                    distro,
+                    debian_mirror,
+                    json,
+                },
+        } => bundle_create(output, arch, distro, debian_mirror, json).await,
         Command::Uninstall { purge_data, json } => uninstall(purge_data, json).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -370,9 +409,82 @@ async fn follow_job(
     }
 }
 
-async fn apply(json: bool) -> Result<(), Failure> {
+async fn bundle_create(
+    output: PathBuf,
+    arch: Option<String>,
+    distro: Option<String>,
+    debian_mirror: String,
+    json: bool,
+) -> Result<(), Failure> {
+    use analytics_stack::bundle::create::{create, CreateOptions};
+    let config = config::load_dir(&etc_dir()).map_err(|e| Failure {
+        code: 3,
+        message: format!("invalid configuration:\n{e}"),
+    })?;
+    let host_distro = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "bookworm".into());
+    let opts = CreateOptions {
+        output,
+        distro: distro.unwrap_or(host_distro),
+        arch: arch.unwrap_or_else(|| analytics_stack::artifact::catalog::debian_arch().into()),
+        debian_mirror,
+        cache: PathBuf::from("/var/cache/analytics-stack/bundle-create"),
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let say = |line: &str| {
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{line}");
+    };
+    let bytes = |done: u64, total: Option<u64>| {
+        if tty {
+            print_bytes(done, total.unwrap_or(0), true);
+        }
+    };
+    let report = create(&config, &opts, &say, &bytes)
+        .await
+        .map_err(|message| Failure { code: 1, message })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "wrote {} ({:.1} MiB: {} Debian packages, {} wheels, {} release archives) for Debian {} {}",
+            report.output,
+            report.bytes as f64 / (1 << 20) as f64,
+            report.debs,
+            report.wheels,
+            report.archives,
+            opts.distro,
+            opts.arch
+        );
+    }
+    Ok(())
+}
+
+async fn apply(json: bool, bundle: Option<PathBuf>) -> Result<(), Failure> {
     let m = manager().await?;
-    let path = m.apply().await?;
+    let path = match bundle {
+        Some(file) => {
+            // The daemon opens it: give it an absolute path.
+            let file = std::path::absolute(&file).map_err(|e| Failure {
+                code: 1,
+                message: format!("{}: {e}", file.display()),
+            })?;
+            m.apply_bundle(&file.to_string_lossy()).await?
+        }
+        None => m.apply().await?,
+    };
     let result = follow_job(&m, path, "apply").await?;
     if json {
         print_json(&result);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{secret_names, OnChange};
+use crate::model::{secret_names, OnChange, Probe};
 
 fn config(extra: &str) -> Config {
     crate::config::load_texts(&[("t.toml", extra)]).unwrap()
@@ -486,4 +486,151 @@ fn the_log_shippers_read_the_journal_of_stack_units_into_loki() {
         ("promtail", "analytics-promtail.service")
     );
     assert!(prometheus::render_config(&pc).contains("job_name: 'promtail'"));
+}
+
+#[test]
+fn every_airflow_process_shares_one_environment_with_the_settings_the_prefix_needs() {
+    let spec = airflow::render(&config(""), &bookworm());
+    let env = &spec.files[0];
+    assert_eq!(env.mode, 0o600, "root's alone: systemd reads it");
+    assert_eq!(env.owner, "root");
+    let text = &env.template;
+    for line in [
+        "AIRFLOW__CORE__EXECUTOR=CeleryExecutor",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:8080/airflow/execution/",
+        "AIRFLOW__API__BASE_URL=http://localhost/airflow",
+        "AIRFLOW__API_AUTH__JWT_SECRET=@@secret:airflow-jwt-secret@@",
+        "AIRFLOW__CORE__FERNET_KEY=@@secret:airflow-fernet-key@@",
+        "AIRFLOW__CELERY__BROKER_URL=redis://:@@secret:redis-broker@@@127.0.0.1:6379/0",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT=9125",
+        "RUNTIME__DLTHUB_TELEMETRY=false",
+        "AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    // Every process unit reads that file, and restarts when it changes.
+    assert_eq!(spec.units.len(), 6);
+    for unit in &spec.units {
+        assert!(
+            unit.content
+                .contains("EnvironmentFile=/etc/analytics-stack/airflow/airflow.env"),
+            "{}",
+            unit.name
+        );
+        assert!(env.notify.iter().any(|(u, _)| u == &unit.name));
+    }
+    // Migrations first: a oneshot the others are ordered after.
+    let init = &spec.units[0];
+    assert!(init.content.contains("Type=oneshot") && init.content.contains("RemainAfterExit=yes"));
+    assert!(init
+        .content
+        .contains("ExecStartPre=/opt/analytics-stack/airflow/current/bin/airflow db migrate"));
+    assert!(!init.content.contains("Restart=on-failure"));
+    for unit in &spec.units[1..] {
+        assert!(unit
+            .content
+            .contains("After=network.target analytics-airflow-init.service"));
+    }
+    // No log server on the network; the API behind NGINX with proxy headers.
+    let worker = spec
+        .units
+        .iter()
+        .find(|u| u.name == airflow::WORKER_UNIT)
+        .unwrap();
+    assert!(worker.content.contains("celery worker --skip-serve-logs"));
+    let api = spec
+        .units
+        .iter()
+        .find(|u| u.name == airflow::API_UNIT)
+        .unwrap();
+    assert!(api.content.contains("--host 127.0.0.1 --port 8080"));
+    assert!(api.content.contains("--proxy-headers"));
+    assert!(api.content.contains("ProtectProc=invisible"));
+    // Without statsd_exporter, no StatsD.
+    let quiet = airflow::render_env(&config("[statsd_exporter]\nenabled = false\n"));
+    assert!(!quiet.contains("STATSD"));
+}
+
+#[test]
+fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
+    let spec = superset::render(&config(""), &bookworm());
+    let conf = &spec.files[0];
+    assert_eq!((conf.mode, conf.group.as_str()), (0o640, superset::USER));
+    let text = &conf.template;
+    assert!(text.contains("redis://:@@secret:redis-cache@@@127.0.0.1:6380/%d"));
+    assert!(text.contains("broker_url = \"redis://:@@secret:redis-broker@@@127.0.0.1:6379/1\""));
+    assert!(text.contains("SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://superset:@@secret:postgres-superset@@@127.0.0.1:5432/superset\""));
+    assert!(text.contains("ENABLE_PROXY_FIX = True"));
+    let web = spec
+        .units
+        .iter()
+        .find(|u| u.name == superset::WEB_UNIT)
+        .unwrap();
+    assert!(web
+        .content
+        .contains("Environment=\"SUPERSET_APP_ROOT=/superset\""));
+    assert!(web.content.contains("--bind 127.0.0.1:8088"));
+    assert_eq!(
+        spec.probes,
+        [Probe::Http {
+            port: 8088,
+            path: "/superset/health".into()
+        }]
+    );
+    // The route through NGINX keeps the prefix.
+    let nginx = nginx::render_conf(&config(""));
+    let block = nginx.split("location /superset/ {").nth(1).unwrap();
+    assert!(block
+        .split('}')
+        .next()
+        .unwrap()
+        .contains("proxy_pass http://127.0.0.1:8088;"));
+    let block = nginx.split("location /airflow/ {").nth(1).unwrap();
+    assert!(block
+        .split('}')
+        .next()
+        .unwrap()
+        .contains("proxy_pass http://127.0.0.1:8080;"));
+}
+
+#[test]
+fn venvs_are_named_by_version_and_lock_hash_and_the_sample_dag_uses_the_dlt_venv() {
+    for app in python::ALL {
+        let id = app.venv_id();
+        assert!(id.starts_with(&format!("{}-", app.version)), "{id}");
+        assert_eq!(id.len(), app.version.len() + 13);
+        // The lock pins the application at the version the stack names.
+        let pin = format!(
+            "\n{}=={} \\",
+            match app.name {
+                "airflow" => "apache-airflow",
+                "superset" => "apache-superset",
+                other => other,
+            },
+            app.version
+        );
+        assert!(app.lock.contains(&pin), "{}: {pin}", app.name);
+        // Every requirement carries hashes: each text between two pins holds one.
+        let requirements = app.lock.lines().filter(|l| l.contains("==")).count();
+        let hashed = app
+            .lock
+            .split("==")
+            .skip(1)
+            .filter(|after_pin| after_pin.contains("--hash=sha256:"))
+            .count();
+        assert_eq!(requirements, hashed, "{}", app.name);
+    }
+    let spec = dlt::render(&config(""), &bookworm());
+    let venv = spec.venv.as_ref().unwrap();
+    assert_eq!(
+        venv.dir().parent().unwrap(),
+        std::path::Path::new("/opt/analytics-stack/dlt")
+    );
+    assert_eq!(venv.uv.component, "uv");
+    let dag = dlt::render_sample_dag();
+    assert!(dag.contains("/opt/analytics-stack/dlt/current/bin/python /var/lib/analytics-stack/pipelines/sample_pipeline.py"));
+    assert!(dag.contains("is_paused_upon_creation=False"));
+    assert!(dlt::SAMPLE_PIPELINE_PY.contains("write_disposition=\"merge\""));
 }

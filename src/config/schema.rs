@@ -24,6 +24,26 @@ pub struct Config {
     pub airflow: AirflowConfig,
     pub superset: SupersetConfig,
     pub dlt: DltConfig,
+    pub apt: AptConfig,
+    pub bundle: BundleConfig,
+}
+
+/// Where Debian packages come from, when not from the host's own sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptConfig {
+    /// An internal Debian mirror (e.g. "http://mirror.internal/debian"): packages are
+    /// installed from its CODENAME and CODENAME-updates suites only; "" = the host's
+    /// sources.
+    pub mirror: MirrorUrl,
+}
+
+/// An offline bundle to install from (`analytics-stack bundle create`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// Path of the bundle file; "" = none. `apply --bundle FILE` overrides it.
+    pub path: String,
 }
 
 /// Where the application venvs come from.

@@ -3,6 +3,7 @@
 use super::job::Job;
 use super::{auth, BusError, OBJECT_PATH};
 use crate::stack::Stack;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,33 @@ pub struct Manager {
 }
 
 impl Manager {
+    async fn apply_from(
+        &self,
+        conn: &zbus::Connection,
+        header: &zbus::message::Header<'_>,
+        bundle: Option<PathBuf>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        self.authorize(conn, header, "apply").await?;
+        let stack = self.stack()?;
+        // Refuse a bad configuration at once rather than through the job.
+        stack.config()?;
+        let guard = self.try_busy()?;
+        self.start_job(
+            conn,
+            "apply",
+            guard,
+            stack,
+            |stack, cancel, progress| async move {
+                stack
+                    .apply(&cancel, &progress, bundle.as_deref())
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
     pub fn new(stack: Option<Arc<Stack>>) -> Self {
         Manager {
             stack,
@@ -238,25 +266,24 @@ impl Manager {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) -> Result<OwnedObjectPath, BusError> {
-        self.authorize(conn, &header, "apply").await?;
-        let stack = self.stack()?;
-        // Refuse a bad configuration at once rather than through the job.
-        stack.config()?;
-        let guard = self.try_busy()?;
-        self.start_job(
-            conn,
-            "apply",
-            guard,
-            stack,
-            |stack, cancel, progress| async move {
-                stack
-                    .apply(&cancel, &progress)
-                    .await
-                    .map_err(BusError::from)
-                    .and_then(|report| to_json(&report))
-            },
-        )
-        .await
+        self.apply_from(conn, &header, None).await
+    }
+
+    /// Like Apply, installing only from the offline bundle at `path` (an absolute
+    /// path the daemon can read): verified whole first, refused with the file named.
+    async fn apply_bundle(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        path: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        if !path.starts_with('/') {
+            return Err(BusError::InvalidConfig(format!(
+                "the bundle path must be absolute: {path}"
+            )));
+        }
+        self.apply_from(conn, &header, Some(PathBuf::from(path)))
+            .await
     }
 
     /// Removes every unit, user, directory and file the stack created and restores

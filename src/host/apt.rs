@@ -96,11 +96,40 @@ async fn dpkg_configure_pending() -> Result<(), String> {
     }
 }
 
-pub async fn install(packages: &[String]) -> Result<(), AptError> {
+/// Where packages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AptSources {
+    /// The host's own sources.list.
+    Host,
+    /// Only these `deb …` lines (an internal mirror, or a bundle's local repository),
+    /// used for this install and nothing else: the host's configuration is not touched.
+    Only(String),
+}
+
+/// The apt directory for [`AptSources::Only`] lists.
+const OWN_SOURCES: &str = "/var/cache/analytics-stack/apt";
+
+pub async fn install(packages: &[String], sources: &AptSources) -> Result<(), AptError> {
     let err = |detail: String| AptError {
         packages: packages.join(" "),
         detail,
     };
+    let mut source_args: Vec<String> = Vec::new();
+    if let AptSources::Only(lines) = sources {
+        let list = Path::new(OWN_SOURCES).join("sources.list");
+        std::fs::create_dir_all(OWN_SOURCES)
+            .and_then(|()| std::fs::write(&list, lines))
+            .map_err(|e| err(format!("cannot write {}: {e}", list.display())))?;
+        source_args = [
+            format!("Dir::Etc::SourceList={}", list.display()),
+            "Dir::Etc::SourceParts=/nonexistent".into(),
+            // The host's lists of its own sources stay as they are.
+            "APT::Get::List-Cleanup=0".into(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+    }
     // Keep services from starting during the install; leave an existing policy alone.
     // A file with our marker was left by a daemon killed mid-install: it is ours.
     let own_policy = std::fs::read_to_string(POLICY_RC_D)
@@ -117,6 +146,13 @@ pub async fn install(packages: &[String]) -> Result<(), AptError> {
         std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| err(e.to_string()))?;
     }
+    let with_sources = |rest: &[&str]| -> Vec<String> {
+        source_args
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|s| s.to_string()))
+            .collect()
+    };
     let mut args = vec![
         "install",
         "-y",
@@ -128,17 +164,23 @@ pub async fn install(packages: &[String]) -> Result<(), AptError> {
         "Dpkg::Options::=--force-confold",
     ];
     args.extend(packages.iter().map(String::as_str));
+    let install = with_sources(&args);
+    let update = with_sources(&["update", "-q"]);
+    fn as_strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
     // Finish any install a killed daemon interrupted; a no-op otherwise.
     let mut result = dpkg_configure_pending().await;
-    if result.is_ok() && !lists_present() {
-        result = apt_get(&["update", "-q"]).await;
+    // Our own sources are always read fresh (a bundle's repository is new each time).
+    if result.is_ok() && (!lists_present() || !source_args.is_empty()) {
+        result = apt_get(&as_strs(&update)).await;
     }
     if result.is_ok() {
-        result = apt_get(&args).await;
-        if result.is_err() {
+        result = apt_get(&as_strs(&install)).await;
+        if result.is_err() && source_args.is_empty() {
             // Package lists may be stale or missing the package: refresh once.
-            result = match apt_get(&["update", "-q"]).await {
-                Ok(()) => apt_get(&args).await,
+            result = match apt_get(&as_strs(&update)).await {
+                Ok(()) => apt_get(&as_strs(&install)).await,
                 Err(e) => Err(e),
             };
         }

@@ -80,6 +80,30 @@ impl Fetcher {
     }
 
     /// A small text resource (a checksum file), at most 1 MiB.
+    /// A package index's project page in PEP 691 JSON (may be megabytes).
+    pub async fn get_json(&self, url: &str) -> Result<String, FetchError> {
+        let net = |e: reqwest::Error| FetchError::Network {
+            url: url.into(),
+            reason: e.to_string(),
+        };
+        let response = self
+            .client
+            .get(url)
+            .header("Accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await
+            .map_err(net)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(FetchError::Http {
+                url: url.into(),
+                status,
+            });
+        }
+        let bytes = response.bytes().await.map_err(net)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn get_text(&self, url: &str) -> Result<String, FetchError> {
         let net = |e: reqwest::Error| FetchError::Network {
             url: url.into(),

@@ -1,0 +1,389 @@
+//! `analytics-stack bundle create`: run on a connected machine, gathers everything an
+//! install of the configured stack needs for a target distribution and architecture
+//! into one file. Debian packages are resolved with a private apt root (its own
+//! sources, an empty dpkg status, the target architecture), so the bundle holds every
+//! dependency down to libc, whatever the connected machine has installed.
+
+use super::wheels::{self, Target};
+use super::{BundledArchive, Manifest};
+use crate::artifact::Fetcher;
+use crate::components::{render_all, Platform};
+use crate::config::Config;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub output: PathBuf,
+    pub distro: String,
+    pub arch: String,
+    /// Debian mirror the packages come from.
+    pub debian_mirror: String,
+    /// Where downloads are cached between runs.
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreateReport {
+    pub output: String,
+    pub bytes: u64,
+    pub debs: usize,
+    pub wheels: usize,
+    pub archives: usize,
+}
+
+type Say<'a> = &'a (dyn Fn(&str) + Sync);
+
+fn step_err(what: &str) -> impl Fn(String) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+pub async fn create(
+    config: &Config,
+    opts: &CreateOptions,
+    say: Say<'_>,
+    bytes: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<CreateReport, String> {
+    let target = Target::for_debian(&opts.distro, &opts.arch).ok_or_else(|| {
+        format!(
+            "cannot bundle for Debian {} {}: known are bookworm and trixie, amd64 and arm64",
+            opts.distro, opts.arch
+        )
+    })?;
+    let platform = Platform {
+        codename: opts.distro.clone(),
+        arch: opts.arch.clone(),
+    };
+    let specs = render_all(config, &platform);
+    let problems = crate::stack::python_problems(
+        &specs,
+        &crate::facts::HostFacts {
+            codename: opts.distro.clone(),
+            ..Default::default()
+        },
+    );
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    let work = opts.output.with_extension("partial.d");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let result = gather(config, opts, &specs, &target, &work, say, bytes).await;
+    let outcome = result.and_then(|mut manifest| {
+        manifest.files = super::list_files(&work).map_err(|e| e.to_string())?;
+        say(&format!(
+            "writing {} ({} files)",
+            opts.output.display(),
+            manifest.files.len() + 1
+        ));
+        super::write(&work, &manifest, &opts.output).map_err(|e| e.to_string())?;
+        Ok(manifest)
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let manifest = outcome?;
+    let size = std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let count = |dir: &str| {
+        manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with(dir))
+            .count()
+    };
+    Ok(CreateReport {
+        output: opts.output.display().to_string(),
+        bytes: size,
+        debs: count("debs/") - 1,
+        wheels: count("wheels/"),
+        archives: manifest.archives.len(),
+    })
+}
+
+async fn gather(
+    config: &Config,
+    opts: &CreateOptions,
+    specs: &[crate::model::ComponentSpec],
+    target: &Target,
+    work: &Path,
+    say: Say<'_>,
+    bytes: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<Manifest, String> {
+    let packages: BTreeSet<String> = specs.iter().flat_map(|s| s.packages.clone()).collect();
+    let packages: Vec<String> = packages.into_iter().collect();
+    if !packages.is_empty() {
+        say(&format!(
+            "resolving Debian packages for {} {}: {}",
+            opts.distro,
+            opts.arch,
+            packages.join(" ")
+        ));
+        debian_closure(opts, &packages, &work.join("debs"))
+            .await
+            .map_err(step_err("Debian packages"))?;
+    }
+
+    let fetcher = Fetcher::new(opts.cache.join("downloads")).map_err(|e| e.to_string())?;
+    let mut archives = Vec::new();
+    let mut pins: Vec<crate::artifact::catalog::ArchivePin> =
+        specs.iter().filter_map(|s| s.archive.clone()).collect();
+    if let Some(venv) = specs.iter().find_map(|s| s.venv.as_ref()) {
+        pins.push(venv.uv.clone());
+    }
+    for pin in pins {
+        say(&format!(
+            "release archive {} {}",
+            pin.component, pin.version
+        ));
+        let (path, _sha) =
+            crate::artifact::obtain(&fetcher, &pin, config.archives.mirror.as_str(), bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+        let rel = format!("archives/{}/{}", pin.component, pin.file_name);
+        link_or_copy(&path, &work.join(&rel))?;
+        archives.push(BundledArchive {
+            component: pin.component.clone(),
+            version: pin.version.clone(),
+            path: rel,
+        });
+    }
+
+    let index = if config.python.index_url.as_str().is_empty() {
+        "https://pypi.org/simple".to_string()
+    } else {
+        config
+            .python
+            .index_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let mut venvs = Vec::new();
+    let mut seen = BTreeSet::new();
+    for venv in specs.iter().filter_map(|s| s.venv.as_ref()) {
+        venvs.push(venv.name.clone());
+        let locked = wheels::parse_lock(venv.lock);
+        say(&format!(
+            "wheels of {} ({} packages)",
+            venv.name,
+            locked.len()
+        ));
+        for l in &locked {
+            if !seen.insert((l.name.clone(), l.version.clone())) {
+                continue;
+            }
+            let page = fetcher
+                .get_json(&format!("{index}/{}/", l.name))
+                .await
+                .map_err(|e| format!("{}: {e}", l.name))?;
+            let files = wheels::parse_index(&page, &index);
+            let Some(file) = wheels::choose(l, &files, target) else {
+                continue;
+            };
+            let path = fetcher
+                .fetch(&file.url, &file.filename, &file.sha256, bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            link_or_copy(&path, &work.join("wheels").join(&file.filename))?;
+        }
+    }
+    if !venvs.is_empty() {
+        // Build backends for the sdists among the locked packages (e.g. odfpy): uv
+        // builds them offline from these.
+        for project in ["setuptools", "wheel"] {
+            let page = fetcher
+                .get_json(&format!("{index}/{project}/"))
+                .await
+                .map_err(|e| format!("{project}: {e}"))?;
+            let files = wheels::parse_index(&page, &index);
+            let newest = files
+                .iter()
+                .filter(|f| f.filename.ends_with("-py3-none-any.whl"))
+                .max_by_key(|f| version_key(&f.filename));
+            if let Some(f) = newest {
+                let path = fetcher
+                    .fetch(&f.url, &f.filename, &f.sha256, bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                link_or_copy(&path, &work.join("wheels").join(&f.filename))?;
+            }
+        }
+    }
+    let catalog = work.join("catalog/archives.toml");
+    std::fs::create_dir_all(catalog.parent().expect("has a parent"))
+        .and_then(|()| std::fs::write(&catalog, crate::artifact::catalog::EMBEDDED))
+        .map_err(|e| format!("{}: {e}", catalog.display()))?;
+    Ok(Manifest {
+        format: super::FORMAT,
+        distro: opts.distro.clone(),
+        arch: opts.arch.clone(),
+        created_by: format!("analytics-stack {}", env!("CARGO_PKG_VERSION")),
+        debian_packages: packages,
+        archives,
+        venvs,
+        files: Vec::new(),
+    })
+}
+
+/// `setuptools-80.9.0-py3-none-any.whl` → [80, 9, 0].
+fn version_key(filename: &str) -> Vec<u64> {
+    filename
+        .split('-')
+        .nth(1)
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    std::fs::hard_link(from, to)
+        .or_else(|_| std::fs::copy(from, to).map(|_| ()))
+        .map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// Downloads `packages` and their whole dependency closure for the target into `out`
+/// and writes `out/Packages`, a flat repository index.
+async fn debian_closure(
+    opts: &CreateOptions,
+    packages: &[String],
+    out: &Path,
+) -> Result<(), String> {
+    let root = opts
+        .cache
+        .join(format!("apt-{}-{}", opts.distro, opts.arch));
+    for d in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/lib/dpkg",
+    ] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    let status = root.join("var/lib/dpkg/status");
+    std::fs::write(&status, "").map_err(|e| e.to_string())?;
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let m = opts.debian_mirror.trim_end_matches('/');
+    let security = m.strip_suffix("/debian").map_or_else(
+        || "http://security.debian.org/debian-security".to_string(),
+        |base| format!("{base}/debian-security"),
+    );
+    let d = &opts.distro;
+    let sources = format!(
+        "deb [signed-by={keyring}] {m} {d} main\n\
+         deb [signed-by={keyring}] {m} {d}-updates main\n\
+         deb [signed-by={keyring}] {security} {d}-security main\n"
+    );
+    std::fs::write(root.join("etc/apt/sources.list"), sources).map_err(|e| e.to_string())?;
+    let r = root.display().to_string();
+    let options = [
+        format!("Dir={r}"),
+        format!("Dir::State::status={}", status.display()),
+        format!("Dir::Etc::SourceList={r}/etc/apt/sources.list"),
+        format!("Dir::Etc::SourceParts={r}/etc/apt/sources.list.d"),
+        format!("Dir::Etc::Parts={r}/etc/apt/apt.conf.d"),
+        format!("Dir::Etc::Preferences={r}/etc/apt/preferences"),
+        format!("Dir::Etc::PreferencesParts={r}/etc/apt/preferences.d"),
+        format!("APT::Architecture={}", opts.arch),
+        format!("APT::Architectures={}", opts.arch),
+        "APT::Install-Recommends=false".into(),
+        "Debug::NoLocking=true".into(),
+    ];
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        for o in &options {
+            c.args(["-o", o]);
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(apt(&["update", "-q"])).await?;
+    // Remove what an earlier run left, so the bundle holds this closure exactly.
+    let archives = root.join("var/cache/apt/archives");
+    for e in std::fs::read_dir(&archives)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut args = vec!["install", "-y", "-q", "--download-only"];
+    args.extend(packages.iter().map(String::as_str));
+    run(apt(&args)).await?;
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let mut names = BTreeSet::new();
+    for e in std::fs::read_dir(&archives)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            link_or_copy(&p, &out.join(&name))?;
+            names.insert(name);
+        }
+    }
+    // The index: the stanzas apt read for exactly these files, pointing at them.
+    let mut index = String::new();
+    for e in std::fs::read_dir(root.join("var/lib/apt/lists"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if !e.file_name().to_string_lossy().ends_with("_Packages") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).map_err(|e| e.to_string())?;
+        for stanza in text.split("\n\n") {
+            let Some(filename) = stanza.lines().find_map(|l| l.strip_prefix("Filename: ")) else {
+                continue;
+            };
+            let base = filename.rsplit('/').next().unwrap_or(filename);
+            // apt names downloaded files with the epoch's colon escaped.
+            let on_disk = base.replace(':', "%3a");
+            if names.remove(&on_disk) || names.remove(base) {
+                for line in stanza.lines() {
+                    if line.starts_with("Filename: ") {
+                        index.push_str(&format!("Filename: ./{on_disk}\n"));
+                    } else {
+                        index.push_str(line);
+                        index.push('\n');
+                    }
+                }
+                index.push('\n');
+            }
+        }
+    }
+    if let Some(orphan) = names.iter().next() {
+        return Err(format!(
+            "{orphan} was downloaded but is in no package index"
+        ));
+    }
+    std::fs::write(out.join("Packages"), index).map_err(|e| e.to_string())
+}
+
+async fn run(mut cmd: Command) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}

@@ -1,0 +1,145 @@
+use super::*;
+
+fn sample(dir: &Path) -> Manifest {
+    std::fs::create_dir_all(dir.join("debs")).unwrap();
+    std::fs::write(dir.join("debs/a_1_amd64.deb"), b"deb bytes").unwrap();
+    std::fs::write(dir.join("debs/Packages"), b"Package: a\n").unwrap();
+    std::fs::create_dir_all(dir.join("archives/uv")).unwrap();
+    std::fs::write(dir.join("archives/uv/uv.whl"), b"zip bytes").unwrap();
+    Manifest {
+        format: FORMAT,
+        distro: "bookworm".into(),
+        arch: "amd64".into(),
+        created_by: "test".into(),
+        debian_packages: vec!["a".into()],
+        archives: vec![BundledArchive {
+            component: "uv".into(),
+            version: "0.1".into(),
+            path: "archives/uv/uv.whl".into(),
+        }],
+        venvs: vec![],
+        files: list_files(dir).unwrap(),
+    }
+}
+
+#[test]
+fn a_written_bundle_opens_verified_and_names_its_parts() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let manifest = sample(&src);
+    let out = t.path().join("b.tar");
+    write(&src, &manifest, &out).unwrap();
+    let b = open(&out, &t.path().join("x"), "bookworm", "amd64").unwrap();
+    assert_eq!(b.manifest, manifest);
+    assert_eq!(
+        std::fs::read(b.root.join("debs/a_1_amd64.deb")).unwrap(),
+        b"deb bytes"
+    );
+    let (path, sha) = b.archive("uv", "0.1").unwrap();
+    assert_eq!(sha, crate::util::sha256_hex(b"zip bytes"));
+    assert!(path.ends_with("archives/uv/uv.whl"));
+    assert!(b.apt_sources().starts_with("deb [trusted=yes] file:"));
+    // Opening it again reuses the extraction.
+    let again = open(&out, &t.path().join("x"), "bookworm", "amd64").unwrap();
+    assert_eq!(again.root, b.root);
+}
+
+#[test]
+fn one_altered_byte_is_refused_naming_the_file_and_nothing_is_left() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let manifest = sample(&src);
+    let out = t.path().join("b.tar");
+    write(&src, &manifest, &out).unwrap();
+    let mut bytes = std::fs::read(&out).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"deb bytes").unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&out, &bytes).unwrap();
+    let extract = t.path().join("x");
+    let err = open(&out, &extract, "bookworm", "amd64").unwrap_err();
+    assert!(err.is_integrity());
+    assert!(err.to_string().contains("debs/a_1_amd64.deb"), "{err}");
+    assert!(err.to_string().contains("altered"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&extract).unwrap().count(),
+        0,
+        "nothing extracted"
+    );
+}
+
+#[test]
+fn another_platform_a_missing_file_or_an_extra_file_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let manifest = sample(&src);
+    let out = t.path().join("b.tar");
+    write(&src, &manifest, &out).unwrap();
+    let err = open(&out, &t.path().join("x"), "trixie", "amd64").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Debian bookworm amd64, this host is Debian trixie amd64"),
+        "{err}"
+    );
+    let err = open(&out, &t.path().join("x"), "bookworm", "arm64").unwrap_err();
+    assert!(matches!(err, BundleError::Platform { .. }));
+
+    let mut missing = manifest.clone();
+    missing.files.push(ManifestFile {
+        path: "wheels/gone.whl".into(),
+        sha256: "00".into(),
+        size: 1,
+    });
+    write(
+        &src,
+        &{
+            let mut m = missing.clone();
+            m.files.pop();
+            m
+        },
+        &out,
+    )
+    .unwrap();
+    // A manifest that lists a file the tar does not hold: rewrite the tar by hand.
+    let tar_with_missing = t.path().join("m.tar");
+    {
+        let f = std::fs::File::create(&tar_with_missing).unwrap();
+        let mut b = tar::Builder::new(f);
+        let text = serde_json::to_vec(&missing).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, MANIFEST, &text[..]).unwrap();
+        for f in &manifest.files {
+            b.append_path_with_name(src.join(&f.path), &f.path).unwrap();
+        }
+        // And one the manifest does not list.
+        b.finish().unwrap();
+    }
+    let err = open(&tar_with_missing, &t.path().join("y"), "bookworm", "amd64").unwrap_err();
+    assert!(
+        err.to_string().contains("wheels/gone.whl is listed"),
+        "{err}"
+    );
+
+    let tar_with_extra = t.path().join("e.tar");
+    {
+        let f = std::fs::File::create(&tar_with_extra).unwrap();
+        let mut b = tar::Builder::new(f);
+        let text = serde_json::to_vec(&manifest).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, MANIFEST, &text[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "debs/evil.deb", &b"evil"[..])
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let err = open(&tar_with_extra, &t.path().join("z"), "bookworm", "amd64").unwrap_err();
+    assert!(err.to_string().contains("debs/evil.deb"), "{err}");
+}
