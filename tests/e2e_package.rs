@@ -8,30 +8,11 @@
 mod common;
 
 use common::Container;
-use std::path::PathBuf;
-
-fn deb() -> PathBuf {
-    let dir = common::repo().join("target/debian");
-    let found = std::fs::read_dir(&dir).ok().and_then(|d| {
-        d.filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-    });
-    match found {
-        Some(p) => p,
-        None => {
-            let ok = std::process::Command::new(common::repo().join("packaging/build-deb.sh"))
-                .status()
-                .unwrap();
-            assert!(ok.success(), "building the package failed");
-            deb()
-        }
-    }
-}
 
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
 fn the_package_installs_runs_the_stack_and_leaves_nothing_when_purged() {
-    let deb = deb();
+    let deb = common::package_deb();
     let name = deb.file_name().unwrap().to_string_lossy().to_string();
     let c = Container::boot_with(
         "as-e2e-package",

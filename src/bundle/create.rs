@@ -238,6 +238,11 @@ fn version_key(filename: &str) -> Vec<u64> {
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
+    // Same name, same verified file (a wheel two lock files share, or a build backend
+    // a lock pins too); copying a hard link onto itself would empty it.
+    if to.exists() {
+        return Ok(());
+    }
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
@@ -329,39 +334,67 @@ async fn debian_closure(
             names.insert(name);
         }
     }
-    // The index: the stanzas apt read for exactly these files, pointing at them.
+    // The index: apt's own stanzas for exactly these files (apt-cache reads its lists,
+    // however the host's apt stores them), each pointing at its file.
+    let mut specs = Vec::new();
+    let mut by_key = std::collections::BTreeMap::new();
+    for name in &names {
+        let stem = name.trim_end_matches(".deb");
+        let parts: Vec<&str> = stem.split('_').collect();
+        let [package, version, arch] = parts[..] else {
+            return Err(format!("{name}: not a NAME_VERSION_ARCH.deb file name"));
+        };
+        let version = version.replace("%3a", ":");
+        specs.push(format!("{package}:{arch}={version}"));
+        by_key.insert(
+            (package.to_string(), version, arch.to_string()),
+            name.clone(),
+        );
+    }
+    let mut show = Command::new("apt-cache");
+    for o in &options {
+        show.args(["-o", o]);
+    }
+    show.arg("show").args(&specs);
+    let shown = show
+        .output()
+        .await
+        .map_err(|e| format!("cannot run apt-cache: {e}"))?;
+    if !shown.status.success() {
+        return Err(String::from_utf8_lossy(&shown.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&shown.stdout);
     let mut index = String::new();
-    for e in std::fs::read_dir(root.join("var/lib/apt/lists"))
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        if !e.file_name().to_string_lossy().ends_with("_Packages") {
+    for stanza in text.split("\n\n") {
+        let field = |key: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(key).map(str::to_string))
+        };
+        let (Some(p), Some(v), Some(a)) = (
+            field("Package: "),
+            field("Version: "),
+            field("Architecture: "),
+        ) else {
             continue;
-        }
-        let text = std::fs::read_to_string(e.path()).map_err(|e| e.to_string())?;
-        for stanza in text.split("\n\n") {
-            let Some(filename) = stanza.lines().find_map(|l| l.strip_prefix("Filename: ")) else {
-                continue;
-            };
-            let base = filename.rsplit('/').next().unwrap_or(filename);
-            // apt names downloaded files with the epoch's colon escaped.
-            let on_disk = base.replace(':', "%3a");
-            if names.remove(&on_disk) || names.remove(base) {
-                for line in stanza.lines() {
-                    if line.starts_with("Filename: ") {
-                        index.push_str(&format!("Filename: ./{on_disk}\n"));
-                    } else {
-                        index.push_str(line);
-                        index.push('\n');
-                    }
-                }
+        };
+        // The same version may be listed by two suites: keep the first.
+        let Some(file) = by_key.remove(&(p, v, a)) else {
+            continue;
+        };
+        for line in stanza.lines() {
+            if line.starts_with("Filename: ") {
+                index.push_str(&format!("Filename: ./{file}\n"));
+            } else {
+                index.push_str(line);
                 index.push('\n');
             }
         }
+        index.push('\n');
     }
-    if let Some(orphan) = names.iter().next() {
+    if let Some(orphan) = by_key.values().next() {
         return Err(format!(
-            "{orphan} was downloaded but is in no package index"
+            "{orphan} was downloaded but apt-cache does not describe it"
         ));
     }
     std::fs::write(out.join("Packages"), index).map_err(|e| e.to_string())
@@ -385,5 +418,31 @@ async fn run(mut cmd: Command) -> Result<(), String> {
             .rev()
             .collect::<Vec<_>>()
             .join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linking_the_same_file_twice_keeps_its_contents() {
+        let t = tempfile::tempdir().unwrap();
+        let cached = t.path().join("cache/setuptools-1-py3-none-any.whl");
+        std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+        std::fs::write(&cached, b"wheel bytes").unwrap();
+        let bundled = t.path().join("work/wheels/setuptools-1-py3-none-any.whl");
+        link_or_copy(&cached, &bundled).unwrap();
+        link_or_copy(&cached, &bundled).unwrap();
+        assert_eq!(std::fs::read(&bundled).unwrap(), b"wheel bytes");
+        assert_eq!(std::fs::read(&cached).unwrap(), b"wheel bytes");
+    }
+
+    #[test]
+    fn version_keys_order_numerically() {
+        assert!(
+            version_key("setuptools-80.10.0-py3-none-any.whl")
+                > version_key("setuptools-80.9.0-py3-none-any.whl")
+        );
     }
 }

@@ -85,6 +85,15 @@ impl Container {
 
     /// A container with only `binds` (source on the host, path inside) added.
     pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
+        Container::boot_inner(name, binds, false)
+    }
+
+    /// Like `boot_with`, in a private network namespace: loopback only, no route out.
+    pub fn boot_offline_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
+        Container::boot_inner(name, binds, true)
+    }
+
+    fn boot_inner(name: &str, binds: &[(PathBuf, &str)], private_network: bool) -> Container {
         let rootfs = rootfs();
         let r = repo();
         let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
@@ -99,6 +108,9 @@ impl Container {
         ]);
         for (src, dst) in binds {
             cmd.arg(format!("--bind-ro={}:{dst}", src.display()));
+        }
+        if private_network {
+            cmd.arg("--private-network");
         }
         let nspawn = cmd
             .arg(format!(
@@ -215,5 +227,24 @@ impl Drop for Container {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
+    }
+}
+
+/// The Debian package built by packaging/build-deb.sh (built now if missing).
+pub fn package_deb() -> PathBuf {
+    let dir = repo().join("target/debian");
+    let found = std::fs::read_dir(&dir).ok().and_then(|d| {
+        d.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+    });
+    match found {
+        Some(p) => p,
+        None => {
+            let ok = std::process::Command::new(repo().join("packaging/build-deb.sh"))
+                .status()
+                .unwrap();
+            assert!(ok.success(), "building the package failed");
+            package_deb()
+        }
     }
 }

@@ -1,0 +1,149 @@
+//! End-to-end: an offline bundle. It is created in a networked real-systemd container
+//! (Debian packages from Debian, wheels from PyPI, uv's real wheel and the STAND-IN
+//! statsd_exporter from the tests' local archive mirror), then installed in a fresh
+//! container with no network at all (a private network namespace: loopback only):
+//! the package from its .deb, then `apply --bundle`. A copy with one altered byte is
+//! refused first, naming the file, and leaves nothing installed.
+
+mod common;
+
+use common::{mirror::Mirror, Container};
+use serde_json::Value;
+use std::time::Instant;
+
+const CONFIG: &str =
+    "[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n";
+
+#[test]
+#[ignore = "needs root, systemd-nspawn, Debian's mirror and PyPI: run through tests/run-all.sh"]
+fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
+    let mirror = Mirror::start();
+    mirror.put_statsd_exporter();
+    let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
+    mirror.put_from(&uv.url);
+    let out = tempfile::tempdir_in("/var/tmp").unwrap();
+
+    // On a connected machine.
+    {
+        let c = Container::boot("as-e2e-bundle-make");
+        c.ok(&format!(
+            "mkdir -p /etc/analytics-stack && printf '{CONFIG}[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+            mirror.url
+        ));
+        let started = Instant::now();
+        let report: Value = serde_json::from_str(
+            &c.ok("analytics-stack bundle create --output /var/lib/stack-bundle.tar --json"),
+        )
+        .unwrap();
+        eprintln!(
+            "[figure] bundle create: {:.1} s, {:.1} MiB ({} debs, {} wheels, {} archives)",
+            started.elapsed().as_secs_f64(),
+            report["bytes"].as_f64().unwrap() / 1048576.0,
+            report["debs"],
+            report["wheels"],
+            report["archives"]
+        );
+        assert!(report["debs"].as_u64().unwrap() > 50, "{report}");
+        assert!(report["wheels"].as_u64().unwrap() > 200, "{report}");
+        assert_eq!(report["archives"], 2, "statsd_exporter and uv: {report}");
+        let inside = format!("/proc/{}/root/var/lib/stack-bundle.tar", c.leader);
+        std::fs::copy(&inside, out.path().join("stack-bundle.tar")).unwrap();
+    }
+    // One byte altered, in the middle of the file (inside some package or wheel).
+    let mut bytes = std::fs::read(out.path().join("stack-bundle.tar")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(out.path().join("altered-bundle.tar"), &bytes).unwrap();
+    drop(bytes);
+
+    // On the air-gapped host.
+    let deb = common::package_deb();
+    let c = Container::boot_offline_with(
+        "as-e2e-bundle-use",
+        &[
+            (deb.parent().unwrap().to_path_buf(), "/mnt/deb"),
+            (out.path().to_path_buf(), "/srv/bundles"),
+        ],
+    );
+    // No network: only loopback, and nothing answers outside.
+    let links = c.ok("ip -o link show | awk -F': ' '{print $2}'");
+    assert_eq!(links.trim(), "lo", "{links}");
+    assert!(!c
+        .sh("curl -sS --max-time 5 -o /dev/null https://pypi.org/simple/")
+        .status
+        .success());
+    // The image's pre-downloaded packages go: everything must come from the bundle.
+    c.ok("apt-get clean");
+    let name = deb.file_name().unwrap().to_string_lossy().to_string();
+    c.ok(&format!(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/{name}"
+    ));
+    c.ok("for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
+    c.ok(&format!(
+        "printf '{CONFIG}' > /etc/analytics-stack/stack.d/10-test.toml"
+    ));
+
+    let refused = c.sh("analytics-stack apply --bundle /srv/bundles/altered-bundle.tar");
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(10), "integrity error: {err}");
+    assert!(err.contains("is altered"), "{err}");
+    assert!(
+        err.contains("debs/") || err.contains("wheels/") || err.contains("archives/"),
+        "names the file: {err}"
+    );
+    // Nothing installed, nothing half-written.
+    assert!(!c.sh("dpkg -s postgresql-15").status.success());
+    c.ok("test ! -e /opt/analytics-stack && test ! -e /var/lib/analytics-stack/state.json");
+    assert_eq!(
+        c.ok("ls /etc/systemd/system | grep -c '^analytics-' || true")
+            .trim(),
+        "0",
+        "no unit written"
+    );
+    c.ok("test -z \"$(ls -A /var/cache/analytics-stack/bundles 2>/dev/null)\"");
+
+    let started = Instant::now();
+    c.ok("analytics-stack apply --bundle /srv/bundles/stack-bundle.tar");
+    eprintln!(
+        "[figure] apply from the bundle, no network: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let status: Value = serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();
+    let components = status["components"].as_array().unwrap();
+    let names: Vec<&str> = components
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "redis",
+            "nginx",
+            "node-exporter",
+            "statsd-exporter",
+            "prometheus",
+            "airflow",
+            "superset",
+            "dlt"
+        ]
+    );
+    assert!(
+        components.iter().all(|c| c["healthy"] == true),
+        "{status:#}"
+    );
+    // The packages came from the bundle's repository (the only source apt had: the
+    // image's cache was cleaned and there is no network).
+    let policy = c.ok("apt-cache -o Dir::Etc::SourceList=/var/cache/analytics-stack/apt/sources.list -o Dir::Etc::SourceParts=/nonexistent policy postgresql-15");
+    assert!(
+        policy.contains("/var/cache/analytics-stack/bundles/"),
+        "{policy}"
+    );
+    c.ok("curl -fsS http://127.0.0.1/airflow/api/v2/monitor/health && curl -fsS http://127.0.0.1/superset/health");
+    // Again from the same bundle: nothing to do.
+    let again: Value = serde_json::from_str(
+        &c.ok("analytics-stack apply --bundle /srv/bundles/stack-bundle.tar --json"),
+    )
+    .unwrap();
+    assert_eq!(again["changed"], false, "{again}");
+}
