@@ -15,7 +15,11 @@ if [ -f "/run/analytics-stack-dev/$name.pid" ] && kill -0 "$(cat "/run/analytics
 fi
 packaging/build-deb.sh >/dev/null
 deb=$(ls target/debian/analytics-stack_*.deb | head -n 1)
-container_boot_with "$name" --bind-ro="$PWD/target/debian:/mnt/deb"
+bundle_bind=()
+if [ -n "${ANALYTICS_STACK_BUNDLE:-}" ]; then
+  bundle_bind=(--bind-ro="$(readlink -f "$ANALYTICS_STACK_BUNDLE"):/srv/stack-bundle.tar")
+fi
+container_boot_with "$name" --bind-ro="$PWD/target/debian:/mnt/deb" "${bundle_bind[@]}"
 container_exec "$LEADER" "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/$(basename "$deb")" >/dev/null
 container_exec "$LEADER" 'for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1'
 # Components from release archives need their hosts (or an [archives] mirror).
@@ -27,7 +31,11 @@ if [ -z "${ANALYTICS_STACK_MIRROR:-}" ] && ! curl -fsS -o /dev/null -I --max-tim
 elif [ -n "${ANALYTICS_STACK_MIRROR:-}" ]; then
   container_exec "$LEADER" "mkdir -p /etc/analytics-stack/stack.d && printf '[archives]\\nmirror = \"%s\"\\n' '$ANALYTICS_STACK_MIRROR' > /etc/analytics-stack/stack.d/00-mirror.toml"
 fi
-container_exec "$LEADER" 'analytics-stack apply'
+if [ -n "${ANALYTICS_STACK_BUNDLE:-}" ]; then
+  container_exec "$LEADER" 'analytics-stack apply --bundle /srv/stack-bundle.tar'
+else
+  container_exec "$LEADER" 'analytics-stack apply'
+fi
 container_exec "$LEADER" 'analytics-stack status'
 port=$(container_exec "$LEADER" 'analytics-stack config show' | awk -F' = ' '/^\[nginx\]/{n=1} n && $1=="port"{print $2; exit}')
 echo

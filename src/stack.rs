@@ -158,16 +158,7 @@ impl Stack {
             Some(path) => Some(self.open_bundle(&path)?),
             None => None,
         };
-        let apt = match (&bundle, config.apt.mirror.as_str()) {
-            (Some(b), _) => crate::host::apt::AptSources::Only(b.apt_sources()),
-            (None, "") => crate::host::apt::AptSources::Host,
-            (None, mirror) => {
-                let codename = self.platform().codename;
-                crate::host::apt::AptSources::Only(format!(
-                    "deb {mirror} {codename} main\ndeb {mirror} {codename}-updates main\n"
-                ))
-            }
-        };
+        let apt = apt_sources(&config, &self.platform().codename, bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
         // Before anything is installed: every venv needs a Python its application supports.
@@ -612,4 +603,65 @@ pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFact
         }
     }
     problems
+}
+
+/// Where Debian packages come from: the bundle's repository, else the configured
+/// mirror's suites for this release, else the host's own sources.
+pub fn apt_sources(
+    config: &Config,
+    codename: &str,
+    bundle: Option<&crate::bundle::Bundle>,
+) -> crate::host::apt::AptSources {
+    use crate::host::apt::AptSources;
+    match (bundle, config.apt.mirror.as_str()) {
+        (Some(b), _) => AptSources::Only(b.apt_sources()),
+        (None, "") => AptSources::Host,
+        (None, mirror) => AptSources::Only(format!(
+            "deb {mirror} {codename} main\ndeb {mirror} {codename}-updates main\n"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::apt::AptSources;
+
+    #[test]
+    fn packages_come_from_the_bundle_else_the_mirror_else_the_host() {
+        let plain = config::load_texts(&[]).unwrap();
+        assert_eq!(apt_sources(&plain, "bookworm", None), AptSources::Host);
+        let mirrored = config::load_texts(&[(
+            "m.toml",
+            "[apt]\nmirror = \"http://mirror.internal/debian\"\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            apt_sources(&mirrored, "bookworm", None),
+            AptSources::Only(
+                "deb http://mirror.internal/debian bookworm main\ndeb http://mirror.internal/debian bookworm-updates main\n".into()
+            )
+        );
+        let bundle = crate::bundle::Bundle {
+            root: "/var/cache/analytics-stack/bundles/abc".into(),
+            manifest: crate::bundle::Manifest {
+                format: 1,
+                distro: "bookworm".into(),
+                arch: "amd64".into(),
+                created_by: String::new(),
+                debian_packages: vec![],
+                archives: vec![],
+                venvs: vec![],
+                files: vec![],
+            },
+        };
+        assert_eq!(
+            apt_sources(&mirrored, "bookworm", Some(&bundle)),
+            AptSources::Only(
+                "deb [trusted=yes] file:/var/cache/analytics-stack/bundles/abc/debs ./\n".into()
+            )
+        );
+        let bad = config::load_texts(&[("m.toml", "[apt]\nmirror = \"ftp://x\"\n")]);
+        assert!(bad.is_err());
+    }
 }
