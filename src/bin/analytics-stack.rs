@@ -295,7 +295,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                         .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
                         .unwrap_or_else(|| "-".into());
                     println!(
-                        "    {:<34} {}/{} pid {} mem {}",
+                        "    {:<40} {}/{} pid {} mem {}",
                         u["name"].as_str().unwrap_or(""),
                         u["active_state"].as_str().unwrap_or(""),
                         u["sub_state"].as_str().unwrap_or(""),

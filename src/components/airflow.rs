@@ -195,25 +195,19 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let health_port = config.airflow.scheduler_health_port.get();
     let airflow = AIRFLOW.bin("airflow");
 
-    let mut init = ServiceUnit::new(
-        INIT_UNIT,
-        "analytics-stack: Airflow database migration and admin user",
-        USER,
-        format!("{} {CONF_DIR}/create_admin.py", AIRFLOW.bin("python")),
+    let init = super::python::into_init(
+        airflow_unit(
+            INIT_UNIT,
+            "analytics-stack: Airflow database migration and admin user",
+            "",
+        ),
+        vec![
+            format!("{airflow} db migrate"),
+            format!("{} {CONF_DIR}/create_admin.py", AIRFLOW.bin("python")),
+        ],
+        ADMIN_SECRET,
+        vec![postgres::UNIT.into(), redis::unit_name("broker")],
     );
-    init.service_type = "oneshot";
-    init.remain_after_exit = true;
-    init.exec_start_pre = vec![format!("{airflow} db migrate")];
-    init.environment_file = Some(env_path());
-    init.read_write_paths = vec![HOME.into()];
-    init.credentials = vec![(
-        "admin-password".into(),
-        format!("{}/{ADMIN_SECRET}", paths::SECRETS),
-    )];
-    init.needs_host_proc = true;
-    // A first migration on two cores takes minutes.
-    init.timeout_sec = 900;
-    init.after = vec![postgres::UNIT.into(), redis::unit_name("broker")];
 
     let api = airflow_unit(
         API_UNIT,

@@ -113,3 +113,26 @@ pub fn unsupported(app: &LockedApp, interpreter: &str, minor: Option<u32>) -> Op
 pub fn app(name: &str) -> Option<&'static LockedApp> {
     ALL.iter().find(|a| a.name == name)
 }
+
+/// Turns an application's unit into its init unit: a oneshot that stays active once
+/// `steps` (migrations, then the admin user…) have run in order, with the admin
+/// password as the credential `admin-password`, ordered after the stores it needs.
+pub fn into_init(
+    mut unit: crate::units::ServiceUnit,
+    mut steps: Vec<String>,
+    admin_secret: &str,
+    after: Vec<String>,
+) -> crate::units::ServiceUnit {
+    unit.service_type = "oneshot";
+    unit.remain_after_exit = true;
+    unit.exec_start = steps.pop().unwrap_or_default();
+    unit.exec_start_pre = steps;
+    unit.credentials = vec![(
+        "admin-password".into(),
+        format!("{}/{admin_secret}", paths::SECRETS),
+    )];
+    // A first migration on two cores takes minutes.
+    unit.timeout_sec = 900;
+    unit.after = after;
+    unit
+}

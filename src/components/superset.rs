@@ -145,20 +145,20 @@ fn superset_unit(name: &str, description: &str, exec_start: String) -> ServiceUn
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let port = config.superset.port.get();
     let superset = SUPERSET.bin("superset");
-    let mut init = superset_unit(
-        INIT_UNIT,
-        "analytics-stack: Superset migrations, roles, admin and warehouse database",
-        format!("{} {CONF_DIR}/init_stack.py", SUPERSET.bin("python")),
+    let init = super::python::into_init(
+        superset_unit(
+            INIT_UNIT,
+            "analytics-stack: Superset migrations, roles, admin and warehouse database",
+            String::new(),
+        ),
+        vec![
+            format!("{superset} db upgrade"),
+            format!("{superset} init"),
+            format!("{} {CONF_DIR}/init_stack.py", SUPERSET.bin("python")),
+        ],
+        ADMIN_SECRET,
+        vec![postgres::UNIT.into(), redis::unit_name("cache")],
     );
-    init.service_type = "oneshot";
-    init.remain_after_exit = true;
-    init.exec_start_pre = vec![format!("{superset} db upgrade"), format!("{superset} init")];
-    init.credentials = vec![(
-        "admin-password".into(),
-        format!("{}/{ADMIN_SECRET}", paths::SECRETS),
-    )];
-    init.timeout_sec = 900;
-    init.after = vec![postgres::UNIT.into(), redis::unit_name("cache")];
 
     let web = superset_unit(
         WEB_UNIT,

@@ -79,9 +79,7 @@ impl Fetcher {
         })
     }
 
-    /// A small text resource (a checksum file), at most 1 MiB.
-    /// A package index's project page in PEP 691 JSON (may be megabytes).
-    pub async fn get_json(&self, url: &str) -> Result<String, FetchError> {
+    async fn get_bytes(&self, url: &str, accept: &str) -> Result<Vec<u8>, FetchError> {
         let net = |e: reqwest::Error| FetchError::Network {
             url: url.into(),
             reason: e.to_string(),
@@ -89,7 +87,7 @@ impl Fetcher {
         let response = self
             .client
             .get(url)
-            .header("Accept", "application/vnd.pypi.simple.v1+json")
+            .header("Accept", accept)
             .send()
             .await
             .map_err(net)?;
@@ -100,24 +98,20 @@ impl Fetcher {
                 status,
             });
         }
-        let bytes = response.bytes().await.map_err(net)?;
+        Ok(response.bytes().await.map_err(net)?.to_vec())
+    }
+
+    /// A package index's project page in PEP 691 JSON (may be megabytes).
+    pub async fn get_json(&self, url: &str) -> Result<String, FetchError> {
+        let bytes = self
+            .get_bytes(url, "application/vnd.pypi.simple.v1+json")
+            .await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// A small text resource (a checksum file), at most 1 MiB.
     pub async fn get_text(&self, url: &str) -> Result<String, FetchError> {
-        let net = |e: reqwest::Error| FetchError::Network {
-            url: url.into(),
-            reason: e.to_string(),
-        };
-        let response = self.client.get(url).send().await.map_err(net)?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(FetchError::Http {
-                url: url.into(),
-                status,
-            });
-        }
-        let bytes = response.bytes().await.map_err(net)?;
+        let bytes = self.get_bytes(url, "*/*").await?;
         if bytes.len() > 1 << 20 {
             return Err(FetchError::Network {
                 url: url.into(),
