@@ -175,18 +175,15 @@ with get_application_builder() as appbuilder:
 "#;
 
 fn airflow_unit(name: &str, description: &str, args: &str) -> ServiceUnit {
-    let mut unit = ServiceUnit::new(
+    let mut unit = super::python::app_unit(
         name,
         description,
         USER,
         format!("{} {args}", AIRFLOW.bin("airflow")),
+        HOME,
+        INIT_UNIT,
     );
     unit.environment_file = Some(env_path());
-    unit.read_write_paths = vec![HOME.into()];
-    unit.after = vec![INIT_UNIT.into()];
-    // Airflow and Celery read /proc/meminfo and other processes' state (psutil).
-    unit.needs_host_proc = true;
-    unit.timeout_sec = 300;
     unit
 }
 

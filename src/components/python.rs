@@ -136,3 +136,22 @@ pub fn into_init(
     unit.after = after;
     unit
 }
+
+/// A process of an application: its own user, its home writable, ordered after the
+/// application's init unit. Python applications read /proc beyond their own processes
+/// (psutil: memory, CPU count) and take their time to start.
+pub fn app_unit(
+    name: &str,
+    description: &str,
+    user: &str,
+    exec_start: String,
+    home: &str,
+    init_unit: &str,
+) -> crate::units::ServiceUnit {
+    let mut unit = crate::units::ServiceUnit::new(name, description, user, exec_start);
+    unit.read_write_paths = vec![home.into()];
+    unit.after = vec![init_unit.into()];
+    unit.needs_host_proc = true;
+    unit.timeout_sec = 300;
+    unit
+}

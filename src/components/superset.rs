@@ -128,17 +128,13 @@ with app.app_context():
 "#;
 
 fn superset_unit(name: &str, description: &str, exec_start: String) -> ServiceUnit {
-    let mut unit = ServiceUnit::new(name, description, USER, exec_start);
+    let mut unit = super::python::app_unit(name, description, USER, exec_start, HOME, INIT_UNIT);
     unit.environment = vec![
         ("SUPERSET_CONFIG_PATH".into(), config_path()),
         ("SUPERSET_APP_ROOT".into(), "/superset".into()),
         ("SUPERSET_HOME".into(), HOME.into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
-    unit.read_write_paths = vec![HOME.into()];
-    unit.after = vec![INIT_UNIT.into()];
-    unit.needs_host_proc = true;
-    unit.timeout_sec = 300;
     unit
 }
 
