@@ -51,6 +51,8 @@ impl From<ExecError> for StackError {
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
     pub steps: Vec<String>,
+    /// Why apply would refuse before installing anything (e.g. an unsupported Python).
+    pub problems: Vec<String>,
     pub conflicts: Vec<PortConflict>,
     pub plan: Plan,
 }
@@ -138,6 +140,7 @@ impl Stack {
         let plan = plan::plan(&desired, &facts, &state);
         Ok(PlanReport {
             steps: plan.steps.iter().map(|s| s.describe()).collect(),
+            problems: python_problems(&desired, &facts),
             conflicts: plan::port_conflicts(&desired, &facts),
             plan,
         })
