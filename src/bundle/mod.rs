@@ -326,7 +326,6 @@ pub fn list_files(dir: &Path) -> Result<Vec<ManifestFile>, BundleError> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let bytes = std::fs::read(&path).map_err(io_err(&path))?;
                 let rel = path
                     .strip_prefix(dir)
                     .expect("below dir")
@@ -334,8 +333,8 @@ pub fn list_files(dir: &Path) -> Result<Vec<ManifestFile>, BundleError> {
                     .into_owned();
                 files.push(ManifestFile {
                     path: rel,
-                    sha256: crate::util::sha256_hex(&bytes),
-                    size: bytes.len() as u64,
+                    sha256: crate::artifact::fetch::sha256_file(&path).map_err(io_err(&path))?,
+                    size: entry.metadata().map_err(io_err(&path))?.len(),
                 });
             }
         }

@@ -83,63 +83,48 @@ fn another_platform_a_missing_file_or_an_extra_file_is_refused() {
     let err = open(&out, &t.path().join("x"), "bookworm", "arm64").unwrap_err();
     assert!(matches!(err, BundleError::Platform { .. }));
 
+    // A manifest that lists a file the tar does not hold.
     let mut missing = manifest.clone();
     missing.files.push(ManifestFile {
         path: "wheels/gone.whl".into(),
         sha256: "00".into(),
         size: 1,
     });
-    write(
-        &src,
-        &{
-            let mut m = missing.clone();
-            m.files.pop();
-            m
-        },
-        &out,
-    )
-    .unwrap();
-    // A manifest that lists a file the tar does not hold: rewrite the tar by hand.
+    let listed: Vec<(String, Vec<u8>)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), std::fs::read(src.join(&f.path)).unwrap()))
+        .collect();
     let tar_with_missing = t.path().join("m.tar");
-    {
-        let f = std::fs::File::create(&tar_with_missing).unwrap();
-        let mut b = tar::Builder::new(f);
-        let text = serde_json::to_vec(&missing).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, MANIFEST, &text[..]).unwrap();
-        for f in &manifest.files {
-            b.append_path_with_name(src.join(&f.path), &f.path).unwrap();
-        }
-        // And one the manifest does not list.
-        b.finish().unwrap();
-    }
+    hand_made_tar(&tar_with_missing, &missing, &listed);
     let err = open(&tar_with_missing, &t.path().join("y"), "bookworm", "amd64").unwrap_err();
     assert!(
         err.to_string().contains("wheels/gone.whl is listed"),
         "{err}"
     );
 
+    // A file the manifest does not list.
     let tar_with_extra = t.path().join("e.tar");
-    {
-        let f = std::fs::File::create(&tar_with_extra).unwrap();
-        let mut b = tar::Builder::new(f);
-        let text = serde_json::to_vec(&manifest).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, MANIFEST, &text[..]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_size(4);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "debs/evil.deb", &b"evil"[..])
-            .unwrap();
-        b.finish().unwrap();
-    }
+    hand_made_tar(
+        &tar_with_extra,
+        &manifest,
+        &[("debs/evil.deb".into(), b"evil".to_vec())],
+    );
     let err = open(&tar_with_extra, &t.path().join("z"), "bookworm", "amd64").unwrap_err();
     assert!(err.to_string().contains("debs/evil.deb"), "{err}");
+}
+
+/// A tar laid out like a bundle (manifest first) whatever the manifest says.
+fn hand_made_tar(path: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let text = serde_json::to_vec(manifest).unwrap();
+    let entries = std::iter::once((MANIFEST.to_string(), text)).chain(files.iter().cloned());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
 }
