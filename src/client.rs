@@ -10,7 +10,11 @@ use zbus::zvariant::OwnedObjectPath;
 pub trait Manager {
     fn plan(&self) -> zbus::Result<String>;
     fn apply(&self) -> zbus::Result<OwnedObjectPath>;
-    fn apply_bundle(&self, path: &str) -> zbus::Result<OwnedObjectPath>;
+    fn apply_bundle(
+        &self,
+        bundle: zbus::zvariant::Fd<'_>,
+        name: &str,
+    ) -> zbus::Result<OwnedObjectPath>;
     fn uninstall(&self, purge_data: bool) -> zbus::Result<OwnedObjectPath>;
     fn status(&self) -> zbus::Result<String>;
     fn list_components(&self) -> zbus::Result<Vec<(String, String, bool, Vec<String>)>>;

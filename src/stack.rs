@@ -150,17 +150,21 @@ impl Stack {
         &self,
         cancel: &AtomicBool,
         progress: &dyn exec::Progress,
-        bundle: Option<&Path>,
+        bundle: Option<BundleSource>,
     ) -> Result<ApplyReport, StackError> {
         let started = Instant::now();
         let (config, desired) = self.desired()?;
         // A bundle is verified whole before anything else happens.
-        let bundle = match bundle.map(Path::to_path_buf).or_else(|| {
-            (!config.bundle.path.is_empty()).then(|| PathBuf::from(&config.bundle.path))
+        let bundle = match bundle.or_else(|| {
+            (!config.bundle.path.is_empty())
+                .then(|| BundleSource::Path(PathBuf::from(&config.bundle.path)))
         }) {
-            Some(path) => Some(self.open_bundle(&path)?),
+            Some(source) => Some(self.open_bundle(source)?),
             None => None,
         };
+        if let Some(b) = &bundle {
+            check_bundle_fits(b, &desired)?;
+        }
         let apt = apt_sources(&config, &self.platform().codename, bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
@@ -384,18 +388,19 @@ impl Stack {
 
     /// Secrets a root user may read back: connection details per component.
     /// Verifies and extracts an offline bundle for this host.
-    pub fn open_bundle(&self, path: &Path) -> Result<crate::bundle::Bundle, StackError> {
+    pub fn open_bundle(&self, source: BundleSource) -> Result<crate::bundle::Bundle, StackError> {
         let platform = self.platform();
         let root = self.fs.path(Path::new(crate::bundle::EXTRACT_ROOT));
-        crate::bundle::open(path, &root, &platform.codename, &platform.arch).map_err(|e| {
-            let text = match &e {
-                crate::bundle::BundleError::Io { source, .. }
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    format!("{e} (the daemon has a private /tmp: put the bundle elsewhere)")
-                }
-                _ => e.to_string(),
-            };
+        let opened = match source {
+            BundleSource::Path(path) => {
+                crate::bundle::open(&path, &root, &platform.codename, &platform.arch)
+            }
+            BundleSource::File(file, name) => {
+                crate::bundle::open_file(file, &name, &root, &platform.codename, &platform.arch)
+            }
+        };
+        opened.map_err(|e| {
+            let text = e.to_string();
             if e.is_integrity() {
                 StackError::Integrity(text)
             } else {
@@ -608,6 +613,46 @@ pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFact
     problems
 }
 
+/// A bundle must hold everything this host's configuration asks for, and its
+/// archives must be the ones the catalog pins; both are checked before any change.
+fn check_bundle_fits(
+    bundle: &crate::bundle::Bundle,
+    desired: &[ComponentSpec],
+) -> Result<(), StackError> {
+    bundle
+        .check_pins(desired)
+        .map_err(|e| StackError::Integrity(e.to_string()))?;
+    let missing = bundle.missing_for(desired);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let made_for = if bundle.manifest.components.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (it was made for: {})",
+            bundle.manifest.components.join(", ")
+        )
+    };
+    Err(StackError::Conflict(format!(
+        "the bundle lacks what this host's configuration asks for{made_for}:\n  {}\n\
+         Nothing was changed. Either turn those components off in \
+         /etc/analytics-stack/stack.toml (`enabled = false`), or create a bundle with \
+         them: `analytics-stack bundle create` on a connected machine with this \
+         configuration.",
+        missing.join("\n  ")
+    )))
+}
+
+/// Where an offline bundle is read from.
+pub enum BundleSource {
+    /// `[bundle] path` of the configuration, which only root writes: the daemon opens it.
+    Path(PathBuf),
+    /// A file the caller opened with its own permissions and passed over the bus,
+    /// named in messages as the caller named it.
+    File(std::fs::File, String),
+}
+
 /// Where Debian packages come from: the bundle's repository, else the configured
 /// mirror's suites for this release, else the host's own sources.
 pub fn apt_sources(
@@ -655,6 +700,7 @@ mod tests {
                 debian_packages: vec![],
                 archives: vec![],
                 venvs: vec![],
+                components: vec![],
                 files: vec![],
             },
         };

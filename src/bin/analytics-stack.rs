@@ -478,13 +478,22 @@ async fn bundle_create(
 async fn apply(json: bool, bundle: Option<PathBuf>) -> Result<(), Failure> {
     let m = manager().await?;
     let path = match bundle {
-        Some(file) => {
-            // The daemon opens it: give it an absolute path.
-            let file = std::path::absolute(&file).map_err(|e| Failure {
+        Some(path) => {
+            // Opened here, with the caller's own permissions: the daemon reads only
+            // what the caller could, from wherever the caller sees it.
+            let file = std::fs::File::open(&path).map_err(|e| Failure {
                 code: 1,
-                message: format!("{}: {e}", file.display()),
+                message: format!("{}: {e}", path.display()),
             })?;
-            m.apply_bundle(&file.to_string_lossy()).await?
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                return Err(Failure {
+                    code: 3,
+                    message: format!("{}: a bundle must be a regular file", path.display()),
+                });
+            }
+            use std::os::fd::AsFd;
+            m.apply_bundle(file.as_fd().into(), &path.display().to_string())
+                .await?
         }
         None => m.apply().await?,
     };

@@ -222,6 +222,7 @@ async fn gather(
         debian_packages: packages,
         archives,
         venvs,
+        components: specs.iter().map(|s| s.name.to_string()).collect(),
         files: Vec::new(),
     })
 }

@@ -36,6 +36,10 @@ pub struct Manifest {
     pub archives: Vec<BundledArchive>,
     /// Applications whose wheels are in `wheels/`.
     pub venvs: Vec<String>,
+    /// The components the bundle was made for (the configuration `bundle create`
+    /// read); empty in bundles made before this was recorded.
+    #[serde(default)]
+    pub components: Vec<String>,
     /// Every other file of the bundle.
     pub files: Vec<ManifestFile>,
 }
@@ -87,6 +91,13 @@ pub enum BundleError {
     Unexpected { bundle: String, file: String },
     #[error("{file} in {bundle} is not a plain relative path inside the bundle")]
     Unsafe { bundle: String, file: String },
+    #[error("{file} in {bundle} is not the archive this version pins: sha256 {actual}, the catalog says {pinned}")]
+    NotAsPinned {
+        bundle: String,
+        file: String,
+        actual: String,
+        pinned: String,
+    },
 }
 
 impl BundleError {
@@ -129,6 +140,74 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// What `desired` needs that the bundle does not hold, one line per component
+    /// (Debian packages, release archives, venvs), so that an apply can be refused
+    /// before it changes anything.
+    pub fn missing_for(&self, desired: &[crate::model::ComponentSpec]) -> Vec<String> {
+        let m = &self.manifest;
+        let mut missing = Vec::new();
+        for spec in desired {
+            let mut lacks = Vec::new();
+            let packages: Vec<&str> = spec
+                .packages
+                .iter()
+                .filter(|p| !m.debian_packages.contains(p))
+                .map(String::as_str)
+                .collect();
+            if !packages.is_empty() {
+                lacks.push(format!("Debian packages {}", packages.join(", ")));
+            }
+            let pins = spec.archive.iter().chain(spec.venv.as_ref().map(|v| &v.uv));
+            for pin in pins {
+                if self.archive(&pin.component, &pin.version).is_none() {
+                    lacks.push(format!("the {} {} archive", pin.component, pin.version));
+                }
+            }
+            if let Some(venv) = &spec.venv {
+                if !m.venvs.contains(&venv.name) {
+                    lacks.push(format!("the wheels of {}", venv.name));
+                }
+            }
+            if !lacks.is_empty() {
+                missing.push(format!("{}: {}", spec.name, lacks.join("; ")));
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// Each bundled archive whose digest the catalog pins must be that very file: a
+    /// bundle is trusted no more than the network would be.
+    pub fn check_pins(&self, desired: &[crate::model::ComponentSpec]) -> Result<(), BundleError> {
+        use crate::artifact::catalog::DigestSource;
+        let pins = desired
+            .iter()
+            .flat_map(|s| s.archive.iter().chain(s.venv.as_ref().map(|v| &v.uv)));
+        for pin in pins {
+            let (DigestSource::Pinned(pinned), Some((path, actual))) =
+                (&pin.digest, self.archive(&pin.component, &pin.version))
+            else {
+                continue;
+            };
+            if !actual.eq_ignore_ascii_case(pinned) {
+                return Err(BundleError::NotAsPinned {
+                    bundle: self.root.display().to_string(),
+                    file: path
+                        .strip_prefix(&self.root)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                    actual,
+                    pinned: pinned.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn safe_relative(path: &str) -> bool {
     let p = Path::new(path);
     !path.is_empty()
@@ -143,26 +222,51 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> BundleError + '_ {
     }
 }
 
-/// Verifies the bundle at `path` for `codename`/`arch` and extracts it under
-/// `extract_root`; returns it once every file matched its manifest.
+/// Verifies the bundle at `path` (see [`open_file`]).
 pub fn open(
     path: &Path,
     extract_root: &Path,
     codename: &str,
     arch: &str,
 ) -> Result<Bundle, BundleError> {
-    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    open_file(
+        file,
+        &path.display().to_string(),
+        extract_root,
+        codename,
+        arch,
+    )
+}
+
+/// Verifies the bundle read from `file` (named `name` in messages) for
+/// `codename`/`arch` and extracts it under `extract_root`; returns it once every file
+/// matched its manifest. Anything but a regular file is refused before a byte is
+/// read (a FIFO would block the daemon), and no error quotes the file's bytes.
+pub fn open_file(
+    file: std::fs::File,
+    name: &str,
+    extract_root: &Path,
+    codename: &str,
+    arch: &str,
+) -> Result<Bundle, BundleError> {
+    let name = name.to_string();
     let not_bundle = |reason: String| BundleError::NotABundle {
         bundle: name.clone(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let meta = file.metadata().map_err(io_err(Path::new(&name)))?;
+    if !meta.file_type().is_file() {
+        return Err(not_bundle("it is not a regular file".into()));
+    }
+    // The tar reader's own errors may quote the bytes it choked on: say only where.
+    let not_tar = || not_bundle("it is not a tar archive".into());
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let mut entries = archive.entries().map_err(|e| not_bundle(e.to_string()))?;
+    let mut entries = archive.entries().map_err(|_| not_tar())?;
     let mut first = entries
         .next()
         .ok_or_else(|| not_bundle("it is empty".into()))?
-        .map_err(|e| not_bundle(e.to_string()))?;
+        .map_err(|_| not_tar())?;
     if first.path().ok().as_deref() != Some(Path::new(MANIFEST)) {
         return Err(not_bundle(format!("its first entry is not {MANIFEST}")));
     }
@@ -171,7 +275,8 @@ pub fn open(
         .by_ref()
         .take(16 << 20)
         .read_to_string(&mut text)
-        .map_err(|e| not_bundle(e.to_string()))?;
+        .map_err(|_| not_bundle(format!("{MANIFEST} is not UTF-8 text")))?;
+    // serde's messages name a line and column, and at most a field name.
     let manifest: Manifest =
         serde_json::from_str(&text).map_err(|e| not_bundle(format!("{MANIFEST}: {e}")))?;
     if manifest.format != FORMAT {
@@ -225,9 +330,9 @@ fn extract_verified<R: Read>(
         .map(|f| (f.path.as_str(), f))
         .collect();
     for entry in entries {
-        let mut entry = entry.map_err(|e| BundleError::NotABundle {
+        let mut entry = entry.map_err(|_| BundleError::NotABundle {
             bundle: bundle.into(),
-            reason: e.to_string(),
+            reason: "an entry after the manifest is not valid tar".into(),
         })?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         if entry.header().entry_type().is_dir() {

@@ -1,4 +1,15 @@
 use super::*;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// The default configuration's components on bookworm/amd64.
+fn default_stack() -> Vec<crate::model::ComponentSpec> {
+    let config = crate::config::load_texts(&[("t.toml", "")]).unwrap();
+    let platform = crate::components::Platform {
+        codename: "bookworm".into(),
+        arch: "amd64".into(),
+    };
+    crate::components::render_all(&config, &platform)
+}
 
 fn sample(dir: &Path) -> Manifest {
     std::fs::create_dir_all(dir.join("debs")).unwrap();
@@ -18,6 +29,7 @@ fn sample(dir: &Path) -> Manifest {
             path: "archives/uv/uv.whl".into(),
         }],
         venvs: vec![],
+        components: vec!["postgres".into()],
         files: list_files(dir).unwrap(),
     }
 }
@@ -127,4 +139,102 @@ fn hand_made_tar(path: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)]) 
         b.append_data(&mut h, name, &data[..]).unwrap();
     }
     b.finish().unwrap();
+}
+
+#[test]
+fn a_fifo_or_a_non_bundle_is_refused_without_quoting_its_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Opened without blocking, as the CLI hands over what it opened: refused before a
+    // read (a read would block the daemon for ever).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&fifo)
+        .unwrap();
+    let err = open_file(f, "fifo", &t.path().join("x"), "bookworm", "amd64").unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
+    // A secret-looking text file: the error says what it is not, and none of it.
+    let shadow = t.path().join("shadow");
+    std::fs::write(
+        &shadow,
+        "root:$6$SECRETHASH$abcdef:19000:0:99999:7:::\n".repeat(20),
+    )
+    .unwrap();
+    let err = open(&shadow, &t.path().join("x"), "bookworm", "amd64").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("not a tar archive") || text.contains("first entry"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRET") && !text.contains("root:"),
+        "{text}"
+    );
+    assert!(!t
+        .path()
+        .join("x")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
+}
+
+#[test]
+fn a_bundle_names_what_a_configuration_needs_and_it_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let manifest = sample(&src);
+    let b = Bundle {
+        root: src.clone(),
+        manifest,
+    };
+    let desired = default_stack();
+    let missing = b.missing_for(&desired);
+    // The sample bundle holds package `a` and uv 0.1 only: every component lacks something.
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.starts_with("postgres: Debian packages")),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.starts_with("statsd-exporter: the statsd-exporter")),
+        "{missing:?}"
+    );
+    assert!(
+        missing.iter().any(|m| m.contains("the wheels of airflow")),
+        "{missing:?}"
+    );
+    // With only the components it holds, nothing is missing.
+    let none: Vec<_> = desired
+        .into_iter()
+        .filter(|s| s.packages.is_empty() && s.archive.is_none() && s.venv.is_none())
+        .collect();
+    assert!(b.missing_for(&none).is_empty());
+}
+
+#[test]
+fn a_bundled_archive_must_be_the_one_the_catalog_pins() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut manifest = sample(&src);
+    let desired = default_stack();
+    let uv = desired
+        .iter()
+        .find_map(|s| s.venv.as_ref())
+        .unwrap()
+        .uv
+        .clone();
+    // The bundle claims to hold the pinned uv, but its bytes are something else.
+    manifest.archives[0].version = uv.version.clone();
+    let b = Bundle {
+        root: src,
+        manifest,
+    };
+    let err = b.check_pins(&desired).unwrap_err();
+    assert!(matches!(err, BundleError::NotAsPinned { .. }), "{err}");
+    assert!(err.to_string().contains("archives/uv/uv.whl"), "{err}");
 }

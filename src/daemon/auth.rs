@@ -37,10 +37,10 @@ pub async fn require_admin(
     header: &Header<'_>,
     admin_group: &str,
     what: &str,
-) -> Result<(), BusError> {
+) -> Result<u32, BusError> {
     let uid = caller_uid(conn, header).await?;
     if may_mutate(uid, admin_group) {
-        Ok(())
+        Ok(uid)
     } else {
         Err(BusError::AccessDenied(format!(
             "uid {uid} may not {what}: only root{} may",

@@ -20,6 +20,33 @@ pub struct Job {
     pub result: String,
     pub cancel: Arc<AtomicBool>,
     pub admin_group: String,
+    /// Who started the job: with root, the only one who may read it. Its progress
+    /// and result (which can quote journal lines of the stack's units) are sent to
+    /// this connection alone, never broadcast.
+    pub caller_uid: u32,
+}
+
+impl Job {
+    async fn readable(
+        &self,
+        conn: &zbus::Connection,
+        header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<()> {
+        // No header: the daemon itself reads the value to send it to the caller.
+        let Some(header) = header else {
+            return Ok(());
+        };
+        let uid = super::auth::caller_uid(conn, &header)
+            .await
+            .map_err(|e| zbus::fdo::Error::AccessDenied(e.message()))?;
+        if uid == 0 || uid == self.caller_uid {
+            Ok(())
+        } else {
+            Err(zbus::fdo::Error::AccessDenied(format!(
+                "uid {uid} may not read this job: only root and its caller may"
+            )))
+        }
+    }
 }
 
 #[interface(name = "org.analyticsstack.Stack1.Job")]
@@ -36,50 +63,100 @@ impl Job {
     }
 
     #[zbus(property)]
-    fn kind(&self) -> String {
-        self.kind.clone()
+    async fn kind(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.kind.clone())
     }
     /// `running`, `succeeded`, `failed` or `cancelled`.
     #[zbus(property)]
-    fn state(&self) -> String {
-        self.state.clone()
+    async fn state(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.state.clone())
     }
     #[zbus(property)]
-    fn steps_done(&self) -> u32 {
-        self.steps_done
+    async fn steps_done(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<u32> {
+        self.readable(conn, header).await?;
+        Ok(self.steps_done)
     }
     #[zbus(property)]
-    fn steps_total(&self) -> u32 {
-        self.steps_total
+    async fn steps_total(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<u32> {
+        self.readable(conn, header).await?;
+        Ok(self.steps_total)
     }
     /// Bytes of the current download so far.
     #[zbus(property)]
-    fn bytes_done(&self) -> u64 {
-        self.bytes_done
+    async fn bytes_done(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.readable(conn, header).await?;
+        Ok(self.bytes_done)
     }
     /// Size of the current download (0: not known).
     #[zbus(property)]
-    fn bytes_total(&self) -> u64 {
-        self.bytes_total
+    async fn bytes_total(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.readable(conn, header).await?;
+        Ok(self.bytes_total)
     }
     /// What the job is doing now.
     #[zbus(property)]
-    fn description(&self) -> String {
-        self.description.clone()
+    async fn description(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.description.clone())
     }
     /// The short error name (`Failed`, `Conflict`, …) once failed.
     #[zbus(property)]
-    fn error_name(&self) -> String {
-        self.error_name.clone()
+    async fn error_name(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.error_name.clone())
     }
     #[zbus(property)]
-    fn error_message(&self) -> String {
-        self.error_message.clone()
+    async fn error_message(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.error_message.clone())
     }
     /// JSON report once succeeded.
     #[zbus(property)]
-    fn result(&self) -> String {
-        self.result.clone()
+    async fn result(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: Option<zbus::message::Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.readable(conn, header).await?;
+        Ok(self.result.clone())
     }
 
     #[zbus(signal)]
@@ -104,7 +181,7 @@ impl Job {
 
 impl Job {
     /// A job of `kind`, running.
-    pub fn new(kind: &str, cancel: Arc<AtomicBool>, admin_group: String) -> Self {
+    pub fn new(kind: &str, cancel: Arc<AtomicBool>, admin_group: String, caller_uid: u32) -> Self {
         Job {
             kind: kind.into(),
             state: "running".into(),
@@ -118,6 +195,7 @@ impl Job {
             result: String::new(),
             cancel,
             admin_group,
+            caller_uid,
         }
     }
 

@@ -2,8 +2,7 @@
 
 use super::job::Job;
 use super::{auth, BusError, OBJECT_PATH};
-use crate::stack::Stack;
-use std::path::PathBuf;
+use crate::stack::{BundleSource, Stack};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,21 +23,22 @@ impl Manager {
         &self,
         conn: &zbus::Connection,
         header: &zbus::message::Header<'_>,
-        bundle: Option<PathBuf>,
+        bundle: Option<BundleSource>,
     ) -> Result<OwnedObjectPath, BusError> {
-        self.authorize(conn, header, "apply").await?;
+        let caller = self.authorize(conn, header, "apply").await?;
         let stack = self.stack()?;
         // Refuse a bad configuration at once rather than through the job.
         stack.config()?;
         let guard = self.try_busy()?;
         self.start_job(
             conn,
+            caller,
             "apply",
             guard,
             stack,
             |stack, cancel, progress| async move {
                 stack
-                    .apply(&cancel, &progress, bundle.as_deref())
+                    .apply(&cancel, &progress, bundle)
                     .await
                     .map_err(BusError::from)
                     .and_then(|report| to_json(&report))
@@ -74,8 +74,13 @@ impl Manager {
         conn: &zbus::Connection,
         header: &zbus::message::Header<'_>,
         what: &str,
-    ) -> Result<(), BusError> {
-        auth::require_admin(conn, header, &self.admin_group(), what).await
+    ) -> Result<Caller, BusError> {
+        let uid = auth::require_admin(conn, header, &self.admin_group(), what).await?;
+        let name = header
+            .sender()
+            .ok_or_else(|| BusError::AccessDenied("message has no sender".into()))?
+            .to_owned();
+        Ok(Caller { uid, name })
     }
 
     fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
@@ -101,6 +106,12 @@ impl Manager {
         super::notify::notify("STATUS=idle");
         Ok(result?)
     }
+}
+
+/// Who called a mutating method: its uid and its connection's unique name.
+struct Caller {
+    uid: u32,
+    name: zbus::names::UniqueName<'static>,
 }
 
 /// What the executor reports, on its way to the job object.
@@ -143,6 +154,7 @@ impl Manager {
     async fn start_job<F, Fut>(
         &self,
         conn: &zbus::Connection,
+        caller: Caller,
         kind: &'static str,
         guard: tokio::sync::OwnedMutexGuard<()>,
         stack: Arc<Stack>,
@@ -156,16 +168,21 @@ impl Manager {
         let path = OwnedObjectPath::try_from(format!("{OBJECT_PATH}/job/{id}"))
             .map_err(|e| BusError::Failed(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job::new(kind, cancel.clone(), self.admin_group());
+        let job = Job::new(kind, cancel.clone(), self.admin_group(), caller.uid);
         conn.object_server().at(&path, job).await?;
         let iface = conn.object_server().interface::<_, Job>(&path).await?;
+        // Progress and results go to the caller's connection only.
+        let emitter = zbus::object_server::SignalEmitter::new(conn, path.clone())?
+            .set_destination(caller.name.into())
+            .into_owned();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
 
         // Progress: properties first (late clients read them), then the signal.
         let progress_iface = iface.clone();
+        let progress_emitter = emitter.clone();
         let forward = tokio::spawn(async move {
+            let emitter = &progress_emitter;
             while let Some(update) = rx.recv().await {
-                let emitter = progress_iface.signal_emitter();
                 let results = match update {
                     Update::Step(done, total, description) => {
                         {
@@ -207,6 +224,7 @@ impl Manager {
         });
 
         let conn = conn.clone();
+        let job_path = path.clone();
         tokio::spawn(async move {
             super::notify::notify(&format!("STATUS={kind}ing"));
             let progress = ChannelProgress {
@@ -225,7 +243,7 @@ impl Manager {
                 let mut j = iface.get_mut().await;
                 j.finish_with(&outcome);
             }
-            let emitter = iface.signal_emitter();
+            let emitter = &emitter;
             let j = iface.get().await;
             for r in [
                 j.state_changed(emitter).await,
@@ -243,10 +261,9 @@ impl Manager {
             drop(guard);
             super::notify::notify("STATUS=idle");
             // Keep the finished job readable for a while, then drop it.
-            let path = iface.signal_emitter().path().to_owned();
             tokio::time::sleep(Duration::from_secs(600)).await;
-            if let Err(e) = conn.object_server().remove::<Job, _>(&path).await {
-                tracing::debug!("job {path} already gone: {e}");
+            if let Err(e) = conn.object_server().remove::<Job, _>(&job_path).await {
+                tracing::debug!("job {job_path} already gone: {e}");
             }
         });
         Ok(path)
@@ -269,21 +286,31 @@ impl Manager {
         self.apply_from(conn, &header, None).await
     }
 
-    /// Like Apply, installing only from the offline bundle at `path` (an absolute
-    /// path the daemon can read): verified whole first, refused with the file named.
+    /// Like Apply, installing only from the offline bundle the caller opened and
+    /// passes as `bundle` (so the daemon reads only what the caller may read);
+    /// `name` is how the caller names it in messages. Anything but a regular file is
+    /// refused at once; the bundle is verified whole before anything changes.
     async fn apply_bundle(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: zbus::message::Header<'_>,
-        path: String,
+        bundle: zbus::zvariant::OwnedFd,
+        name: String,
     ) -> Result<OwnedObjectPath, BusError> {
-        if !path.starts_with('/') {
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(bundle));
+        let is_file = file.metadata().map(|m| m.file_type().is_file());
+        if !matches!(is_file, Ok(true)) {
             return Err(BusError::InvalidConfig(format!(
-                "the bundle path must be absolute: {path}"
+                "{}: a bundle must be a regular file",
+                crate::util::printable(&name)
             )));
         }
-        self.apply_from(conn, &header, Some(PathBuf::from(path)))
-            .await
+        self.apply_from(
+            conn,
+            &header,
+            Some(BundleSource::File(file, crate::util::printable(&name))),
+        )
+        .await
     }
 
     /// Removes every unit, user, directory and file the stack created and restores
@@ -294,11 +321,12 @@ impl Manager {
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) -> Result<OwnedObjectPath, BusError> {
-        self.authorize(conn, &header, "uninstall").await?;
+        let caller = self.authorize(conn, &header, "uninstall").await?;
         let stack = self.stack()?;
         let guard = self.try_busy()?;
         self.start_job(
             conn,
+            caller,
             "uninstall",
             guard,
             stack,
@@ -396,7 +424,7 @@ pub fn introspection_xml() -> String {
     use zbus::object_server::Interface;
     let mut xml = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n");
     Manager::new(None).introspect_to_writer(&mut xml, 1);
-    let job = Job::new("", Arc::new(AtomicBool::new(false)), String::new());
+    let job = Job::new("", Arc::new(AtomicBool::new(false)), String::new(), 0);
     job.introspect_to_writer(&mut xml, 1);
     xml.push_str("</node>\n");
     xml
