@@ -41,6 +41,26 @@ pub fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
+/// `text` with control characters escaped and cut to 256 characters, for a name a
+/// caller supplied that ends up in a message or a log line.
+pub fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(256)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if text.chars().count() > 256 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,24 +82,4 @@ mod tests {
         assert!(key.ends_with('='));
         assert_eq!(format_secret("redis-broker", &[7u8; 32]).len(), 64);
     }
-}
-
-/// `text` with control characters escaped and cut to 256 characters, for a name a
-/// caller supplied that ends up in a message or a log line.
-pub fn printable(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(256)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if text.chars().count() > 256 {
-        out.push('…');
-    }
-    out
 }
