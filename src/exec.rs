@@ -123,13 +123,14 @@ impl Executor<'_> {
         progress: &dyn Progress,
     ) -> Result<(), ExecError> {
         use crate::artifact::{fetch::FetchError, UnpackError};
+        // Reasons may quote a mirror's URL: never with its credentials.
         let failed = |reason: String| ExecError::Step {
             step: format!("install {} {}", pin.component, pin.version),
-            reason,
+            reason: crate::config::redact_urls_in(&reason),
         };
         let integrity = |reason: String| ExecError::Integrity {
             step: format!("install {} {}", pin.component, pin.version),
-            reason,
+            reason: crate::config::redact_urls_in(&reason),
         };
         let from_fetch = |e: FetchError| match e {
             FetchError::Digest { .. } => integrity(e.to_string()),

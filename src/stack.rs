@@ -157,7 +157,7 @@ impl Stack {
         // A bundle is verified whole before anything else happens.
         let bundle = match bundle.or_else(|| {
             (!config.bundle.path.is_empty())
-                .then(|| BundleSource::Path(PathBuf::from(&config.bundle.path)))
+                .then(|| BundleSource::Path(PathBuf::from(config.bundle.path.as_str())))
         }) {
             Some(source) => Some(self.open_bundle(source)?),
             None => None,

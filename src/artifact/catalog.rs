@@ -35,7 +35,7 @@ pub struct CatalogEntry {
 pub enum DigestSource {
     Pinned(String),
     /// The line for the archive's file name in this checksum file.
-    ChecksumFile(String),
+    ChecksumFile(#[serde(serialize_with = "serialize_redacted")] String),
     /// `url` is a resolver: its JSON names the archive's URL and sha256.
     Resolver,
 }
@@ -46,10 +46,16 @@ pub struct ArchivePin {
     pub component: String,
     pub version: String,
     pub format: ArchiveFormat,
+    /// Printed (`plan --json`) without a mirror's credentials.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     pub file_name: String,
     pub digest: DigestSource,
     pub binary: String,
+}
+
+fn serialize_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::config::redact_url(url))
 }
 
 pub fn debian_arch() -> &'static str {

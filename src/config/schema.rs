@@ -43,7 +43,7 @@ pub struct AptConfig {
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     /// Path of the bundle file; "" = none. `apply --bundle FILE` overrides it.
-    pub path: String,
+    pub path: OptionalPath,
 }
 
 /// Where the application venvs come from.
@@ -190,7 +190,12 @@ pub struct LokiConfig {
     pub retention: Duration,
 }
 
-/// "" or an http(s) URL without query or fragment.
+/// "" or an http(s) URL without query or fragment, parsed: a host of name
+/// characters (or a bracketed IPv6 address), an optional `user:token@`, a path of
+/// plain URL characters. It lands in an apt sources list, unit environments and
+/// request lines, so whitespace, control characters, quotes and the like are refused
+/// rather than escaped. Printed (`config show`, `plan`) with any credentials
+/// replaced by `***`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MirrorUrl(String);
@@ -201,23 +206,125 @@ impl MirrorUrl {
     }
 }
 
+/// Why `s` is not a URL the stack will use, if it is not.
+fn url_problem(s: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Some("it has no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return Some("only http and https are supported");
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host_port = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let ok = !userinfo.is_empty()
+                && userinfo
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~%!$&'()*+,;=:".contains(c))
+                && !userinfo.contains(['\'', '$', '&', ';', '(', ')']);
+            if !ok {
+                return Some("its user:password part has characters that need escaping");
+            }
+            host
+        }
+        None => authority,
+    };
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        let Some((addr, port)) = v6.split_once(']') else {
+            return Some("its IPv6 address is not closed by ']'");
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some("its IPv6 address does not parse");
+        }
+        if !(port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+        {
+            return Some("its port is not a number");
+        }
+        "v6"
+    } else {
+        let (host, port) = host_port.split_once(':').unwrap_or((host_port, ""));
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Some("its port is not a number");
+        }
+        host
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Some("its host is not a host name or address");
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~/%+@:,=".contains(c))
+    {
+        return Some("its path has characters other than letters, digits and -._~/%+@:,=");
+    }
+    None
+}
+
+/// `url` with the `user:password@` part, if any, replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[authority_end..]),
+        None => url.to_string(),
+    }
+}
+
+/// `text` with the credentials of every URL in it replaced by `***` (for error
+/// messages that quote URLs).
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == ')')
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl TryFrom<String> for MirrorUrl {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = s.is_empty()
-            || ((s.starts_with("http://") || s.starts_with("https://"))
-                && !s.contains(['?', '#', ' ']));
-        if ok {
-            Ok(MirrorUrl(s))
-        } else {
-            Err(format!("{s:?} is not an http(s) URL"))
+        if s.is_empty() {
+            return Ok(MirrorUrl(s));
+        }
+        match url_problem(&s) {
+            None => Ok(MirrorUrl(s)),
+            // The value is quoted redacted and escaped: it may hold a token and any
+            // character at all.
+            Some(why) => Err(format!(
+                "{:?} is not a usable http(s) URL: {why}",
+                redact_url(&s)
+            )),
         }
     }
 }
 
+/// Serialized (only ever to print the configuration) without credentials.
 impl From<MirrorUrl> for String {
     fn from(m: MirrorUrl) -> String {
-        m.0
+        redact_url(&m.0)
     }
 }
 
@@ -225,7 +332,7 @@ impl From<MirrorUrl> for String {
 #[serde(deny_unknown_fields)]
 pub struct StackConfig {
     pub hostname: Hostname,
-    pub admin_group: String,
+    pub admin_group: GroupName,
     pub health_timeout_secs: u32,
 }
 
@@ -302,8 +409,10 @@ impl Duration {
 impl TryFrom<String> for Duration {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let unit = s.chars().last().unwrap_or(' ');
-        let digits = &s[..s.len().saturating_sub(1)];
+        // By characters, not bytes: any text is a value to refuse, never a panic.
+        let mut chars = s.chars();
+        let unit = chars.next_back().unwrap_or(' ');
+        let digits = chars.as_str();
         if "smhdwy".contains(unit)
             && !digits.is_empty()
             && digits.chars().all(|c| c.is_ascii_digit())
@@ -467,5 +576,72 @@ impl TryFrom<String> for Hostname {
 impl From<Hostname> for String {
     fn from(h: Hostname) -> String {
         h.0
+    }
+}
+
+/// "" or a Unix group name as `groupadd` accepts it (no `:`, `,`, spaces or control
+/// characters): it is looked up in the group database and quoted in messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GroupName(String);
+
+impl GroupName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<String> for GroupName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.is_empty()
+            || (s.len() <= 32
+                && !s.starts_with('-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+        if ok {
+            Ok(GroupName(s))
+        } else {
+            Err(format!("{s:?} is not a group name"))
+        }
+    }
+}
+
+impl From<GroupName> for String {
+    fn from(g: GroupName) -> String {
+        g.0
+    }
+}
+
+/// "" or an [`AbsolutePath`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OptionalPath(String);
+
+impl OptionalPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<String> for OptionalPath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(OptionalPath(s));
+        }
+        AbsolutePath::try_from(s).map(|p| OptionalPath(p.0))
+    }
+}
+
+impl From<OptionalPath> for String {
+    fn from(p: OptionalPath) -> String {
+        p.0
     }
 }

@@ -178,3 +178,127 @@ fn an_application_whose_store_is_disabled_is_refused_at_the_users_line() {
     )]);
     assert!(ok.is_ok());
 }
+
+#[test]
+fn urls_that_would_break_out_of_their_file_are_refused_and_tokens_never_printed() {
+    for bad in [
+        "http://mirror.internal/debian\ndeb [trusted=yes] http://evil/ bookworm main",
+        "http://mirror.internal/deb ian",
+        "http://mirror.internal/\"debian",
+        "http://mirror.internal/debian'",
+        "http://mirror.internal/$(id)",
+        "http://user:tok\nen@mirror.internal/",
+        "http://mirror.internal:99999/",
+        "http:///debian",
+        "file:///srv/debian",
+        "http://[::1/debian",
+    ] {
+        for key in ["[apt]\nmirror", "[archives]\nmirror", "[python]\nindex_url"] {
+            let text = format!("{key} = {}\n", toml_edit::value(bad));
+            let err = with(&[("stack.toml", &text)]).unwrap_err().to_string();
+            assert!(
+                err.contains("is not a usable http(s) URL"),
+                "{bad:?}: {err}"
+            );
+            assert!(!err.contains('\n') || err.lines().count() == 1, "{err}");
+        }
+    }
+    let secret = "http://builder:s3cr3t-token@mirror.internal/debian";
+    let err = with(&[(
+        "stack.toml",
+        "[apt]\nmirror = \"http://builder:s3cr3t-token@mirror.internal/$x\"\n",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("s3cr3t"), "{err}");
+    // A good URL with credentials is accepted, used as written and printed redacted.
+    let c = with(&[(
+        "stack.toml",
+        &format!("[archives]\nmirror = \"{secret}\"\n"),
+    )])
+    .unwrap();
+    assert_eq!(c.archives.mirror.as_str(), secret);
+    let shown = toml::to_string(&c).unwrap();
+    assert!(
+        !shown.contains("s3cr3t") && shown.contains("http://***@mirror.internal/debian"),
+        "{shown}"
+    );
+    for good in [
+        "https://mirror.internal:8443/debian/",
+        "http://[fd00::1]:8080/m",
+        "http://10.0.0.1/pypi/simple",
+    ] {
+        with(&[("stack.toml", &format!("[apt]\nmirror = \"{good}\"\n"))]).unwrap();
+    }
+}
+
+#[test]
+fn a_plan_never_shows_a_mirrors_token() {
+    let c = with(&[(
+        "stack.toml",
+        "[archives]\nmirror = \"https://ci:tok-123@mirror.internal/gh\"\n[statsd_exporter]\nenabled = true\n",
+    )])
+    .unwrap();
+    let platform = crate::components::Platform {
+        codename: "bookworm".into(),
+        arch: "amd64".into(),
+    };
+    let specs = crate::components::render_all(&c, &platform);
+    let pin = specs.iter().find_map(|s| s.archive.clone()).unwrap();
+    assert!(
+        pin.url.contains("tok-123"),
+        "the download itself uses the token"
+    );
+    let json = serde_json::to_string(&pin).unwrap();
+    assert!(
+        !json.contains("tok-123") && json.contains("***@mirror.internal"),
+        "{json}"
+    );
+}
+
+#[test]
+fn durations_and_names_in_any_script_are_refused_not_a_panic() {
+    for bad in ["15é", "é", "1日", "", "d", "0d", "-1d", "1.5d"] {
+        let text = format!("[loki]\nretention = {}\n", toml_edit::value(bad));
+        let err = with(&[("stack.toml", &text)]).unwrap_err().to_string();
+        assert!(err.contains("is not a duration"), "{bad:?}: {err}");
+    }
+    for bad in ["wheel group", "adm\nroot", "a:b", "-x"] {
+        let text = format!("[stack]\nadmin_group = {}\n", toml_edit::value(bad));
+        let err = with(&[("stack.toml", &text)]).unwrap_err().to_string();
+        assert!(err.contains("is not a group name"), "{bad:?}: {err}");
+    }
+    let err = with(&[("stack.toml", "[bundle]\npath = \"relative.tar\"\n")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not an absolute path"), "{err}");
+}
+
+mod any_text {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Whatever string a value holds, validation answers (accepts or refuses)
+        /// and never panics.
+        #[test]
+        fn no_value_panics_the_parser(v in "\\PC{0,24}|[0-9]{0,3}[a-zé日\\n]{0,2}") {
+            for key in ["[loki]\nretention", "[prometheus]\nretention", "[postgres]\nshared_buffers",
+                        "[apt]\nmirror", "[stack]\nhostname", "[stack]\nadmin_group", "[python]\ninterpreter"] {
+                let text = format!("{key} = {}\n", toml_edit::value(v.as_str()));
+                let _answered = with(&[("stack.toml", &text)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn urls_quoted_in_errors_lose_their_credentials() {
+    assert_eq!(
+        redact_urls_in(
+            "GET http://u:p@m.internal/a/b failed (see https://x.org/y), https://t@h:1/z"
+        ),
+        "GET http://***@m.internal/a/b failed (see https://x.org/y), https://***@h:1/z"
+    );
+}

@@ -65,7 +65,7 @@ impl Manager {
         self.stack
             .as_ref()
             .and_then(|s| s.config().ok())
-            .map(|c| c.stack.admin_group)
+            .map(|c| c.stack.admin_group.into())
             .unwrap_or_default()
     }
 

@@ -106,7 +106,9 @@ impl Step {
             }
             Step::InstallArchive { pin } => format!(
                 "install {} {} from {} (verified)",
-                pin.component, pin.version, pin.url
+                pin.component,
+                pin.version,
+                crate::config::redact_url(&pin.url)
             ),
             Step::BuildVenv { venv } => format!(
                 "build the {} venv {} from its lock file with uv (hashes required)",
