@@ -25,12 +25,32 @@ pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> Prob
         Probe::Redis {
             port,
             password_secret,
+            owner,
         } => {
-            let password = password_secret.as_deref().and_then(&secret);
-            (
-                format!("redis 127.0.0.1:{port}"),
-                tokio::time::timeout(TIMEOUT, redis_ping(*port, password)).await,
-            )
+            let name = format!("redis 127.0.0.1:{port}");
+            // The password is sent only to a socket the server's own user holds: a
+            // local user who got the port first receives nothing.
+            let owner_uid = nix::unistd::User::from_name(owner)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw());
+            let holder = crate::host::ports::loopback_listener_uid(*port);
+            match (holder, owner_uid) {
+                (Some(uid), Some(want)) if uid == want => {
+                    let password = password_secret.as_deref().and_then(&secret);
+                    (
+                        name,
+                        tokio::time::timeout(TIMEOUT, redis_ping(*port, password)).await,
+                    )
+                }
+                (None, _) => (name, Ok(Err("nothing listens there".to_string()))),
+                (Some(uid), _) => (
+                    name,
+                    Ok(Err(format!(
+                        "the port is held by uid {uid}, not by {owner}: no password sent"
+                    ))),
+                ),
+            }
         }
         Probe::Postgres { port } => (
             format!("postgres 127.0.0.1:{port}"),
@@ -140,5 +160,60 @@ async fn postgres_ready(port: u16) -> Result<String, String> {
             Err(format!("server error: {text}"))
         }
         other => Err(format!("unexpected message type {:?}", other as char)),
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    /// A listener that records whatever is sent to it.
+    async fn fake_listener() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(3), l.accept()).await
+            else {
+                return Vec::new();
+            };
+            let mut got = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut got))
+                .await
+                .map_or(0, |r| r.unwrap_or(0));
+            got.truncate(n);
+            got
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn the_redis_password_goes_only_to_a_socket_its_user_owns() {
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let other = if me == "nobody" { "root" } else { "nobody" };
+        let (port, heard) = fake_listener().await;
+        let probe = Probe::Redis {
+            port,
+            password_secret: Some("redis-broker".into()),
+            owner: other.into(),
+        };
+        let r = run(&probe, |_| Some("TOPSECRET".into())).await;
+        assert!(!r.healthy);
+        assert!(r.detail.contains("no password sent"), "{}", r.detail);
+        // Nobody connected: the listener times out with nothing heard.
+        assert!(heard.await.unwrap().is_empty());
+
+        // The same listener owned by the expected user does get the AUTH.
+        let (port, heard) = fake_listener().await;
+        let probe = Probe::Redis {
+            port,
+            password_secret: Some("redis-broker".into()),
+            owner: me,
+        };
+        let _unhealthy_fake = run(&probe, |_| Some("TOPSECRET".into())).await;
+        let got = String::from_utf8_lossy(&heard.await.unwrap()).into_owned();
+        assert!(got.contains("AUTH") && got.contains("TOPSECRET"), "{got:?}");
     }
 }

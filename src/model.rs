@@ -310,6 +310,8 @@ pub enum Probe {
     Redis {
         port: u16,
         password_secret: Option<String>,
+        /// The user the server runs as: the password goes only to a socket it owns.
+        owner: String,
     },
     /// The PostgreSQL wire protocol: a startup message answered by the server.
     Postgres { port: u16 },

@@ -87,6 +87,7 @@ pub fn render(config: &Config) -> ComponentSpec {
         probes.push(Probe::Redis {
             port: cfg.port.get(),
             password_secret: Some(password_secret(instance)),
+            owner: USER.into(),
         });
     }
     dirs.insert(
