@@ -130,7 +130,8 @@ impl ServiceUnit {
         }
         if let Some(dir) = &self.runtime_directory {
             line(&mut u, &format!("RuntimeDirectory={dir}"));
-            line(&mut u, "RuntimeDirectoryMode=0755");
+            // Only the service's own user (and root) may reach its sockets.
+            line(&mut u, "RuntimeDirectoryMode=0750");
         }
         if let Some(dir) = &self.cache_directory {
             line(&mut u, &format!("CacheDirectory={dir}"));

@@ -481,10 +481,17 @@ async fn apply(json: bool, bundle: Option<PathBuf>) -> Result<(), Failure> {
         Some(path) => {
             // Opened here, with the caller's own permissions: the daemon reads only
             // what the caller could, from wherever the caller sees it.
-            let file = std::fs::File::open(&path).map_err(|e| Failure {
-                code: 1,
-                message: format!("{}: {e}", path.display()),
-            })?;
+            // O_NONBLOCK: opening a FIFO would otherwise wait for a writer. (It has
+            // no effect on reading a regular file.)
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&path)
+                .map_err(|e| Failure {
+                    code: 1,
+                    message: format!("{}: {e}", path.display()),
+                })?;
             if !file.metadata().is_ok_and(|m| m.is_file()) {
                 return Err(Failure {
                     code: 3,

@@ -297,6 +297,8 @@ pub fn open_file(
     std::fs::create_dir_all(extract_root).map_err(io_err(extract_root))?;
     let staging = extract_root.join(format!(".incoming-{id}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
+    // Made before extracting: a bundle may list no files at all.
+    std::fs::create_dir(&staging).map_err(io_err(&staging))?;
     let result = extract_verified(&mut entries, &manifest, &staging, &name);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
