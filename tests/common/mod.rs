@@ -95,6 +95,11 @@ impl Container {
 
     fn boot_inner(name: &str, binds: &[(PathBuf, &str)], private_network: bool) -> Container {
         let rootfs = rootfs();
+        if !private_network {
+            // The host's network is shared: the previous test's container may still be
+            // stopping its services.
+            wait_for_stack_ports(name);
+        }
         let r = repo();
         let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
         cmd.args([name, "-q", "-D"]).arg(&rootfs).args([
@@ -208,6 +213,32 @@ impl Container {
             self.ok("systemctl is-active analytics-stackd.service")
                 .trim()
         );
+    }
+}
+
+/// Ports the stack's services listen on (the defaults).
+const STACK_PORTS: &[u16] = &[
+    80, 3000, 3100, 5432, 6379, 6380, 8080, 8088, 8974, 9080, 9090, 9096, 9100, 9102, 9125,
+];
+
+/// Waits (up to a minute) until no listener holds one of the stack's ports on the
+/// host's network, and fails naming the port if one still does.
+fn wait_for_stack_ports(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let busy: Vec<u16> = analytics_stack::host::ports::sockets()
+            .into_iter()
+            .map(|s| s.port)
+            .filter(|p| STACK_PORTS.contains(p))
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: ports {busy:?} are still held on the host's network"
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
