@@ -138,11 +138,20 @@ impl Executor<'_> {
         };
         let fetcher =
             Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
-        let archive = match &self.bundle {
+        use crate::artifact::trust;
+        let digests_file = Path::new(trust::DIGESTS_FILE);
+        let mut recorded: trust::RecordedDigests = self
+            .fs
+            .read(digests_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        // (archive, the digest to record once it installed)
+        let (archive, first_use) = match &self.bundle {
             // The bundle was verified whole against its manifest when it was opened.
             Some(bundle) => bundle
                 .archive(&pin.component, &pin.version)
-                .map(|(path, _)| path)
+                .map(|(path, _)| (path, None))
                 .ok_or_else(|| {
                     failed(format!(
                         "the bundle holds no {} {} archive",
@@ -150,9 +159,13 @@ impl Executor<'_> {
                     ))
                 })?,
             None => {
-                crate::artifact::obtain(&fetcher, pin, &self.mirror, &|done, total| {
-                    progress.bytes(done, total)
-                })
+                let (path, sha256) = crate::artifact::obtain(
+                    &fetcher,
+                    pin,
+                    &self.mirror,
+                    recorded.get(pin),
+                    &|done, total| progress.bytes(done, total),
+                )
                 .await
                 .map_err(|e| {
                     if e.is_integrity() {
@@ -160,8 +173,9 @@ impl Executor<'_> {
                     } else {
                         failed(e.to_string())
                     }
-                })?
-                .0
+                })?;
+                let first_use = recorded.get(pin).is_none().then_some(sha256);
+                (path, first_use)
             }
         };
         let root = self.fs.path(&Path::new(paths::OPT).join(&pin.component));
@@ -170,7 +184,16 @@ impl Executor<'_> {
             other => integrity(other.to_string()),
         };
         crate::artifact::unpack(&archive, pin.format, &root, &pin.version).map_err(from_unpack)?;
-        crate::artifact::switch_current(&root, &pin.version).map_err(from_unpack)
+        crate::artifact::switch_current(&root, &pin.version).map_err(from_unpack)?;
+        // Only an archive that verified *and* unpacked is remembered as this version.
+        if let Some(sha256) = first_use {
+            recorded.record(pin, &sha256);
+            let json = serde_json::to_vec_pretty(&recorded).map_err(|e| failed(e.to_string()))?;
+            self.fs
+                .write_atomic(digests_file, &json, 0o644, 0, 0)
+                .map_err(|e| failed(format!("{}: {e}", digests_file.display())))?;
+        }
+        Ok(())
     }
 
     /// Builds `venv` where it will stay (venvs hold absolute paths), marks it complete

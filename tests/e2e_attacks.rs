@@ -464,6 +464,60 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     c.ok("rm /etc/analytics-stack/stack.d/30-evil.toml");
     tally.refused(&c, "newline in a mirror URL; non-ASCII duration");
 
+    // 13. A mirror that swaps a version for another archive with a matching checksum
+    //     file after the first install: refused (trust on first use), and a mirror
+    //     over plain http elsewhere than loopback is refused before any download.
+    mirror.put_statsd_exporter();
+    c.ok("printf '[statsd_exporter]\\nenabled = true\\n' > /etc/analytics-stack/stack.d/10-statsd.toml");
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("statsd-exporter 0.30.0") && plan.contains("recorded on first use"),
+        "{plan}"
+    );
+    c.ok("analytics-stack apply");
+    let recorded = c.ok("cat /var/lib/analytics-stack/archive-digests.json");
+    assert!(recorded.contains("statsd-exporter 0.30.0"), "{recorded}");
+    c.ok("systemctl stop analytics-statsd-exporter.service && rm -rf /opt/analytics-stack/statsd-exporter /var/cache/analytics-stack/downloads/*");
+    serve(
+        &mirror,
+        &hostile_tarball(&[(
+            "NOTICE",
+            tar::EntryType::Regular,
+            None,
+            b"a different build\n",
+        )]),
+    );
+    let out = c.sh("analytics-stack apply");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("trust on first use"), "{err}");
+    assert_eq!(
+        c.ok("ls -A /opt/analytics-stack/statsd-exporter 2>/dev/null || true")
+            .trim(),
+        "",
+        "nothing unpacked"
+    );
+    c.ok("printf '[archives]\\nmirror = \"http://mirror.example.invalid/gh\"\\n' > /etc/analytics-stack/stack.d/40-far-mirror.toml");
+    c.ok("rm /var/lib/analytics-stack/archive-digests.json");
+    let out = c.sh("analytics-stack apply");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(
+        err.contains("over plain http") && err.contains("[archives] sha256"),
+        "{err}"
+    );
+    assert_eq!(
+        c.ok("ls -A /opt/analytics-stack/statsd-exporter 2>/dev/null || true")
+            .trim(),
+        "",
+        "nothing unpacked"
+    );
+    c.ok("rm /etc/analytics-stack/stack.d/40-far-mirror.toml /etc/analytics-stack/stack.d/10-statsd.toml");
+    tally.refused(
+        &c,
+        "archive swapped after first use; unpinned digest over plain http",
+    );
+
     // 12. A local account named like a PostgreSQL role: no way in over the socket.
     let out =
         c.sh("runuser -u warehouse -- psql -h /run/analytics-postgres -d warehouse -c 'SELECT 1'");

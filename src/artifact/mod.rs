@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod fetch;
+pub mod trust;
 pub mod unpack;
 
 pub use fetch::{FetchError, Fetcher};
@@ -19,6 +20,9 @@ pub enum ObtainError {
     /// The digest source named no digest for the archive.
     #[error("{0}")]
     NoDigest(String),
+    /// The digest could not be trusted (plain http, or not the one recorded).
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl ObtainError {
@@ -26,20 +30,26 @@ impl ObtainError {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            ObtainError::NoDigest(_) | ObtainError::Fetch(FetchError::Digest { .. })
+            ObtainError::NoDigest(_)
+                | ObtainError::Untrusted(_)
+                | ObtainError::Fetch(FetchError::Digest { .. })
         )
     }
 }
 
 /// Learns `pin`'s sha256 (pinned, from upstream's checksum file, or from a resolver)
 /// and returns the verified archive from the cache, downloading it when needed.
+/// `recorded` is the digest first verified for this version on this host, if any
+/// (see [`trust`]): a source that now names another is refused.
 pub async fn obtain(
     fetcher: &Fetcher,
     pin: &catalog::ArchivePin,
     mirror: &str,
+    recorded: Option<&str>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<(PathBuf, String), ObtainError> {
     use catalog::DigestSource;
+    trust::check_channel(pin, recorded).map_err(ObtainError::Untrusted)?;
     let mut url = pin.url.clone();
     let sha256 = match &pin.digest {
         DigestSource::Resolver => {
@@ -59,6 +69,7 @@ pub async fn obtain(
             })?
         }
     };
+    trust::check_learned(pin, recorded, &sha256).map_err(ObtainError::Untrusted)?;
     let path = fetcher
         .fetch(&url, &pin.file_name, &sha256, progress)
         .await?;

@@ -137,7 +137,7 @@ async fn gather(
             pin.component, pin.version
         ));
         let (path, _sha) =
-            crate::artifact::obtain(&fetcher, &pin, config.archives.mirror.as_str(), bytes)
+            crate::artifact::obtain(&fetcher, &pin, config.archives.mirror.as_str(), None, bytes)
                 .await
                 .map_err(|e| e.to_string())?;
         let rel = format!("archives/{}/{}", pin.component, pin.file_name);

@@ -125,7 +125,28 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     if config.dlt.enabled {
         specs.push(dlt::render(config, platform));
     }
+    pin_operator_digests(&mut specs, config);
     specs
+}
+
+/// The operator's `[archives] sha256` pins replace a digest the catalog leaves to a
+/// checksum file or resolver (a catalog pin stays: it is the stronger statement).
+fn pin_operator_digests(specs: &mut [ComponentSpec], config: &Config) {
+    use crate::artifact::catalog::DigestSource;
+    let pins = &config.archives.sha256;
+    let archives = specs.iter_mut().flat_map(|s| {
+        s.archive
+            .iter_mut()
+            .chain(s.venv.as_mut().map(|v| &mut v.uv))
+    });
+    for pin in archives {
+        if let (Some(sha), false) = (
+            pins.get(&pin.component),
+            matches!(pin.digest, DigestSource::Pinned(_)),
+        ) {
+            pin.digest = DigestSource::Pinned(sha.as_str().to_string());
+        }
+    }
 }
 
 /// Where a component's program comes from: (path of the program, archive to

@@ -171,6 +171,42 @@ pub struct GrafanaConfig {
 #[serde(deny_unknown_fields)]
 pub struct ArchivesConfig {
     pub mirror: MirrorUrl,
+    /// Digests the operator pins, by component, for archives the catalog does not
+    /// pin (this host's architecture): such an archive is then verified against the
+    /// pin, whatever a mirror's checksum file says.
+    #[serde(default)]
+    pub sha256: std::collections::BTreeMap<String, Sha256Hex>,
+}
+
+/// 64 hexadecimal digits, stored in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(Sha256Hex(s.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "{:?} is not a sha256 (64 hexadecimal digits)",
+                crate::util::printable(&s)
+            ))
+        }
+    }
+}
+
+impl From<Sha256Hex> for String {
+    fn from(h: Sha256Hex) -> String {
+        h.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

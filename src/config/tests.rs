@@ -302,3 +302,34 @@ fn urls_quoted_in_errors_lose_their_credentials() {
         "GET http://***@m.internal/a/b failed (see https://x.org/y), https://***@h:1/z"
     );
 }
+
+#[test]
+fn operators_pin_archives_the_catalog_leaves_to_checksum_files() {
+    use crate::artifact::catalog::DigestSource;
+    let sha = "AB".repeat(32);
+    let c = with(&[(
+        "stack.toml",
+        &format!(
+            "[archives]\nsha256 = {{ statsd-exporter = \"{sha}\", uv = \"{}\" }}\n",
+            "cd".repeat(32)
+        ),
+    )])
+    .unwrap();
+    let platform = crate::components::Platform {
+        codename: "bookworm".into(),
+        arch: "amd64".into(),
+    };
+    let specs = crate::components::render_all(&c, &platform);
+    let statsd = specs.iter().find(|s| s.name == "statsd-exporter").unwrap();
+    assert_eq!(
+        statsd.archive.as_ref().unwrap().digest,
+        DigestSource::Pinned(sha.to_lowercase())
+    );
+    // The catalog's own pin of uv stays.
+    let uv = &specs.iter().find_map(|s| s.venv.as_ref()).unwrap().uv;
+    assert_ne!(uv.digest, DigestSource::Pinned("cd".repeat(32)));
+    let err = with(&[("stack.toml", "[archives]\nsha256 = { loki = \"xyz\" }\n")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a sha256"), "{err}");
+}

@@ -105,10 +105,11 @@ impl Step {
                 format!("install Debian packages: {}", packages.join(" "))
             }
             Step::InstallArchive { pin } => format!(
-                "install {} {} from {} (verified)",
+                "install {} {} from {} (verified: {})",
                 pin.component,
                 pin.version,
-                crate::config::redact_url(&pin.url)
+                crate::config::redact_url(&pin.url),
+                crate::artifact::trust::describe(pin, None)
             ),
             Step::BuildVenv { venv } => format!(
                 "build the {} venv {} from its lock file with uv (hashes required)",

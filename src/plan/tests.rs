@@ -401,7 +401,12 @@ fn an_archive_component_is_installed_once_and_a_new_version_restarts_it() {
         .iter()
         .position(|s| s.starts_with("install statsd-exporter "))
         .expect("archive step");
-    assert!(steps[install].ends_with("(verified)"));
+    assert!(
+        steps[install]
+            .ends_with("(verified: digest from the checksum file, recorded on first use)"),
+        "{}",
+        steps[install]
+    );
     assert!(
         install
             < steps
