@@ -281,13 +281,16 @@ fn data_tier_end_to_end() {
         Some(5)
     );
 
-    // Uninstall keeps the data: units, users, generated files go; the distribution's
-    // units come back; a second uninstall has nothing to do.
+    // Uninstall keeps the data and the users that own it (so no new account can be
+    // given their uids); units and generated files go; the distribution's units come
+    // back; a second uninstall has nothing to do.
+    let uid = c.ok("id -u analytics-postgres");
     let out = c.ok("analytics-stack uninstall");
     assert!(
-        out.contains("removed:") && out.contains("delete system user analytics-postgres"),
+        out.contains("removed:") && !out.contains("delete system user"),
         "{out}"
     );
+    assert!(out.contains("the stack's system users"), "{out}");
     assert!(
         out.contains("kept:") && out.contains("/var/lib/analytics-stack (databases"),
         "{out}"
@@ -298,7 +301,7 @@ fn data_tier_end_to_end() {
         "1",
         "only the daemon's own unit stays"
     );
-    assert!(!c.sh("getent passwd analytics-postgres").status.success());
+    assert_eq!(c.ok("id -u analytics-postgres"), uid);
     assert!(!c
         .sh("test -e /etc/analytics-stack/postgres")
         .status
@@ -321,8 +324,17 @@ fn data_tier_end_to_end() {
     assert!(c
         .ok("analytics-stack uninstall")
         .contains("nothing to remove"));
-    // Applying again reuses the kept data and secrets.
+    // Applying again reuses the kept data and secrets, even when an administrator
+    // deleted the service user meanwhile and another account got its uid: the new
+    // analytics-postgres gets the data back, recursively.
+    c.ok("userdel analytics-postgres && useradd -r -M -s /usr/sbin/nologin squatter");
+    eprintln!("old uid {}, squatter {}", uid.trim(), c.ok("id -u squatter").trim());
     c.ok("analytics-stack apply");
+    assert_eq!(
+        c.ok("find /var/lib/analytics-stack/postgres -user squatter | wc -l").trim(),
+        "0",
+        "nothing of the data stays with the account that got the old uid"
+    );
     assert_eq!(
         c.ok(&format!("{psql} -c 'SELECT sum(n) FROM facts'"))
             .trim(),

@@ -77,9 +77,19 @@ impl FsRoot {
         result
     }
 
+    /// Makes the directory with this mode and owner. When it exists with another
+    /// owner (a service user recreated with a new uid after its data was kept), what
+    /// inside belonged to the old owner is given to the new one, so the service can
+    /// read its data again (PostgreSQL refuses a data directory it does not own).
     pub fn ensure_dir(&self, abs: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<()> {
         let p = self.path(abs);
+        let before = fs::symlink_metadata(&p).ok().filter(|m| m.is_dir());
         fs::create_dir_all(&p)?;
+        if let Some(m) = before {
+            if (m.uid(), m.gid()) != (uid, gid) && m.uid() != 0 {
+                reown_tree(&p, (m.uid(), m.gid()), (uid, gid))?;
+            }
+        }
         std::os::unix::fs::chown(&p, Some(uid), Some(gid))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode))
     }
@@ -105,6 +115,27 @@ impl FsRoot {
             group: group_name(gid),
         })
     }
+}
+
+/// Below `dir` (links not followed), what the old uid owns goes to the new uid and
+/// what the old gid owns to the new gid; anything else keeps its owner.
+fn reown_tree(dir: &Path, old: (u32, u32), new: (u32, u32)) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let path = entry?.path();
+            let m = fs::symlink_metadata(&path)?;
+            let uid = (m.uid() == old.0).then_some(new.0);
+            let gid = (m.gid() == old.1).then_some(new.1);
+            if uid.is_some() || gid.is_some() {
+                std::os::unix::fs::lchown(&path, uid, gid)?;
+            }
+            if m.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn user_name(uid: u32) -> String {
@@ -140,6 +171,36 @@ pub fn gid_of(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_whose_owner_changed_is_reowned_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FsRoot::new(dir.path());
+        let data = Path::new("/var/lib/analytics-stack/postgres");
+        let real = root.path(data);
+        fs::create_dir_all(real.join("15/base")).unwrap();
+        fs::write(real.join("15/base/1"), b"rows").unwrap();
+        fs::write(real.join("15/root-file"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", real.join("15/link")).unwrap();
+        // The data as a deleted user's uid left it; one file belongs to root.
+        for p in [
+            &real,
+            &real.join("15"),
+            &real.join("15/base"),
+            &real.join("15/base/1"),
+        ] {
+            std::os::unix::fs::lchown(p, Some(4242), Some(4242)).unwrap();
+        }
+        std::os::unix::fs::lchown(real.join("15/link"), Some(4242), Some(4242)).unwrap();
+        root.ensure_dir(data, 0o700, 4343, 4343).unwrap();
+        for p in ["", "15", "15/base", "15/base/1", "15/link"] {
+            let m = fs::symlink_metadata(real.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4343, 4343), "{p}");
+        }
+        assert_eq!(fs::metadata(real.join("15/root-file")).unwrap().uid(), 0);
+        // The link itself was re-owned, not what it points at.
+        assert_eq!(fs::metadata("/etc/shadow").unwrap().uid(), 0);
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_leaves_no_temp_file() {

@@ -45,6 +45,10 @@ pub fn kept(purge_data: bool) -> Vec<String> {
                 paths::STATE
             ),
         );
+        kept.insert(
+            1,
+            "the stack's system users (analytics-*), which own that data; --purge-data removes them too".to_string(),
+        );
     }
     kept
 }
@@ -79,9 +83,14 @@ pub fn plan_uninstall(facts: &HostFacts, state: &RecordedState, purge_data: bool
             before: before.clone(),
         });
     }
-    for user in &state.users {
-        if facts.users.contains(user) {
-            steps.push(Step::DeleteUser { user: user.clone() });
+    // The service users own the data: while it stays, so do they (as Debian's
+    // packages keep theirs), so that no other account can be given their uids and
+    // with them the warehouse.
+    if purge_data {
+        for user in &state.users {
+            if facts.users.contains(user) {
+                steps.push(Step::DeleteUser { user: user.clone() });
+            }
         }
     }
     for tree in generated_trees() {
@@ -170,7 +179,6 @@ mod tests {
                 "remove /etc/systemd/system/analytics-postgres.service",
                 "reload systemd",
                 "restore the distribution's postgresql.service (enabled)",
-                "delete system user analytics-postgres",
                 "remove /etc/analytics-stack/postgres and everything in it",
                 "remove /opt/analytics-stack and everything in it",
                 "remove /var/lib/analytics-stack/state.json",
@@ -185,6 +193,7 @@ mod tests {
             purge.last().unwrap(),
             "remove /var/lib/analytics-stack and everything in it"
         );
+        assert!(purge.contains(&"delete system user analytics-postgres".to_string()));
         assert!(kept(false)[0].starts_with("/var/lib/analytics-stack"));
         assert!(!kept(true).iter().any(|k| k.starts_with("/var/lib")));
     }
