@@ -210,16 +210,36 @@ impl Executor<'_> {
                 _ => {}
             }
             std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+            // The build runs as the unprivileged build user, in a directory that user
+            // owns until the venv is complete; root owns the result.
+            let builder = ids(crate::components::BUILD_USER, crate::components::BUILD_USER)?;
+            let io = |p: &Path| {
+                let p = p.display().to_string();
+                move |e: std::io::Error| format!("{p}: {e}")
+            };
+            std::fs::create_dir(&dir).map_err(io(&dir))?;
+            std::os::unix::fs::chown(&dir, Some(builder.0), Some(builder.1)).map_err(io(&dir))?;
+            // A cache filled by root (before builds were unprivileged) becomes the
+            // build user's.
+            let cache = self.fs.path(Path::new(UV_CACHE));
+            host::fsroot::own_tree(&cache, builder.0, builder.1).map_err(io(&cache))?;
             let uv = self.fs.path(&venv.uv_binary());
             let interpreter = self.fs.path(&venv.interpreter);
             run_uv(
                 &uv,
-                &["venv", "--quiet", "--no-project", "--python"],
+                builder,
+                &[
+                    "venv",
+                    "--quiet",
+                    "--no-project",
+                    "--allow-existing",
+                    "--python",
+                ],
                 &[interpreter.as_os_str(), dir.as_os_str()],
             )
             .await?;
             let lock = dir.join("requirements.lock");
-            std::fs::write(&lock, venv.lock).map_err(|e| format!("{}: {e}", lock.display()))?;
+            std::fs::write(&lock, venv.lock).map_err(io(&lock))?;
             let python = dir.join("bin/python");
             let mut args = vec![
                 "pip",
@@ -241,11 +261,12 @@ impl Executor<'_> {
                 None => {}
             }
             args.push("--python");
-            run_uv(&uv, &args, &[python.as_os_str(), lock.as_os_str()]).await?;
+            run_uv(&uv, builder, &args, &[python.as_os_str(), lock.as_os_str()]).await?;
+            host::fsroot::own_tree(&dir, 0, 0).map_err(io(&dir))?;
             let marker = self.fs.path(&venv.complete_marker());
             std::fs::write(&marker, format!("{}\n", venv.id))
                 .and_then(|()| std::fs::File::open(&marker)?.sync_all())
-                .map_err(|e| format!("{}: {e}", marker.display()))?;
+                .map_err(io(&marker))?;
         }
         crate::artifact::switch_current(&root, &venv.id).map_err(|e| e.to_string())
     }
@@ -435,13 +456,22 @@ impl Executor<'_> {
 }
 
 /// Runs uv with its own cache and no user configuration; never downloads a Python.
-async fn run_uv(uv: &Path, args: &[&str], paths: &[&std::ffi::OsStr]) -> Result<(), String> {
+/// Runs uv as `user` (uid, gid; supplementary groups dropped), never as root.
+async fn run_uv(
+    uv: &Path,
+    user: (u32, u32),
+    args: &[&str],
+    paths: &[&std::ffi::OsStr],
+) -> Result<(), String> {
     let out = tokio::process::Command::new(uv)
         .args(args)
         .args(paths)
+        .uid(user.0)
+        .gid(user.1)
+        .current_dir(UV_CACHE)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("HOME", "/root")
+        .env("HOME", UV_CACHE)
         .env("UV_CACHE_DIR", UV_CACHE)
         .env("UV_NO_CONFIG", "1")
         .env("UV_PYTHON_DOWNLOADS", "never")

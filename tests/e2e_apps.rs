@@ -162,6 +162,28 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
             "test -f /opt/analytics-stack/{app}/current/.analytics-stack-complete && test -x /opt/analytics-stack/{app}/current/bin/python"
         ));
     }
+    // Built by uv as the unprivileged build user (its cache is that user's), and
+    // owned by root once complete: no service user and not the builder can change it.
+    for app in ["airflow", "superset", "dlt"] {
+        assert_eq!(
+            c.ok(&format!(
+                "find -P /opt/analytics-stack/{app}/ ! -user root | head -n 3"
+            ))
+            .trim(),
+            "",
+            "{app}'s venv is root's"
+        );
+    }
+    assert_eq!(
+        c.ok("stat -c %U /var/cache/analytics-stack/uv").trim(),
+        "analytics-build"
+    );
+    assert_eq!(
+        c.ok("find /var/cache/analytics-stack/uv -user root | head -n 3")
+            .trim(),
+        "",
+        "nothing in uv's cache was written as root"
+    );
     let airflow_version = c.ok("/opt/analytics-stack/airflow/current/bin/python -c 'import airflow; print(airflow.__version__)'");
     assert_eq!(airflow_version.trim(), "3.3.2");
 

@@ -328,10 +328,15 @@ fn data_tier_end_to_end() {
     // deleted the service user meanwhile and another account got its uid: the new
     // analytics-postgres gets the data back, recursively.
     c.ok("userdel analytics-postgres && useradd -r -M -s /usr/sbin/nologin squatter");
-    eprintln!("old uid {}, squatter {}", uid.trim(), c.ok("id -u squatter").trim());
+    eprintln!(
+        "old uid {}, squatter {}",
+        uid.trim(),
+        c.ok("id -u squatter").trim()
+    );
     c.ok("analytics-stack apply");
     assert_eq!(
-        c.ok("find /var/lib/analytics-stack/postgres -user squatter | wc -l").trim(),
+        c.ok("find /var/lib/analytics-stack/postgres -user squatter | wc -l")
+            .trim(),
         "0",
         "nothing of the data stays with the account that got the old uid"
     );

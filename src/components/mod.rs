@@ -18,7 +18,7 @@ pub mod statsd_exporter;
 pub mod superset;
 
 use crate::config::Config;
-use crate::model::ComponentSpec;
+use crate::model::{ComponentSpec, DirSpec, UserSpec};
 
 /// Facts about the host that rendering depends on (known before anything is installed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +87,9 @@ pub fn is_known(name: &str) -> bool {
 }
 
 /// The enabled components, rendered, in start order.
+/// The user venvs are built as.
+pub const BUILD_USER: &str = "analytics-build";
+
 pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     let mut specs = Vec::new();
     if config.postgres.enabled {
@@ -126,7 +129,24 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
         specs.push(dlt::render(config, platform));
     }
     pin_operator_digests(&mut specs, config);
+    add_build_user(&mut specs);
     specs
+}
+
+/// Venvs are built by uv as an unprivileged user of their own, never as root: a
+/// package's build backend (an sdist's setup.py) runs as that user, which owns only
+/// uv's cache and the venv being built (handed to root once complete).
+fn add_build_user(specs: &mut [ComponentSpec]) {
+    for spec in specs.iter_mut().filter(|s| s.venv.is_some()) {
+        spec.users
+            .push(UserSpec::service(BUILD_USER, crate::exec::UV_CACHE));
+        spec.dirs.push(DirSpec {
+            path: crate::exec::UV_CACHE.into(),
+            mode: 0o700,
+            owner: BUILD_USER.into(),
+            group: BUILD_USER.into(),
+        });
+    }
 }
 
 /// The operator's `[archives] sha256` pins replace a digest the catalog leaves to a

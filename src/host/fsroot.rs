@@ -117,6 +117,22 @@ impl FsRoot {
     }
 }
 
+/// `dir` and everything below it (links not followed) to `uid`:`gid`.
+pub fn own_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let path = entry?.path();
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+            if fs::symlink_metadata(&path)?.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Below `dir` (links not followed), what the old uid owns goes to the new uid and
 /// what the old gid owns to the new gid; anything else keeps its owner.
 fn reown_tree(dir: &Path, old: (u32, u32), new: (u32, u32)) -> std::io::Result<()> {

@@ -382,6 +382,43 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         steps.push(Step::InstallPackages { packages: missing });
     }
 
+    // Users after the packages (whose groups they may join) and before the venvs
+    // (built as the unprivileged build user). Several components may name one user.
+    let mut named = std::collections::BTreeSet::new();
+    for user in desired.iter().flat_map(|s| s.users.iter()) {
+        if !facts.users.contains(&user.name) && named.insert(user.name.as_str()) {
+            steps.push(Step::CreateUser { user: user.clone() });
+        }
+    }
+
+    // Directories once their owners exist, before anything is built into them.
+    let base_dirs = [
+        DirSpec {
+            path: paths::STATE.into(),
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+        },
+        DirSpec {
+            path: paths::SECRETS.into(),
+            mode: 0o700,
+            owner: "root".into(),
+            group: "root".into(),
+        },
+    ];
+    let mut seen_dirs = BTreeSet::new();
+    for dir in base_dirs
+        .iter()
+        .chain(desired.iter().flat_map(|s| s.dirs.iter()))
+    {
+        if !seen_dirs.insert(&dir.path) {
+            continue;
+        }
+        if !ownership_matches(facts.dirs.get(&dir.path), dir.mode, &dir.owner, &dir.group) {
+            steps.push(Step::EnsureDir { dir: dir.clone() });
+        }
+    }
+
     let mut notified: BTreeMap<String, OnChange> = BTreeMap::new();
     for spec in desired {
         if let Some(pin) = &spec.archive {
@@ -419,35 +456,6 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         steps.push(Step::BuildVenv { venv: venv.clone() });
         for unit in &spec.units {
             notified.insert(unit.name.clone(), OnChange::Restart);
-        }
-    }
-
-    for user in desired.iter().flat_map(|s| s.users.iter()) {
-        if !facts.users.contains(&user.name) {
-            steps.push(Step::CreateUser { user: user.clone() });
-        }
-    }
-
-    let base_dirs = [
-        DirSpec {
-            path: paths::STATE.into(),
-            mode: 0o755,
-            owner: "root".into(),
-            group: "root".into(),
-        },
-        DirSpec {
-            path: paths::SECRETS.into(),
-            mode: 0o700,
-            owner: "root".into(),
-            group: "root".into(),
-        },
-    ];
-    for dir in base_dirs
-        .iter()
-        .chain(desired.iter().flat_map(|s| s.dirs.iter()))
-    {
-        if !ownership_matches(facts.dirs.get(&dir.path), dir.mode, &dir.owner, &dir.group) {
-            steps.push(Step::EnsureDir { dir: dir.clone() });
         }
     }
 
