@@ -399,6 +399,21 @@ impl Stack {
                 crate::bundle::open_file(file, &name, &root, &platform.codename, &platform.arch)
             }
         };
+        // Debian's signatures are checked before apt sees anything; a bundle that
+        // fails them does not stay extracted.
+        let opened = opened.and_then(|b| {
+            let name = b.root.display().to_string();
+            let verified = crate::bundle::debian::verify(
+                &b.root,
+                &b.manifest,
+                Path::new(crate::bundle::debian::KEYRING),
+                &name,
+            );
+            if verified.is_err() {
+                let _best_effort = std::fs::remove_dir_all(&b.root);
+            }
+            verified.map(|()| b)
+        });
         opened.map_err(|e| {
             let text = e.to_string();
             if e.is_integrity() {
@@ -700,6 +715,10 @@ mod tests {
                 debian_packages: vec![],
                 archives: vec![],
                 venvs: vec![],
+                apt_suites: vec![crate::bundle::debian::AptSuite {
+                    root: "debian".into(),
+                    suite: "bookworm".into(),
+                }],
                 components: vec![],
                 files: vec![],
             },
@@ -707,7 +726,7 @@ mod tests {
         assert_eq!(
             apt_sources(&mirrored, "bookworm", Some(&bundle)),
             AptSources::Only(
-                "deb [trusted=yes] file:/var/cache/analytics-stack/bundles/abc/debs ./\n".into()
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg check-valid-until=no] file:/var/cache/analytics-stack/bundles/abc/debs/debian bookworm main\n".into()
             )
         );
         let bad = config::load_texts(&[("m.toml", "[apt]\nmirror = \"ftp://x\"\n")]);

@@ -49,6 +49,12 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
         let inside = format!("/proc/{}/root/var/lib/stack-bundle.tar", c.leader);
         std::fs::copy(&inside, out.path().join("stack-bundle.tar")).unwrap();
     }
+    // A forged bundle: one .deb replaced, and a manifest rewritten to vouch for it.
+    std::fs::write(
+        out.path().join("forged-bundle.tar"),
+        forge_deb(&std::fs::read(out.path().join("stack-bundle.tar")).unwrap()),
+    )
+    .unwrap();
     // One byte altered, in the middle of the file (inside some package or wheel).
     let mut bytes = std::fs::read(out.path().join("stack-bundle.tar")).unwrap();
     let middle = bytes.len() / 2;
@@ -102,6 +108,19 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
     );
     c.ok("test -z \"$(ls -A /var/cache/analytics-stack/bundles 2>/dev/null)\"");
 
+    // The forged .deb passes the manifest but not Debian's signatures: refused
+    // before apt runs, naming the file, with nothing installed.
+    let refused = c.sh("analytics-stack apply --bundle /srv/bundles/forged-bundle.tar");
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(10), "integrity error: {err}");
+    assert!(
+        err.contains("is not what Debian signed") && err.contains(".deb"),
+        "{err}"
+    );
+    assert!(!c.sh("dpkg -s postgresql-15").status.success());
+    c.ok("test ! -e /opt/analytics-stack && test ! -e /var/lib/analytics-stack/state.json");
+    c.ok("test -z \"$(ls -A /var/cache/analytics-stack/bundles 2>/dev/null)\"");
+
     let started = Instant::now();
     c.ok("analytics-stack apply --bundle /srv/bundles/stack-bundle.tar");
     eprintln!(
@@ -146,4 +165,42 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
     )
     .unwrap();
     assert_eq!(again["changed"], false, "{again}");
+}
+
+/// `bundle` with its first `.deb` replaced by other bytes and the manifest's entry
+/// for it rewritten to match: what anyone handing a bundle over could make.
+fn forge_deb(bundle: &[u8]) -> Vec<u8> {
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut archive = tar::Archive::new(bundle);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        entries.push((path, data));
+    }
+    let target = entries
+        .iter()
+        .position(|(p, _)| p.ends_with(".deb"))
+        .expect("a .deb in the bundle");
+    let forged = b"!<arch>\nforged package with an evil postinst\n".to_vec();
+    let name = entries[target].0.clone();
+    entries[target].1 = forged.clone();
+    let mut manifest: Value = serde_json::from_slice(&entries[0].1).unwrap();
+    for f in manifest["files"].as_array_mut().unwrap() {
+        if f["path"] == name.as_str() {
+            f["sha256"] = analytics_stack::util::sha256_hex(&forged).into();
+            f["size"] = forged.len().into();
+        }
+    }
+    entries[0].1 = serde_json::to_vec(&manifest).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
 }

@@ -95,7 +95,11 @@ pub async fn create(
     Ok(CreateReport {
         output: opts.output.display().to_string(),
         bytes: size,
-        debs: count("debs/") - 1,
+        debs: manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("debs/") && f.path.ends_with(".deb"))
+            .count(),
         wheels: count("wheels/"),
         archives: manifest.archives.len(),
     })
@@ -112,6 +116,7 @@ async fn gather(
 ) -> Result<Manifest, String> {
     let packages: BTreeSet<String> = specs.iter().flat_map(|s| s.packages.clone()).collect();
     let packages: Vec<String> = packages.into_iter().collect();
+    let mut apt_suites = Vec::new();
     if !packages.is_empty() {
         say(&format!(
             "resolving Debian packages for {} {}: {}",
@@ -119,7 +124,7 @@ async fn gather(
             opts.arch,
             packages.join(" ")
         ));
-        debian_closure(opts, &packages, &work.join("debs"))
+        apt_suites = debian_closure(opts, &packages, &work.join("debs"))
             .await
             .map_err(step_err("Debian packages"))?;
     }
@@ -222,6 +227,7 @@ async fn gather(
         debian_packages: packages,
         archives,
         venvs,
+        apt_suites,
         components: specs.iter().map(|s| s.name.to_string()).collect(),
         files: Vec::new(),
     })
@@ -252,13 +258,15 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", to.display()))
 }
 
-/// Downloads `packages` and their whole dependency closure for the target into `out`
-/// and writes `out/Packages`, a flat repository index.
+/// Downloads `packages` and their whole dependency closure for the target into
+/// `out` as a partial mirror of Debian's archives: each suite's signed `InRelease`
+/// and `main/binary-ARCH/Packages` (as apt fetched and verified them), and every
+/// `.deb` at its pool path under `out/ROOT/` (ROOT: `debian`, `debian-security`).
 async fn debian_closure(
     opts: &CreateOptions,
     packages: &[String],
     out: &Path,
-) -> Result<(), String> {
+) -> Result<Vec<super::debian::AptSuite>, String> {
     let root = opts
         .cache
         .join(format!("apt-{}-{}", opts.distro, opts.arch));
@@ -273,18 +281,23 @@ async fn debian_closure(
     }
     let status = root.join("var/lib/dpkg/status");
     std::fs::write(&status, "").map_err(|e| e.to_string())?;
-    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    let m = opts.debian_mirror.trim_end_matches('/');
+    let keyring = super::debian::KEYRING;
+    let m = opts.debian_mirror.trim_end_matches('/').to_string();
     let security = m.strip_suffix("/debian").map_or_else(
         || "http://security.debian.org/debian-security".to_string(),
         |base| format!("{base}/debian-security"),
     );
     let d = &opts.distro;
-    let sources = format!(
-        "deb [signed-by={keyring}] {m} {d} main\n\
-         deb [signed-by={keyring}] {m} {d}-updates main\n\
-         deb [signed-by={keyring}] {security} {d}-security main\n"
-    );
+    // (archive root in the bundle, its base URL, suite)
+    let suites = [
+        ("debian", m.clone(), d.clone()),
+        ("debian", m.clone(), format!("{d}-updates")),
+        ("debian-security", security.clone(), format!("{d}-security")),
+    ];
+    let sources: String = suites
+        .iter()
+        .map(|(_, base, suite)| format!("deb [signed-by={keyring}] {base} {suite} main\n"))
+        .collect();
     std::fs::write(root.join("etc/apt/sources.list"), sources).map_err(|e| e.to_string())?;
     let r = root.display().to_string();
     let options = [
@@ -299,6 +312,10 @@ async fn debian_closure(
         format!("APT::Architectures={}", opts.arch),
         "APT::Install-Recommends=false".into(),
         "Debug::NoLocking=true".into(),
+        // The indexes are kept as Debian signed them (uncompressed, as the signed
+        // Release lists them), whatever this machine's apt is set to store.
+        "Acquire::GzipIndexes=false".into(),
+        "Acquire::Languages=none".into(),
     ];
     let apt = |args: &[&str]| {
         let mut c = Command::new("apt-get");
@@ -322,83 +339,75 @@ async fn debian_closure(
     let mut args = vec!["install", "-y", "-q", "--download-only"];
     args.extend(packages.iter().map(String::as_str));
     run(apt(&args)).await?;
-    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
-    let mut names = BTreeSet::new();
-    for e in std::fs::read_dir(&archives)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "deb") {
-            let name = e.file_name().to_string_lossy().into_owned();
-            link_or_copy(&p, &out.join(&name))?;
-            names.insert(name);
-        }
-    }
-    // The index: apt's own stanzas for exactly these files (apt-cache reads its lists,
-    // however the host's apt stores them), each pointing at its file.
-    let mut specs = Vec::new();
-    let mut by_key = std::collections::BTreeMap::new();
-    for name in &names {
-        let stem = name.trim_end_matches(".deb");
-        let parts: Vec<&str> = stem.split('_').collect();
-        let [package, version, arch] = parts[..] else {
-            return Err(format!("{name}: not a NAME_VERSION_ARCH.deb file name"));
-        };
-        let version = version.replace("%3a", ":");
-        specs.push(format!("{package}:{arch}={version}"));
-        by_key.insert(
-            (package.to_string(), version, arch.to_string()),
-            name.clone(),
-        );
-    }
-    let mut show = Command::new("apt-cache");
-    for o in &options {
-        show.args(["-o", o]);
-    }
-    show.arg("show").args(&specs);
-    let shown = show
+    // Where each downloaded file sits in its archive: apt's own URIs for the closure.
+    let mut uris = vec!["install", "-y", "-qq", "--print-uris"];
+    uris.extend(packages.iter().map(String::as_str));
+    let printed = apt(&uris)
         .output()
         .await
-        .map_err(|e| format!("cannot run apt-cache: {e}"))?;
-    if !shown.status.success() {
-        return Err(String::from_utf8_lossy(&shown.stderr).into_owned());
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if !printed.status.success() {
+        return Err(String::from_utf8_lossy(&printed.stderr).into_owned());
     }
-    let text = String::from_utf8_lossy(&shown.stdout);
-    let mut index = String::new();
-    for stanza in text.split("\n\n") {
-        let field = |key: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(key).map(str::to_string))
-        };
-        let (Some(p), Some(v), Some(a)) = (
-            field("Package: "),
-            field("Version: "),
-            field("Architecture: "),
-        ) else {
+    let bases = [("debian-security", &security), ("debian", &m)];
+    let mut placed = 0;
+    for line in String::from_utf8_lossy(&printed.stdout).lines() {
+        let mut f = line.split_whitespace();
+        let (Some(uri), Some(file)) = (f.next(), f.next()) else {
             continue;
         };
-        // The same version may be listed by two suites: keep the first.
-        let Some(file) = by_key.remove(&(p, v, a)) else {
-            continue;
+        let uri = uri.trim_matches('\'');
+        let Some((archive_root, rel)) = bases.iter().find_map(|(name, base)| {
+            uri.strip_prefix(base.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                .map(|rel| (*name, rel))
+        }) else {
+            return Err(format!("{uri}: not from the configured Debian mirrors"));
         };
-        for line in stanza.lines() {
-            if line.starts_with("Filename: ") {
-                index.push_str(&format!("Filename: ./{file}\n"));
-            } else {
-                index.push_str(line);
-                index.push('\n');
-            }
+        if !rel.starts_with("pool/") || rel.contains("..") {
+            return Err(format!("{uri}: not a pool path"));
         }
-        index.push('\n');
+        link_or_copy(&archives.join(file), &out.join(archive_root).join(rel))?;
+        placed += 1;
     }
-    if let Some(orphan) = by_key.values().next() {
-        return Err(format!(
-            "{orphan} was downloaded but apt-cache does not describe it"
-        ));
+    if placed == 0 {
+        return Err("apt named no package files to download".into());
     }
-    std::fs::write(out.join("Packages"), index).map_err(|e| e.to_string())
+    // The signed indexes, as apt verified them.
+    let lists = root.join("var/lib/apt/lists");
+    let names: Vec<String> = std::fs::read_dir(&lists)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let find = |suffix: &str| {
+        names
+            .iter()
+            .find(|n| n.ends_with(suffix))
+            .map(|n| lists.join(n))
+            .ok_or_else(|| format!("apt kept no {suffix} in {}", lists.display()))
+    };
+    let mut kept = Vec::new();
+    for (archive_root, _, suite) in &suites {
+        let s = super::debian::AptSuite {
+            root: archive_root.to_string(),
+            suite: suite.clone(),
+        };
+        let work_root = out.parent().expect("debs/ has a parent");
+        link_or_copy(
+            &find(&format!("_dists_{suite}_InRelease"))?,
+            &work_root.join(s.in_release()),
+        )?;
+        link_or_copy(
+            &find(&format!(
+                "_dists_{suite}_main_binary-{}_Packages",
+                opts.arch
+            ))?,
+            &work_root.join(s.packages(&opts.arch)),
+        )?;
+        kept.push(s);
+    }
+    Ok(kept)
 }
 
 async fn run(mut cmd: Command) -> Result<(), String> {

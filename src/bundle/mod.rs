@@ -9,6 +9,7 @@
 //! architecture, is refused with the file named, and the staging directory is removed.
 
 pub mod create;
+pub mod debian;
 pub mod wheels;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub struct Manifest {
     pub archives: Vec<BundledArchive>,
     /// Applications whose wheels are in `wheels/`.
     pub venvs: Vec<String>,
+    /// The suites of the signed partial Debian mirror under `debs/` (see
+    /// [`debian`]); empty in bundles made before packages were carried signed.
+    #[serde(default)]
+    pub apt_suites: Vec<debian::AptSuite>,
     /// The components the bundle was made for (the configuration `bundle create`
     /// read); empty in bundles made before this was recorded.
     #[serde(default)]
@@ -91,6 +96,12 @@ pub enum BundleError {
     Unexpected { bundle: String, file: String },
     #[error("{file} in {bundle} is not a plain relative path inside the bundle")]
     Unsafe { bundle: String, file: String },
+    #[error("{file} in {bundle} is not what Debian signed: {reason}")]
+    Unsigned {
+        bundle: String,
+        file: String,
+        reason: String,
+    },
     #[error("{file} in {bundle} is not the archive this version pins: sha256 {actual}, the catalog says {pinned}")]
     NotAsPinned {
         bundle: String,
@@ -115,13 +126,10 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// A flat apt repository of the bundle's packages. `trusted=yes`: every .deb and the
-    /// index were checked against the manifest before apt sees them.
+    /// The bundle's partial Debian mirror as apt sources, checked by apt against
+    /// Debian's keyring (see [`debian::sources`]).
     pub fn apt_sources(&self) -> String {
-        format!(
-            "deb [trusted=yes] file:{} ./\n",
-            self.root.join("debs").display()
-        )
+        debian::sources(&self.root, &self.manifest.apt_suites)
     }
 
     pub fn wheels(&self) -> PathBuf {

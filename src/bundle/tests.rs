@@ -29,6 +29,7 @@ fn sample(dir: &Path) -> Manifest {
             path: "archives/uv/uv.whl".into(),
         }],
         venvs: vec![],
+        apt_suites: vec![],
         components: vec!["postgres".into()],
         files: list_files(dir).unwrap(),
     }
@@ -50,7 +51,7 @@ fn a_written_bundle_opens_verified_and_names_its_parts() {
     let (path, sha) = b.archive("uv", "0.1").unwrap();
     assert_eq!(sha, crate::util::sha256_hex(b"zip bytes"));
     assert!(path.ends_with("archives/uv/uv.whl"));
-    assert!(b.apt_sources().starts_with("deb [trusted=yes] file:"));
+    assert!(b.apt_sources().is_empty(), "no signed suites, no sources");
     // Opening it again reuses the extraction.
     let again = open(&out, &t.path().join("x"), "bookworm", "amd64").unwrap();
     assert_eq!(again.root, b.root);

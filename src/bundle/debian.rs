@@ -1,0 +1,443 @@
+//! A bundle's Debian packages as a partial mirror that Debian itself vouches for:
+//! each suite's signed `InRelease` and the `Packages` index it covers, and the
+//! `.deb`s at their pool paths. Before anything is installed, `verify` checks the
+//! chain the way apt does — the signature with the host's `debian-archive-keyring`
+//! (gpgv), the index's sha256 against the signed text, each `.deb`'s sha256 against
+//! the index — and apt then checks it again from a source with `signed-by=`, never
+//! `trusted=yes`. A bundle's manifest is an index of its files, not a root of trust.
+
+use super::{BundleError, Manifest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The keyring apt trusts for Debian's archives on every Debian host.
+pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// One suite of the partial mirror: `debs/ROOT/dists/SUITE/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSuite {
+    /// `debian` or `debian-security`: the archive the suite belongs to.
+    pub root: String,
+    /// `bookworm`, `bookworm-updates`, `bookworm-security`.
+    pub suite: String,
+}
+
+impl AptSuite {
+    pub fn dir(&self) -> String {
+        format!("debs/{}/dists/{}", self.root, self.suite)
+    }
+    pub fn in_release(&self) -> String {
+        format!("{}/InRelease", self.dir())
+    }
+    pub fn packages(&self, arch: &str) -> String {
+        format!("{}/main/binary-{arch}/Packages", self.dir())
+    }
+}
+
+/// apt sources for the bundle extracted at `root`: signature checked, never trusted
+/// blindly. `check-valid-until=no`: the security suite's signature says it is fresh
+/// for a week only, and an offline bundle is older than that by design (it still
+/// installs only what Debian signed).
+pub fn sources(root: &Path, suites: &[AptSuite]) -> String {
+    suites
+        .iter()
+        .map(|s| {
+            format!(
+                "deb [signed-by={KEYRING} check-valid-until=no] file:{}/debs/{} {} main\n",
+                root.display(),
+                s.root,
+                s.suite
+            )
+        })
+        .collect()
+}
+
+fn unsigned(bundle: &str, file: &str, reason: impl Into<String>) -> BundleError {
+    BundleError::Unsigned {
+        bundle: bundle.into(),
+        file: file.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The text `keyring` signed in the clearsigned `in_release`, or why not.
+fn signed_text(in_release: &Path, keyring: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("gpgv")
+        .arg("--keyring")
+        .arg(keyring)
+        .args(["--output", "-"])
+        .arg(in_release)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run gpgv: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // gpgv's own words ("BAD signature", "No public key"), not the file's.
+        let why: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("gpgv:"))
+            .map(|l| l.trim_start_matches("gpgv:").trim())
+            .filter(|l| !l.starts_with("Signature made") && !l.starts_with("using "))
+            .collect();
+        return Err(if why.is_empty() {
+            "the signature does not verify".into()
+        } else {
+            why.join("; ")
+        });
+    }
+    String::from_utf8(out.stdout).map_err(|_| "the signed text is not UTF-8".into())
+}
+
+/// The sha256 the signed Release text gives for `path` (e.g. `main/binary-amd64/Packages`).
+pub fn release_sha256(release: &str, path: &str) -> Option<String> {
+    let mut in_sha256 = false;
+    for line in release.lines() {
+        if !line.starts_with(' ') {
+            in_sha256 = line.trim_end() == "SHA256:";
+            continue;
+        }
+        if in_sha256 {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [hex, _size, p] = f[..] {
+                if p == path {
+                    return Some(hex.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `Filename` → `SHA256` of each stanza of a Packages index whose file is wanted.
+pub fn package_hashes(
+    packages: &str,
+    wanted: &std::collections::BTreeSet<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for stanza in packages.split("\n\n") {
+        let mut file = None;
+        let mut sha = None;
+        for line in stanza.lines() {
+            if let Some(v) = line.strip_prefix("Filename: ") {
+                file = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("SHA256: ") {
+                sha = Some(v.trim());
+            }
+        }
+        if let (Some(f), Some(s)) = (file, sha) {
+            if wanted.contains(f) {
+                out.insert(f.to_string(), s.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// Checks every Debian file of the bundle extracted at `root` against Debian's
+/// signatures with `keyring`; `bundle` names it in errors.
+pub fn verify(
+    root: &Path,
+    manifest: &Manifest,
+    keyring: &Path,
+    bundle: &str,
+) -> Result<(), BundleError> {
+    let debs: Vec<&super::ManifestFile> = manifest
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("debs/"))
+        .collect();
+    if debs.is_empty() && manifest.debian_packages.is_empty() {
+        return Ok(());
+    }
+    if manifest.apt_suites.is_empty() {
+        return Err(unsigned(
+            bundle,
+            "debs/",
+            "the bundle carries Debian packages without Debian's signed indexes (made by an \
+             older analytics-stack?): create it again",
+        ));
+    }
+    let index_files: std::collections::BTreeSet<String> = manifest
+        .apt_suites
+        .iter()
+        .flat_map(|s| [s.in_release(), s.packages(&manifest.arch)])
+        .collect();
+    // Pool files, by archive root: `pool/…` → (manifest path, sha256).
+    let mut pool: BTreeMap<&str, BTreeMap<&str, &super::ManifestFile>> = BTreeMap::new();
+    for f in &debs {
+        if index_files.contains(&f.path) {
+            continue;
+        }
+        let rest = &f.path["debs/".len()..];
+        let Some((archive, rel)) = rest.split_once('/').filter(|(_, r)| r.starts_with("pool/"))
+        else {
+            return Err(unsigned(
+                bundle,
+                &f.path,
+                "not a pool file of a signed suite",
+            ));
+        };
+        pool.entry(archive).or_default().insert(rel, f);
+    }
+    let mut vouched: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    for suite in &manifest.apt_suites {
+        let in_release = suite.in_release();
+        let signed = signed_text(&root.join(&in_release), keyring)
+            .map_err(|why| unsigned(bundle, &in_release, why))?;
+        let packages_path = suite.packages(&manifest.arch);
+        let index_path = format!("main/binary-{}/Packages", manifest.arch);
+        let want = release_sha256(&signed, &index_path).ok_or_else(|| {
+            unsigned(
+                bundle,
+                &in_release,
+                format!("it lists no sha256 for {index_path}"),
+            )
+        })?;
+        let have = manifest
+            .files
+            .iter()
+            .find(|f| f.path == packages_path)
+            .map(|f| f.sha256.clone())
+            .ok_or_else(|| unsigned(bundle, &packages_path, "missing"))?;
+        if have != want {
+            return Err(unsigned(
+                bundle,
+                &packages_path,
+                format!("sha256 {have}, but the signed InRelease says {want}"),
+            ));
+        }
+        let Some(files) = pool.get(suite.root.as_str()) else {
+            continue;
+        };
+        let text =
+            std::fs::read_to_string(root.join(&packages_path)).map_err(|e| BundleError::Io {
+                path: packages_path.clone(),
+                source: e,
+            })?;
+        let wanted = files.keys().copied().collect();
+        for (file, sha) in package_hashes(&text, &wanted) {
+            if let Some((rel, _)) = files.get_key_value(file.as_str()) {
+                vouched.insert((suite.root.as_str(), rel), sha);
+            }
+        }
+    }
+    for (archive, files) in &pool {
+        for (rel, f) in files {
+            match vouched.get(&(*archive, *rel)) {
+                Some(sha) if *sha == f.sha256 => {}
+                Some(sha) => {
+                    return Err(unsigned(
+                        bundle,
+                        &f.path,
+                        format!("sha256 {}, but Debian's signed index says {sha}", f.sha256),
+                    ))
+                }
+                None => return Err(unsigned(bundle, &f.path, "no signed index lists it")),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_text_gives_the_index_hash_from_its_sha256_section() {
+        let release = "Origin: Debian\nMD5Sum:\n aaaa 10 main/binary-amd64/Packages\nSHA256:\n 0123 5 main/binary-arm64/Packages\n ABCD 50060337 main/binary-amd64/Packages\n 9999 7 main/binary-amd64/Packages.xz\n";
+        assert_eq!(
+            release_sha256(release, "main/binary-amd64/Packages").as_deref(),
+            Some("abcd")
+        );
+        assert_eq!(release_sha256(release, "main/binary-i386/Packages"), None);
+    }
+
+    #[test]
+    fn only_wanted_files_of_the_index_are_kept() {
+        let packages = "Package: a\nFilename: pool/main/a/a_1_amd64.deb\nSHA256: AA\n\nPackage: b\nFilename: pool/main/b/b_1_amd64.deb\nSHA256: bb\n";
+        let wanted = ["pool/main/a/a_1_amd64.deb"].into_iter().collect();
+        let got = package_hashes(packages, &wanted);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["pool/main/a/a_1_amd64.deb"], "aa");
+    }
+}
+
+#[cfg(test)]
+mod signed {
+    //! The whole chain with a real signature: a throwaway key stands in for Debian's
+    //! (gpg makes it; gpgv checks it exactly as for the real keyring).
+    use super::*;
+    use crate::bundle::ManifestFile;
+    use std::process::Command;
+
+    struct Archive {
+        _tmp: tempfile::TempDir,
+        root: std::path::PathBuf,
+        keyring: std::path::PathBuf,
+        other_keyring: std::path::PathBuf,
+        manifest: Manifest,
+    }
+
+    fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+        use std::io::Write;
+        let mut c = Command::new("gpg")
+            .arg("--homedir")
+            .arg(home)
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or(b""))
+            .unwrap();
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "gpg {args:?}");
+        out.stdout
+    }
+
+    fn key(dir: &Path, name: &str) -> std::path::PathBuf {
+        let home = dir.join(format!("gnupg-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        gpg(
+            &home,
+            &[
+                "--quick-gen-key",
+                &format!("{name} <{name}@test>"),
+                "ed25519",
+                "sign",
+                "never",
+            ],
+            None,
+        );
+        let exported = gpg(&home, &["--export"], None);
+        std::fs::write(dir.join(format!("{name}.gpg")), exported).unwrap();
+        home
+    }
+
+    fn file(root: &Path, path: &str, bytes: &[u8]) -> ManifestFile {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        ManifestFile {
+            path: path.into(),
+            sha256: crate::util::sha256_hex(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    fn archive() -> Archive {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("bundle");
+        let home = key(tmp.path(), "debian");
+        key(tmp.path(), "other");
+        let deb = b"!<arch>\ndebian-binary stand-in".to_vec();
+        let rel = "pool/main/p/pkg/pkg_1.0_amd64.deb";
+        let packages = format!(
+            "Package: pkg\nVersion: 1.0\nFilename: {rel}\nSHA256: {}\n\nPackage: other\nFilename: pool/main/o/other_1_amd64.deb\nSHA256: {}\n",
+            crate::util::sha256_hex(&deb),
+            "0".repeat(64)
+        );
+        let release = format!(
+            "Origin: Debian\nSuite: bookworm\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            crate::util::sha256_hex(packages.as_bytes()),
+            packages.len()
+        );
+        let signed = gpg(&home, &["--clearsign"], Some(release.as_bytes()));
+        let suite = AptSuite {
+            root: "debian".into(),
+            suite: "bookworm".into(),
+        };
+        let files = vec![
+            file(&root, &suite.in_release(), &signed),
+            file(&root, &suite.packages("amd64"), packages.as_bytes()),
+            file(&root, &format!("debs/debian/{rel}"), &deb),
+        ];
+        let manifest = Manifest {
+            format: crate::bundle::FORMAT,
+            distro: "bookworm".into(),
+            arch: "amd64".into(),
+            created_by: "test".into(),
+            debian_packages: vec!["pkg".into()],
+            archives: vec![],
+            venvs: vec![],
+            apt_suites: vec![suite],
+            components: vec![],
+            files,
+        };
+        Archive {
+            keyring: tmp.path().join("debian.gpg"),
+            other_keyring: tmp.path().join("other.gpg"),
+            root,
+            manifest,
+            _tmp: tmp,
+        }
+    }
+
+    #[test]
+    fn a_signed_partial_mirror_verifies_and_every_break_in_the_chain_is_refused() {
+        let a = archive();
+        verify(&a.root, &a.manifest, &a.keyring, "b.tar").unwrap();
+
+        // Signed by a key the host does not trust.
+        let e = verify(&a.root, &a.manifest, &a.other_keyring, "b.tar").unwrap_err();
+        assert!(matches!(e, BundleError::Unsigned { .. }), "{e}");
+        assert!(e.to_string().contains("InRelease"), "{e}");
+
+        // A .deb swapped, with a manifest that vouches for it.
+        let mut m = a.manifest.clone();
+        let evil = file(
+            &a.root,
+            "debs/debian/pool/main/p/pkg/pkg_1.0_amd64.deb",
+            b"evil postinst",
+        );
+        m.files[2] = evil;
+        let e = verify(&a.root, &m, &a.keyring, "b.tar").unwrap_err();
+        assert!(e.to_string().contains("Debian's signed index says"), "{e}");
+
+        // An index rewritten to match the swapped .deb.
+        let mut m = a.manifest.clone();
+        m.files[1] = file(
+            &a.root,
+            &m.apt_suites[0].packages("amd64"),
+            b"Package: pkg\n",
+        );
+        let e = verify(&a.root, &m, &a.keyring, "b.tar").unwrap_err();
+        assert!(e.to_string().contains("the signed InRelease says"), "{e}");
+
+        // A .deb no signed index lists.
+        let a = archive();
+        let mut m = a.manifest.clone();
+        m.files
+            .push(file(&a.root, "debs/debian/pool/main/x/x_1_amd64.deb", b"x"));
+        let e = verify(&a.root, &m, &a.keyring, "b.tar").unwrap_err();
+        assert!(e.to_string().contains("no signed index lists it"), "{e}");
+
+        // A bundle with packages but no signed suites (the old flat layout).
+        let mut m = a.manifest.clone();
+        m.apt_suites.clear();
+        let e = verify(&a.root, &m, &a.keyring, "b.tar").unwrap_err();
+        assert!(
+            e.to_string().contains("without Debian's signed indexes"),
+            "{e}"
+        );
+    }
+}
