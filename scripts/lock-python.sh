@@ -3,7 +3,7 @@
 # every file PyPI has for it (all platforms: --universal), for the Python versions the
 # stack supports from 3.11 up. Uses the uv the catalog pins, verified like the daemon
 # does. Run it after editing a .in file, then commit both; the daemon embeds the locks.
-#   scripts/lock-python.sh [airflow|superset|dlt ...]
+#   scripts/lock-python.sh [airflow|superset|dlt|build ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,7 @@ if [ ! -x "$uv" ]; then
 fi
 
 apps=("$@")
-[ ${#apps[@]} -gt 0 ] || apps=(airflow superset dlt)
+[ ${#apps[@]} -gt 0 ] || apps=(airflow superset dlt build)
 for app in "${apps[@]}"; do
   "$uv" pip compile --quiet --no-config --generate-hashes --universal --python-version 3.11 \
     --index-url "${ANALYTICS_STACK_INDEX_URL:-https://pypi.org/simple}" \

@@ -240,6 +240,11 @@ impl Executor<'_> {
             .await?;
             let lock = dir.join("requirements.lock");
             std::fs::write(&lock, venv.lock).map_err(io(&lock))?;
+            // Build backends for sdists: exactly these, hash-checked by uv.
+            let build_lock = dir.join("build-constraints.lock");
+            std::fs::write(&build_lock, crate::components::python::BUILD_LOCK)
+                .map_err(io(&build_lock))?;
+            let build_lock = build_lock.display().to_string();
             let python = dir.join("bin/python");
             let mut args = vec![
                 "pip",
@@ -247,6 +252,8 @@ impl Executor<'_> {
                 "--quiet",
                 "--require-hashes",
                 "--compile-bytecode",
+                "--build-constraints",
+                build_lock.as_str(),
             ];
             let wheels = self
                 .bundle

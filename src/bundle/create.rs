@@ -166,14 +166,24 @@ async fn gather(
     };
     let mut venvs = Vec::new();
     let mut seen = BTreeSet::new();
-    for venv in specs.iter().filter_map(|s| s.venv.as_ref()) {
-        venvs.push(venv.name.clone());
-        let locked = wheels::parse_lock(venv.lock);
-        say(&format!(
-            "wheels of {} ({} packages)",
-            venv.name,
-            locked.len()
+    let mut locks: Vec<(String, &str)> = specs
+        .iter()
+        .filter_map(|s| s.venv.as_ref())
+        .map(|v| (v.name.clone(), v.lock))
+        .collect();
+    if !locks.is_empty() {
+        // The build backends uv builds the locked sdists (e.g. odfpy) with, offline.
+        locks.push((
+            "build backends".into(),
+            crate::components::python::BUILD_LOCK,
         ));
+    }
+    for (name, lock) in locks {
+        if name != "build backends" {
+            venvs.push(name.clone());
+        }
+        let locked = wheels::parse_lock(lock);
+        say(&format!("wheels of {name} ({} packages)", locked.len()));
         for l in &locked {
             if !seen.insert((l.name.clone(), l.version.clone())) {
                 continue;
@@ -193,28 +203,6 @@ async fn gather(
             link_or_copy(&path, &work.join("wheels").join(&file.filename))?;
         }
     }
-    if !venvs.is_empty() {
-        // Build backends for the sdists among the locked packages (e.g. odfpy): uv
-        // builds them offline from these.
-        for project in ["setuptools", "wheel"] {
-            let page = fetcher
-                .get_json(&format!("{index}/{project}/"))
-                .await
-                .map_err(|e| format!("{project}: {e}"))?;
-            let files = wheels::parse_index(&page, &index);
-            let newest = files
-                .iter()
-                .filter(|f| f.filename.ends_with("-py3-none-any.whl"))
-                .max_by_key(|f| version_key(&f.filename));
-            if let Some(f) = newest {
-                let path = fetcher
-                    .fetch(&f.url, &f.filename, &f.sha256, bytes)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                link_or_copy(&path, &work.join("wheels").join(&f.filename))?;
-            }
-        }
-    }
     let catalog = work.join("catalog/archives.toml");
     std::fs::create_dir_all(catalog.parent().expect("has a parent"))
         .and_then(|()| std::fs::write(&catalog, crate::artifact::catalog::EMBEDDED))
@@ -231,17 +219,6 @@ async fn gather(
         components: specs.iter().map(|s| s.name.to_string()).collect(),
         files: Vec::new(),
     })
-}
-
-/// `setuptools-80.9.0-py3-none-any.whl` → [80, 9, 0].
-fn version_key(filename: &str) -> Vec<u64> {
-    filename
-        .split('-')
-        .nth(1)
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0))
-        .collect()
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
@@ -446,13 +423,5 @@ mod tests {
         link_or_copy(&cached, &bundled).unwrap();
         assert_eq!(std::fs::read(&bundled).unwrap(), b"wheel bytes");
         assert_eq!(std::fs::read(&cached).unwrap(), b"wheel bytes");
-    }
-
-    #[test]
-    fn version_keys_order_numerically() {
-        assert!(
-            version_key("setuptools-80.10.0-py3-none-any.whl")
-                > version_key("setuptools-80.9.0-py3-none-any.whl")
-        );
     }
 }

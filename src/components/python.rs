@@ -6,6 +6,9 @@ use super::Platform;
 use crate::config::Config;
 use crate::model::{paths, VenvSpec};
 
+/// The build backends (hash-pinned) for the locked packages PyPI has only as source.
+pub const BUILD_LOCK: &str = include_str!("../../python/build.lock");
+
 /// One locked application environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockedApp {
@@ -154,4 +157,15 @@ pub fn app_unit(
     unit.needs_host_proc = true;
     unit.timeout_sec = 300;
     unit
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_build_backends_are_pinned_with_hashes() {
+        let locked = crate::bundle::wheels::parse_lock(super::BUILD_LOCK);
+        let names: Vec<&str> = locked.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["setuptools", "wheel"]);
+        assert!(locked.iter().all(|l| !l.hashes.is_empty() && !l.version.is_empty()));
+    }
 }
