@@ -166,6 +166,8 @@ mod tests {
         let locked = crate::bundle::wheels::parse_lock(super::BUILD_LOCK);
         let names: Vec<&str> = locked.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["setuptools", "wheel"]);
-        assert!(locked.iter().all(|l| !l.hashes.is_empty() && !l.version.is_empty()));
+        assert!(locked
+            .iter()
+            .all(|l| !l.hashes.is_empty() && !l.version.is_empty()));
     }
 }
