@@ -41,6 +41,9 @@ pub struct ServiceUnit {
     /// supervisor): with ProtectProc=invisible their /proc entries vanish even for
     /// the same user, so /proc is left at the default (still ProcSubset=pid-free).
     pub sees_nondumpable_children: bool,
+    /// The process's working directory (one it may write to, for programs that
+    /// derive paths from it).
+    pub working_directory: Option<String>,
 }
 
 impl ServiceUnit {
@@ -68,6 +71,7 @@ impl ServiceUnit {
             environment_file: None,
             remain_after_exit: false,
             sees_nondumpable_children: false,
+            working_directory: None,
         }
     }
 
@@ -111,6 +115,9 @@ impl ServiceUnit {
         }
         for (name, source) in &self.credentials {
             line(&mut u, &format!("LoadCredential={name}:{source}"));
+        }
+        if let Some(dir) = &self.working_directory {
+            line(&mut u, &format!("WorkingDirectory={dir}"));
         }
         line(&mut u, &format!("ExecStart={}", self.exec_start));
         if let Some(reload) = &self.exec_reload {

@@ -22,6 +22,7 @@ pub fn render_config(config: &Config) -> String {
          auth_enabled: false\n\
          server:\n  http_listen_address: 127.0.0.1\n  http_listen_port: {http}\n  grpc_listen_address: 127.0.0.1\n  grpc_listen_port: {grpc}\n  log_level: warn\n\
          common:\n  instance_addr: 127.0.0.1\n  path_prefix: {data}\n  replication_factor: 1\n  ring:\n    kvstore:\n      store: inmemory\n  storage:\n    filesystem:\n      chunks_directory: {data}/chunks\n      rules_directory: {data}/rules\n\
+         storage_config:\n  tsdb_shipper:\n    active_index_directory: {data}/tsdb-index\n    cache_location: {data}/tsdb-cache\n\
          schema_config:\n  configs:\n    - from: {SCHEMA_FROM}\n      store: tsdb\n      object_store: filesystem\n      schema: v13\n      index:\n        prefix: index_\n        period: 24h\n\
          limits_config:\n  retention_period: {retention}\n\
          compactor:\n  working_directory: {data}/compactor\n  retention_enabled: true\n  delete_request_store: filesystem\n\
@@ -50,6 +51,10 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         format!("{binary} -config.file={conf}"),
     );
     unit.read_write_paths = vec![data.clone()];
+    // Every path is given in the config, and the rest Loki derives from its working
+    // directory: a release after 3.7 put its delete store at `/index` otherwise, on a
+    // read-only root.
+    unit.working_directory = Some(data.clone());
     unit.timeout_sec = 120;
     ComponentSpec {
         name: "loki",

@@ -276,9 +276,16 @@ fn loki_config_has_the_keys_a_single_binary_on_a_filesystem_needs() {
         "  retention_period: 168h\n",
         "  retention_enabled: true\n  delete_request_store: filesystem\n",
         "analytics:\n  reporting_enabled: false\n",
+        "storage_config:\n  tsdb_shipper:\n    active_index_directory: /var/lib/analytics-stack/loki/tsdb-index\n    cache_location: /var/lib/analytics-stack/loki/tsdb-cache\n",
+        "  working_directory: /var/lib/analytics-stack/loki/compactor\n",
     ] {
         assert!(y.contains(needle), "loki.yaml lacks {needle:?}:\n{y}");
     }
+    // Whatever Loki derives from its working directory lands in its data directory.
+    let spec = loki::render(&config("[loki]\nenabled = true\n"), &bookworm());
+    assert!(spec.units[0]
+        .content
+        .contains("WorkingDirectory=/var/lib/analytics-stack/loki\n"));
     // The schema date is fixed: changing it would strand existing chunks.
     assert_eq!(loki::SCHEMA_FROM, "2024-01-01");
 }
