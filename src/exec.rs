@@ -475,7 +475,8 @@ async fn run_uv(
         .args(paths)
         .uid(user.0)
         .gid(user.1)
-        .current_dir(UV_CACHE)
+        // Not the cache: uv refuses to run from inside its cache directory.
+        .current_dir("/")
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", UV_CACHE)

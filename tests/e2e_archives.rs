@@ -316,11 +316,15 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         "600 root"
     );
     let provisioned = c.ok("ls /etc/analytics-stack/grafana/dashboards");
+    // Airflow is off here: its dashboard would show only "no data".
     assert_eq!(
         provisioned.split_whitespace().collect::<Vec<_>>(),
-        ["airflow.json", "host.json", "logs.json", "stack.json"]
+        ["host.json", "logs.json", "stack.json"]
     );
-    for (file, expected) in analytics_stack::components::dashboards::all() {
+    for (file, expected) in analytics_stack::components::dashboards::all()
+        .into_iter()
+        .filter(|(f, _)| *f != "airflow.json")
+    {
         let written: serde_json::Value = serde_json::from_str(&c.ok(&format!(
             "cat /etc/analytics-stack/grafana/dashboards/{file}"
         )))

@@ -313,10 +313,7 @@ async fn debian_closure(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let mut args = vec!["install", "-y", "-q", "--download-only"];
-    args.extend(packages.iter().map(String::as_str));
-    run(apt(&args)).await?;
-    // Where each downloaded file sits in its archive: apt's own URIs for the closure.
+    // Where each file of the closure sits in its archive: apt's own URIs.
     let mut uris = vec!["install", "-y", "-qq", "--print-uris"];
     uris.extend(packages.iter().map(String::as_str));
     let printed = apt(&uris)
@@ -326,6 +323,10 @@ async fn debian_closure(
     if !printed.status.success() {
         return Err(String::from_utf8_lossy(&printed.stderr).into_owned());
     }
+    // (Asked before downloading: apt names only what it still has to fetch.)
+    let mut args = vec!["install", "-y", "-q", "--download-only"];
+    args.extend(packages.iter().map(String::as_str));
+    run(apt(&args)).await?;
     let bases = [("debian-security", &security), ("debian", &m)];
     let mut placed = 0;
     for line in String::from_utf8_lossy(&printed.stdout).lines() {

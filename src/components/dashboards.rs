@@ -104,14 +104,18 @@ pub fn all() -> Vec<(&'static str, Value)> {
                 &[("analytics_stack_unit_memory_bytes", "{{unit}}")]),
             panel(
                 5,
-                "Last apply",
+                "Last apply succeeded",
                 "stat",
                 "short",
                 p,
-                &[
-                    ("analytics_stack_last_apply_success", "succeeded"),
-                    ("analytics_stack_last_apply_duration_seconds", "seconds"),
-                ]),
+                &[("analytics_stack_last_apply_success", "succeeded")]),
+            panel(
+                6,
+                "Last apply duration",
+                "stat",
+                "s",
+                p,
+                &[("analytics_stack_last_apply_duration_seconds", "seconds")]),
         ],
             json!([]),
         );
@@ -119,21 +123,30 @@ pub fn all() -> Vec<(&'static str, Value)> {
         "analytics-airflow",
         "Airflow",
         vec![
+            // statsd_exporter turns StatsD's millisecond timers into summaries in
+            // seconds (0.5/0.9/0.99 quantiles): one series per DAG/task, the median,
+            // and none of the untagged duplicates Airflow 3 also sends.
             panel(
                 1,
-                "Task duration",
+                "Task duration (median)",
                 "timeseries",
-                "ms",
+                "s",
                 p,
-                &[("airflow_task_duration", "{{dag_id}}.{{task_id}}")],
+                &[(
+                    "airflow_task_duration{quantile=\"0.5\",dag_id!=\"\",task_id!=\"\"}",
+                    "{{dag_id}}.{{task_id}}",
+                )],
             ),
             panel(
                 2,
-                "DAG run duration",
+                "DAG run duration (median)",
                 "timeseries",
-                "ms",
+                "s",
                 p,
-                &[("airflow_dagrun_duration", "{{dag_id}}")],
+                &[(
+                    "airflow_dagrun_duration{quantile=\"0.5\",dag_id!=\"\"}",
+                    "{{dag_id}}",
+                )],
             ),
             panel(
                 3,
@@ -142,7 +155,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
                 "short",
                 p,
                 &[(
-                    "sum by (state) (increase(airflow_ti_finish[5m]))",
+                    "sum by (state) (increase(airflow_ti_finish{state!=\"\"}[5m]))",
                     "{{state}}",
                 )],
             ),
@@ -188,6 +201,8 @@ pub fn all() -> Vec<(&'static str, Value)> {
             "name": "unit", "type": "query", "label": "unit",
             "datasource": { "type": "loki", "uid": LOKI_UID },
             "query": "label_values(unit)", "includeAll": true, "multi": true,
+            // Re-read on dashboard load: units appear as components are turned on.
+            "refresh": 1,
             "current": { "text": "All", "value": "$__all" }, "allValue": "analytics-.*",
         }]),
     );
@@ -197,6 +212,20 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ("airflow.json", airflow),
         ("logs.json", logs),
     ]
+}
+
+/// The dashboards for a configuration: the logs dashboard only with Loki, the
+/// Airflow dashboard only with Airflow and statsd_exporter (a dashboard whose data
+/// source or metrics do not exist shows only errors).
+pub fn for_config(config: &crate::config::Config) -> Vec<(&'static str, Value)> {
+    all()
+        .into_iter()
+        .filter(|(file, _)| match *file {
+            "logs.json" => config.loki.enabled,
+            "airflow.json" => config.airflow.enabled && config.statsd_exporter.enabled,
+            _ => true,
+        })
+        .collect()
 }
 
 /// Metric names a PromQL expression reads (functions, keywords, labels and

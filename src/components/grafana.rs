@@ -12,6 +12,9 @@ use crate::units::ServiceUnit;
 pub const UNIT: &str = "analytics-grafana.service";
 pub const USER: &str = "analytics-grafana";
 pub const ADMIN_SECRET: &str = "grafana-admin";
+/// Grafana's key for the secrets it stores (data source passwords): its default is
+/// public, so each stack generates its own.
+pub const SECRET_KEY: &str = "grafana-secret-key";
 const CONF_DIR: &str = "/etc/analytics-stack/grafana";
 
 pub fn render_ini(config: &Config) -> String {
@@ -25,11 +28,18 @@ pub fn render_ini(config: &Config) -> String {
          [security]\nadmin_user = admin\n\
          ; Read from the systemd credential; used when Grafana creates its database.\n\
          admin_password = $__file{{/run/credentials/{UNIT}/admin-password}}\n\
+         secret_key = $__file{{/run/credentials/{UNIT}/secret-key}}\n\
          disable_gravatar = true\ncookie_samesite = lax\n\n\
          [users]\nallow_sign_up = false\nallow_org_create = false\n\n\
          [auth.anonymous]\nenabled = false\n\n\
          [analytics]\nreporting_enabled = false\ncheck_for_updates = false\ncheck_for_plugin_updates = false\nfeedback_links_enabled = false\n\n\
-         [plugins]\n; Air-gapped: nothing is downloaded at start.\npreinstall_disabled = true\n\n\
+         [plugins]\n\
+         ; Air-gapped: nothing is downloaded at start. Load-bearing: without it Grafana 13\n\
+         ; tries to update its bundled plugins into the read-only home, and the data\n\
+         ; sources disappear.\n\
+         preinstall_disabled = true\n\
+         ; Plugin signature keys are the bundled ones: no call to grafana.com.\n\
+         public_key_retrieval_disabled = true\n\n\
          [news]\nnews_feed_enabled = false\n\n\
          [log]\nmode = console\nlevel = warn\n",
         port = config.grafana.port.get(),
@@ -76,10 +86,16 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         format!("{home}/bin/grafana server --homepath {home} --config {ini}"),
     );
     unit.read_write_paths = vec![data.clone()];
-    unit.credentials = vec![(
-        "admin-password".into(),
-        format!("{}/{ADMIN_SECRET}", paths::SECRETS),
-    )];
+    unit.credentials = vec![
+        (
+            "admin-password".into(),
+            format!("{}/{ADMIN_SECRET}", paths::SECRETS),
+        ),
+        (
+            "secret-key".into(),
+            format!("{}/{SECRET_KEY}", paths::SECRETS),
+        ),
+    ];
     unit.environment = vec![("GF_PATHS_HOME".into(), home.clone())];
     let conf = |name: &str, text: String| {
         FileSpec::new(format!("{CONF_DIR}/{name}"), text)
@@ -100,7 +116,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         .notify(UNIT, OnChange::Restart),
     ];
     // Dashboards are re-read by Grafana itself (updateIntervalSeconds): no restart.
-    for (name, dashboard) in dashboards::all() {
+    for (name, dashboard) in dashboards::for_config(config) {
         files.push(conf(
             &format!("dashboards/{name}"),
             serde_json::to_string_pretty(&dashboard).unwrap_or_default() + "\n",
@@ -122,7 +138,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             DirSpec::config(format!("{CONF_DIR}/dashboards"), USER),
             DirSpec::private(data, USER),
         ],
-        secrets: vec![ADMIN_SECRET.into()],
+        secrets: vec![ADMIN_SECRET.into(), SECRET_KEY.into()],
         files,
         units: vec![unit.render()],
         ports: vec![PortSpec::loopback(port, UNIT)],

@@ -355,14 +355,51 @@ fn grafana_lives_under_its_sub_path_air_gapped_with_a_secret_it_never_sees_in_fi
         "admin_password = $__file{/run/credentials/analytics-grafana.service/admin-password}\n",
         "reporting_enabled = false\ncheck_for_updates = false\ncheck_for_plugin_updates = false\n",
         "preinstall_disabled = true\n",
+        "public_key_retrieval_disabled = true\n",
+        "secret_key = $__file{/run/credentials/analytics-grafana.service/secret-key}\n",
         "allow_sign_up = false\n",
     ] {
         assert!(ini.contains(needle), "grafana.ini lacks {needle:?}");
     }
     let spec = grafana::render(&c, &bookworm());
-    assert!(spec.units[0].content.contains(
-        "LoadCredential=admin-password:/var/lib/analytics-stack/secrets/grafana-admin\n"
-    ));
+    for credential in [
+        "LoadCredential=admin-password:/var/lib/analytics-stack/secrets/grafana-admin\n",
+        "LoadCredential=secret-key:/var/lib/analytics-stack/secrets/grafana-secret-key\n",
+    ] {
+        assert!(spec.units[0].content.contains(credential), "{credential}");
+    }
+    assert!(spec.secrets.contains(&grafana::SECRET_KEY.to_string()));
+    // Dashboards whose data do not exist are not provisioned: Airflow's needs Airflow
+    // and statsd_exporter, the logs dashboard needs Loki.
+    let provisioned = |c: &Config| -> Vec<String> {
+        grafana::render(c, &bookworm())
+            .files
+            .iter()
+            .filter_map(|f| {
+                f.path
+                    .strip_prefix("/etc/analytics-stack/grafana/dashboards/")
+                    .ok()
+                    .map(|p| p.display().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(
+        provisioned(&c),
+        ["host.json", "stack.json", "airflow.json", "logs.json"]
+    );
+    assert_eq!(
+        provisioned(
+            &crate::config::load_texts(&[
+                ("a.toml", ALL_ON),
+                (
+                    "b.toml",
+                    &format!("[loki]\nenabled = false\n[log_shipper]\nenabled = false\n{NO_APPS}"),
+                ),
+            ])
+            .unwrap()
+        ),
+        ["host.json", "stack.json"]
+    );
     assert!(spec.units[0].content.contains("ExecStart=/opt/analytics-stack/grafana/current/bin/grafana server --homepath /opt/analytics-stack/grafana/current --config /etc/analytics-stack/grafana/grafana.ini"));
     assert!(
         spec.files.iter().all(|f| f.secret_names().is_empty()),
@@ -420,6 +457,30 @@ fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
                 !p["targets"].as_array().unwrap().is_empty(),
                 "{file}: panel without query"
             );
+        }
+    }
+    // A panel's unit fits what its metric measures: Airflow's timers arrive in
+    // seconds (statsd_exporter divides StatsD milliseconds by 1000).
+    for (file, d) in dashboards::all() {
+        for p in d["panels"].as_array().unwrap() {
+            let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let names = dashboards::metric_names(expr);
+                if names
+                    .iter()
+                    .any(|n| n.ends_with("_duration") || n.ends_with("_seconds"))
+                {
+                    assert_eq!(unit, "s", "{file}: {expr}");
+                }
+                // Summaries: one quantile per legend, never the untagged series.
+                if names.iter().any(|n| n == "airflow_task_duration") {
+                    assert!(
+                        expr.contains("quantile=") && expr.contains("dag_id!=\"\""),
+                        "{expr}"
+                    );
+                }
+            }
         }
     }
     for expr in dashboards::prometheus_exprs() {

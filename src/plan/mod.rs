@@ -372,10 +372,12 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
             }
         }
     }
+    // In the order the components name them, each once (the applications share python3).
+    let mut named = BTreeSet::new();
     let missing: Vec<String> = desired
         .iter()
         .flat_map(|s| s.packages.iter())
-        .filter(|p| !facts.packages.contains_key(*p))
+        .filter(|p| !facts.packages.contains_key(*p) && named.insert(p.as_str()))
         .cloned()
         .collect();
     if !missing.is_empty() {
