@@ -183,6 +183,20 @@ impl Stack {
         }
         let plan = plan::plan(&desired, &facts, &state);
         let steps: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
+        // Service users an uninstall kept with their data are the stack's again: an
+        // uninstall --purge-data must find them.
+        let before = state.users.len();
+        state.users.extend(
+            desired
+                .iter()
+                .flat_map(|s| s.users.iter())
+                .filter(|u| facts.users.contains(&u.name))
+                .map(|u| u.name.clone()),
+        );
+        if state.users.len() != before {
+            exec::save_state(&self.fs, &state)
+                .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
+        }
         let outcome = async {
             if !plan.is_empty() {
                 Executor {
