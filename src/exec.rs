@@ -7,6 +7,7 @@ use crate::host::{self, fsroot::FsRoot, systemd::Systemd};
 use crate::model::{fill_secrets, paths, Provision, VenvSpec};
 use crate::plan::{Plan, Step};
 use crate::state::RecordedState;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -219,10 +220,19 @@ impl Executor<'_> {
             };
             std::fs::create_dir(&dir).map_err(io(&dir))?;
             std::os::unix::fs::chown(&dir, Some(builder.0), Some(builder.1)).map_err(io(&dir))?;
-            // A cache filled by root (before builds were unprivileged) becomes the
-            // build user's.
+            // A cache with anything the build user does not own (filled by root before
+            // builds were unprivileged) is emptied, not re-owned: its files may be the
+            // very inodes of an older venv (hard links), which the build user must not
+            // be able to change.
             let cache = self.fs.path(Path::new(UV_CACHE));
-            host::fsroot::own_tree(&cache, builder.0, builder.1).map_err(io(&cache))?;
+            if !host::fsroot::owned_by(&cache, builder.0).map_err(io(&cache))? {
+                std::fs::remove_dir_all(&cache).map_err(io(&cache))?;
+                std::fs::create_dir(&cache).map_err(io(&cache))?;
+                std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io(&cache))?;
+                std::os::unix::fs::chown(&cache, Some(builder.0), Some(builder.1))
+                    .map_err(io(&cache))?;
+            }
             let uv = self.fs.path(&venv.uv_binary());
             let interpreter = self.fs.path(&venv.interpreter);
             run_uv(
@@ -486,6 +496,9 @@ async fn run_uv(
         // The host's trust store: a site's own CA (an internal index, a proxy).
         .env("UV_SYSTEM_CERTS", "1")
         .env("UV_NO_PROGRESS", "1")
+        // Copies, never hard links into the cache: a venv handed to root must share
+        // no inode with files the build user keeps owning.
+        .env("UV_LINK_MODE", "copy")
         .kill_on_drop(true)
         .output()
         .await

@@ -133,6 +133,27 @@ pub fn own_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `dir` and everything below it (links not followed) belong to `uid`.
+pub fn owned_by(dir: &Path, uid: u32) -> std::io::Result<bool> {
+    if fs::symlink_metadata(dir)?.uid() != uid {
+        return Ok(false);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let path = entry?.path();
+            let m = fs::symlink_metadata(&path)?;
+            if m.uid() != uid {
+                return Ok(false);
+            }
+            if m.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Below `dir` (links not followed), what the old uid owns goes to the new uid and
 /// what the old gid owns to the new gid; anything else keeps its owner.
 fn reown_tree(dir: &Path, old: (u32, u32), new: (u32, u32)) -> std::io::Result<()> {
