@@ -221,6 +221,24 @@ async fn gather(
     })
 }
 
+/// `%XX` escapes decoded; None for a bad escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
     // Same name, same verified file (a wheel two lock files share, or a build backend
     // a lock pins too); copying a hard link onto itself would empty it.
@@ -342,7 +360,9 @@ async fn debian_closure(
         }) else {
             return Err(format!("{uri}: not from the configured Debian mirrors"));
         };
-        if !rel.starts_with("pool/") || rel.contains("..") {
+        // apt prints URIs escaped (`+` as `%2b`); the index names the plain path.
+        let rel = percent_decode(rel).ok_or_else(|| format!("{uri}: not a URI path"))?;
+        if !rel.starts_with("pool/") || rel.split('/').any(|p| p == ".." || p.is_empty()) {
             return Err(format!("{uri}: not a pool path"));
         }
         link_or_copy(&archives.join(file), &out.join(archive_root).join(rel))?;
@@ -412,6 +432,17 @@ async fn run(mut cmd: Command) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apts_escaped_uris_decode_to_the_indexes_paths() {
+        assert_eq!(
+            percent_decode("pool/main/b/bzip2/libbz2-1.0_1.0.8-5%2bb1_amd64.deb").as_deref(),
+            Some("pool/main/b/bzip2/libbz2-1.0_1.0.8-5+b1_amd64.deb")
+        );
+        assert_eq!(percent_decode("a%3ab").as_deref(), Some("a:b"));
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("cut%2"), None);
+    }
 
     #[test]
     fn linking_the_same_file_twice_keeps_its_contents() {
