@@ -385,24 +385,34 @@ async fn debian_closure(
             .map(|n| lists.join(n))
             .ok_or_else(|| format!("apt kept no {suffix} in {}", lists.display()))
     };
+    // Each suite's index exactly as Debian signed it (Packages.xz: apt on the
+    // target asks for the compressed file the signed Release lists first), fetched
+    // and checked against the InRelease apt verified here.
+    let fetcher = Fetcher::new(opts.cache.join("downloads")).map_err(|e| e.to_string())?;
+    let work_root = out.parent().expect("debs/ has a parent");
     let mut kept = Vec::new();
-    for (archive_root, _, suite) in &suites {
+    for (archive_root, base, suite) in &suites {
         let s = super::debian::AptSuite {
             root: archive_root.to_string(),
             suite: suite.clone(),
         };
-        let work_root = out.parent().expect("debs/ has a parent");
-        link_or_copy(
-            &find(&format!("_dists_{suite}_InRelease"))?,
-            &work_root.join(s.in_release()),
-        )?;
-        link_or_copy(
-            &find(&format!(
-                "_dists_{suite}_main_binary-{}_Packages",
-                opts.arch
-            ))?,
-            &work_root.join(s.packages(&opts.arch)),
-        )?;
+        let in_release = find(&format!("_dists_{suite}_InRelease"))?;
+        let text = std::fs::read_to_string(&in_release)
+            .map_err(|e| format!("{}: {e}", in_release.display()))?;
+        let index = super::debian::index_path(&opts.arch);
+        let sha = super::debian::release_sha256(&text, &index)
+            .ok_or_else(|| format!("{suite}'s InRelease lists no sha256 for {index}"))?;
+        let packages = fetcher
+            .fetch(
+                &format!("{base}/dists/{suite}/{index}"),
+                &format!("Packages-{suite}-{}.xz", opts.arch),
+                &sha,
+                &|_, _| {},
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        link_or_copy(&in_release, &work_root.join(s.in_release()))?;
+        link_or_copy(&packages, &work_root.join(s.packages(&opts.arch)))?;
         kept.push(s);
     }
     Ok(kept)

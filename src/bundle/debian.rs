@@ -32,8 +32,29 @@ impl AptSuite {
         format!("{}/InRelease", self.dir())
     }
     pub fn packages(&self, arch: &str) -> String {
-        format!("{}/main/binary-{arch}/Packages", self.dir())
+        format!("{}/{}", self.dir(), index_path(arch))
     }
+}
+
+/// The index of a suite's packages as the signed Release names it: Debian publishes
+/// it xz-compressed, and apt asks for that file first.
+pub fn index_path(arch: &str) -> String {
+    format!("main/binary-{arch}/Packages.xz")
+}
+
+/// The text of an xz-compressed index (xz-utils is part of every Debian system).
+fn read_xz(path: &Path) -> Result<String, String> {
+    let out = std::process::Command::new("xz")
+        .args(["--decompress", "--stdout", "--"])
+        .arg(path)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run xz: {e}"))?;
+    if !out.status.success() {
+        return Err("not an xz file".into());
+    }
+    String::from_utf8(out.stdout).map_err(|_| "not UTF-8 text".into())
 }
 
 /// apt sources for the bundle extracted at `root`: signature checked, never trusted
@@ -189,7 +210,7 @@ pub fn verify(
         let signed = signed_text(&root.join(&in_release), keyring)
             .map_err(|why| unsigned(bundle, &in_release, why))?;
         let packages_path = suite.packages(&manifest.arch);
-        let index_path = format!("main/binary-{}/Packages", manifest.arch);
+        let index_path = index_path(&manifest.arch);
         let want = release_sha256(&signed, &index_path).ok_or_else(|| {
             unsigned(
                 bundle,
@@ -213,11 +234,8 @@ pub fn verify(
         let Some(files) = pool.get(suite.root.as_str()) else {
             continue;
         };
-        let text =
-            std::fs::read_to_string(root.join(&packages_path)).map_err(|e| BundleError::Io {
-                path: packages_path.clone(),
-                source: e,
-            })?;
+        let text = read_xz(&root.join(&packages_path))
+            .map_err(|why| unsigned(bundle, &packages_path, why))?;
         let wanted = files.keys().copied().collect();
         for (file, sha) in package_hashes(&text, &wanted) {
             if let Some((rel, _)) = files.get_key_value(file.as_str()) {
@@ -253,6 +271,10 @@ mod tests {
         assert_eq!(
             release_sha256(release, "main/binary-amd64/Packages").as_deref(),
             Some("abcd")
+        );
+        assert_eq!(
+            release_sha256(release, &index_path("amd64")).as_deref(),
+            Some("9999")
         );
         assert_eq!(release_sha256(release, "main/binary-i386/Packages"), None);
     }
@@ -356,10 +378,27 @@ mod signed {
             crate::util::sha256_hex(&deb),
             "0".repeat(64)
         );
+        let xz = {
+            use std::io::Write;
+            let mut c = Command::new("xz")
+                .args(["--compress", "--stdout"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(packages.as_bytes())
+                .unwrap();
+            c.wait_with_output().unwrap().stdout
+        };
         let release = format!(
-            "Origin: Debian\nSuite: bookworm\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            "Origin: Debian\nSuite: bookworm\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
             crate::util::sha256_hex(packages.as_bytes()),
-            packages.len()
+            packages.len(),
+            crate::util::sha256_hex(&xz),
+            xz.len()
         );
         let signed = gpg(&home, &["--clearsign"], Some(release.as_bytes()));
         let suite = AptSuite {
@@ -368,7 +407,7 @@ mod signed {
         };
         let files = vec![
             file(&root, &suite.in_release(), &signed),
-            file(&root, &suite.packages("amd64"), packages.as_bytes()),
+            file(&root, &suite.packages("amd64"), &xz),
             file(&root, &format!("debs/debian/{rel}"), &deb),
         ];
         let manifest = Manifest {
