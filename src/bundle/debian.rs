@@ -42,17 +42,18 @@ pub fn index_path(arch: &str) -> String {
     format!("main/binary-{arch}/Packages.xz")
 }
 
-/// The text of an xz-compressed index (xz-utils is part of every Debian system).
+/// The text of a compressed index, decompressed by apt's own helper (present
+/// wherever apt is; xz-utils need not be).
 fn read_xz(path: &Path) -> Result<String, String> {
-    let out = std::process::Command::new("xz")
-        .args(["--decompress", "--stdout", "--"])
+    let out = std::process::Command::new("/usr/lib/apt/apt-helper")
+        .arg("cat-file")
         .arg(path)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run xz: {e}"))?;
+        .map_err(|e| format!("cannot run apt-helper: {e}"))?;
     if !out.status.success() {
-        return Err("not an xz file".into());
+        return Err("not a compressed index apt can read".into());
     }
     String::from_utf8(out.stdout).map_err(|_| "not UTF-8 text".into())
 }
@@ -85,7 +86,7 @@ fn unsigned(bundle: &str, file: &str, reason: impl Into<String>) -> BundleError 
 
 /// The text `keyring` signed in the clearsigned `in_release`, or why not.
 fn signed_text(in_release: &Path, keyring: &Path) -> Result<String, String> {
-    let out = std::process::Command::new("gpgv")
+    let out = std::process::Command::new("/usr/bin/gpgv")
         .arg("--keyring")
         .arg(keyring)
         .args(["--output", "-"])
