@@ -125,6 +125,9 @@ pub async fn install(packages: &[String], sources: &AptSources) -> Result<(), Ap
             "Dir::Etc::SourceParts=/nonexistent".into(),
             // The host's lists of its own sources stay as they are.
             "APT::Get::List-Cleanup=0".into(),
+            // Package descriptions in other languages are not needed to install, and
+            // a bundle carries only the signed indexes of packages.
+            "Acquire::Languages=none".into(),
         ]
         .into_iter()
         .flat_map(|o| ["-o".to_string(), o])
