@@ -15,9 +15,19 @@ pub fn render(config: &Config, status: &StatusReport) -> String {
     let mut rows = String::new();
     for c in &status.components {
         let (class, word) = if c.healthy {
-            ("ok", "healthy")
+            ("ok", "healthy".to_string())
         } else {
-            ("bad", "unhealthy")
+            // Why: each failing probe with what it saw.
+            let why: Vec<String> = c
+                .probes
+                .iter()
+                .filter(|p| !p.healthy)
+                .map(|p| format!("{}: {}", escape(&p.probe), escape(&p.detail)))
+                .collect();
+            (
+                "bad",
+                format!("unhealthy<br><small>{}</small>", why.join("<br>")),
+            )
         };
         let units: Vec<String> = c
             .units
@@ -53,4 +63,40 @@ pub fn render(config: &Config, status: &StatusReport) -> String {
          <p>Machine-readable: <a href=\"/status.json\">/status.json</a>. Updated by analytics-stackd.</p></body></html>\n",
         host = escape(config.stack.hostname.as_str()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::ProbeResult;
+    use crate::stack::{ComponentStatus, StatusReport};
+
+    #[test]
+    fn an_unhealthy_component_says_why_and_nothing_is_injected() {
+        let config = crate::config::load_texts(&[("t.toml", "")]).unwrap();
+        let status = StatusReport {
+            components: vec![ComponentStatus {
+                name: "redis".into(),
+                description: "Redis <b>".into(),
+                healthy: false,
+                version: "7.0".into(),
+                units: vec![],
+                probes: vec![
+                    ProbeResult {
+                        probe: "redis 127.0.0.1:6379".into(),
+                        healthy: false,
+                        detail: "connect: Connection refused <script>".into(),
+                    },
+                    ProbeResult {
+                        probe: "redis 127.0.0.1:6380".into(),
+                        healthy: true,
+                        detail: "PONG".into(),
+                    },
+                ],
+            }],
+        };
+        let html = render(&config, &status);
+        assert!(html.contains("unhealthy<br><small>redis 127.0.0.1:6379: connect: Connection refused &lt;script&gt;</small>"), "{html}");
+        assert!(!html.contains("PONG") && !html.contains("<script>") && !html.contains("<b>"));
+    }
 }

@@ -220,14 +220,15 @@ impl Stack {
         if !plan.is_empty() || outcome.is_err() {
             self.publish_apply_metrics(&config, &desired, started.elapsed(), outcome.is_ok());
         }
-        outcome?;
         // An apply that changed nothing writes nothing; the daemon's refresher keeps
-        // the page's health current otherwise.
-        if !plan.is_empty() {
+        // the page's health current otherwise. One that failed writes it too: that is
+        // when an operator needs to see what is unhealthy and why.
+        if !plan.is_empty() || outcome.is_err() {
             if let Err(e) = self.write_landing_page().await {
                 tracing::warn!("cannot write the landing page: {e}");
             }
         }
+        outcome?;
         Ok(ApplyReport {
             changed: !plan.is_empty(),
             steps,
