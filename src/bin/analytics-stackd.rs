@@ -61,6 +61,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     });
     let manager = Manager::new(Some(stack.clone()));
     let busy = manager.busy.clone();
+    let refreshing = manager.refreshing.clone();
     conn.object_server().at(OBJECT_PATH, manager).await?;
     conn.request_name(BUS_NAME).await?;
     tracing::info!("serving {BUS_NAME} at {OBJECT_PATH}");
@@ -70,11 +71,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let refresher = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
+            // Said before the lock is tried, so that an operation arriving meanwhile
+            // waits for the refresh instead of being told the daemon is busy.
+            refreshing.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Ok(_guard) = busy.try_lock() {
                 if let Err(e) = stack.refresh().await {
                     tracing::debug!("landing page not refreshed: {e}");
                 }
             }
+            refreshing.store(false, std::sync::atomic::Ordering::SeqCst);
         }
     });
 

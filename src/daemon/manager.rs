@@ -13,8 +13,12 @@ use zbus::zvariant::OwnedObjectPath;
 pub struct Manager {
     /// `None` only when the interface is built to print its introspection.
     pub stack: Option<Arc<Stack>>,
-    /// Held by the one mutating operation allowed at a time.
+    /// Held by the one mutating operation allowed at a time (and, for a moment every
+    /// 15 s, by the background refresh of the landing page).
     pub busy: Arc<Mutex<()>>,
+    /// True while the background refresh holds `busy`: an operation then waits for
+    /// it rather than being refused.
+    pub refreshing: Arc<AtomicBool>,
     pub next_job: AtomicU32,
 }
 
@@ -29,7 +33,7 @@ impl Manager {
         let stack = self.stack()?;
         // Refuse a bad configuration at once rather than through the job.
         stack.config()?;
-        let guard = self.try_busy()?;
+        let guard = self.try_busy().await?;
         self.start_job(
             conn,
             caller,
@@ -51,6 +55,7 @@ impl Manager {
         Manager {
             stack,
             busy: Arc::new(Mutex::new(())),
+            refreshing: Arc::new(AtomicBool::new(false)),
             next_job: AtomicU32::new(1),
         }
     }
@@ -83,10 +88,18 @@ impl Manager {
         Ok(Caller { uid, name })
     }
 
-    fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
-        self.busy.clone().try_lock_owned().map_err(|_| {
-            BusError::Busy("another operation is running; try again when it ends".into())
-        })
+    async fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
+        let busy = || BusError::Busy("another operation is running; try again when it ends".into());
+        match self.busy.clone().try_lock_owned() {
+            Ok(guard) => Ok(guard),
+            // The landing page's refresh takes a few seconds at most: wait for it.
+            Err(_) if self.refreshing.load(Ordering::SeqCst) => {
+                tokio::time::timeout(Duration::from_secs(30), self.busy.clone().lock_owned())
+                    .await
+                    .map_err(|_| busy())
+            }
+            Err(_) => Err(busy()),
+        }
     }
 
     async fn control(
@@ -100,7 +113,7 @@ impl Manager {
             .await?;
         let stack = self.stack()?;
         stack.component_units(component)?;
-        let _guard = self.try_busy()?;
+        let _guard = self.try_busy().await?;
         super::notify::notify(&format!("STATUS={verb} {component}"));
         let result = stack.control(component, verb).await;
         super::notify::notify("STATUS=idle");
@@ -323,7 +336,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, BusError> {
         let caller = self.authorize(conn, &header, "uninstall").await?;
         let stack = self.stack()?;
-        let guard = self.try_busy()?;
+        let guard = self.try_busy().await?;
         self.start_job(
             conn,
             caller,
