@@ -65,6 +65,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `cmd`, which must end with exit code `code`; returns what it said on stderr.
+fn refused(c: &Container, cmd: &str, code: i32) -> String {
+    let out = c.sh(cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{cmd}: {err}");
+    err
+}
+
 /// A bundle made by hand: a manifest listing `files` (path, bytes), then the files.
 fn bundle(archives: &[(&str, &str, &str)], files: &[(&str, &[u8])]) -> Vec<u8> {
     let listed: Vec<serde_json::Value> = files
@@ -176,9 +184,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
             ),
         ]),
     );
-    let out = c.sh("analytics-stack apply");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(10), "{err}");
+    let err = refused(&c, "analytics-stack apply", 10);
     assert!(err.contains("Integrity") && err.contains("up/esc"), "{err}");
     assert!(!c.sh("test -e /etc/analytics-stack-pwned").status.success());
     statsd_untouched(&c);
@@ -200,13 +206,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
             ),
         ]),
     );
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("passes through a link"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&c, "analytics-stack apply", 10);
+    assert!(err.contains("passes through a link"), "{err}");
     statsd_untouched(&c);
     serve(
         &mirror,
@@ -217,8 +218,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
             b"",
         )]),
     );
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let err = refused(&c, "analytics-stack apply", 10);
+    assert!(err.contains("would escape the target directory"), "{err}");
     statsd_untouched(&c);
     tally.refused(&c, "hard links to /etc/shadow (through a link, and by ..)");
 
@@ -242,8 +243,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
         ]),
     );
     let before = c.ok("sha256sum /etc/passwd");
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let err = refused(&c, "analytics-stack apply", 10);
+    assert!(err.contains("a second entry of the same name"), "{err}");
     assert_eq!(c.ok("sha256sum /etc/passwd"), before);
     serve(
         &mirror,
@@ -253,8 +254,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
         ]),
     );
     let mode = c.ok("stat -c %a /etc");
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let err = refused(&c, "analytics-stack apply", 10);
+    assert!(err.contains("a directory over a link"), "{err}");
     assert_eq!(c.ok("stat -c %a /etc"), mode);
     statsd_untouched(&c);
     tally.refused(
@@ -268,13 +269,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
         &mirror,
         &hostile_tarball(&[("bomb", tar::EntryType::Regular, None, &zeros)]),
     );
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("exceeds the limit"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&c, "analytics-stack apply", 10);
+    assert!(err.contains("exceeds the limit"), "{err}");
     statsd_untouched(&c);
     tally.refused(&c, "decompression bomb");
     c.ok("rm /etc/analytics-stack/stack.d/10-statsd.toml");
@@ -292,10 +288,12 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     //    holds the one-operation lock), by the CLI and by the daemon itself when a
     //    client hands the descriptor over D-Bus directly.
     c.ok("mkfifo /home/alice/fifo && chown alice /home/alice/fifo");
-    let out =
-        c.sh("timeout 20 runuser -u alice -- analytics-stack apply --bundle /home/alice/fifo");
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("regular file"), "{}", stderr(&out));
+    let err = refused(
+        &c,
+        "timeout 20 runuser -u alice -- analytics-stack apply --bundle /home/alice/fifo",
+        3,
+    );
+    assert!(err.contains("regular file"), "{err}");
     {
         let fifo = tempfile::tempdir().unwrap();
         let path = fifo.path().join("f");
@@ -343,9 +341,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     let path = format!("archives/uv/{uv_name}");
     let b = bundle(&[("uv", "0.13.9", &path)], &[(&path, &fake_uv)]);
     std::fs::write(format!("/proc/{}/root/srv/uv-bundle.tar", c.leader), &b).unwrap();
-    let out = c.sh("analytics-stack apply --bundle /srv/uv-bundle.tar");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(10), "{err}");
+    let err = refused(&c, "analytics-stack apply --bundle /srv/uv-bundle.tar", 10);
     assert!(
         err.contains("is not the archive this version pins"),
         "{err}"
@@ -371,9 +367,11 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     )
     .unwrap();
     let dpkg_before = c.ok("ls -l --time-style=+%s /var/lib/dpkg/status");
-    let out = c.sh("analytics-stack apply --bundle /srv/empty-bundle.tar");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(6), "{err}");
+    let err = refused(
+        &c,
+        "analytics-stack apply --bundle /srv/empty-bundle.tar",
+        6,
+    );
     assert!(
         err.contains("statsd-exporter: the statsd-exporter 0.30.0 archive")
             && err.contains("Nothing was changed"),
@@ -402,7 +400,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
         let out = c.sh(&format!("runuser -u bob -- busctl get-property org.analyticsstack.Stack1 {job} org.analyticsstack.Stack1.Job {prop}"));
         assert!(!out.status.success(), "bob read {prop}");
         // busctl prints the error name's text; the daemon's own message names the uid.
-        assert!(stderr(&out).contains("Access denied"), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("Access denied"), "{err}");
     }
     // The bus policy lets bob call the daemon: the refusal above is the job's own.
     c.ok("runuser -u bob -- busctl get-property org.analyticsstack.Stack1 /org/analyticsstack/Stack1 org.analyticsstack.Stack1.Manager Version");
@@ -441,26 +440,19 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     // 11. A newline in a mirror URL (would add a `[trusted=yes]` apt source) and a
     //     non-ASCII duration (panicked the parser): refused, with the line named.
     c.ok("printf '[apt]\\nmirror = \"http://deb.example/debian\\\\ndeb [trusted=yes] http://evil.example/ bookworm main\"\\n' > /etc/analytics-stack/stack.d/30-evil.toml");
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = refused(&c, "analytics-stack apply", 3);
     assert!(
-        stderr(&out).contains("30-evil.toml:2:")
-            && stderr(&out).contains("apt.mirror")
-            && stderr(&out).contains("is not a usable http(s) URL"),
-        "{}",
-        stderr(&out)
+        err.contains("30-evil.toml:2:")
+            && err.contains("apt.mirror")
+            && err.contains("is not a usable http(s) URL"),
+        "{err}"
     );
     assert!(!c
         .ok("cat /etc/apt/sources.list.d/* 2>/dev/null || true")
         .contains("evil"));
     c.ok("printf '[prometheus]\\nretention = \"15\u{e9}\"\\n' > /etc/analytics-stack/stack.d/30-evil.toml");
-    let out = c.sh("analytics-stack apply");
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is not a duration"),
-        "{}",
-        stderr(&out)
-    );
+    let err = refused(&c, "analytics-stack apply", 3);
+    assert!(err.contains("is not a duration"), "{err}");
     c.ok("rm /etc/analytics-stack/stack.d/30-evil.toml");
     tally.refused(&c, "newline in a mirror URL; non-ASCII duration");
 
@@ -487,9 +479,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
             b"a different build\n",
         )]),
     );
-    let out = c.sh("analytics-stack apply");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(10), "{err}");
+    let err = refused(&c, "analytics-stack apply", 10);
     assert!(err.contains("trust on first use"), "{err}");
     assert_eq!(
         c.ok("ls -A /opt/analytics-stack/statsd-exporter 2>/dev/null || true")
@@ -499,9 +489,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     );
     c.ok("printf '[archives]\\nmirror = \"http://mirror.example.invalid/gh\"\\n' > /etc/analytics-stack/stack.d/40-far-mirror.toml");
     c.ok("rm /var/lib/analytics-stack/archive-digests.json");
-    let out = c.sh("analytics-stack apply");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(10), "{err}");
+    let err = refused(&c, "analytics-stack apply", 10);
     assert!(
         err.contains("over plain http") && err.contains("[archives] sha256"),
         "{err}"
@@ -522,18 +510,12 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     let out =
         c.sh("runuser -u warehouse -- psql -h /run/analytics-postgres -d warehouse -c 'SELECT 1'");
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("Permission denied"),
-        "{}",
-        stderr(&out)
-    );
+    let err = stderr(&out);
+    assert!(err.contains("Permission denied"), "{err}");
     let out = c.sh("psql -h /run/analytics-postgres -U warehouse -d warehouse -c 'SELECT 1'");
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("pg_hba.conf rejects"),
-        "{}",
-        stderr(&out)
-    );
+    let err = stderr(&out);
+    assert!(err.contains("pg_hba.conf rejects"), "{err}");
     tally.refused(&c, "local account named after a PostgreSQL role");
 
     // The stack that was there before the attacks is still whole.
