@@ -62,6 +62,17 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     // The generated configuration passes Prometheus's own checker.
     let check = c.ok("promtool check config /etc/analytics-stack/prometheus/prometheus.yml");
     assert!(check.contains("SUCCESS"), "{check}");
+    // The alert rules pass promtool's checker and their unit tests (the same file the
+    // daemon wrote, tested with the same promtool the stack runs).
+    let rules = c.ok("promtool check rules /etc/analytics-stack/prometheus/alerts.yml");
+    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    std::fs::copy(
+        common::repo().join("tests/data/alerts.test.yml"),
+        format!("/proc/{}/root/tmp/alerts.test.yml", c.leader),
+    )
+    .unwrap();
+    let tested = c.ok("promtool test rules /tmp/alerts.test.yml");
+    assert!(tested.contains("SUCCESS"), "{tested}");
     c.ok("systemd-analyze verify /etc/systemd/system/analytics-prometheus.service /etc/systemd/system/analytics-node-exporter.service");
 
     // Scraped: up{job="node"} = 1, through the Prometheus HTTP API.
@@ -112,6 +123,46 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         }
     }
     assert!(checked >= 8, "{checked}");
+
+    // A stack unit that fails: the systemd collector reports it, and after the rule's
+    // minute its alert fires in Prometheus.
+    c.sh("systemd-run --unit=analytics-broken.service --property=Restart=no /bin/false");
+    wait_for_value(
+        &c,
+        "node_systemd_unit_state{name=\"analytics-broken.service\",state=\"failed\"}",
+        "1",
+    );
+    let started = std::time::Instant::now();
+    let firing = loop {
+        let alerts: serde_json::Value =
+            serde_json::from_str(&c.ok("curl -fsS http://127.0.0.1:9090/api/v1/alerts")).unwrap();
+        let found = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| {
+                a["labels"]["alertname"] == "AnalyticsUnitFailed"
+                    && a["labels"]["name"] == "analytics-broken.service"
+                    && a["state"] == "firing"
+            })
+            .cloned();
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(180),
+            "AnalyticsUnitFailed never fired: {alerts}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    assert_eq!(
+        firing["annotations"]["summary"],
+        "analytics-broken.service has failed"
+    );
+    eprintln!(
+        "[figure] unit failure to firing alert: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Both listen on loopback only.
     let listeners = c.ok("ss -Hltn '( sport = :9090 or sport = :9100 )'");

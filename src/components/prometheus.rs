@@ -70,6 +70,7 @@ pub fn render_config(config: &Config) -> String {
         "    stack_host: '{}'\n",
         config.stack.hostname.as_str()
     ));
+    y.push_str(&format!("rule_files:\n  - '{CONF_DIR}/alerts.yml'\n"));
     y.push_str("scrape_configs:\n");
     for t in scrape_targets(config) {
         y.push_str(&format!(
@@ -120,10 +121,16 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
             DirSpec::config(CONF_DIR, USER),
             DirSpec::private(data, USER),
         ],
-        files: vec![FileSpec::new(conf, render_config(config))
-            .mode(0o640)
-            .group(USER)
-            .notify(UNIT, OnChange::Reload)],
+        files: vec![
+            FileSpec::new(conf, render_config(config))
+                .mode(0o640)
+                .group(USER)
+                .notify(UNIT, OnChange::Reload),
+            FileSpec::new(format!("{CONF_DIR}/alerts.yml"), super::alerts::render())
+                .mode(0o640)
+                .group(USER)
+                .notify(UNIT, OnChange::Reload),
+        ],
         units: vec![unit.render()],
         ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Http {
