@@ -377,5 +377,20 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
             && !journal.contains("readable, 0 lines"),
         "{journal}"
     );
+    // Nothing but NGINX listens beyond loopback (the stand-ins bind what the real
+    // programs bind, e.g. Promtail's gRPC server, which listens on every interface
+    // unless told otherwise).
+    // (The container shares the host's network: only sockets of the container's own
+    // processes, those `ss -p` can name from inside, are the stack's.)
+    let listeners = c.ok("ss -Hltnp");
+    for line in listeners.lines().filter(|l| l.contains("users:(")) {
+        let local = line.split_whitespace().nth(3).unwrap_or("");
+        assert!(
+            local.starts_with("127.0.0.1:")
+                || local.starts_with("[::1]:")
+                || local.ends_with(":80"),
+            "{local} listens beyond loopback:\n{listeners}"
+        );
+    }
     assert!(c.ok("analytics-stack plan").contains("nothing to do"));
 }
