@@ -159,6 +159,22 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         firing["annotations"]["summary"],
         "analytics-broken.service has failed"
     );
+    // The line an operator looks for after the failure is written by PID 1 with the
+    // fields the log shippers' relabel rules are built on (`_SYSTEMD_UNIT=init.scope`,
+    // the service in `UNIT`; the rules' handling of exactly these fields is evaluated
+    // in the unit tests): checked here against a real systemd's journal.
+    let entries = c.ok("journalctl -o json --no-pager UNIT=analytics-broken.service");
+    let exited = entries
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.contains("Main process exited"))
+        })
+        .unwrap_or_else(|| panic!("no \"Main process exited\" line:\n{entries}"));
+    assert_eq!(exited["_SYSTEMD_UNIT"], "init.scope", "{exited}");
+    assert_eq!(exited["_PID"], "1", "{exited}");
     eprintln!(
         "[figure] unit failure to firing alert: {:.0} s",
         started.elapsed().as_secs_f64()
