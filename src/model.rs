@@ -51,6 +51,13 @@ pub struct ComponentSpec {
     pub probes: Vec<Probe>,
 }
 
+impl ComponentSpec {
+    /// Every release archive the component needs: its own, and uv for its venv.
+    pub fn archive_pins(&self) -> impl Iterator<Item = &crate::artifact::catalog::ArchivePin> {
+        self.archive.iter().chain(self.venv.as_ref().map(|v| &v.uv))
+    }
+}
+
 /// A venv under `OPT/NAME/ID` (`OPT/NAME/current` links the one in use), built by uv
 /// from a lock file whose every package is pinned with its hashes. Venvs hold absolute
 /// paths, so each is built where it stays; `ID` changes with the lock file.

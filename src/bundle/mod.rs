@@ -166,8 +166,7 @@ impl Bundle {
             if !packages.is_empty() {
                 lacks.push(format!("Debian packages {}", packages.join(", ")));
             }
-            let pins = spec.archive.iter().chain(spec.venv.as_ref().map(|v| &v.uv));
-            for pin in pins {
+            for pin in spec.archive_pins() {
                 if self.archive(&pin.component, &pin.version).is_none() {
                     lacks.push(format!("the {} {} archive", pin.component, pin.version));
                 }
@@ -190,10 +189,7 @@ impl Bundle {
     /// bundle is trusted no more than the network would be.
     pub fn check_pins(&self, desired: &[crate::model::ComponentSpec]) -> Result<(), BundleError> {
         use crate::artifact::catalog::DigestSource;
-        let pins = desired
-            .iter()
-            .flat_map(|s| s.archive.iter().chain(s.venv.as_ref().map(|v| &v.uv)));
-        for pin in pins {
+        for pin in desired.iter().flat_map(|s| s.archive_pins()) {
             let (DigestSource::Pinned(pinned), Some((path, actual))) =
                 (&pin.digest, self.archive(&pin.component, &pin.version))
             else {

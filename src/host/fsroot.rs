@@ -117,33 +117,18 @@ impl FsRoot {
     }
 }
 
-/// `dir` and everything below it (links not followed) to `uid`:`gid`.
-pub fn own_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let path = entry?.path();
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-            if fs::symlink_metadata(&path)?.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether `dir` and everything below it (links not followed) belong to `uid`.
-pub fn owned_by(dir: &Path, uid: u32) -> std::io::Result<bool> {
-    if fs::symlink_metadata(dir)?.uid() != uid {
-        return Ok(false);
-    }
+/// Calls `visit` on everything below `dir` (links not followed, so never leaving
+/// it) with its metadata; stops early when `visit` returns false.
+fn walk_below(
+    dir: &Path,
+    mut visit: impl FnMut(&Path, &fs::Metadata) -> std::io::Result<bool>,
+) -> std::io::Result<bool> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in fs::read_dir(&d)? {
             let path = entry?.path();
             let m = fs::symlink_metadata(&path)?;
-            if m.uid() != uid {
+            if !visit(&path, &m)? {
                 return Ok(false);
             }
             if m.is_dir() {
@@ -154,25 +139,35 @@ pub fn owned_by(dir: &Path, uid: u32) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// `dir` and everything below it (links not followed) to `uid`:`gid`.
+pub fn own_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    walk_below(dir, |path, _| {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map(|()| true)
+    })
+    .map(drop)
+}
+
+/// Whether `dir` and everything below it (links not followed) belong to `uid`.
+pub fn owned_by(dir: &Path, uid: u32) -> std::io::Result<bool> {
+    if fs::symlink_metadata(dir)?.uid() != uid {
+        return Ok(false);
+    }
+    walk_below(dir, |_, m| Ok(m.uid() == uid))
+}
+
 /// Below `dir` (links not followed), what the old uid owns goes to the new uid and
 /// what the old gid owns to the new gid; anything else keeps its owner.
 fn reown_tree(dir: &Path, old: (u32, u32), new: (u32, u32)) -> std::io::Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let path = entry?.path();
-            let m = fs::symlink_metadata(&path)?;
-            let uid = (m.uid() == old.0).then_some(new.0);
-            let gid = (m.gid() == old.1).then_some(new.1);
-            if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::lchown(&path, uid, gid)?;
-            }
-            if m.is_dir() {
-                stack.push(path);
-            }
+    walk_below(dir, |path, m| {
+        let uid = (m.uid() == old.0).then_some(new.0);
+        let gid = (m.gid() == old.1).then_some(new.1);
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(path, uid, gid)?;
         }
-    }
-    Ok(())
+        Ok(true)
+    })
+    .map(drop)
 }
 
 pub fn user_name(uid: u32) -> String {
