@@ -340,6 +340,9 @@ impl Executor<'_> {
                     .write_atomic(&path, format!("{value}\n").as_bytes(), 0o600, 0, 0)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
+            Step::InstallCertificate { tls, .. } => {
+                crate::tls::install(self.fs, tls).map_err(|e| e.to_string())?;
+            }
             Step::WriteFile { file, .. } => {
                 let text = fill_secrets(&file.template, |n| host::gather::read_secret(self.fs, n))
                     .ok_or_else(|| {

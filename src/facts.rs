@@ -29,6 +29,8 @@ pub struct HostFacts {
     pub python_minor: Option<u32>,
     /// Listening TCP sockets.
     pub listeners: Vec<Listener>,
+    /// The installed certificate, when a component serves one.
+    pub tls: Option<crate::tls::TlsFact>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,11 +11,22 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render(config: &Config, status: &StatusReport) -> String {
+/// Who the page is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// A browser on the host itself: versions, units, why a probe failed.
+    Operator,
+    /// Everyone else: the applications and whether each is healthy.
+    Public,
+}
+
+pub fn render(config: &Config, status: &StatusReport, view: View) -> String {
     let mut rows = String::new();
     for c in &status.components {
         let (class, word) = if c.healthy {
             ("ok", "healthy".to_string())
+        } else if view == View::Public {
+            ("bad", "unhealthy".to_string())
         } else {
             // Why: each failing probe with what it saw.
             let why: Vec<String> = c
@@ -34,14 +45,32 @@ pub fn render(config: &Config, status: &StatusReport) -> String {
             .iter()
             .map(|u| format!("{} ({})", escape(&u.name), escape(&u.active_state)))
             .collect();
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&c.name),
-            escape(&c.description),
-            escape(&c.version),
-            units.join("<br>")
-        ));
+        if view == View::Public {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{word}</td></tr>\n",
+                escape(&c.name),
+                escape(&c.description),
+            ));
+        } else {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&c.name),
+                escape(&c.description),
+                escape(&c.version),
+                units.join("<br>")
+            ));
+        }
     }
+    let header = match view {
+        View::Operator => {
+            "<tr><th>component</th><th>what</th><th>health</th><th>version</th><th>units</th></tr>"
+        }
+        View::Public => "<tr><th>component</th><th>what</th><th>health</th></tr>",
+    };
+    let footer = match view {
+        View::Operator => "Machine-readable: <a href=\"/status.json\">/status.json</a>. Updated by analytics-stackd. Versions and units are shown to browsers on this host only.",
+        View::Public => "Machine-readable: <a href=\"/status.json\">/status.json</a>. Updated by analytics-stackd.",
+    };
     let mut links = String::new();
     for r in nginx::routes(config) {
         let state = if r.upstream.is_some() {
@@ -56,12 +85,12 @@ pub fn render(config: &Config, status: &StatusReport) -> String {
         ));
     }
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>analytics-stack on {host}</title>\n\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>analytics-stack on {host}</title>\n\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}.ok{{color:#080}}.bad{{color:#b00;font-weight:bold}}</style></head>\n\
          <body><h1>analytics-stack on {host}</h1>\n<h2>Applications</h2>\n<ul>\n{links}</ul>\n\
-         <h2>Services</h2>\n<table><tr><th>component</th><th>what</th><th>health</th><th>version</th><th>units</th></tr>\n{rows}</table>\n\
-         <p>Machine-readable: <a href=\"/status.json\">/status.json</a>. Updated by analytics-stackd.</p></body></html>\n",
-        host = escape(config.stack.hostname.as_str()),
+         <h2>Services</h2>\n<table>{header}\n{rows}</table>\n\
+         <p>{footer}</p></body></html>\n",
+        host = escape(config.stack.hostname()),
     )
 }
 
@@ -95,8 +124,18 @@ mod tests {
                 ],
             }],
         };
-        let html = render(&config, &status);
+        let html = render(&config, &status, View::Operator);
         assert!(html.contains("unhealthy<br><small>redis 127.0.0.1:6379: connect: Connection refused &lt;script&gt;</small>"), "{html}");
         assert!(!html.contains("PONG") && !html.contains("<script>") && !html.contains("<b>"));
+        // Others see that it is unhealthy, not why, nor the version.
+        let public = render(&config, &status, View::Public);
+        assert!(
+            public.contains("<td class=\"bad\">unhealthy</td>"),
+            "{public}"
+        );
+        assert!(
+            !public.contains("6379") && !public.contains("7.0") && !public.contains("<script>"),
+            "{public}"
+        );
     }
 }

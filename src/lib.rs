@@ -17,5 +17,6 @@ pub mod model;
 pub mod plan;
 pub mod stack;
 pub mod state;
+pub mod tls;
 pub mod units;
 pub mod util;

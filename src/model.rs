@@ -49,6 +49,8 @@ pub struct ComponentSpec {
     pub provision: Vec<Provision>,
     pub ports: Vec<PortSpec>,
     pub probes: Vec<Probe>,
+    /// The certificate the component serves (NGINX only).
+    pub tls: Option<crate::tls::TlsSpec>,
 }
 
 impl ComponentSpec {

@@ -116,14 +116,23 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The configuration, with `[stack] hostname` defaulted to the host's FQDN.
     pub fn config(&self) -> Result<Config, StackError> {
-        Ok(config::load_dir(&self.etc_dir)?)
+        let mut config = config::load_dir(&self.etc_dir)?;
+        if config.stack.hostname.is_none() {
+            config.stack.hostname = gather::host_names(&self.fs)
+                .into_iter()
+                .find_map(|n| config::Hostname::try_from(n).ok());
+        }
+        Ok(config)
     }
 
     pub fn platform(&self) -> Platform {
         Platform {
             codename: gather::os_codename(&self.fs),
             arch: crate::artifact::catalog::debian_arch().into(),
+            names: gather::host_names(&self.fs),
+            addresses: gather::host_addresses(),
         }
     }
 
@@ -172,6 +181,11 @@ impl Stack {
         let problems = python_problems(&desired, &facts);
         if !problems.is_empty() {
             return Err(StackError::Conflict(problems.join("\n")));
+        }
+        // The operator's certificate and key are checked before anything changes.
+        for tls in desired.iter().filter_map(|s| s.tls.as_ref()) {
+            crate::tls::preflight(&self.fs, tls)
+                .map_err(|e| StackError::Conflict(format!("[nginx] tls = \"files\": {e}")))?;
         }
         let conflicts = plan::port_conflicts(&desired, &facts);
         if !conflicts.is_empty() {
@@ -477,8 +491,8 @@ impl Stack {
                         (
                             "admin".to_string(),
                             format!(
-                                "user admin, password {value}, at http://{}/{}/",
-                                config.stack.hostname.as_str(),
+                                "user admin, password {value}, at {}/{}/",
+                                components::nginx::public_origin(&config),
                                 spec.name
                             ),
                         )
@@ -486,6 +500,26 @@ impl Stack {
                     _ => (secret.clone(), value),
                 };
                 entries.insert(key, serde_json::Value::String(shown));
+            }
+            // What a user needs to trust the door's certificate; nothing secret.
+            if let Some(tls) = &spec.tls {
+                let (ca, how) = match tls {
+                    crate::tls::TlsSpec::SelfSigned { .. } => (
+                        crate::tls::CA_CERT.to_string(),
+                        "the stack CA: import it as a trusted authority in browsers (compare the fingerprint)",
+                    ),
+                    crate::tls::TlsSpec::Files { certificate, .. } => (
+                        certificate.display().to_string(),
+                        "the operator's certificate",
+                    ),
+                };
+                entries.insert("tls_certificate".into(), serde_json::Value::String(ca));
+                entries.insert("tls_note".into(), serde_json::Value::String(how.into()));
+                if let crate::tls::TlsSpec::SelfSigned { .. } = tls {
+                    if let Some(fp) = crate::tls::ca_fingerprint(&self.fs) {
+                        entries.insert("tls_ca_sha256".into(), serde_json::Value::String(fp));
+                    }
+                }
             }
             out.insert(spec.name.into(), serde_json::Value::Object(entries));
         }
@@ -592,24 +626,39 @@ impl Stack {
         if !config.nginx.enabled || !self.fs.exists(Path::new(paths::WWW)) {
             return Ok(());
         }
-        let html = crate::landing::render(config, status);
-        // The public view: health and versions, no PIDs or memory figures, so the file
-        // changes only when health does.
-        let public: Vec<serde_json::Value> = status
-            .components
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "healthy": c.healthy,
-                    "version": c.version,
-                    "units": c.units.iter().map(|u| serde_json::json!({"name": u.name, "active_state": u.active_state})).collect::<Vec<_>>(),
+        use crate::landing::View;
+        let html = crate::landing::render(config, status, View::Operator);
+        let public_html = crate::landing::render(config, status, View::Public);
+        // The operator's view (clients on this host): health, versions and units, no PIDs
+        // or memory figures, so the file changes only when health does. Everyone else
+        // sees health alone: versions tell an attacker which advisories apply.
+        let json = |detail: bool| {
+            let components: Vec<serde_json::Value> = status
+                .components
+                .iter()
+                .map(|c| {
+                    if detail {
+                        serde_json::json!({
+                            "name": c.name,
+                            "healthy": c.healthy,
+                            "version": c.version,
+                            "units": c.units.iter().map(|u| serde_json::json!({"name": u.name, "active_state": u.active_state})).collect::<Vec<_>>(),
+                        })
+                    } else {
+                        serde_json::json!({ "name": c.name, "healthy": c.healthy })
+                    }
                 })
-            })
-            .collect();
-        let json = serde_json::to_string_pretty(&serde_json::json!({ "components": public }))
-            .unwrap_or_default();
-        for (name, body) in [("index.html", html), ("status.json", json)] {
+                .collect();
+            serde_json::to_string_pretty(&serde_json::json!({ "components": components }))
+                .unwrap_or_default()
+        };
+        let pages = [
+            ("index.html", html),
+            ("status.json", json(true)),
+            ("public.html", public_html),
+            ("public-status.json", json(false)),
+        ];
+        for (name, body) in pages {
             let path = PathBuf::from(paths::WWW).join(name);
             if self.fs.read(&path).ok().as_deref() != Some(body.as_bytes()) {
                 self.fs

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::desk::{Desk, DnsLog, DNS_LOG_ADDRESS, DOOR_ADDRESS};
 use common::{mirror::Mirror, Container};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ fn airflow_token(c: &Container) -> String {
         secret(c, "airflow-admin")
     );
     let out = c.ok(&format!(
-        "curl -fsS -X POST -H 'Content-Type: application/json' -d '{body}' http://127.0.0.1/airflow/auth/token"
+        "curl -fsS -X POST -H 'Content-Type: application/json' -d '{body}' https://127.0.0.1/airflow/auth/token"
     ));
     json(&out)["access_token"]
         .as_str()
@@ -43,7 +44,7 @@ fn airflow(c: &Container, token: &str, method: &str, path: &str, body: Option<&s
         format!("-H 'Content-Type: application/json' -d '{b}'")
     });
     json(&c.ok(&format!(
-        "curl -sS -X {method} -H 'Authorization: Bearer {token}' {data} http://127.0.0.1/airflow/api/v2{path}"
+        "curl -sS -X {method} -H 'Authorization: Bearer {token}' {data} https://127.0.0.1/airflow/api/v2{path}"
     )))
 }
 
@@ -119,7 +120,16 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
 
+    // A second host on a wire to this one (before the first apply, so the stack's
+    // certificate names its address), and a resolver that writes down every name the
+    // stack looks up.
+    let desk = Desk::new();
+    let dns = DnsLog::start();
+
     let c = Container::boot("as-e2e-apps");
+    c.ok(&format!(
+        "rm -f /etc/resolv.conf && printf 'nameserver {DNS_LOG_ADDRESS}\\n' > /etc/resolv.conf"
+    ));
     c.start_daemon();
     c.without_release_archives();
     c.ok(&format!(
@@ -133,6 +143,19 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         "[figure] cold apply of the stack with the applications: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // An apply looks up the software sources it is configured with (Debian's mirror,
+    // PyPI for the locked venvs) and the host's own name; nothing else.
+    let own = c.ok("hostname").trim().to_string();
+    let asked = dns.take();
+    eprintln!("[figure] names the apply looked up: {asked:?}");
+    let unexpected: Vec<&String> = asked
+        .iter()
+        .filter(|n| {
+            !["deb.debian.org", "pypi.org", "files.pythonhosted.org"].contains(&n.as_str())
+                && n.split('.').next() != Some(own.as_str())
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "the apply looked up {unexpected:?}");
 
     // Every component healthy.
     let status = json(&c.ok("analytics-stack status --json"));
@@ -228,17 +251,26 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     );
 
     // One door: the landing page links the apps; each answers under its prefix.
-    let landing = c.ok("curl -fsS http://127.0.0.1/");
+    let landing = c.ok("curl -fsS https://127.0.0.1/");
     assert!(
         landing.contains("/airflow/") && landing.contains("/superset/"),
         "{landing}"
     );
-    c.ok("curl -fsS http://127.0.0.1/superset/health");
-    c.ok("curl -fsS http://127.0.0.1/airflow/api/v2/monitor/health");
+    c.ok("curl -fsS https://127.0.0.1/superset/health");
+    c.ok("curl -fsS https://127.0.0.1/airflow/api/v2/monitor/health");
     let login_page =
-        c.ok("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1/superset/login/");
+        c.ok("curl -sS -o /dev/null -w '%{http_code}' https://127.0.0.1/superset/login/");
     assert_eq!(login_page.trim(), "200");
-    let ui = c.ok("curl -fsS http://127.0.0.1/airflow/");
+    // Without a session the entry goes to the login page at once (relative, so the
+    // browser stays on its origin); the UI itself is served under the prefix.
+    assert_eq!(
+        c.ok(
+            "curl -sS -o /dev/null -w '%{http_code} %header{location}' https://127.0.0.1/airflow/"
+        )
+        .trim(),
+        "302 /airflow/auth/login/?next=/airflow/"
+    );
+    let ui = c.ok("curl -fsS https://127.0.0.1/airflow/dags");
     assert!(
         ui.contains("/airflow/"),
         "the UI is served for its prefix: {ui}"
@@ -271,7 +303,7 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
 
     // The same rows through Superset's API (SQL Lab on the registered warehouse).
     let login = json(&c.ok(&format!(
-        "curl -fsS -c /tmp/ss.jar -X POST -H 'Content-Type: application/json' -d '{{\"username\": \"admin\", \"password\": \"{}\", \"provider\": \"db\", \"refresh\": true}}' http://127.0.0.1/superset/api/v1/security/login",
+        "curl -fsS -c /tmp/ss.jar -X POST -H 'Content-Type: application/json' -d '{{\"username\": \"admin\", \"password\": \"{}\", \"provider\": \"db\", \"refresh\": true}}' https://127.0.0.1/superset/api/v1/security/login",
         secret(&c, "superset-admin")
     )));
     let token = login["access_token"]
@@ -280,13 +312,13 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         .to_string();
     let auth = format!("-H 'Authorization: Bearer {token}'");
     let csrf = json(&c.ok(&format!(
-        "curl -fsS -b /tmp/ss.jar -c /tmp/ss.jar {auth} http://127.0.0.1/superset/api/v1/security/csrf_token/"
+        "curl -fsS -b /tmp/ss.jar -c /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/security/csrf_token/"
     )))["result"]
         .as_str()
         .expect("csrf token")
         .to_string();
     let databases = json(&c.ok(&format!(
-        "curl -fsS -b /tmp/ss.jar {auth} http://127.0.0.1/superset/api/v1/database/"
+        "curl -fsS -b /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/database/"
     )));
     let warehouse_id = databases["result"]
         .as_array()
@@ -297,7 +329,7 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         .as_u64()
         .unwrap();
     let query = json(&c.ok(&format!(
-        "curl -sS -b /tmp/ss.jar {auth} -H 'X-CSRFToken: {csrf}' -H 'Referer: http://127.0.0.1/superset/sqllab/' -H 'Content-Type: application/json' -d '{{\"database_id\": {warehouse_id}, \"sql\": \"SELECT count(*) AS n FROM sample_data.readings\", \"runAsync\": false, \"schema\": \"sample_data\"}}' http://127.0.0.1/superset/api/v1/sqllab/execute/"
+        "curl -sS -b /tmp/ss.jar {auth} -H 'X-CSRFToken: {csrf}' -H 'Referer: https://127.0.0.1/superset/sqllab/' -H 'Content-Type: application/json' -d '{{\"database_id\": {warehouse_id}, \"sql\": \"SELECT count(*) AS n FROM sample_data.readings\", \"runAsync\": false, \"schema\": \"sample_data\"}}' https://127.0.0.1/superset/api/v1/sqllab/execute/"
     )));
     assert_eq!(
         query["data"][0]["n"].as_u64(),
@@ -339,4 +371,144 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     eprintln!("[figure] idle PSS per unit (MiB):\n{}", c.ok(
         "for u in $(systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'); do t=0; for p in $(cat /sys/fs/cgroup/systemd/system.slice/$u/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup/system.slice/$u/cgroup.procs 2>/dev/null); do s=$(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null); t=$((t + ${s:-0})); done; echo \"$u $((t / 1024))\"; done"
     ));
+
+    door_from_another_host(&c, &desk);
+    browser_session(&c, &desk);
+    // The DAG runs, the browser session and everything the stack did meanwhile looked
+    // up no name at all (the host's own aside).
+    let asked: Vec<String> = dns
+        .take()
+        .into_iter()
+        .filter(|n| n.split('.').next() != Some(own.as_str()))
+        .collect();
+    assert!(asked.is_empty(), "the running stack looked up {asked:?}");
+}
+
+/// What a machine on the network can and cannot reach, from the desk's side of the
+/// wire: the door over HTTPS (plain HTTP redirects there), no backend port, no
+/// internal endpoint, no versions.
+fn door_from_another_host(c: &Container, desk: &Desk) {
+    let ca = format!("/proc/{}/root/var/lib/analytics-stack/tls/ca.crt", c.leader);
+    let curl = format!("curl -sS --max-time 20 --cacert {ca}");
+    let base = format!("https://{DOOR_ADDRESS}");
+    // Plain HTTP answers with a redirect to the same address over HTTPS.
+    let redirect = desk.ok(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{DOOR_ADDRESS}/airflow/?x=1"
+    ));
+    assert_eq!(redirect.trim(), format!("301 {base}/airflow/?x=1"));
+    // The certificate verifies for the address (its SAN), chained to the stack CA.
+    for path in ["/", "/airflow/", "/superset/login/"] {
+        let code = desk.ok(&format!(
+            "{curl} -o /dev/null -w '%{{http_code}}' {base}{path}"
+        ));
+        assert!(["200", "302"].contains(&code.trim()), "{path}: {code}");
+    }
+    // Security headers on the door's own pages and the applications' alike.
+    for path in ["/", "/airflow/", "/superset/login/"] {
+        let headers = desk.ok(&format!("{curl} -o /dev/null -D - {base}{path}"));
+        let lower = headers.to_lowercase();
+        for want in [
+            "x-content-type-options: nosniff",
+            "referrer-policy:",
+            "x-frame-options:",
+        ] {
+            assert!(lower.contains(want), "{path} lacks {want}:\n{headers}");
+        }
+        assert_eq!(
+            lower.matches("x-frame-options:").count(),
+            1,
+            "{path}: one X-Frame-Options:\n{headers}"
+        );
+    }
+    // Internal endpoints answer the stack's own processes only.
+    for path in ["/airflow/execution/health", "/airflow/execution/"] {
+        let code = desk.ok(&format!(
+            "{curl} -o /dev/null -w '%{{http_code}}' {base}{path}"
+        ));
+        assert_eq!(code.trim(), "403", "{path} from another host");
+    }
+    assert_ne!(
+        c.ok("curl -sS -o /dev/null -w '%{http_code}' https://127.0.0.1/airflow/execution/health")
+            .trim(),
+        "403",
+        "the stack itself still reaches the execution API through the door"
+    );
+    // Versions and units for the operator on the host; health only for others.
+    let public = desk.ok(&format!("{curl} {base}/status.json"));
+    let local = c.ok("curl -fsS https://127.0.0.1/status.json");
+    assert!(local.contains("\"version\""), "{local}");
+    assert!(
+        !public.contains("version") && !public.contains("units") && public.contains("\"healthy\""),
+        "{public}"
+    );
+    let page = desk.ok(&format!("{curl} {base}/"));
+    let airflow_version = c.ok("/opt/analytics-stack/airflow/current/bin/python -c 'import airflow; print(airflow.__version__)'");
+    assert!(
+        !page.contains(airflow_version.trim()) && !page.contains("analytics-airflow-"),
+        "{page}"
+    );
+    // Every backend port is closed to the network: only NGINX listens beyond loopback.
+    for port in [
+        3000, 5432, 6379, 6380, 8080, 8088, 8974, 9090, 9100, 9102, 9125,
+    ] {
+        let out = desk.sh(&format!(
+            "curl -sS --max-time 5 -o /dev/null http://{DOOR_ADDRESS}:{port}/"
+        ));
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "port {port} from another host: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A redirect never sends a browser to another name: Airflow's login redirect (to
+    // its configured base URL) arrives relative, whatever Host the browser used.
+    // (-k: the certificate does not name analytics.example.test; that is not what
+    // this checks.)
+    let headers = desk.ok(&format!(
+        "curl -sS -k --max-time 20 -o /dev/null -D - --resolve analytics.example.test:443:{DOOR_ADDRESS} 'https://analytics.example.test/airflow/api/v2/auth/login?next=https%3A%2F%2Fanalytics.example.test%2Fairflow%2F'"
+    ));
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("location:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no redirect: {headers}"));
+    assert!(
+        location.starts_with("/airflow/auth/login/"),
+        "Airflow's login redirect must stay on the browser's origin: {location}"
+    );
+}
+
+/// A person at the desk, in Chromium: tests/browser/desk.py. The stack's CA is
+/// imported into the browser's certificate database, as a user would.
+fn browser_session(c: &Container, desk: &Desk) {
+    let repo = common::repo();
+    let home = tempfile::tempdir().unwrap();
+    let shots = repo.join("target/browser-screenshots");
+    let ca = format!("/proc/{}/root/var/lib/analytics-stack/tls/ca.crt", c.leader);
+    let h = home.path().display();
+    desk.ok(&format!(
+        "mkdir -p {h}/.pki/nssdb && certutil -d sql:{h}/.pki/nssdb -N --empty-password && certutil -d sql:{h}/.pki/nssdb -A -t 'C,,' -n analytics-stack-ca -i {ca}"
+    ));
+    let superset = c.ok("/opt/analytics-stack/superset/current/bin/python -c 'import importlib.metadata as m; print(m.version(\"apache-superset\"))'");
+    let started = Instant::now();
+    let out = desk.sh(&format!(
+        "HOME={h} DESK_AIRFLOW_PASSWORD='{}' DESK_SUPERSET_PASSWORD='{}' /usr/bin/python3 {} --base https://{DOOR_ADDRESS} --shots {} --version superset={} 2>&1",
+        secret(c, "airflow-admin"),
+        secret(c, "superset-admin"),
+        repo.join("tests/browser/desk.py").display(),
+        shots.display(),
+        superset.trim()
+    ));
+    let log = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{log}");
+    eprintln!(
+        "[figure] browser session (landing, Airflow login and DAG run, Superset dashboard and SQL Lab): {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+    assert!(out.status.success(), "the browser session failed:\n{log}");
 }

@@ -291,7 +291,7 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         c.ok("readlink /opt/analytics-stack/grafana/current").trim(),
         "13.0.1"
     );
-    let health = c.ok("curl -fsS http://127.0.0.1/grafana/api/health");
+    let health = c.ok("curl -fsS https://127.0.0.1/grafana/api/health");
     assert!(health.contains("\"database\":\"ok\""), "{health}");
     let password = c
         .ok("cat /var/lib/analytics-stack/secrets/grafana-admin")

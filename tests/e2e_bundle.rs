@@ -158,7 +158,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
         policy.contains("/var/cache/analytics-stack/bundles/"),
         "{policy}"
     );
-    c.ok("curl -fsS http://127.0.0.1/airflow/api/v2/monitor/health && curl -fsS http://127.0.0.1/superset/health");
+    c.ok("curl -fsS https://127.0.0.1/airflow/api/v2/monitor/health && curl -fsS https://127.0.0.1/superset/health");
     // Again from the same bundle: nothing to do.
     let again: Value = serde_json::from_str(
         &c.ok("analytics-stack apply --bundle /srv/bundles/stack-bundle.tar --json"),

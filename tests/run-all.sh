@@ -6,9 +6,12 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then echo "tests/run-all.sh must run as root (the end-to-end tests boot containers)" >&2; exit 1; fi
 need=()
-for tool in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd nsenter:util-linux gpg:gnupg gpgv:gpgv; do
+for tool in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd nsenter:util-linux gpg:gnupg gpgv:gpgv \
+    chromium:chromium chromedriver:chromium-driver certutil:libnss3-tools; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
+# The browser test's WebDriver client (tests/browser/desk.py), Debian's.
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || need+=(python3-selenium)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"

@@ -54,6 +54,7 @@ pub async fn create(
     let platform = Platform {
         codename: opts.distro.clone(),
         arch: opts.arch.clone(),
+        ..Default::default()
     };
     let specs = render_all(config, &platform);
     let problems = crate::stack::python_problems(

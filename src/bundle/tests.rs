@@ -7,6 +7,7 @@ fn default_stack() -> Vec<crate::model::ComponentSpec> {
     let platform = crate::components::Platform {
         codename: "bookworm".into(),
         arch: "amd64".into(),
+        ..Default::default()
     };
     crate::components::render_all(&config, &platform)
 }

@@ -64,13 +64,10 @@ pub fn render_env(config: &Config) -> String {
         config.redis.broker.port.get()
     );
     let port = config.airflow.port.get();
-    let host = config.stack.hostname.as_str();
-    let nginx_port = config.nginx.port.get();
-    let public = if nginx_port == 80 {
-        format!("http://{host}/airflow")
-    } else {
-        format!("http://{host}:{nginx_port}/airflow")
-    };
+    // Absolute links (e-mails, task log URLs) use the configured name; NGINX turns
+    // redirects to it into relative ones, so browsers stay on the name they used.
+    let public = format!("{}/airflow", super::nginx::public_origin(config));
+    let tls = super::nginx::tls_on(config);
     let mut vars: Vec<(&str, String)> = vec![
         ("AIRFLOW_HOME", HOME.into()),
         ("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor".into()),
@@ -101,6 +98,15 @@ pub fn render_env(config: &Config) -> String {
             config.airflow.worker_concurrency.get().to_string(),
         ),
         ("AIRFLOW__API__BASE_URL", public),
+        // The FAB login pages learn the browser's scheme and host from NGINX's
+        // X-Forwarded-* headers (NGINX sets each one); a prefix header is never
+        // trusted, since NGINX passes a client's own through.
+        ("AIRFLOW__FAB__ENABLE_PROXY_FIX", "True".into()),
+        ("AIRFLOW__FAB__PROXY_FIX_X_PREFIX", "0".into()),
+        (
+            "AIRFLOW__FAB__COOKIE_SECURE",
+            if tls { "True" } else { "False" }.into(),
+        ),
         ("AIRFLOW__API__SECRET_KEY", secret_ref(API_SECRET)),
         // One JWT secret for every process, or workers fail signature checks.
         ("AIRFLOW__API_AUTH__JWT_SECRET", secret_ref(JWT_SECRET)),

@@ -149,7 +149,7 @@ pub fn render_promtail(config: &Config) -> String {
         port = config.log_shipper.port.get(),
         state = paths::STATE,
         push = loki_push(config),
-        host = config.stack.hostname.as_str(),
+        host = config.stack.hostname(),
     )
 }
 
@@ -159,7 +159,7 @@ pub fn render_alloy(config: &Config) -> String {
          loki.relabel \"journal\" {{\n  forward_to = []\n\n{rules}}}\n\n\
          loki.source.journal \"stack\" {{\n  max_age       = \"12h\"\n  relabel_rules = loki.relabel.journal.rules\n  labels        = {{job = \"systemd-journal\", host = \"{host}\"}}\n  forward_to    = [loki.write.local.receiver]\n}}\n\n\
          loki.write \"local\" {{\n  endpoint {{\n    url = \"{push}\"\n  }}\n}}\n",
-        host = config.stack.hostname.as_str(),
+        host = config.stack.hostname(),
         push = loki_push(config),
         rules = alloy_rules(),
     )

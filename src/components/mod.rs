@@ -22,12 +22,16 @@ use crate::config::Config;
 use crate::model::{ComponentSpec, DirSpec, UserSpec};
 
 /// Facts about the host that rendering depends on (known before anything is installed).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Platform {
     /// Debian codename: `bookworm`, `trixie`.
     pub codename: String,
     /// Debian architecture: `amd64`, `arm64`.
     pub arch: String,
+    /// The host's names, FQDN first, then its short name (the certificate's names).
+    pub names: Vec<String>,
+    /// The host's addresses, loopback first (the certificate's addresses).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl Platform {
@@ -100,7 +104,7 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
         specs.push(redis::render(config));
     }
     if config.nginx.enabled {
-        specs.push(nginx::render(config));
+        specs.push(nginx::render(config, platform));
     }
     if config.node_exporter.enabled {
         specs.push(node_exporter::render(config, platform));

@@ -2,134 +2,250 @@
 //! entry point. `/` is the landing page the daemon keeps current; each application
 //! has a route that proxies to it once installed and answers 503 until then.
 
-use crate::config::Config;
+use super::Platform;
+use crate::config::{Config, TlsMode};
 use crate::model::*;
+use crate::tls::TlsSpec;
 use crate::units::ServiceUnit;
+use serde::Serialize;
 
 pub const UNIT: &str = "analytics-nginx.service";
 pub const USER: &str = "analytics-nginx";
 const CONF_DIR: &str = "/etc/analytics-stack/nginx";
 
 /// An application route under the single entry point.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
     pub prefix: &'static str,
     pub title: &'static str,
     pub component: &'static str,
     /// The local upstream port, once the component is installed and enabled.
     pub upstream: Option<u16>,
+    /// Locations under the prefix that answer loopback clients only (NGINX syntax).
+    pub loopback_only: Vec<&'static str>,
+    /// Answers the proxy corrects on their way out.
+    pub rewrites: Vec<Rewrite>,
+    /// The page `prefix` answers (503) while the component is not installed.
+    pub not_installed: String,
+    /// Where a browser without the application's session cookie is sent from `prefix`.
+    pub login: Option<Login>,
 }
 
-/// The application routes; their upstreams arrive with the tiers that install them.
-pub fn routes(config: &Config) -> Vec<Route> {
+/// An application's entry page for a browser that has not logged in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Login {
+    pub why: &'static str,
+    /// NGINX's variable for the session cookie (`$cookie_NAME`).
+    pub cookie_variable: &'static str,
+    pub url: &'static str,
+}
+
+/// A text substitution in one kind of answer (NGINX's `sub_filter`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rewrite {
+    pub why: &'static str,
+    pub location: &'static str,
+    pub types: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub once: bool,
+}
+
+fn airflow_rewrites() -> Vec<Rewrite> {
+    vec![Rewrite {
+        why: "apache-airflow-providers-fab 3.10.2's pages (its login page among them) end with\n        # Airflow 2's main.js, whose moment chunk, time zones and date picker they no longer\n        # ship: it throws in every browser and does nothing these pages need. It is not run.",
+        location: "^~ /airflow/auth/",
+        types: "text/html",
+        from: "<script src=\"/airflow/auth/static/dist/main.",
+        to: "<script type=\"text/plain\" src=\"/airflow/auth/static/dist/main.",
+        once: true,
+    }]
+}
+
+/// A 1×1 transparent GIF; what follows `#` is a fragment, never fetched.
+const BLANK_PIXEL: &str =
+    "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7#";
+
+fn superset_rewrites() -> Vec<Rewrite> {
     vec![
-        Route {
-            prefix: "/superset/",
-            title: "Superset",
-            component: "superset",
-            upstream: config.superset.enabled.then(|| config.superset.port.get()),
+        Rewrite {
+            why: "Superset 6.1's published frontend loads a pixel from Scarf on every page\n        # (the opt-out is a build-time setting): it becomes an inline blank image.",
+            location: "~ ^/superset/static/assets/.*\\.js$",
+            types: "application/javascript text/javascript",
+            from: "https://apachesuperset.gateway.scarf.sh/pixel/",
+            to: BLANK_PIXEL,
+            once: true,
         },
-        Route {
-            prefix: "/airflow/",
-            title: "Airflow",
-            component: "airflow",
-            upstream: config.airflow.enabled.then(|| config.airflow.port.get()),
-        },
-        Route {
-            prefix: "/grafana/",
-            title: "Grafana",
-            component: "grafana",
-            upstream: config.grafana.enabled.then(|| config.grafana.port.get()),
+        Rewrite {
+            why: "Superset's web app manifest names its icons without the /superset prefix.",
+            location: "= /superset/static/assets/pwa-manifest.json",
+            types: "application/json application/manifest+json",
+            from: "\"/static/",
+            to: "\"/superset/static/",
+            once: false,
         },
     ]
 }
 
-fn location(route: &Route) -> String {
-    match route.upstream {
-        // The prefix is kept: each application is configured to live under it.
-        Some(port) => format!(
-            "        location {prefix} {{\n\
-             \x20           proxy_pass http://127.0.0.1:{port};\n\
-             \x20           proxy_http_version 1.1;\n\
-             \x20           proxy_set_header Host $host;\n\
-             \x20           proxy_set_header X-Real-IP $remote_addr;\n\
-             \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-             \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
-             \x20           proxy_set_header X-Forwarded-Host $host;\n\
-             \x20           proxy_set_header Upgrade $http_upgrade;\n\
-             \x20           proxy_set_header Connection $connection_upgrade;\n\
-             \x20           proxy_read_timeout 300s;\n\
-             \x20       }}\n",
-            prefix = route.prefix
-        ),
-        None => format!(
-            "        location {prefix} {{\n\
-             \x20           default_type text/html;\n\
-             \x20           return 503 '<!doctype html><title>{title} is not installed</title><h1>{title} is not installed</h1><p>{title} is not part of this stack yet. Enable <code>{component}</code> in /etc/analytics-stack/stack.toml and run <code>analytics-stack apply</code>.</p><p><a href=\"/\">Back to the stack</a></p>\\n';\n\
-             \x20       }}\n",
-            prefix = route.prefix,
-            title = route.title,
-            component = route.component
-        ),
+fn not_installed(title: &str, component: &str) -> String {
+    format!("<!doctype html><title>{title} is not installed</title><h1>{title} is not installed</h1><p>{title} is not part of this stack yet. Enable <code>{component}</code> in /etc/analytics-stack/stack.toml and run <code>analytics-stack apply</code>.</p><p><a href=\"/\">Back to the stack</a></p>\n")
+}
+
+/// The application routes; their upstreams arrive with the tiers that install them.
+pub fn routes(config: &Config) -> Vec<Route> {
+    let route = |prefix, title, component, upstream: Option<u16>| Route {
+        prefix,
+        title,
+        component,
+        upstream,
+        loopback_only: Vec::new(),
+        rewrites: Vec::new(),
+        not_installed: not_installed(title, component),
+        login: None,
+    };
+    vec![
+        Route {
+            rewrites: superset_rewrites(),
+            ..route(
+                "/superset/",
+                "Superset",
+                "superset",
+                config.superset.enabled.then(|| config.superset.port.get()),
+            )
+        },
+        Route {
+            // The task execution API is for the stack's own workers.
+            loopback_only: vec!["/airflow/execution/"],
+            rewrites: airflow_rewrites(),
+            login: Some(Login {
+                why: "Without a session, Airflow's UI loads, its first call answers 401 and it then\n        # moves to the login page: the door sends the browser there at once.",
+                cookie_variable: "$cookie__token",
+                url: "/airflow/auth/login/?next=/airflow/",
+            }),
+            ..route(
+                "/airflow/",
+                "Airflow",
+                "airflow",
+                config.airflow.enabled.then(|| config.airflow.port.get()),
+            )
+        },
+        Route {
+            // Prometheus scrapes Grafana directly; nobody else needs its internals.
+            loopback_only: vec!["= /grafana/metrics"],
+            ..route(
+                "/grafana/",
+                "Grafana",
+                "grafana",
+                config.grafana.enabled.then(|| config.grafana.port.get()),
+            )
+        },
+    ]
+}
+
+/// The scheme and authority browsers reach the stack at under `[stack] hostname`,
+/// for the few absolute URLs the applications need.
+pub fn public_origin(config: &Config) -> String {
+    let n = &config.nginx;
+    let host = config.stack.hostname();
+    let (scheme, port, default) = if tls_on(config) {
+        ("https", n.https_port.get(), 443)
+    } else {
+        ("http", n.port.get(), 80)
+    };
+    if port == default {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
     }
 }
+
+pub fn tls_on(config: &Config) -> bool {
+    config.nginx.tls != TlsMode::Off
+}
+
+/// A string in NGINX's grammar: single-quoted, `\` and `'` escaped.
+fn nginx_str(value: String) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A regular expression matching exactly `s`.
+fn regex_literal(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = ".[]{}()\\*+?^$|".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+const TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
 
 pub fn render_conf(config: &Config) -> String {
     let n = &config.nginx;
-    let mut locations = String::new();
-    for route in routes(config) {
-        locations.push_str(&location(&route));
-    }
-    format!(
-        "# Generated by analytics-stackd; edit the stack config instead.\n\
-         worker_processes auto;\n\
-         daemon off;\n\
-         pid /run/analytics-nginx/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{\n    worker_connections 1024;\n}}\n\
-         http {{\n\
-         \x20   include /etc/nginx/mime.types;\n\
-         \x20   default_type application/octet-stream;\n\
-         \x20   # Access lines go to the journal, tagged analytics_nginx.\n\
-         \x20   access_log syslog:server=unix:/run/systemd/journal/dev-log,tag=analytics_nginx,nohostname combined;\n\
-         \x20   client_body_temp_path /var/cache/analytics-nginx/client_body;\n\
-         \x20   proxy_temp_path /var/cache/analytics-nginx/proxy;\n\
-         \x20   fastcgi_temp_path /var/cache/analytics-nginx/fastcgi;\n\
-         \x20   uwsgi_temp_path /var/cache/analytics-nginx/uwsgi;\n\
-         \x20   scgi_temp_path /var/cache/analytics-nginx/scgi;\n\
-         \x20   sendfile on;\n\
-         \x20   server_tokens off;\n\
-         \x20   client_max_body_size 64m;\n\
-         \x20   map $http_upgrade $connection_upgrade {{\n\
-         \x20       default upgrade;\n\
-         \x20       ''      close;\n\
-         \x20   }}\n\
-         \x20   server {{\n\
-         \x20       listen {listen}:{port} default_server;\n\
-         \x20       server_name {host} _;\n\
-         \x20       root {www};\n\
-         \x20       location = / {{\n\
-         \x20           add_header Cache-Control no-store;\n\
-         \x20           try_files /index.html =503;\n\
-         \x20       }}\n\
-         \x20       location = /status.json {{\n\
-         \x20           add_header Cache-Control no-store;\n\
-         \x20       }}\n\
-         \x20       location = /healthz {{\n\
-         \x20           default_type text/plain;\n\
-         \x20           return 200 'ok\\n';\n\
-         \x20       }}\n\
-         {locations}\
-         \x20   }}\n\
-         }}\n",
-        listen = n.listen,
-        port = n.port.get(),
-        host = config.stack.hostname.as_str(),
-        www = paths::WWW,
-    )
+    let tls = tls_on(config);
+    let https_port = n.https_port.get();
+    let mut env = minijinja::Environment::new();
+    env.add_filter("nginx_str", nginx_str);
+    env.add_template("nginx.conf", TEMPLATE)
+        .expect("templates/nginx.conf.j2 parses");
+    let context = minijinja::context! {
+        tls,
+        // HSTS only for an operator's own certificate: with the stack CA not yet
+        // trusted, it would forbid the browser's "proceed anyway".
+        hsts => n.tls == TlsMode::Files,
+        listen => n.listen.to_string(),
+        http_port => n.port.get(),
+        door_port => if tls { https_port } else { n.port.get() },
+        https_port_suffix => if https_port == 443 { String::new() } else { format!(":{https_port}") },
+        www => paths::WWW,
+        unit => UNIT,
+        hostname_regex => regex_literal(config.stack.hostname()),
+        routes => routes(config),
+    };
+    env.get_template("nginx.conf")
+        .and_then(|t| t.render(context))
+        .expect("templates/nginx.conf.j2 renders")
+        + "\n"
 }
 
-pub fn render(config: &Config) -> ComponentSpec {
+/// What NGINX serves over HTTPS, or None with TLS off.
+pub fn tls_spec(config: &Config, platform: &Platform) -> Option<TlsSpec> {
+    match config.nginx.tls {
+        TlsMode::Off => None,
+        TlsMode::Files => Some(TlsSpec::Files {
+            certificate: config.nginx.certificate.as_str().into(),
+            key: config.nginx.key.as_str().into(),
+        }),
+        TlsMode::SelfSigned => {
+            // The configured name, the host's names, and `localhost` for a browser on
+            // the server itself; each once.
+            let mut names: Vec<String> = Vec::new();
+            let configured = config
+                .stack
+                .hostname
+                .as_ref()
+                .map(|h| h.as_str().to_string());
+            for name in configured
+                .into_iter()
+                .chain(platform.names.iter().cloned())
+                .chain(["localhost".to_string()])
+            {
+                if name.parse::<std::net::IpAddr>().is_err() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            Some(TlsSpec::SelfSigned {
+                names,
+                addresses: platform.addresses.clone(),
+            })
+        }
+    }
+}
+
+pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let conf_path = format!("{CONF_DIR}/nginx.conf");
     let nginx = format!("/usr/sbin/nginx -c {conf_path} -e stderr");
     let mut unit = ServiceUnit::new(
@@ -145,7 +261,31 @@ pub fn render(config: &Config) -> ComponentSpec {
     unit.runtime_directory = Some("analytics-nginx".into());
     unit.cache_directory = Some("analytics-nginx".into());
     unit.capabilities = vec!["CAP_NET_BIND_SERVICE"];
+    let tls = tls_spec(config, platform);
+    if tls.is_some() {
+        unit.credentials = vec![
+            ("server.crt".into(), crate::tls::SERVER_CERT.into()),
+            ("server.key".into(), crate::tls::SERVER_KEY.into()),
+        ];
+    }
     let port = config.nginx.port.get();
+    let mut ports = vec![PortSpec {
+        address: config.nginx.listen,
+        port,
+        unit: UNIT.into(),
+    }];
+    if tls.is_some() {
+        ports.push(PortSpec {
+            address: config.nginx.listen,
+            port: config.nginx.https_port.get(),
+            unit: UNIT.into(),
+        });
+    }
+    let mut dirs = vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)];
+    if tls.is_some() {
+        // The CA certificate is public (users fetch it to trust it); keys are 0600.
+        dirs.push(DirSpec::public(crate::tls::DIR));
+    }
     ComponentSpec {
         name: "nginx",
         description: "NGINX: the single entry point",
@@ -153,14 +293,11 @@ pub fn render(config: &Config) -> ComponentSpec {
         version_package: "nginx".into(),
         distro_units: vec!["nginx.service".into()],
         users: vec![UserSpec::service(USER, "/nonexistent")],
-        dirs: vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)],
+        dirs,
         files: vec![FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)],
         units: vec![unit.render()],
-        ports: vec![PortSpec {
-            address: config.nginx.listen,
-            port,
-            unit: UNIT.into(),
-        }],
+        tls,
+        ports,
         probes: vec![Probe::Http {
             port,
             path: "/healthz".into(),

@@ -22,6 +22,7 @@ fn bookworm() -> Platform {
     Platform {
         codename: "bookworm".into(),
         arch: "amd64".into(),
+        ..Default::default()
     }
 }
 
@@ -129,6 +130,7 @@ fn postgres_listens_on_loopback_only_and_uses_the_distro_major() {
         &Platform {
             codename: "trixie".into(),
             arch: "amd64".into(),
+            ..Default::default()
         },
     );
     assert_eq!(trixie.packages, ["postgresql-17"]);
@@ -168,7 +170,7 @@ fn nginx_routes_answer_503_until_their_component_exists() {
         let block = block.split('}').next().unwrap();
         assert!(block.contains("return 503"), "{prefix}: {block}");
     }
-    let spec = nginx::render(&config(""));
+    let spec = nginx::render(&config(""), &bookworm());
     assert_eq!(
         spec.files[0].notify,
         [(nginx::UNIT.to_string(), OnChange::Reload)]
@@ -351,7 +353,8 @@ fn grafana_lives_under_its_sub_path_air_gapped_with_a_secret_it_never_sees_in_fi
     let ini = grafana::render_ini(&c);
     for needle in [
         "[server]\nhttp_addr = 127.0.0.1\nhttp_port = 3000\n",
-        "root_url = %(protocol)s://%(domain)s/grafana/\nserve_from_sub_path = true\n",
+        "root_url = https://localhost/grafana/\nserve_from_sub_path = true\n",
+        "cookie_secure = true\n",
         "admin_password = $__file{/run/credentials/analytics-grafana.service/admin-password}\n",
         "reporting_enabled = false\ncheck_for_updates = false\ncheck_for_plugin_updates = false\n",
         "preinstall_disabled = true\n",
@@ -567,7 +570,10 @@ fn every_airflow_process_shares_one_environment_with_the_settings_the_prefix_nee
     for line in [
         "AIRFLOW__CORE__EXECUTOR=CeleryExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:8080/airflow/execution/",
-        "AIRFLOW__API__BASE_URL=http://localhost/airflow",
+        "AIRFLOW__API__BASE_URL=https://localhost/airflow",
+        "AIRFLOW__FAB__ENABLE_PROXY_FIX=True",
+        "AIRFLOW__FAB__PROXY_FIX_X_PREFIX=0",
+        "AIRFLOW__FAB__COOKIE_SECURE=True",
         "AIRFLOW__API_AUTH__JWT_SECRET=@@secret:airflow-jwt-secret@@",
         "AIRFLOW__CORE__FERNET_KEY=@@secret:airflow-fernet-key@@",
         "AIRFLOW__CELERY__BROKER_URL=redis://:@@secret:redis-broker@@@127.0.0.1:6379/0",
@@ -780,4 +786,210 @@ fn the_relabel_rules_keep_stack_lines_and_pid1s_lines_about_stack_units() {
     ] {
         assert_eq!(unit_of(other), None, "{other:?}");
     }
+}
+
+/// The text of the block that starts at `opening` (through its matching brace).
+fn block<'a>(conf: &'a str, opening: &str) -> &'a str {
+    let start = conf
+        .find(opening)
+        .unwrap_or_else(|| panic!("no {opening:?} in:\n{conf}"));
+    let mut depth = 0;
+    for (i, c) in conf[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &conf[start..start + i + 1];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced block {opening:?}")
+}
+
+#[test]
+fn the_door_serves_https_redirects_plain_http_and_keeps_internals_local() {
+    let conf = nginx::render_conf(&config("[stack]\nhostname = \"stack.example.org\"\n"));
+    // Plain HTTP: the health check, and a redirect to HTTPS on the name the browser used.
+    let http = block(&conf, "server {\n        listen 0.0.0.0:80 default_server;");
+    assert!(http.contains("location = /healthz {"), "{http}");
+    assert!(
+        http.contains("return 301 https://$host$request_uri;"),
+        "{http}"
+    );
+    assert!(
+        !http.contains("proxy_pass"),
+        "nothing is proxied in clear text: {http}"
+    );
+    // HTTPS with the certificate systemd hands over as credentials.
+    let https = block(
+        &conf,
+        "server {\n        listen 0.0.0.0:443 ssl default_server;",
+    );
+    for line in [
+        "ssl_certificate /run/credentials/analytics-nginx.service/server.crt;",
+        "ssl_certificate_key /run/credentials/analytics-nginx.service/server.key;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "add_header X-Content-Type-Options nosniff always;",
+        "add_header X-Frame-Options $stack_frame_options always;",
+        "add_header Referrer-Policy $stack_referrer_policy always;",
+        "proxy_hide_header X-Frame-Options;",
+    ] {
+        assert!(https.contains(line), "lacks {line}");
+    }
+    // No HSTS for the stack's own CA: a browser that does not trust it yet could not
+    // proceed at all.
+    assert!(!https.contains("Strict-Transport-Security \""));
+    // Internal endpoints answer loopback only, and still reach their application.
+    for location in [
+        "location /airflow/execution/ {",
+        "location = /grafana/metrics {",
+    ] {
+        let b = block(https, location);
+        assert!(
+            b.contains("allow 127.0.0.0/8;")
+                && b.contains("allow ::1;")
+                && b.contains("deny all;")
+                && b.contains("proxy_pass"),
+            "{b}"
+        );
+    }
+    // Versions and unit names for clients on the host; a summary for everyone else.
+    assert!(conf.contains("127.0.0.0/8 1;"));
+    assert!(block(https, "location = / {").contains("try_files $landing_page =503;"));
+    assert!(block(https, "location = /status.json {").contains("try_files $status_document =404;"));
+    for internal in ["location = /index.html {", "location = /public.html {"] {
+        assert!(block(https, internal).contains("internal;"));
+    }
+    // Redirects to the configured name become relative (the dots are literal).
+    let superset = block(https, "location /superset/ {");
+    assert!(
+        superset.contains(r"proxy_redirect ~^https?://stack\.example\.org(:[0-9]+)?(/.*)$ $2;"),
+        "{superset}"
+    );
+    assert!(superset.contains("proxy_set_header X-Forwarded-Port $server_port;"));
+    // Airflow's entry sends a browser without a session to the login page at once.
+    let entry = block(https, "location = /airflow/ {");
+    assert!(
+        entry.contains("if ($cookie__token = \"\") {")
+            && entry.contains("return 302 /airflow/auth/login/?next=/airflow/;")
+    );
+    // Superset's pixel never leaves the browser; its manifest's icons get the prefix.
+    let js = block(https, r"location ~ ^/superset/static/assets/.*\.js$ {");
+    assert!(js.contains(
+        "sub_filter 'https://apachesuperset.gateway.scarf.sh/pixel/' 'data:image/gif;base64,"
+    ));
+    assert!(js.contains("proxy_set_header Accept-Encoding \"\";"));
+    let manifest = block(
+        https,
+        "location = /superset/static/assets/pwa-manifest.json {",
+    );
+    assert!(
+        manifest.contains(r#"sub_filter '"/static/' '"/superset/static/';"#)
+            && manifest.contains("sub_filter_once off;")
+    );
+
+    // Another HTTPS port is kept in the redirect; the operator's certificate gets HSTS.
+    let files = config("[nginx]\nhttps_port = 8443\ntls = \"files\"\ncertificate = \"/etc/ssl/s.pem\"\nkey = \"/etc/ssl/s.key\"\n");
+    let conf = nginx::render_conf(&files);
+    assert!(conf.contains("return 301 https://$host:8443$request_uri;"));
+    assert!(conf.contains("listen 0.0.0.0:8443 ssl default_server;"));
+    assert!(conf.contains("add_header Strict-Transport-Security \"max-age=31536000\" always;"));
+    assert_eq!(nginx::public_origin(&files), "https://localhost:8443");
+
+    // TLS off: one plain server, no certificate, no redirect.
+    let plain = config("[nginx]\ntls = \"off\"\n");
+    let conf = nginx::render_conf(&plain);
+    assert!(
+        !conf.contains("ssl") && !conf.contains("return 301"),
+        "{conf}"
+    );
+    assert_eq!(nginx::public_origin(&plain), "http://localhost");
+    let spec = nginx::render(&plain, &bookworm());
+    assert!(spec.tls.is_none() && !spec.units[0].content.contains("LoadCredential"));
+    assert_eq!(spec.ports.len(), 1);
+}
+
+#[test]
+fn nginx_loads_its_certificate_as_credentials_and_listens_on_both_ports() {
+    let platform = Platform {
+        names: vec!["stack.example.org".into(), "stack".into()],
+        addresses: vec!["127.0.0.1".parse().unwrap(), "192.0.2.7".parse().unwrap()],
+        ..bookworm()
+    };
+    let spec = nginx::render(&config(""), &platform);
+    let unit = &spec.units[0].content;
+    assert!(
+        unit.contains("LoadCredential=server.crt:/var/lib/analytics-stack/tls/server.crt\n"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("LoadCredential=server.key:/var/lib/analytics-stack/tls/server.key\n"),
+        "{unit}"
+    );
+    assert_eq!(
+        spec.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        [80, 443]
+    );
+    assert_eq!(
+        spec.tls,
+        Some(crate::tls::TlsSpec::SelfSigned {
+            names: vec![
+                "stack.example.org".into(),
+                "stack".into(),
+                "localhost".into()
+            ],
+            addresses: platform.addresses.clone(),
+        })
+    );
+    // A configured name comes first, each name once.
+    let named = nginx::render(
+        &config("[stack]\nhostname = \"analytics.example.org\"\n"),
+        &platform,
+    );
+    match named.tls {
+        Some(crate::tls::TlsSpec::SelfSigned { names, .. }) => assert_eq!(
+            names,
+            [
+                "analytics.example.org",
+                "stack.example.org",
+                "stack",
+                "localhost"
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_applications_know_they_are_behind_https_and_nothing_phones_home() {
+    let c = config("[stack]\nhostname = \"stack.example.org\"\n");
+    let env = airflow::render_env(&c);
+    assert!(env.contains("AIRFLOW__API__BASE_URL=https://stack.example.org/airflow\n"));
+    assert!(env.contains("AIRFLOW__FAB__COOKIE_SECURE=True\n"));
+    let superset = superset::render_config(&c);
+    for line in [
+        "SESSION_COOKIE_SECURE = True\n",
+        "PREFERRED_URL_SCHEME = \"https\"\n",
+        "\"img-src\": [\"'self'\", \"blob:\", \"data:\"],\n",
+        "\"connect-src\": [\"'self'\"],\n",
+        "ANALYTICS_STACK_SAMPLE = True\n",
+        "\"brandLogoUrl\"] = \"/./static/assets/images/superset-logo-horiz.png\"",
+    ] {
+        assert!(superset.contains(line), "superset_config.py lacks {line:?}");
+    }
+    assert!(
+        !superset.contains("scarf"),
+        "no outside host is allowed to pages"
+    );
+    let grafana = grafana::render_ini(&c);
+    assert!(grafana.contains("root_url = https://stack.example.org/grafana/\n"));
+    assert!(grafana.contains("cookie_secure = true\n"));
+    // Plain HTTP: cookies must not be Secure, or no login would stick.
+    let plain = config("[nginx]\ntls = \"off\"\n");
+    assert!(airflow::render_env(&plain).contains("AIRFLOW__FAB__COOKIE_SECURE=False\n"));
+    assert!(superset::render_config(&plain).contains("SESSION_COOKIE_SECURE = False\n"));
+    assert!(grafana::render_ini(&plain).contains("cookie_secure = false\n"));
 }

@@ -192,6 +192,23 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     let mut ports: Vec<(KeyPath, u16)> = Vec::new();
     if config.nginx.enabled {
         ports.push((key_path("nginx.port"), config.nginx.port.get()));
+        if config.nginx.tls != TlsMode::Off {
+            ports.push((key_path("nginx.https_port"), config.nginx.https_port.get()));
+        }
+    }
+    let n = &config.nginx;
+    for (key, path) in [("nginx.certificate", &n.certificate), ("nginx.key", &n.key)] {
+        match (n.tls, path.is_empty()) {
+            (TlsMode::Files, true) => problems.push((
+                key_path(key),
+                "tls = \"files\" needs both a certificate and a key".to_string(),
+            )),
+            (TlsMode::Off | TlsMode::SelfSigned, false) => problems.push((
+                key_path(key),
+                "is used only with tls = \"files\"".to_string(),
+            )),
+            _ => {}
+        }
     }
     if config.postgres.enabled {
         ports.push((key_path("postgres.port"), config.postgres.port.get()));

@@ -367,7 +367,10 @@ impl From<MirrorUrl> for String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackConfig {
-    pub hostname: Hostname,
+    /// The name used where an absolute URL cannot be avoided (links in e-mails, the
+    /// landing page, the certificate); unset = the host's FQDN (see `Stack::config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Hostname>,
     pub admin_group: GroupName,
     pub health_timeout_secs: u32,
 }
@@ -377,7 +380,26 @@ pub struct StackConfig {
 pub struct NginxConfig {
     pub enabled: bool,
     pub listen: IpAddr,
+    /// Plain HTTP: redirects to HTTPS when TLS is on (but `/healthz`).
     pub port: Port,
+    pub tls: TlsMode,
+    pub https_port: Port,
+    /// With `tls = "files"`: the PEM certificate (chain) and its private key.
+    pub certificate: OptionalPath,
+    pub key: OptionalPath,
+}
+
+/// How NGINX serves HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain HTTP only: logins cross the network in clear text.
+    Off,
+    /// A stack CA the daemon generates, and a server certificate it signs for the
+    /// host's names and addresses.
+    SelfSigned,
+    /// The operator's certificate and key (`certificate`, `key`).
+    Files,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -591,6 +613,13 @@ pub struct Hostname(String);
 impl Hostname {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl StackConfig {
+    /// The configured name, or "localhost" before the host's FQDN was filled in.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_ref().map_or("localhost", Hostname::as_str)
     }
 }
 

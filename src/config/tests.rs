@@ -242,6 +242,7 @@ fn a_plan_never_shows_a_mirrors_token() {
     let platform = crate::components::Platform {
         codename: "bookworm".into(),
         arch: "amd64".into(),
+        ..Default::default()
     };
     let specs = crate::components::render_all(&c, &platform);
     let pin = specs.iter().find_map(|s| s.archive.clone()).unwrap();
@@ -318,6 +319,7 @@ fn operators_pin_archives_the_catalog_leaves_to_checksum_files() {
     let platform = crate::components::Platform {
         codename: "bookworm".into(),
         arch: "amd64".into(),
+        ..Default::default()
     };
     let specs = crate::components::render_all(&c, &platform);
     let statsd = specs.iter().find(|s| s.name == "statsd-exporter").unwrap();
@@ -332,4 +334,53 @@ fn operators_pin_archives_the_catalog_leaves_to_checksum_files() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("is not a sha256"), "{err}");
+}
+
+#[test]
+fn tls_files_need_both_paths_and_the_paths_need_tls_files() {
+    let text = "[nginx]\ntls = \"files\"\ncertificate = \"/etc/ssl/stack.pem\"\n";
+    let errors = with(&[("/etc/analytics-stack/stack.toml", text)])
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("nginx.key")
+            && errors[0]
+                .message
+                .contains("needs both a certificate and a key"),
+        "{}",
+        errors[0]
+    );
+    let text = "[nginx]\ncertificate = \"/etc/ssl/stack.pem\"\n";
+    let errors = with(&[("/etc/analytics-stack/stack.toml", text)])
+        .unwrap_err()
+        .0;
+    assert!(
+        errors[0]
+            .message
+            .contains("is used only with tls = \"files\""),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, 2);
+    let errors = with(&[("s.toml", "[nginx]\ntls = \"maybe\"\n")])
+        .unwrap_err()
+        .0;
+    assert!(errors[0].message.contains("self-signed"), "{}", errors[0]);
+    // HTTP and HTTPS may not share a port.
+    let errors = with(&[("s.toml", "[nginx]\nhttps_port = 80\n")])
+        .unwrap_err()
+        .0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("nginx.https_port")),
+        "{errors:?}"
+    );
+    let ok = with(&[(
+        "s.toml",
+        "[nginx]\ntls = \"files\"\ncertificate = \"/etc/ssl/s.pem\"\nkey = \"/etc/ssl/s.key\"\n",
+    )])
+    .unwrap();
+    assert_eq!(ok.nginx.tls, crate::config::TlsMode::Files);
 }

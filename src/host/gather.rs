@@ -154,6 +154,9 @@ pub async fn gather(
         facts.python_minor = python_minor(&fs.path(&venv.interpreter)).await;
     }
     facts.listeners = super::ports::listeners();
+    if let Some(spec) = desired.iter().find_map(|s| s.tls.as_ref()) {
+        facts.tls = Some(crate::tls::gather(fs, spec));
+    }
     Ok(facts)
 }
 
@@ -224,5 +227,113 @@ pub async fn python_minor(interpreter: &Path) -> Option<u32> {
     match text.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["3", minor] => minor.parse().ok(),
         _ => None,
+    }
+}
+
+/// The host's names for links and the certificate: its FQDN first, then its short
+/// name. The FQDN is found as `hostname --fqdn` finds it on a host without DNS: the
+/// first dotted name on the `/etc/hosts` line that names the host.
+pub fn host_names(fs: &FsRoot) -> Vec<String> {
+    let short = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let hosts = fs
+        .read(Path::new("/etc/hosts"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    names_from(&short, &hosts)
+}
+
+/// Pure part of [`host_names`]: FQDN first, short name second, valid DNS names only.
+pub fn names_from(hostname: &str, hosts: &str) -> Vec<String> {
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 253
+            && n.parse::<std::net::IpAddr>().is_err()
+            && n.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+    };
+    let short = hostname.split('.').next().unwrap_or_default();
+    let mut names = Vec::new();
+    if hostname.contains('.') {
+        names.push(hostname.to_string());
+    } else {
+        let fqdn = hosts
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+            .find(|aliases| {
+                aliases
+                    .iter()
+                    .any(|a| *a == short || a.split('.').next() == Some(short))
+            })
+            .and_then(|aliases| {
+                aliases
+                    .into_iter()
+                    .find(|a| a.contains('.') && a.split('.').next() == Some(short))
+            });
+        if let Some(f) = fqdn {
+            names.push(f.to_string());
+        }
+    }
+    names.push(short.to_string());
+    names.retain(|n| valid(n));
+    names.dedup();
+    names
+}
+
+/// The host's addresses for the certificate: loopback first, then every interface's
+/// address but link-local IPv6 ones (scoped to a link, never in a URL a person types).
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut out: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for ifa in addrs {
+            let Some(addr) = ifa.address else { continue };
+            let ip: IpAddr = if let Some(v4) = addr.as_sockaddr_in() {
+                v4.ip().into()
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+                    continue;
+                }
+                ip.into()
+            } else {
+                continue;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::names_from;
+
+    #[test]
+    fn the_fqdn_comes_from_the_hosts_line_that_names_the_host() {
+        let hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tstack.example.org stack # installer\n::1 localhost ip6-localhost\n";
+        assert_eq!(names_from("stack", hosts), ["stack.example.org", "stack"]);
+        // A dotted hostname is its own FQDN.
+        assert_eq!(
+            names_from("db1.corp.example", ""),
+            ["db1.corp.example", "db1"]
+        );
+        // No hosts line: the short name alone; nothing invalid ever becomes a name.
+        assert_eq!(names_from("vm", "127.0.0.1 localhost\n"), ["vm"]);
+        assert!(names_from("", "").is_empty());
+        assert!(names_from("bad_name", "").is_empty());
+        assert_eq!(
+            names_from("stack", "10.0.0.1 other.example stack.lan\n"),
+            ["stack.lan", "stack"]
+        );
     }
 }

@@ -36,6 +36,11 @@ pub enum Step {
     GenerateSecret {
         name: String,
     },
+    /// Issue (self-signed) or install (operator's files) the certificate NGINX serves.
+    InstallCertificate {
+        tls: crate::tls::TlsSpec,
+        why: &'static str,
+    },
     WriteFile {
         file: FileSpec,
         why: &'static str,
@@ -124,6 +129,22 @@ impl Step {
                 dir.group
             ),
             Step::GenerateSecret { name } => format!("generate secret {name}"),
+            Step::InstallCertificate { tls, why } => match tls {
+                crate::tls::TlsSpec::SelfSigned { names, addresses } => format!(
+                    "issue a certificate from the stack CA for {} ({why})",
+                    names
+                        .iter()
+                        .cloned()
+                        .chain(addresses.iter().map(ToString::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                crate::tls::TlsSpec::Files { certificate, key } => format!(
+                    "install the certificate {} and key {} ({why})",
+                    certificate.display(),
+                    key.display()
+                ),
+            },
             Step::WriteFile { file, why } => format!("write {} ({why})", file.path.display()),
             Step::WriteUnit { unit, why } => format!("write unit {} ({why})", unit.name),
             Step::RemoveFile { path } => format!("remove {}", path.display()),
@@ -465,6 +486,22 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     for name in desired.iter().flat_map(|s| s.secrets.iter()) {
         if !facts.secrets.contains_key(name) && new_secrets.insert(name.clone()) {
             steps.push(Step::GenerateSecret { name: name.clone() });
+        }
+    }
+
+    // The certificate before NGINX's configuration names it; NGINX reads it (as a
+    // credential) only when it starts.
+    for spec in desired {
+        if let Some(tls) = &spec.tls {
+            if let Some(why) = crate::tls::change(tls, facts.tls.as_ref()) {
+                steps.push(Step::InstallCertificate {
+                    tls: tls.clone(),
+                    why,
+                });
+                for unit in &spec.units {
+                    notified.insert(unit.name.clone(), OnChange::Restart);
+                }
+            }
         }
     }
 

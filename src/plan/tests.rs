@@ -16,11 +16,20 @@ fn bookworm() -> Platform {
     Platform {
         codename: "bookworm".into(),
         arch: "amd64".into(),
+        ..Default::default()
     }
 }
 
 fn desired(extra: &str) -> Vec<ComponentSpec> {
     render_all(&config(extra), &bookworm())
+}
+
+fn host_at(addresses: &[&str]) -> Platform {
+    Platform {
+        names: vec!["stack.example.org".into(), "stack".into()],
+        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        ..bookworm()
+    }
 }
 
 fn with_apps(extra: &str) -> Vec<ComponentSpec> {
@@ -97,6 +106,20 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                 facts
                     .secrets
                     .insert(name.clone(), format!("secret-of-{name}"));
+            }
+            Step::InstallCertificate { tls, .. } => {
+                let source_sha256 = facts.tls.as_ref().and_then(|t| t.source_sha256.clone());
+                facts.tls = Some(crate::tls::TlsFact {
+                    issued: Some(crate::tls::Issued {
+                        spec: tls.clone(),
+                        certificate_sha256: "installed".into(),
+                        source_sha256: source_sha256.clone(),
+                        not_after: u64::MAX,
+                    }),
+                    intact: true,
+                    renew_due: false,
+                    source_sha256,
+                });
             }
             Step::WriteFile { file, .. } => {
                 let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned())
@@ -234,9 +257,12 @@ fn a_changed_port_rewrites_one_file_and_restarts_one_unit() {
 
 #[test]
 fn config_changes_reload_the_services_that_can_reload() {
-    let (facts, state) = converged("");
+    // Without TLS: with it, a new name is a new certificate, which NGINX reads only
+    // when it starts.
+    let plain = "[nginx]\ntls = \"off\"\n";
+    let (facts, state) = converged(plain);
     let p = plan(
-        &desired("[stack]\nhostname = \"stack.example\"\n"),
+        &desired(&format!("{plain}[stack]\nhostname = \"stack.example\"\n")),
         &facts,
         &state,
     );
@@ -252,6 +278,17 @@ fn config_changes_reload_the_services_that_can_reload() {
             "restart analytics-alloy.service",
             "restart analytics-grafana.service"
         ]
+    );
+    let (facts, state) = converged("");
+    let p = names(&plan(
+        &desired("[stack]\nhostname = \"stack.example\"\n"),
+        &facts,
+        &state,
+    ));
+    assert!(p.contains(&"issue a certificate from the stack CA for stack.example, localhost (names or addresses changed)".to_string()), "{p:#?}");
+    assert!(
+        p.contains(&"restart analytics-nginx.service".to_string()),
+        "{p:#?}"
     );
 }
 
@@ -534,6 +571,7 @@ fn a_python_the_application_does_not_support_is_refused_before_anything_installs
         &Platform {
             codename: "trixie".into(),
             arch: "amd64".into(),
+            ..Default::default()
         },
     );
     let facts = HostFacts {
@@ -556,5 +594,82 @@ fn a_python_the_application_does_not_support_is_refused_before_anything_installs
             .iter()
             .all(|p| p.contains("/opt/py/bin/python3 does not exist")),
         "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_certificate_is_issued_once_and_again_only_when_the_host_or_its_end_changes() {
+    let at = |a: &[&str]| render_all(&config(""), &host_at(a));
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    let first = plan(&at(&["127.0.0.1", "192.0.2.10"]), &facts, &state);
+    let steps = names(&first);
+    let pos = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {steps:#?}"))
+    };
+    assert!(steps.iter().any(|s| s == "issue a certificate from the stack CA for stack.example.org, stack, localhost, 127.0.0.1, 192.0.2.10 (new)"), "{steps:#?}");
+    assert!(pos("directory /var/lib/analytics-stack/tls") < pos("issue a certificate"));
+    assert!(pos("issue a certificate") < pos("start analytics-nginx.service"));
+    simulate(&first, &mut facts, &mut state);
+    assert!(plan(&at(&["127.0.0.1", "192.0.2.10"]), &facts, &state).is_empty());
+
+    // NGINX runs: a new address re-issues and restarts NGINX, nothing else.
+    facts
+        .units
+        .get_mut("analytics-nginx.service")
+        .unwrap()
+        .active_state = "active".into();
+    let moved = plan(&at(&["127.0.0.1", "192.0.2.11"]), &facts, &state);
+    assert_eq!(
+        names(&moved),
+        [
+            "issue a certificate from the stack CA for stack.example.org, stack, localhost, 127.0.0.1, 192.0.2.11 (names or addresses changed)",
+            "restart analytics-nginx.service"
+        ]
+    );
+    simulate(&moved, &mut facts, &mut state);
+    facts.tls.as_mut().unwrap().renew_due = true;
+    assert_eq!(
+        names(&plan(&at(&["127.0.0.1", "192.0.2.11"]), &facts, &state))[0],
+        "issue a certificate from the stack CA for stack.example.org, stack, localhost, 127.0.0.1, 192.0.2.11 (due for renewal)"
+    );
+    facts.tls.as_mut().unwrap().renew_due = false;
+    facts.tls.as_mut().unwrap().intact = false;
+    assert_eq!(
+        names(&plan(&at(&["127.0.0.1", "192.0.2.11"]), &facts, &state))[0],
+        "issue a certificate from the stack CA for stack.example.org, stack, localhost, 127.0.0.1, 192.0.2.11 (missing or changed on disk)"
+    );
+}
+
+#[test]
+fn operator_files_are_installed_again_when_they_change_and_tls_off_issues_nothing() {
+    let files = "[nginx]\ntls = \"files\"\ncertificate = \"/etc/ssl/stack.pem\"\nkey = \"/etc/ssl/stack.key\"\n";
+    let (mut facts, state) = converged(files);
+    facts
+        .units
+        .get_mut("analytics-nginx.service")
+        .unwrap()
+        .active_state = "active".into();
+    assert!(plan(&desired(files), &facts, &state).is_empty());
+    facts.tls.as_mut().unwrap().source_sha256 = Some("renewed".into());
+    assert_eq!(
+        names(&plan(&desired(files), &facts, &state)),
+        [
+            "install the certificate /etc/ssl/stack.pem and key /etc/ssl/stack.key (certificate files changed)",
+            "restart analytics-nginx.service"
+        ]
+    );
+    let off = plan(
+        &desired("[nginx]\ntls = \"off\"\n"),
+        &fresh_host(),
+        &RecordedState::default(),
+    );
+    assert!(
+        !names(&off).iter().any(|s| s.contains("certificate")),
+        "{:#?}",
+        names(&off)
     );
 }

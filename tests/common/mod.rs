@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod desk;
 pub mod mirror;
 
 use std::path::PathBuf;
@@ -206,6 +207,9 @@ impl Container {
     }
 
     pub fn start_daemon(&self) {
+        // The tests' curl trusts the stack CA the first apply creates, as a user who
+        // imported it would (`analytics-stack credentials nginx` names it).
+        self.ok("printf 'cacert = \"/var/lib/analytics-stack/tls/ca.crt\"\n' > /root/.curlrc");
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
         eprintln!(
             "[{}] analytics-stackd is {}",
