@@ -2,6 +2,19 @@
 
 use sha2::{Digest, Sha256};
 
+/// A regular expression (RE2, Go's, PCRE and NGINX's alike) matching exactly `s`.
+pub fn regex_literal(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = ".[]{}()\\*+?^$|".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(64);

@@ -8,6 +8,7 @@
 mod common;
 
 use common::desk::{Desk, DnsLog, DNS_LOG_ADDRESS, DOOR_ADDRESS};
+use common::statsd::Outcome;
 use common::{mirror::Mirror, Container};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -346,6 +347,51 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         .unwrap_or(0);
     assert!(packets > 0, "{metrics}");
     assert!(metrics.contains("name=\"airflow."), "{metrics}");
+    // Every name real Airflow sent lands in a known family or is a known duplicate:
+    // none is left for the last rule, and the sample's task has its labels.
+    let mapping = common::statsd::Mapping::parse(
+        &c.ok("cat /etc/analytics-stack/statsd-exporter/mapping.yml"),
+    );
+    let seen: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("standin_statsd_name_seen{name=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    let mut families = std::collections::BTreeSet::new();
+    let mut unmapped = Vec::new();
+    for name in &seen {
+        match mapping.map(name) {
+            Outcome::Family(family, _) => {
+                families.insert(family);
+            }
+            Outcome::Dropped => {}
+            other => unmapped.push(format!("{name} ({other:?})")),
+        }
+    }
+    assert!(
+        unmapped.is_empty(),
+        "Airflow sent names the mapping does not know: {unmapped:#?}"
+    );
+    eprintln!(
+        "[figure] StatsD names Airflow sent: {}; metric families they become: {}",
+        seen.len(),
+        families.len()
+    );
+    assert_eq!(
+        mapping.map(&format!("airflow.dag.{DAG}.load_sample_readings.duration")),
+        Outcome::Family(
+            "airflow_task_duration".into(),
+            vec![
+                ("dag_id".into(), DAG.into()),
+                ("task_id".into(), "load_sample_readings".into())
+            ]
+        )
+    );
+    assert!(
+        seen.iter()
+            .any(|n| n.starts_with(&format!("airflow.dag.{DAG}."))),
+        "the sample DAG's task timers arrived: {seen:?}"
+    );
 
     // A second apply changes nothing and restarts nothing.
     let before = main_pids(&c);
@@ -433,6 +479,30 @@ fn door_from_another_host(c: &Container, desk: &Desk) {
         "403",
         "the stack itself still reaches the execution API through the door"
     );
+    // Grafana is off here: its route says so, over HTTPS, and exposes nothing.
+    for path in ["/grafana/", "/grafana/metrics"] {
+        let code = desk.ok(&format!(
+            "{curl} -o /dev/null -w '%{{http_code}}' {base}{path}"
+        ));
+        assert_eq!(code.trim(), "503", "{path}");
+    }
+    // Superset's web app manifest: every icon it names loads under /superset/.
+    let manifest = desk.ok(&format!(
+        "{curl} -f {base}/superset/static/assets/pwa-manifest.json"
+    ));
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let icons: Vec<&str> = manifest["icons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(manifest["screenshots"].as_array().unwrap())
+        .map(|i| i["src"].as_str().unwrap())
+        .collect();
+    assert!(!icons.is_empty());
+    for src in icons {
+        assert!(src.starts_with("/superset/static/"), "{src}");
+        desk.ok(&format!("{curl} -f -o /dev/null {base}{src}"));
+    }
     // Versions and units for the operator on the host; health only for others.
     let public = desk.ok(&format!("{curl} {base}/status.json"));
     let local = c.ok("curl -fsS https://127.0.0.1/status.json");

@@ -377,7 +377,7 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
             && !journal.contains("readable, 0 lines"),
         "{journal}"
     );
-    // Nothing but NGINX listens beyond loopback (the stand-ins bind what the real
+    // Nothing but NGINX (80, 443) listens beyond loopback (the stand-ins bind what the real
     // programs bind, e.g. Promtail's gRPC server, which listens on every interface
     // unless told otherwise).
     // (The container shares the host's network: only sockets of the container's own
@@ -388,7 +388,8 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         assert!(
             local.starts_with("127.0.0.1:")
                 || local.starts_with("[::1]:")
-                || local.ends_with(":80"),
+                || local.ends_with(":80")
+                || local.ends_with(":443"),
             "{local} listens beyond loopback:\n{listeners}"
         );
     }

@@ -158,6 +158,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
         policy.contains("/var/cache/analytics-stack/bundles/"),
         "{policy}"
     );
+    c.trust_stack_ca();
     c.ok("curl -fsS https://127.0.0.1/airflow/api/v2/monitor/health && curl -fsS https://127.0.0.1/superset/health");
     // Again from the same bundle: nothing to do.
     let again: Value = serde_json::from_str(

@@ -3,6 +3,7 @@
 //! adding a module here and a line in [`render_all`], not new control flow.
 
 pub mod airflow;
+pub mod airflow_metrics;
 pub mod alerts;
 pub mod dashboards;
 pub mod dlt;

@@ -168,19 +168,6 @@ fn nginx_str(value: String) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// A regular expression matching exactly `s`.
-fn regex_literal(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = ".[]{}()\\*+?^$|".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
-}
-
 const TEMPLATE: &str = include_str!("../../templates/nginx.conf.j2");
 
 pub fn render_conf(config: &Config) -> String {
@@ -202,7 +189,7 @@ pub fn render_conf(config: &Config) -> String {
         https_port_suffix => if https_port == 443 { String::new() } else { format!(":{https_port}") },
         www => paths::WWW,
         unit => UNIT,
-        hostname_regex => regex_literal(config.stack.hostname()),
+        hostname_regex => crate::util::regex_literal(config.stack.hostname()),
         routes => routes(config),
     };
     env.get_template("nginx.conf")

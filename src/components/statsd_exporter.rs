@@ -1,7 +1,7 @@
 //! statsd_exporter from the verified release archive: receives Airflow's StatsD on
 //! 127.0.0.1 and maps the dotted names to Prometheus metrics with labels.
 
-use super::Platform;
+use super::{airflow_metrics, Platform};
 use crate::config::Config;
 use crate::model::*;
 use crate::units::ServiceUnit;
@@ -10,93 +10,125 @@ pub const UNIT: &str = "analytics-statsd-exporter.service";
 pub const USER: &str = "analytics-statsd";
 const CONF_DIR: &str = "/etc/analytics-stack/statsd-exporter";
 
-/// (StatsD glob, metric name, labels from the glob's captures)
-type MappingRule = (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-);
+/// One mapping rule: a regular expression over the StatsD name (all rules are
+/// regular expressions, so statsd_exporter tries them in this order: its glob rules
+/// would be tried before any of them), the metric it becomes, and its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub pattern: String,
+    pub name: String,
+    pub labels: Vec<(&'static str, String)>,
+    pub drop: bool,
+}
 
-/// Airflow's StatsD names (prefix `airflow`) as labelled metrics. The names follow
-/// those Airflow's own Helm chart publishes, so existing dashboards apply.
+/// A rule from a legacy name template: each `{variable}` becomes a capture.
+fn per_entity(template: &str, family: &str) -> Rule {
+    let mut pattern = String::from("^airflow\\.");
+    let mut labels = Vec::new();
+    let mut group = 0;
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&crate::util::regex_literal(&rest[..open]));
+        let close = open + rest[open..].find('}').expect("a closed variable");
+        let variable = &rest[open + 1..close];
+        group += 1;
+        pattern.push_str(if airflow_metrics::may_hold_dots(variable) {
+            "(.+)"
+        } else {
+            "([^.]+)"
+        });
+        if let Some(label) = airflow_metrics::label_of(variable) {
+            labels.push((label, format!("${group}")));
+        }
+        rest = &rest[close + 1..];
+    }
+    pattern.push_str(&crate::util::regex_literal(rest));
+    pattern.push('$');
+    Rule {
+        pattern,
+        name: family.into(),
+        labels,
+        drop: false,
+    }
+}
+
+fn family_of(name: &str) -> String {
+    format!("airflow_{}", name.replace(['.', '-'], "_"))
+}
+
+/// Every rule, in the order they are tried: per-entity legacy names, untagged
+/// duplicates (dropped), plain names, jobs, then everything else dropped.
+pub fn rules() -> Vec<Rule> {
+    let mut rules: Vec<Rule> = airflow_metrics::PER_ENTITY
+        .iter()
+        .map(|(template, family)| per_entity(template, family))
+        .collect();
+    for name in airflow_metrics::UNTAGGED_DUPLICATES {
+        rules.push(Rule {
+            pattern: format!("^airflow\\.{}$", crate::util::regex_literal(name)),
+            name: "dropped".into(),
+            labels: Vec::new(),
+            drop: true,
+        });
+    }
+    for name in airflow_metrics::PLAIN {
+        let executor = name.starts_with("executor.");
+        rules.push(Rule {
+            pattern: format!("^airflow\\.{}$", crate::util::regex_literal(name)),
+            name: family_of(name),
+            labels: if executor {
+                vec![("executor", String::new())]
+            } else {
+                Vec::new()
+            },
+            drop: false,
+        });
+    }
+    // `{job_name}_start`, `_end`, `_heartbeat_failure`: the job's class name, lower
+    // case (`job` in Airflow 3, `schedulerjob` or `scheduler_job` before).
+    rules.push(Rule {
+        pattern: "^airflow\\.([a-z_]*job)_(start|end|heartbeat_failure)$".into(),
+        name: "airflow_job_${2}".into(),
+        labels: vec![("job", "$1".into())],
+        drop: false,
+    });
+    // Anything else (a provider's per-entity names, a future release's) would add
+    // families without bound: dropped until it is mapped here.
+    rules.push(Rule {
+        pattern: ".".into(),
+        name: "dropped".into(),
+        labels: Vec::new(),
+        drop: true,
+    });
+    rules
+}
+
+/// YAML single-quoted scalar: backslashes stay as they are.
+fn yaml_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// statsd_exporter's mapping file (see [`rules`] and `airflow_metrics`).
 pub fn render_mapping() -> String {
-    let rules: &[MappingRule] = &[
-        (
-            "airflow.dag.*.*.duration",
-            "airflow_task_duration",
-            &[("dag_id", "$1"), ("task_id", "$2")],
-        ),
-        (
-            "airflow.dagrun.duration.success.*",
-            "airflow_dagrun_duration",
-            &[("dag_id", "$1")],
-        ),
-        (
-            "airflow.dagrun.duration.failed.*",
-            "airflow_dagrun_failed",
-            &[("dag_id", "$1")],
-        ),
-        (
-            "airflow.dagrun.schedule_delay.*",
-            "airflow_dagrun_schedule_delay",
-            &[("dag_id", "$1")],
-        ),
-        (
-            "airflow.ti.finish.*.*.*",
-            "airflow_ti_finish",
-            &[("dag_id", "$1"), ("task_id", "$2"), ("state", "$3")],
-        ),
-        (
-            "airflow.ti.start.*.*",
-            "airflow_ti_start",
-            &[("dag_id", "$1"), ("task_id", "$2")],
-        ),
-        (
-            "airflow.dag_processing.last_duration.*",
-            "airflow_dag_processing_last_duration",
-            &[("dag_file", "$1")],
-        ),
-        (
-            "airflow.pool.open_slots.*",
-            "airflow_pool_open_slots",
-            &[("pool", "$1")],
-        ),
-        (
-            "airflow.pool.running_slots.*",
-            "airflow_pool_running_slots",
-            &[("pool", "$1")],
-        ),
-        (
-            "airflow.pool.queued_slots.*",
-            "airflow_pool_queued_slots",
-            &[("pool", "$1")],
-        ),
-        (
-            "airflow.executor.open_slots.*",
-            "airflow_executor_open_slots",
-            &[("executor", "$1")],
-        ),
-        (
-            "airflow.executor.queued_tasks.*",
-            "airflow_executor_queued_tasks",
-            &[("executor", "$1")],
-        ),
-        (
-            "airflow.executor.running_tasks.*",
-            "airflow_executor_running_tasks",
-            &[("executor", "$1")],
-        ),
-    ];
-    let mut y = String::from("# Generated by analytics-stackd.\nmappings:\n");
-    for (glob, name, labels) in rules {
+    let mut y = String::from(
+        "# Generated by analytics-stackd (src/components/airflow_metrics.rs).\nmappings:\n",
+    );
+    for rule in rules() {
         y.push_str(&format!(
-            "  - match: \"{glob}\"\n    name: \"{name}\"\n    labels:\n"
+            "  - match: {}\n    match_type: regex\n    name: {}\n",
+            yaml_str(&rule.pattern),
+            yaml_str(&rule.name)
         ));
-        for (k, v) in labels.iter() {
-            y.push_str(&format!("      {k}: \"{v}\"\n"));
+        if rule.drop {
+            y.push_str("    action: drop\n");
+        }
+        if !rule.labels.is_empty() {
+            y.push_str("    labels:\n");
+            for (k, v) in &rule.labels {
+                y.push_str(&format!("      {k}: {}\n", yaml_str(v)));
+            }
         }
     }
-    // Heartbeats and other plain names keep their name, dots as underscores.
     y
 }
 

@@ -6,6 +6,7 @@
 
 pub mod desk;
 pub mod mirror;
+pub mod statsd;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -206,10 +207,14 @@ impl Container {
         self.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# This test is about other tiers.\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/01-no-apps.toml");
     }
 
-    pub fn start_daemon(&self) {
-        // The tests' curl trusts the stack CA the first apply creates, as a user who
-        // imported it would (`analytics-stack credentials nginx` names it).
+    /// The tests' curl trusts the stack CA the first apply creates, as a user who
+    /// imported it would (`analytics-stack credentials nginx` names it).
+    pub fn trust_stack_ca(&self) {
         self.ok("printf 'cacert = \"/var/lib/analytics-stack/tls/ca.crt\"\n' > /root/.curlrc");
+    }
+
+    pub fn start_daemon(&self) {
+        self.trust_stack_ca();
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
         eprintln!(
             "[{}] analytics-stackd is {}",
