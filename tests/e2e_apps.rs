@@ -466,6 +466,21 @@ fn door_from_another_host(c: &Container, desk: &Desk) {
             "{path}: one X-Frame-Options:\n{headers}"
         );
     }
+    // The applications know they are behind HTTPS: their session cookies are Secure.
+    for path in ["/superset/login/", "/airflow/auth/login/"] {
+        let headers = desk.ok(&format!("{curl} -o /dev/null -D - {base}{path}"));
+        let cookies: Vec<&str> = headers
+            .lines()
+            .filter(|l| l.to_lowercase().starts_with("set-cookie:"))
+            .collect();
+        assert!(
+            !cookies.is_empty(),
+            "{path} sets a session cookie:\n{headers}"
+        );
+        for cookie in cookies {
+            assert!(cookie.contains("; Secure"), "{path}: {cookie}");
+        }
+    }
     // Internal endpoints answer the stack's own processes only.
     for path in ["/airflow/execution/health", "/airflow/execution/"] {
         let code = desk.ok(&format!(
