@@ -118,11 +118,17 @@ pub struct Stack {
 impl Stack {
     /// The configuration, with `[stack] hostname` defaulted to the host's FQDN.
     pub fn config(&self) -> Result<Config, StackError> {
+        self.config_for(&gather::host_names(&self.fs))
+    }
+
+    /// The configuration, `[stack] hostname` defaulted to the first of `names` (the
+    /// host's, FQDN first).
+    fn config_for(&self, names: &[String]) -> Result<Config, StackError> {
         let mut config = config::load_dir(&self.etc_dir)?;
         if config.stack.hostname.is_none() {
-            config.stack.hostname = gather::host_names(&self.fs)
-                .into_iter()
-                .find_map(|n| config::Hostname::try_from(n).ok());
+            config.stack.hostname = names
+                .iter()
+                .find_map(|n| config::Hostname::try_from(n.clone()).ok());
         }
         Ok(config)
     }
@@ -137,8 +143,9 @@ impl Stack {
     }
 
     pub fn desired(&self) -> Result<(Config, Vec<ComponentSpec>), StackError> {
-        let config = self.config()?;
-        let specs = components::render_all(&config, &self.platform());
+        let platform = self.platform();
+        let config = self.config_for(&platform.names)?;
+        let specs = components::render_all(&config, &platform);
         Ok((config, specs))
     }
 
@@ -174,7 +181,7 @@ impl Stack {
         if let Some(b) = &bundle {
             check_bundle_fits(b, &desired)?;
         }
-        let apt = apt_sources(&config, &self.platform().codename, bundle.as_ref());
+        let apt = apt_sources(&config, &gather::os_codename(&self.fs), bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
         // Before anything is installed: every venv needs a Python its application supports.
@@ -418,14 +425,15 @@ impl Stack {
     /// Secrets a root user may read back: connection details per component.
     /// Verifies and extracts an offline bundle for this host.
     pub fn open_bundle(&self, source: BundleSource) -> Result<crate::bundle::Bundle, StackError> {
-        let platform = self.platform();
+        let (codename, arch) = (
+            gather::os_codename(&self.fs),
+            crate::artifact::catalog::debian_arch(),
+        );
         let root = self.fs.path(Path::new(crate::bundle::EXTRACT_ROOT));
         let opened = match source {
-            BundleSource::Path(path) => {
-                crate::bundle::open(&path, &root, &platform.codename, &platform.arch)
-            }
+            BundleSource::Path(path) => crate::bundle::open(&path, &root, &codename, arch),
             BundleSource::File(file, name) => {
-                crate::bundle::open_file(file, &name, &root, &platform.codename, &platform.arch)
+                crate::bundle::open_file(file, &name, &root, &codename, arch)
             }
         };
         // Debian's signatures are checked before apt sees anything; a bundle that

@@ -283,7 +283,7 @@ fn data_tier_end_to_end() {
     assert!(c
         .ok("curl -sS -D - -o /dev/null --cacert /etc/ssl/analytics/own.pem https://localhost/")
         .contains("Strict-Transport-Security"));
-    // Back to the stack's own: the same CA as before.
+    // Back to the stack's own certificate.
     c.ok("rm /etc/analytics-stack/stack.d/50-tls.toml");
     let applied = c.ok("analytics-stack plan && analytics-stack apply");
     assert!(

@@ -267,11 +267,7 @@ pub fn names_from(hostname: &str, hosts: &str) -> Vec<String> {
             .lines()
             .map(|l| l.split('#').next().unwrap_or_default())
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
-            .find(|aliases| {
-                aliases
-                    .iter()
-                    .any(|a| *a == short || a.split('.').next() == Some(short))
-            })
+            .find(|aliases| aliases.iter().any(|a| a.split('.').next() == Some(short)))
             .and_then(|aliases| {
                 aliases
                     .into_iter()

@@ -224,12 +224,15 @@ fn validity(params: &mut CertificateParams, days: u64) -> u64 {
 }
 
 /// The stack CA: kept when present and usable, created (key 0600) otherwise.
-fn stack_ca(fs: &FsRoot, host: &str) -> Result<(String, KeyPair), TlsError> {
+/// Returns the CA certificate (PEM) and the issuer that signs with its key.
+fn stack_ca(fs: &FsRoot, host: &str) -> Result<(String, Issuer<'static, KeyPair>), TlsError> {
     if let (Ok(cert), Ok(key)) = (fs.read(Path::new(CA_CERT)), fs.read(Path::new(CA_KEY))) {
         let cert = String::from_utf8_lossy(&cert).into_owned();
         if let Ok(key) = KeyPair::from_pem(&String::from_utf8_lossy(&key)) {
-            if Issuer::from_ca_cert_pem(&cert, &key).is_ok() && !ended(cert.as_bytes()) {
-                return Ok((cert, key));
+            if !ended(cert.as_bytes()) {
+                if let Ok(issuer) = Issuer::from_ca_cert_pem(&cert, key) {
+                    return Ok((cert, issuer));
+                }
             }
         }
     }
@@ -246,7 +249,7 @@ fn stack_ca(fs: &FsRoot, host: &str) -> Result<(String, KeyPair), TlsError> {
     let cert = params.self_signed(&key).map_err(gen)?.pem();
     write(fs, CA_KEY, key.serialize_pem().as_bytes(), 0o600)?;
     write(fs, CA_CERT, cert.as_bytes(), 0o644)?;
-    Ok((cert, key))
+    Ok((cert, Issuer::new(params, key)))
 }
 
 fn ended(pem: &[u8]) -> bool {
@@ -259,8 +262,7 @@ fn issue(
     addresses: &[IpAddr],
 ) -> Result<(String, String, u64), TlsError> {
     let host = names.first().map_or("localhost", String::as_str);
-    let (ca_cert, ca_key) = stack_ca(fs, host)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key).map_err(gen)?;
+    let (ca_cert, issuer) = stack_ca(fs, host)?;
     let key = KeyPair::generate().map_err(gen)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
     let mut dn = DistinguishedName::new();
