@@ -458,16 +458,24 @@ impl Executor<'_> {
                 for r in roles {
                     let password = host::gather::read_secret(self.fs, &r.password_secret)
                         .ok_or_else(|| format!("secret {} is missing", r.password_secret))?;
-                    let (role, db) = (quote_ident(&r.role), quote_ident(&r.database));
+                    let role = quote_ident(&r.role);
                     sql.push_str(&format!(
                         "SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {rl})\\gexec\n\
-                         ALTER ROLE {role} WITH LOGIN PASSWORD {pw};\n\
-                         SELECT 'CREATE DATABASE {db} OWNER {role}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = {dl})\\gexec\n\
-                         REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n",
+                         ALTER ROLE {role} WITH LOGIN PASSWORD {pw};\n",
                         rl = quote_literal(&r.role),
-                        dl = quote_literal(&r.database),
                         pw = quote_literal(&password),
                     ));
+                    if let Some(database) = &r.database {
+                        sql.push_str(&format!(
+                            "SELECT 'CREATE DATABASE {db} OWNER {role}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = {dl})\\gexec\n\
+                             REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n",
+                            db = quote_ident(database),
+                            dl = quote_literal(database),
+                        ));
+                    }
+                    for granted in &r.member_of {
+                        sql.push_str(&format!("GRANT {} TO {role};\n", quote_ident(granted)));
+                    }
                 }
                 run_psql(socket_dir, *port, &sql).await
             }

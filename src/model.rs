@@ -276,7 +276,10 @@ pub enum Provision {
 pub struct PostgresRole {
     pub role: String,
     pub password_secret: String,
-    pub database: String,
+    /// The database it owns (created if missing), if any.
+    pub database: Option<String>,
+    /// Predefined roles it is granted (e.g. `pg_monitor`).
+    pub member_of: Vec<String>,
 }
 
 impl Provision {

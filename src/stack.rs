@@ -88,6 +88,8 @@ pub struct UnitStatusJson {
     pub sub_state: String,
     pub main_pid: u32,
     pub memory_bytes: Option<u64>,
+    /// `MemoryHigh=`/`MemoryMax=`, the lower, when the unit has one.
+    pub memory_limit_bytes: Option<u64>,
     pub restarts: u32,
 }
 
@@ -99,6 +101,7 @@ impl From<UnitStatus> for UnitStatusJson {
             sub_state: u.fact.sub_state,
             main_pid: u.fact.main_pid,
             memory_bytes: u.memory_bytes,
+            memory_limit_bytes: u.memory_limit_bytes,
             restarts: u.restarts,
         }
     }
@@ -583,28 +586,7 @@ impl Stack {
         // One round of probes serves both outputs.
         let status = self.status().await?;
         if config.node_exporter.enabled {
-            let mut text = String::from(
-                "# HELP analytics_stack_unit_memory_bytes Memory of each stack unit (cgroup accounting).\n# TYPE analytics_stack_unit_memory_bytes gauge\n",
-            );
-            for c in &status.components {
-                for u in c.units.iter().filter(|u| u.memory_bytes.is_some()) {
-                    text.push_str(&format!(
-                        "analytics_stack_unit_memory_bytes{{component=\"{}\",unit=\"{}\"}} {}\n",
-                        c.name,
-                        u.name,
-                        u.memory_bytes.unwrap_or(0)
-                    ));
-                }
-            }
-            text.push_str("# HELP analytics_stack_unit_restarts Automatic restarts of each stack unit since it was started.\n# TYPE analytics_stack_unit_restarts gauge\n");
-            for c in &status.components {
-                for u in &c.units {
-                    text.push_str(&format!(
-                        "analytics_stack_unit_restarts{{component=\"{}\",unit=\"{}\"}} {}\n",
-                        c.name, u.name, u.restarts
-                    ));
-                }
-            }
+            let text = unit_metrics(&status);
             let path = Path::new(crate::components::node_exporter::TEXTFILE_DIR)
                 .join("analytics_stack_units.prom");
             if self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
@@ -757,10 +739,80 @@ pub fn apt_sources(
     }
 }
 
+/// Each unit's memory, its limit and its restarts, in Prometheus's text format (for
+/// node_exporter's textfile collector).
+pub fn unit_metrics(status: &StatusReport) -> String {
+    let mut text = String::new();
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&UnitStatusJson) -> Option<u64>| {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for c in &status.components {
+            for u in &c.units {
+                if let Some(v) = value(u) {
+                    text.push_str(&format!(
+                        "{name}{{component=\"{}\",unit=\"{}\"}} {v}\n",
+                        c.name, u.name
+                    ));
+                }
+            }
+        }
+    };
+    family(
+        "analytics_stack_unit_memory_bytes",
+        "Memory of each stack unit (cgroup accounting).",
+        &|u| u.memory_bytes,
+    );
+    family(
+        "analytics_stack_unit_memory_limit_bytes",
+        "The lower of each stack unit's MemoryHigh= and MemoryMax=, where it has one.",
+        &|u| u.memory_limit_bytes,
+    );
+    family(
+        "analytics_stack_unit_restarts",
+        "Automatic restarts of each stack unit since it was started.",
+        &|u| Some(u.restarts.into()),
+    );
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::host::apt::AptSources;
+
+    #[test]
+    fn unit_metrics_give_each_unit_its_memory_and_a_limit_only_where_it_has_one() {
+        let unit = |name: &str, limit: Option<u64>| UnitStatusJson {
+            name: name.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            main_pid: 7,
+            memory_bytes: Some(100),
+            memory_limit_bytes: limit,
+            restarts: 2,
+        };
+        let status = StatusReport {
+            components: vec![ComponentStatus {
+                name: "superset".into(),
+                description: String::new(),
+                healthy: true,
+                version: String::new(),
+                units: vec![
+                    unit("analytics-superset-web.service", Some(1 << 30)),
+                    unit("analytics-superset-worker.service", None),
+                ],
+                probes: Vec::new(),
+            }],
+        };
+        let text = unit_metrics(&status);
+        assert!(text.contains("analytics_stack_unit_memory_limit_bytes{component=\"superset\",unit=\"analytics-superset-web.service\"} 1073741824\n"), "{text}");
+        assert!(!text.contains("analytics_stack_unit_memory_limit_bytes{component=\"superset\",unit=\"analytics-superset-worker.service\"}"), "{text}");
+        assert_eq!(
+            text.matches("analytics_stack_unit_memory_bytes{").count(),
+            2
+        );
+        assert_eq!(text.matches("analytics_stack_unit_restarts{").count(), 2);
+        assert_eq!(text.matches("# TYPE ").count(), 3);
+    }
 
     #[test]
     fn packages_come_from_the_bundle_else_the_mirror_else_the_host() {

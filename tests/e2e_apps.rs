@@ -49,9 +49,26 @@ fn airflow(c: &Container, token: &str, method: &str, path: &str, body: Option<&s
     )))
 }
 
+struct SampleRun {
+    took: Duration,
+    run_id: String,
+    token: String,
+}
+
+/// Seconds since the epoch of one of Airflow's ISO 8601 timestamps.
+fn epoch_seconds(c: &Container, iso: &Value) -> f64 {
+    let iso = iso
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {iso}"));
+    c.ok(&format!("date -d '{iso}' +%s.%N"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Triggers the sample DAG and waits for the run to succeed (panics with the task's
 /// log when it fails).
-fn run_sample_dag(c: &Container) -> Duration {
+fn run_sample_dag(c: &Container) -> SampleRun {
     let token = airflow_token(c);
     let started = Instant::now();
     let run = airflow(
@@ -75,7 +92,13 @@ fn run_sample_dag(c: &Container) -> Duration {
             None,
         );
         match state["state"].as_str() {
-            Some("success") => return started.elapsed(),
+            Some("success") => {
+                return SampleRun {
+                    took: started.elapsed(),
+                    run_id,
+                    token,
+                }
+            }
             Some("failed") => {
                 let log = c.sh(&format!(
                     "cat /var/lib/analytics-stack/airflow/logs/dag_id={DAG}/run_id={run_id}/task_id=*/attempt=*.log"
@@ -240,6 +263,20 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     assert!(!c
         .ok("analytics-stack status --json")
         .contains(&secret(&c, "airflow-admin")));
+    // Nothing of the whole stack — applications, their workers, the data tier and
+    // every exporter — listens beyond loopback but NGINX (the container shares the
+    // host's network: only sockets `ss -p` can name from inside are the container's).
+    let named = c.ok("ss -Hltnp");
+    for line in named.lines().filter(|l| l.contains("users:(")) {
+        let local = line.split_whitespace().nth(3).unwrap_or("");
+        assert!(
+            local.starts_with("127.0.0.1:")
+                || local.starts_with("[::1]:")
+                || local.ends_with(":80")
+                || local.ends_with(":443"),
+            "{local} listens beyond loopback:\n{named}"
+        );
+    }
     // The log servers do not listen on the network.
     let listeners = c.ok("ss -Hltn");
     assert!(
@@ -288,10 +325,10 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         .contains(&secret(&c, "superset-admin")));
 
     // Trigger the sample DAG through /airflow/: dlt loads the warehouse.
-    let took = run_sample_dag(&c);
+    let sample = run_sample_dag(&c);
     eprintln!(
         "[figure] sample DAG run (trigger to success): {:.1} s",
-        took.as_secs_f64()
+        sample.took.as_secs_f64()
     );
     let psql = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -tAX";
     let rows = c.ok(&format!(
@@ -352,15 +389,20 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     let mapping = common::statsd::Mapping::parse(
         &c.ok("cat /etc/analytics-stack/statsd-exporter/mapping.yml"),
     );
-    let seen: Vec<&str> = metrics
+    // `standin_statsd_name_seen{name="…",type="…"} 1`
+    let typed: Vec<(&str, &str)> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("standin_statsd_name_seen{name=\""))
-        .filter_map(|l| l.split('"').next())
+        .filter_map(|l| {
+            let mut parts = l.split('"');
+            Some((parts.next()?, parts.nth(1)?))
+        })
         .collect();
+    let seen: Vec<&str> = typed.iter().map(|(n, _)| *n).collect();
     let mut families = std::collections::BTreeSet::new();
     let mut unmapped = Vec::new();
-    for name in &seen {
-        match mapping.map(name) {
+    for (name, kind) in &typed {
+        match mapping.map_as(name, kind) {
             Outcome::Family(family, _) => {
                 families.insert(family);
             }
@@ -370,13 +412,84 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     }
     assert!(
         unmapped.is_empty(),
-        "Airflow sent names the mapping does not know: {unmapped:#?}"
+        "Airflow or Superset sent names the mapping does not know: {unmapped:#?}"
     );
     eprintln!(
-        "[figure] StatsD names Airflow sent: {}; metric families they become: {}",
+        "[figure] StatsD names Airflow and Superset sent: {}; metric families they become: {} ({} of them Superset's)",
         seen.len(),
-        families.len()
+        families.len(),
+        families.iter().filter(|f| f.starts_with("superset_")).count()
     );
+    // Superset's web process (gunicorn's own metrics and the REST API's) and its
+    // Celery worker (SQL Lab's steps run there when asynchronous; here the query above
+    // ran in the web process) reach statsd_exporter.
+    for family in [
+        "superset_http_requests",
+        "superset_http_responses",
+        "superset_http_request_duration",
+        "superset_api_calls",
+        "superset_api_duration",
+        "superset_sqllab_query_duration",
+    ] {
+        assert!(
+            families.contains(family),
+            "no Superset metric becomes {family}: {seen:?}"
+        );
+    }
+    // The task's duration as statsd_exporter exports it (StatsD milliseconds turned
+    // into seconds, the unit of the dashboard's panel) is the time the task took:
+    // Airflow's task runner times it from its start to its finalize step, which is
+    // within what the API server records (that also counts the supervisor reporting
+    // back), itself within the run. A unit error of 1000× either way fails.
+    let timer = format!("airflow.dag.{DAG}.load_sample_readings.duration");
+    let sent_ms: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("standin_statsd_last_value{{name=\"{timer}\"}} ")))
+        .unwrap_or_else(|| panic!("{timer} was not sent: {seen:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let exported = common::statsd::exported_value(sent_ms, "ms");
+    let ti = airflow(
+        &c,
+        &sample.token,
+        "GET",
+        &format!(
+            "/dags/{DAG}/dagRuns/{}/taskInstances/load_sample_readings",
+            sample.run_id
+        ),
+        None,
+    );
+    let recorded = ti["duration"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no duration: {ti}"));
+    let run = airflow(
+        &c,
+        &sample.token,
+        "GET",
+        &format!("/dags/{DAG}/dagRuns/{}", sample.run_id),
+        None,
+    );
+    let run_seconds = epoch_seconds(&c, &run["end_date"]) - epoch_seconds(&c, &run["start_date"]);
+    eprintln!(
+        "[figure] sample task duration: StatsD {sent_ms:.0} ms -> exported {exported:.2} s; Airflow's record {recorded:.2} s; the run {run_seconds:.2} s"
+    );
+    assert!(
+        exported >= 0.1 && exported <= recorded + 0.5 && recorded <= run_seconds + 0.5,
+        "exported {exported} s, Airflow recorded {recorded} s, the run took {run_seconds} s"
+    );
+    let panel_unit = analytics_stack::components::dashboards::all()
+        .into_iter()
+        .find(|(f, _)| *f == "airflow.json")
+        .and_then(|(_, d)| {
+            d["panels"].as_array().unwrap().iter().find_map(|p| {
+                let reads = p["targets"][0]["expr"]
+                    .as_str()?
+                    .contains("airflow_task_duration");
+                reads.then(|| p["fieldConfig"]["defaults"]["unit"].clone())
+            })
+        });
+    assert_eq!(panel_unit, Some(Value::from("s")));
     assert_eq!(
         mapping.map(&format!("airflow.dag.{DAG}.load_sample_readings.duration")),
         Outcome::Family(

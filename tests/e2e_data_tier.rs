@@ -105,7 +105,14 @@ fn data_tier_end_to_end() {
     let names: Vec<&str> = comps.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["postgres", "redis", "nginx", "node-exporter", "prometheus"]
+        [
+            "postgres",
+            "redis",
+            "nginx",
+            "node-exporter",
+            "postgres-exporter",
+            "prometheus"
+        ]
     );
     for comp in comps {
         assert_eq!(comp["healthy"], true, "{comp}");
@@ -123,6 +130,7 @@ fn data_tier_end_to_end() {
         "postgresql.service",
         "redis-server.service",
         "nginx.service",
+        "prometheus-postgres-exporter.service",
     ] {
         let state = c.ok(&format!("systemctl is-enabled {unit} || true"));
         assert_eq!(state.trim(), "masked", "{unit}");
@@ -138,6 +146,10 @@ fn data_tier_end_to_end() {
         ("analytics-postgres.service", "analytics-postgres"),
         ("analytics-redis-broker.service", "analytics-redis"),
         ("analytics-nginx.service", "analytics-nginx"),
+        (
+            "analytics-postgres-exporter.service",
+            "analytics-pg-exporter",
+        ),
     ] {
         let pid = c.ok(&format!("systemctl show -p MainPID --value {unit}"));
         let owner = c.ok(&format!("ps -o user= -p {}", pid.trim()));
@@ -169,6 +181,90 @@ fn data_tier_end_to_end() {
     for role in ["superset", "airflow"] {
         let out = c.ok(&format!("PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-{role}) psql -h 127.0.0.1 -U {role} -d {role} -tAX -c 'SELECT current_user'"));
         assert_eq!(out.trim(), role);
+    }
+
+    // postgres_exporter (Debian's, real) logs in as the monitoring role: Prometheus
+    // scrapes PostgreSQL's connections and max_connections, the two series the
+    // connections alert divides, and the role reads no application's data.
+    let monitor = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-analytics_monitor) psql -h 127.0.0.1 -U analytics_monitor -tAX";
+    for db in ["warehouse", "airflow", "superset"] {
+        let refused = c.sh(&format!("{monitor} -d {db} -c 'SELECT 1'"));
+        assert!(
+            !refused.status.success(),
+            "the monitoring role connects to {db}"
+        );
+    }
+    assert_eq!(
+        c.ok(&format!("{monitor} -d postgres -c \"SELECT pg_has_role('analytics_monitor', 'pg_monitor', 'member'), rolsuper FROM pg_roles WHERE rolname = current_user\"")).trim(),
+        "t|f"
+    );
+    assert!(!c
+        .ok("systemctl cat analytics-postgres-exporter.service")
+        .contains(
+            c.ok("cat /var/lib/analytics-stack/secrets/postgres-analytics_monitor")
+                .trim()
+        ));
+    let query = |q: &str| -> Value {
+        serde_json::from_str(&c.ok(&format!(
+            "curl -fsS --data-urlencode 'query={q}' http://127.0.0.1:9090/api/v1/query"
+        )))
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let max_connections = loop {
+        let r = query("max(pg_settings_max_connections)");
+        if let Some(v) = r["data"]["result"][0]["value"][1].as_str() {
+            break v.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never scraped postgres_exporter: {r}\n{}",
+            c.ok("curl -fsS http://127.0.0.1:9090/api/v1/targets")
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    assert_eq!(
+        max_connections,
+        c.ok(&format!("{psql} -c 'SHOW max_connections'")).trim()
+    );
+    let ratio = query("sum by (instance) (pg_stat_activity_count) / on(instance) (max by (instance) (pg_settings_max_connections) - max by (instance) (pg_settings_superuser_reserved_connections))");
+    let ratio: f64 = ratio["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or_else(|| panic!("the alert's ratio has no value: {ratio}"))
+        .parse()
+        .unwrap();
+    assert!(
+        ratio > 0.0 && ratio < 0.8,
+        "connections in use / allowed: {ratio}"
+    );
+    assert!(
+        analytics_stack::components::alerts::RULES
+            .iter()
+            .any(|r| r.expr.starts_with("sum by (instance) (pg_stat_activity_count) / on(instance) (max by (instance) (pg_settings_max_connections) - max by (instance) (pg_settings_superuser_reserved_connections))")),
+        "the query above is the alert's"
+    );
+
+    // Nothing of the data tier and its exporters listens beyond loopback but NGINX
+    // (the container shares the host's network: only sockets `ss -p` can name from
+    // inside are the container's).
+    let listeners = c.ok("ss -Hltnp");
+    let ours: Vec<&str> = listeners
+        .lines()
+        .filter(|l| l.contains("users:("))
+        .collect();
+    assert!(
+        ours.iter().any(|l| l.contains("127.0.0.1:9187")),
+        "{listeners}"
+    );
+    for line in ours {
+        let local = line.split_whitespace().nth(3).unwrap_or("");
+        assert!(
+            local.starts_with("127.0.0.1:")
+                || local.starts_with("[::1]:")
+                || local.ends_with(":80")
+                || local.ends_with(":443"),
+            "{local} listens beyond loopback:\n{listeners}"
+        );
     }
 
     // Both Redis instances answer, with the policy each role needs.

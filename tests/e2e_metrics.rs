@@ -65,7 +65,13 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     // The alert rules pass promtool's checker and their unit tests (the same file the
     // daemon wrote, tested with the same promtool the stack runs).
     let rules = c.ok("promtool check rules /etc/analytics-stack/prometheus/alerts.yml");
-    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    assert!(
+        rules.contains(&format!(
+            "SUCCESS: {} rules found",
+            analytics_stack::components::alerts::RULES.len()
+        )),
+        "{rules}"
+    );
     std::fs::copy(
         common::repo().join("tests/data/alerts.test.yml"),
         format!("/proc/{}/root/tmp/alerts.test.yml", c.leader),
@@ -105,6 +111,25 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         "analytics_stack_unit_memory_bytes{unit=\"analytics-prometheus.service\"} > bool 1000000",
         "1",
     );
+    // A unit given a memory limit (here at run time, as `systemctl set-property`
+    // would) gets its limit published beside its memory, and the memory alert's
+    // ratio is computed for it; a unit without a limit has none.
+    c.ok("systemctl set-property --runtime analytics-node-exporter.service MemoryHigh=1G");
+    wait_for_value(
+        &c,
+        "analytics_stack_unit_memory_limit_bytes{unit=\"analytics-node-exporter.service\"}",
+        "1073741824",
+    );
+    wait_for_value(
+        &c,
+        "count(analytics_stack_unit_memory_bytes{unit=\"analytics-node-exporter.service\"} / on(component, unit) analytics_stack_unit_memory_limit_bytes < 0.9)",
+        "1",
+    );
+    wait_for_value(
+        &c,
+        "count(analytics_stack_unit_memory_limit_bytes{unit=\"analytics-prometheus.service\"}) or vector(0)",
+        "0",
+    );
 
     // Every node_* metric the Grafana dashboards query is one the real node_exporter
     // produces here.
@@ -126,7 +151,7 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
 
     // A stack unit that fails: the systemd collector reports it, and after the rule's
     // minute its alert fires in Prometheus.
-    c.sh("systemd-run --unit=analytics-broken.service --property=Restart=no /bin/false");
+    c.sh("systemd-run --unit=analytics-broken.service --property=Restart=no /bin/sh -c 'echo the broken unit says goodbye; exit 1'");
     wait_for_value(
         &c,
         "node_systemd_unit_state{name=\"analytics-broken.service\",state=\"failed\"}",
@@ -175,6 +200,56 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         .unwrap_or_else(|| panic!("no \"Main process exited\" line:\n{entries}"));
     assert_eq!(exited["_SYSTEMD_UNIT"], "init.scope", "{exited}");
     assert_eq!(exited["_PID"], "1", "{exited}");
+    // These journal entries, replayed through the relabel rules the daemon renders
+    // for Promtail (parsed from the YAML, applied as Promtail applies them): PID 1's
+    // lines about the failed unit and the unit's own line are shipped under its
+    // name; PID 1's lines about other units and other units' lines are not.
+    let promtail = analytics_stack::components::log_shipper::render_promtail(
+        &analytics_stack::config::load_texts(&[(
+            "shipper.toml",
+            "[loki]\nenabled = true\n[log_shipper]\nenabled = true\nkind = \"promtail\"\n",
+        )])
+        .unwrap(),
+    );
+    let rules = common::relabel::promtail_rules(&promtail);
+    let job_labels = common::relabel::promtail_journal_labels(&promtail);
+    let journal = c.ok(
+        "journalctl -o json --no-pager UNIT=analytics-broken.service + _SYSTEMD_UNIT=analytics-broken.service + _SYSTEMD_UNIT=systemd-journald.service + _SYSTEMD_UNIT=init.scope",
+    );
+    let (mut shipped, mut dropped) = (Vec::new(), 0);
+    for entry in journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let message = entry["MESSAGE"].as_str().unwrap_or("").to_string();
+        let mut labels = common::relabel::journal_labels(&entry);
+        labels.extend(job_labels.clone());
+        match common::relabel::apply(&rules, labels) {
+            Some(labels) => shipped.push((labels, message)),
+            None => dropped += 1,
+        }
+    }
+    let about_broken = |needle: &str| {
+        shipped.iter().any(|(labels, message)| {
+            labels.get("unit").map(String::as_str) == Some("analytics-broken.service")
+                && message.contains(needle)
+        })
+    };
+    assert!(about_broken("Main process exited"), "{shipped:#?}");
+    assert!(about_broken("Failed with result"), "{shipped:#?}");
+    assert!(about_broken("the broken unit says goodbye"), "{shipped:#?}");
+    assert!(
+        shipped.iter().all(
+            |(l, _)| l.get("unit").is_some_and(|u| u.starts_with("analytics-"))
+                && l.get("job").map(String::as_str) == Some("systemd-journal")
+        ),
+        "only stack units are shipped: {shipped:#?}"
+    );
+    assert!(dropped > 0, "the host's own lines are dropped");
+    assert!(
+        shipped.iter().any(|(l, _)| l.get("level").is_some()),
+        "{shipped:#?}"
+    );
     eprintln!(
         "[figure] unit failure to firing alert: {:.0} s",
         started.elapsed().as_secs_f64()

@@ -159,3 +159,115 @@ fn airflow_metrics_become_a_fixed_set_of_labelled_families() {
         assert_eq!(m.map(unknown), Outcome::CaughtByTheLastRule, "{unknown}");
     }
 }
+
+fn superset_names() -> Vec<(String, String)> {
+    include_str!("data/superset-statsd-names.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, kind) = l.split_once('|').expect("name|type");
+            (name.to_string(), kind.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_superset_and_gunicorn_name_lands_in_a_superset_family() {
+    let m = Mapping::parse(&statsd_exporter::render_mapping());
+    let names = superset_names();
+    assert!(names.len() > 60, "{}", names.len());
+    let mut families = std::collections::BTreeSet::new();
+    for (name, kind) in &names {
+        match m.map_as(name, kind) {
+            Outcome::Family(f, labels) => {
+                assert!(f.starts_with("superset_"), "{name} -> {f}");
+                assert!(
+                    labels.iter().all(|(_, v)| !v.is_empty()),
+                    "{name}: {labels:?}"
+                );
+                families.insert(f);
+            }
+            other => panic!("{name} ({kind}): {other:?}"),
+        }
+    }
+    // Every rule is used by some name, so none is dead.
+    assert_eq!(
+        families.len(),
+        analytics_stack::components::superset_metrics::families().len(),
+        "{families:?}"
+    );
+    family_as(
+        &m,
+        "superset.ChartRestApi.data.time",
+        "ms",
+        "superset_api_duration",
+        &[("api", "ChartRestApi"), ("endpoint", "data")],
+    );
+    family_as(
+        &m,
+        "superset.ChartRestApi.data.success",
+        "c",
+        "superset_api_calls",
+        &[
+            ("api", "ChartRestApi"),
+            ("endpoint", "data"),
+            ("result", "success"),
+        ],
+    );
+    family_as(
+        &m,
+        "superset.gunicorn.request.status.502",
+        "c",
+        "superset_http_responses",
+        &[("status", "502")],
+    );
+    family_as(
+        &m,
+        "superset.sqllab.query.time_executing_query",
+        "ms",
+        "superset_sqllab_query_duration",
+        &[("step", "time_executing_query")],
+    );
+    // A gauge of a counter's shape keeps out of the counters' family.
+    family_as(
+        &m,
+        "superset.invalidated_cache",
+        "g",
+        "superset_cache_keys_invalidated",
+        &[],
+    );
+    family_as(
+        &m,
+        "superset.health",
+        "c",
+        "superset_events",
+        &[("event", "health")],
+    );
+    // Names of no known shape add no family.
+    for (name, kind) in [
+        ("superset.a.b.c.d.e", "c"),
+        ("superset.Some-Thing", "c"),
+        ("superset.gunicorn.request.status.2000", "c"),
+    ] {
+        assert_eq!(m.map_as(name, kind), Outcome::CaughtByTheLastRule, "{name}");
+    }
+    // Airflow's names are untouched by Superset's rules.
+    family(
+        &m,
+        "airflow.dag.sales.load.duration",
+        "airflow_task_duration",
+        &[("dag_id", "sales"), ("task_id", "load")],
+    );
+}
+
+fn family_as(mapping: &Mapping, statsd: &str, kind: &str, name: &str, labels: &[(&str, &str)]) {
+    let want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        mapping.map_as(statsd, kind),
+        Outcome::Family(name.to_string(), want),
+        "{statsd} ({kind})"
+    );
+}

@@ -37,6 +37,22 @@ pub const RULES: &[AlertRule] = &[
         summary: "{{ $labels.mountpoint }} is more than 85 % full",
     },
     AlertRule {
+        name: "AnalyticsUnitMemoryNearLimit",
+        expr: "analytics_stack_unit_memory_bytes / on(component, unit) analytics_stack_unit_memory_limit_bytes > 0.9",
+        for_: "5m",
+        severity: "warning",
+        summary: "{{ $labels.unit }} uses more than 90 % of its memory limit",
+    },
+    AlertRule {
+        name: "AnalyticsPostgresConnectionsNearLimit",
+        // Connections of every database and state (postgres_exporter's
+        // pg_stat_activity), against max_connections less the superuser's reserve.
+        expr: "sum by (instance) (pg_stat_activity_count) / on(instance) (max by (instance) (pg_settings_max_connections) - max by (instance) (pg_settings_superuser_reserved_connections)) > 0.8",
+        for_: "5m",
+        severity: "warning",
+        summary: "PostgreSQL uses more than 80 % of the connections it allows",
+    },
+    AlertRule {
         name: "AnalyticsScrapeTargetDown",
         expr: "up == 0",
         for_: "5m",

@@ -14,6 +14,7 @@ pub const DAEMON_METRICS: &[&str] = &[
     "analytics_stack_last_apply_success",
     "analytics_stack_components",
     "analytics_stack_unit_memory_bytes",
+    "analytics_stack_unit_memory_limit_bytes",
     "analytics_stack_unit_restarts",
 ];
 
@@ -66,60 +67,147 @@ pub fn all() -> Vec<(&'static str, Value)> {
         ],
         json!([]),
     );
-    let stack =
-        dashboard(
-            "analytics-stack-overview",
-            "Stack overview",
-            vec![
+    vec![
+        ("host.json", host),
+        ("stack.json", stack_overview(true, true)),
+        ("airflow.json", airflow()),
+        ("logs.json", logs()),
+    ]
+}
+
+/// The stack's overview; with PostgreSQL's and Superset's panels when their metrics
+/// reach Prometheus.
+fn stack_overview(postgres: bool, superset: bool) -> Value {
+    let p = PROMETHEUS_UID;
+    let mut panels = vec![
+        panel(
+            1,
+            "Units active",
+            "stat",
+            "short",
+            p,
+            &[(
+                "node_systemd_unit_state{job=\"node\",name=~\"analytics-.*\",state=\"active\"}",
+                "{{name}}",
+            )],
+        ),
+        panel(
+            2,
+            "Scrape targets up",
+            "stat",
+            "short",
+            p,
+            &[("up", "{{job}}")],
+        ),
+        panel(
+            3,
+            "Restarts per unit",
+            "timeseries",
+            "short",
+            p,
+            &[("analytics_stack_unit_restarts", "{{unit}}")],
+        ),
+        panel(
+            4,
+            "Memory per unit",
+            "timeseries",
+            "bytes",
+            p,
+            &[("analytics_stack_unit_memory_bytes", "{{unit}}")],
+        ),
+        panel(
+            5,
+            "Last apply succeeded",
+            "stat",
+            "short",
+            p,
+            &[("analytics_stack_last_apply_success", "succeeded")],
+        ),
+        panel(
+            6,
+            "Last apply duration",
+            "stat",
+            "s",
+            p,
+            &[("analytics_stack_last_apply_duration_seconds", "seconds")],
+        ),
+    ];
+    if postgres {
+        panels.push(panel(
+            next_id(&panels),
+            "PostgreSQL connections",
+            "timeseries",
+            "short",
+            p,
+            &[
+                ("sum by (state) (pg_stat_activity_count)", "{{state}}"),
+                ("max(pg_settings_max_connections)", "max_connections"),
+            ],
+        ));
+    }
+    if superset {
+        let first = next_id(&panels);
+        // gunicorn's and Superset's StatsD (src/components/superset_metrics.rs):
+        // timers are summaries in seconds, shown by their median.
+        panels.extend([
             panel(
-                1,
-                "Units active",
-                "stat",
-                "short",
+                first,
+                "Superset: responses by status",
+                "timeseries",
+                "reqps",
                 p,
                 &[(
-                    "node_systemd_unit_state{job=\"node\",name=~\"analytics-.*\",state=\"active\"}",
-                    "{{name}}",
-                )]),
+                    "sum by (status) (rate(superset_http_responses[5m]))",
+                    "{{status}}",
+                )],
+            ),
             panel(
-                2,
-                "Scrape targets up",
-                "stat",
-                "short",
-                p,
-                &[("up", "{{job}}")]),
-            panel(
-                3,
-                "Restarts per unit",
+                first + 1,
+                "Superset: request duration (median)",
                 "timeseries",
-                "short",
-                p,
-                &[("analytics_stack_unit_restarts", "{{unit}}")]),
-            panel(
-                4,
-                "Memory per unit",
-                "timeseries",
-                "bytes",
-                p,
-                &[("analytics_stack_unit_memory_bytes", "{{unit}}")]),
-            panel(
-                5,
-                "Last apply succeeded",
-                "stat",
-                "short",
-                p,
-                &[("analytics_stack_last_apply_success", "succeeded")]),
-            panel(
-                6,
-                "Last apply duration",
-                "stat",
                 "s",
                 p,
-                &[("analytics_stack_last_apply_duration_seconds", "seconds")]),
-        ],
-            json!([]),
-        );
-    let airflow = dashboard(
+                &[("superset_http_request_duration{quantile=\"0.5\"}", "median")],
+            ),
+            panel(
+                first + 2,
+                "Superset: API endpoint duration (median)",
+                "timeseries",
+                "s",
+                p,
+                &[(
+                    "superset_api_duration{quantile=\"0.5\"}",
+                    "{{api}}.{{endpoint}}",
+                )],
+            ),
+            panel(
+                first + 3,
+                "Superset: SQL Lab query steps (median)",
+                "timeseries",
+                "s",
+                p,
+                &[(
+                    "superset_sqllab_query_duration{quantile=\"0.5\"}",
+                    "{{step}}",
+                )],
+            ),
+        ]);
+    }
+    dashboard(
+        "analytics-stack-overview",
+        "Stack overview",
+        panels,
+        json!([]),
+    )
+}
+
+fn next_id(panels: &[Value]) -> u32 {
+    panels.len() as u32 + 1
+}
+
+fn airflow() -> Value {
+    let p = PROMETHEUS_UID;
+    dashboard(
         "analytics-airflow",
         "Airflow",
         vec![
@@ -173,8 +261,11 @@ pub fn all() -> Vec<(&'static str, Value)> {
             ),
         ],
         json!([]),
-    );
-    let logs = dashboard(
+    )
+}
+
+fn logs() -> Value {
+    dashboard(
         "analytics-logs",
         "Logs per unit",
         vec![
@@ -205,25 +296,31 @@ pub fn all() -> Vec<(&'static str, Value)> {
             "refresh": 1,
             "current": { "text": "All", "value": "$__all" }, "allValue": "analytics-.*",
         }]),
-    );
-    vec![
-        ("host.json", host),
-        ("stack.json", stack),
-        ("airflow.json", airflow),
-        ("logs.json", logs),
-    ]
+    )
 }
 
 /// The dashboards for a configuration: the logs dashboard only with Loki, the
 /// Airflow dashboard only with Airflow and statsd_exporter (a dashboard whose data
 /// source or metrics do not exist shows only errors).
+/// The overview's Superset panels only with Superset and statsd_exporter.
 pub fn for_config(config: &crate::config::Config) -> Vec<(&'static str, Value)> {
+    let statsd = config.statsd_exporter.enabled;
     all()
         .into_iter()
         .filter(|(file, _)| match *file {
             "logs.json" => config.loki.enabled,
-            "airflow.json" => config.airflow.enabled && config.statsd_exporter.enabled,
+            "airflow.json" => config.airflow.enabled && statsd,
             _ => true,
+        })
+        .map(|(file, d)| match file {
+            "stack.json" => (
+                file,
+                stack_overview(
+                    config.postgres_exporter_on(),
+                    config.superset.enabled && statsd,
+                ),
+            ),
+            _ => (file, d),
         })
         .collect()
 }

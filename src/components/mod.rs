@@ -13,11 +13,13 @@ pub mod loki;
 pub mod nginx;
 pub mod node_exporter;
 pub mod postgres;
+pub mod postgres_exporter;
 pub mod prometheus;
 pub mod python;
 pub mod redis;
 pub mod statsd_exporter;
 pub mod superset;
+pub mod superset_metrics;
 
 use crate::config::Config;
 use crate::model::{ComponentSpec, DirSpec, UserSpec};
@@ -55,6 +57,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     (
         "node-exporter",
         "node_exporter: host metrics and unit states",
+    ),
+    (
+        "postgres-exporter",
+        "postgres_exporter: PostgreSQL's connections and settings",
     ),
     (
         "prometheus",
@@ -109,6 +115,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.node_exporter.enabled {
         specs.push(node_exporter::render(config, platform));
+    }
+    if config.postgres_exporter_on() {
+        specs.push(postgres_exporter::render(config));
     }
     if config.statsd_exporter.enabled {
         specs.push(statsd_exporter::render(config, platform));
@@ -218,6 +227,7 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "redis" => vec![redis::unit_name("broker"), redis::unit_name("cache")],
         "nginx" => vec![nginx::UNIT.into()],
         "node-exporter" => vec![node_exporter::UNIT.into()],
+        "postgres-exporter" => vec![postgres_exporter::UNIT.into()],
         "prometheus" => vec![prometheus::UNIT.into()],
         "statsd-exporter" => vec![statsd_exporter::UNIT.into()],
         "loki" => vec![loki::UNIT.into()],

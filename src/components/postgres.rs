@@ -96,6 +96,24 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             .mode(0o640)
             .group(USER)
     };
+    let mut roles: Vec<PostgresRole> = ROLES
+        .iter()
+        .map(|r| PostgresRole {
+            role: r.to_string(),
+            password_secret: password_secret(r),
+            database: Some(r.to_string()),
+            member_of: Vec::new(),
+        })
+        .collect();
+    if config.postgres_exporter_on() {
+        let role = super::postgres_exporter::ROLE;
+        roles.push(PostgresRole {
+            role: role.into(),
+            password_secret: password_secret(role),
+            database: None,
+            member_of: vec!["pg_monitor".into()],
+        });
+    }
 
     ComponentSpec {
         name: "postgres",
@@ -121,7 +139,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             },
             DirSpec::config(CONF_DIR, USER),
         ],
-        secrets: ROLES.iter().map(|r| password_secret(r)).collect(),
+        secrets: roles.iter().map(|r| r.password_secret.clone()).collect(),
         files: vec![
             conf("postgresql.conf", postgresql_conf).notify(UNIT, OnChange::Restart),
             conf("pg_hba.conf", pg_hba).notify(UNIT, OnChange::Reload),
@@ -136,14 +154,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         provision: vec![Provision::PostgresRoles {
             socket_dir: SOCKET_DIR.into(),
             port,
-            roles: ROLES
-                .iter()
-                .map(|r| PostgresRole {
-                    role: r.to_string(),
-                    password_secret: password_secret(r),
-                    database: r.to_string(),
-                })
-                .collect(),
+            roles,
         }],
         ports: vec![PortSpec::loopback(port, UNIT)],
         probes: vec![Probe::Postgres { port }],

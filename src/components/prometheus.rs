@@ -37,6 +37,12 @@ pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
             "/metrics",
         ),
         target(
+            config.postgres_exporter_on(),
+            "postgres",
+            config.postgres_exporter.port,
+            "/metrics",
+        ),
+        target(
             config.statsd_exporter.enabled,
             "statsd",
             config.statsd_exporter.port,

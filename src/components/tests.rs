@@ -37,6 +37,7 @@ fn default_renders_the_whole_stack_in_start_order() {
             "redis",
             "nginx",
             "node-exporter",
+            "postgres-exporter",
             "statsd-exporter",
             "loki",
             "prometheus",
@@ -59,6 +60,7 @@ fn default_renders_the_whole_stack_in_start_order() {
             "analytics-redis-cache.service",
             "analytics-nginx.service",
             "analytics-node-exporter.service",
+            "analytics-postgres-exporter.service",
             "analytics-statsd-exporter.service",
             "analytics-loki.service",
             "analytics-prometheus.service",
@@ -488,7 +490,11 @@ fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
                 {
                     assert_eq!(unit, "s", "{file}: {expr}");
                 }
-                // Summaries: one quantile per legend, never the untagged series.
+                // Timers are summaries: one quantile per legend.
+                if names.iter().any(|n| n.ends_with("_duration")) {
+                    assert!(expr.contains("quantile=\"0.5\""), "{file}: {expr}");
+                }
+                // Never the untagged series.
                 if names.iter().any(|n| n == "airflow_task_duration") {
                     assert!(
                         expr.contains("quantile=") && expr.contains("dag_id!=\"\""),
@@ -500,7 +506,7 @@ fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
     }
     for expr in dashboards::prometheus_exprs() {
         for name in dashboards::metric_names(&expr) {
-            if name.starts_with("airflow_") {
+            if name.starts_with("airflow_") || name.starts_with("superset_") {
                 assert!(
                     airflow_names.contains(&name.as_str()),
                     "{name} is not produced by the statsd mapping"
@@ -509,6 +515,14 @@ fn dashboards_are_grafana_json_whose_queries_name_real_metrics() {
                 assert!(
                     dashboards::DAEMON_METRICS.contains(&name.as_str()),
                     "{name} is not published by the daemon"
+                );
+            } else if name.starts_with("pg_") {
+                // postgres_exporter 0.11's; checked against the real one in
+                // tests/e2e_data_tier.rs.
+                assert!(
+                    ["pg_stat_activity_count", "pg_settings_max_connections"]
+                        .contains(&name.as_str()),
+                    "{name}"
                 );
             } else if name.starts_with("node_") {
                 node_metrics += 1; // checked against the real node_exporter in tests/e2e_metrics.rs
@@ -646,8 +660,12 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
     let conf = &spec.files[0];
     assert_eq!((conf.mode, conf.group.as_str()), (0o640, superset::USER));
     let text = &conf.template;
-    assert!(text.contains("redis://:@@secret:redis-cache@@@127.0.0.1:6380/%d"));
-    assert!(text.contains("broker_url = \"redis://:@@secret:redis-broker@@@127.0.0.1:6379/1\""));
+    assert!(text.contains(
+        "\"CACHE_REDIS_URL\": \"redis://:@@secret:redis-cache@@@127.0.0.1:6380/\" + str(db),"
+    ));
+    assert!(
+        text.contains("broker_url = \"redis://:@@secret:redis-broker@@@127.0.0.1:6379\" + \"/1\"")
+    );
     assert!(text.contains("SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://superset:@@secret:postgres-superset@@@127.0.0.1:5432/superset\""));
     assert!(text.contains("ENABLE_PROXY_FIX = True"));
     let web = spec
@@ -659,6 +677,39 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
         .content
         .contains("Environment=\"SUPERSET_APP_ROOT=/superset\""));
     assert!(web.content.contains("--bind 127.0.0.1:8088"));
+    // StatsD only with statsd_exporter: gunicorn's and Superset's own.
+    let without_statsd =
+        superset::render(&config("[statsd_exporter]\nenabled = false\n"), &bookworm());
+    assert!(!without_statsd
+        .units
+        .iter()
+        .any(|u| u.content.contains("--statsd-host")));
+    assert!(!without_statsd.files[0].template.contains("STATS_LOGGER"));
+    let with_statsd = spec.clone();
+    assert!(with_statsd
+        .units
+        .iter()
+        .any(|u| u.name == superset::WEB_UNIT
+            && u.content.contains(
+                " --statsd-host 127.0.0.1:9125 --statsd-prefix superset superset.app:create_app()"
+            )));
+    assert!(with_statsd.files[0].template.contains(
+        "\nSTATS_LOGGER = StatsdStatsLogger(host=\"127.0.0.1\", port=9125, prefix=\"superset\")\n"
+    ));
+    // The file is Python: CPython compiles it (secrets as their references).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("superset_config.py");
+    std::fs::write(&path, &with_statsd.files[0].template).unwrap();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "py_compile"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         spec.probes,
         [Probe::Http {
@@ -1004,4 +1055,34 @@ fn the_applications_know_they_are_behind_https_and_nothing_phones_home() {
     assert!(airflow::render_env(&plain).contains("AIRFLOW__FAB__COOKIE_SECURE=False\n"));
     assert!(superset::render_config(&plain).contains("SESSION_COOKIE_SECURE = False\n"));
     assert!(grafana::render_ini(&plain).contains("cookie_secure = false\n"));
+}
+
+#[test]
+fn the_overview_has_superset_panels_only_when_its_metrics_reach_prometheus() {
+    let panels = |extra: &str| -> Vec<String> {
+        let all = dashboards::for_config(&config(extra));
+        let (_, stack) = all.iter().find(|(f, _)| *f == "stack.json").unwrap();
+        stack["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["title"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let superset = |titles: &[String]| titles.iter().filter(|t| t.starts_with("Superset:")).count();
+    assert_eq!(superset(&panels("")), 4);
+    assert_eq!(superset(&panels("[superset]\nenabled = false\n")), 0);
+    assert_eq!(superset(&panels("[statsd_exporter]\nenabled = false\n")), 0);
+    assert_eq!(panels("[superset]\nenabled = false\n").len(), 7);
+    let postgres = |titles: &[String]| {
+        titles
+            .iter()
+            .filter(|t| t.starts_with("PostgreSQL"))
+            .count()
+    };
+    assert_eq!(postgres(&panels("")), 1);
+    assert_eq!(
+        postgres(&panels("[postgres_exporter]\nenabled = false\n")),
+        0
+    );
 }

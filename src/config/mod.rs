@@ -229,6 +229,12 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
             config.node_exporter.port.get(),
         ));
     }
+    if config.postgres_exporter_on() {
+        ports.push((
+            key_path("postgres_exporter.port"),
+            config.postgres_exporter.port.get(),
+        ));
+    }
     if config.statsd_exporter.enabled {
         ports.push((
             key_path("statsd_exporter.port"),

@@ -15,6 +15,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub prometheus: PrometheusConfig,
     pub node_exporter: NodeExporterConfig,
+    pub postgres_exporter: PostgresExporterConfig,
     pub archives: ArchivesConfig,
     pub statsd_exporter: StatsdExporterConfig,
     pub loki: LokiConfig,
@@ -451,6 +452,23 @@ pub struct NodeExporterConfig {
     pub enabled: bool,
     pub source: SoftwareSource,
     pub port: Port,
+}
+
+/// postgres_exporter from Debian: PostgreSQL's connections, settings and activity,
+/// for the connections alert. Runs only with PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresExporterConfig {
+    pub enabled: bool,
+    pub port: Port,
+}
+
+impl Config {
+    /// postgres_exporter runs only beside the stack's PostgreSQL and only when
+    /// Prometheus reads it.
+    pub fn postgres_exporter_on(&self) -> bool {
+        self.postgres_exporter.enabled && self.postgres.enabled && self.prometheus.enabled
+    }
 }
 
 /// A Prometheus-style duration: a number and one of s, m, h, d, w, y.

@@ -78,6 +78,10 @@ pub trait SystemdService {
     fn memory_current(&self) -> zbus::Result<u64>;
     #[zbus(property, name = "NRestarts")]
     fn n_restarts(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn memory_high(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn memory_max(&self) -> zbus::Result<u64>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +110,9 @@ pub struct UnitStatus {
     pub fact: UnitFact,
     /// Bytes, when the kernel accounts memory for the unit.
     pub memory_bytes: Option<u64>,
+    /// The lower of `MemoryHigh=` (throttled above it) and `MemoryMax=` (killed),
+    /// when either is set.
+    pub memory_limit_bytes: Option<u64>,
     pub restarts: u32,
 }
 
@@ -230,10 +237,17 @@ impl Systemd {
         // u64::MAX means "not accounted" (e.g. cgroup v1 without the memory controller).
         let memory_bytes = s.memory_current().await.ok().filter(|&m| m != u64::MAX);
         let restarts = s.n_restarts().await.unwrap_or(0);
+        // u64::MAX is "infinity": no limit.
+        let memory_limit_bytes = [s.memory_high().await.ok(), s.memory_max().await.ok()]
+            .into_iter()
+            .flatten()
+            .filter(|&m| m != u64::MAX)
+            .min();
         Ok(UnitStatus {
             name: unit.into(),
             fact,
             memory_bytes,
+            memory_limit_bytes,
             restarts,
         })
     }

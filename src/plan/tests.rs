@@ -351,7 +351,7 @@ fn a_lost_secret_is_regenerated_and_its_users_updated() {
         names(&p),
         [
             "generate secret postgres-airflow",
-            "ensure PostgreSQL roles and databases: superset, airflow, warehouse"
+            "ensure PostgreSQL roles and databases: superset, airflow, warehouse, analytics_monitor"
         ]
     );
 }

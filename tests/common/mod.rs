@@ -6,6 +6,7 @@
 
 pub mod desk;
 pub mod mirror;
+pub mod relabel;
 pub mod statsd;
 
 use std::path::PathBuf;

@@ -15,6 +15,8 @@ struct MappingRule {
     name: String,
     drop: bool,
     labels: Vec<(String, String)>,
+    /// `match_metric_type`: counter, gauge or observer.
+    metric_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +38,8 @@ impl Mapping {
         for block in yaml.split("  - match: ").skip(1) {
             let mut lines = block.lines();
             let pattern = unquote(lines.next().unwrap());
-            let (mut name, mut drop, mut labels, mut regex_type) =
-                (String::new(), false, Vec::new(), false);
+            let (mut name, mut drop, mut labels, mut regex_type, mut metric_type) =
+                (String::new(), false, Vec::new(), false, None);
             for line in lines.map(str::trim) {
                 if let Some(v) = line.strip_prefix("name: ") {
                     name = unquote(v);
@@ -45,6 +47,9 @@ impl Mapping {
                     drop = true;
                 } else if line == "match_type: regex" {
                     regex_type = true;
+                } else if let Some(t) = line.strip_prefix("match_metric_type: ") {
+                    assert!(["counter", "gauge", "observer"].contains(&t), "{t}");
+                    metric_type = Some(t.to_string());
                 } else if line == "labels:" {
                 } else if let Some((k, v)) = line.split_once(": ") {
                     labels.push((k.to_string(), unquote(v)));
@@ -56,6 +61,7 @@ impl Mapping {
                 name,
                 drop,
                 labels,
+                metric_type,
             });
         }
         Mapping { rules }
@@ -65,9 +71,31 @@ impl Mapping {
         self.rules.len()
     }
 
+    /// What a name becomes, whatever its StatsD type.
     pub fn map(&self, statsd: &str) -> Outcome {
+        self.map_typed(statsd, None)
+    }
+
+    /// What a name of a StatsD type (`c`, `g`, `ms`, `h`, `d`) becomes: rules limited
+    /// to another type are passed over, as statsd_exporter does.
+    pub fn map_as(&self, statsd: &str, statsd_type: &str) -> Outcome {
+        let kind = match statsd_type {
+            "c" => "counter",
+            "g" => "gauge",
+            "ms" | "h" | "d" => "observer",
+            other => panic!("unknown StatsD type {other}"),
+        };
+        self.map_typed(statsd, Some(kind))
+    }
+
+    fn map_typed(&self, statsd: &str, kind: Option<&str>) -> Outcome {
         let last = self.rules.len().saturating_sub(1);
         for (i, rule) in self.rules.iter().enumerate() {
+            if let (Some(want), Some(kind)) = (&rule.metric_type, kind) {
+                if want != kind {
+                    continue;
+                }
+            }
             let Some(caps) = rule.regex.captures(statsd) else {
                 continue;
             };
@@ -92,5 +120,15 @@ impl Mapping {
             );
         }
         Outcome::Unmatched
+    }
+}
+
+/// The value statsd_exporter exports for one StatsD sample: timers (`ms`) in seconds
+/// ("prometheus presumes seconds, statsd millisecond", `pkg/line/line.go`).
+pub fn exported_value(value: f64, statsd_type: &str) -> f64 {
+    if statsd_type == "ms" {
+        value / 1000.0
+    } else {
+        value
     }
 }
