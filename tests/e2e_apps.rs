@@ -264,19 +264,8 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         .ok("analytics-stack status --json")
         .contains(&secret(&c, "airflow-admin")));
     // Nothing of the whole stack — applications, their workers, the data tier and
-    // every exporter — listens beyond loopback but NGINX (the container shares the
-    // host's network: only sockets `ss -p` can name from inside are the container's).
-    let named = c.ok("ss -Hltnp");
-    for line in named.lines().filter(|l| l.contains("users:(")) {
-        let local = line.split_whitespace().nth(3).unwrap_or("");
-        assert!(
-            local.starts_with("127.0.0.1:")
-                || local.starts_with("[::1]:")
-                || local.ends_with(":80")
-                || local.ends_with(":443"),
-            "{local} listens beyond loopback:\n{named}"
-        );
-    }
+    // every exporter — listens beyond loopback but NGINX.
+    c.assert_only_nginx_beyond_loopback();
     // The log servers do not listen on the network.
     let listeners = c.ok("ss -Hltn");
     assert!(

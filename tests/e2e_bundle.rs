@@ -140,6 +140,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
             "redis",
             "nginx",
             "node-exporter",
+            "postgres-exporter",
             "statsd-exporter",
             "prometheus",
             "airflow",

@@ -208,6 +208,25 @@ impl Container {
         self.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# This test is about other tiers.\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/01-no-apps.toml");
     }
 
+    /// Asserts that nothing of the stack listens beyond loopback but NGINX (80, 443)
+    /// and returns the listeners. The container shares the host's network: only
+    /// sockets of the container's own processes, those `ss -p` can name from inside,
+    /// are the stack's.
+    pub fn assert_only_nginx_beyond_loopback(&self) -> String {
+        let listeners = self.ok("ss -Hltnp");
+        for line in listeners.lines().filter(|l| l.contains("users:(")) {
+            let local = line.split_whitespace().nth(3).unwrap_or("");
+            assert!(
+                local.starts_with("127.0.0.1:")
+                    || local.starts_with("[::1]:")
+                    || local.ends_with(":80")
+                    || local.ends_with(":443"),
+                "{local} listens beyond loopback:\n{listeners}"
+            );
+        }
+        listeners
+    }
+
     /// The tests' curl trusts the stack CA the first apply creates, as a user who
     /// imported it would (`analytics-stack credentials nginx` names it).
     pub fn trust_stack_ca(&self) {
