@@ -204,13 +204,7 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     // for Promtail (parsed from the YAML, applied as Promtail applies them): PID 1's
     // lines about the failed unit and the unit's own line are shipped under its
     // name; PID 1's lines about other units and other units' lines are not.
-    let promtail = analytics_stack::components::log_shipper::render_promtail(
-        &analytics_stack::config::load_texts(&[(
-            "shipper.toml",
-            "[loki]\nenabled = true\n[log_shipper]\nenabled = true\nkind = \"promtail\"\n",
-        )])
-        .unwrap(),
-    );
+    let promtail = common::relabel::rendered_promtail();
     let rules = common::relabel::promtail_rules(&promtail);
     let job_labels = common::relabel::promtail_journal_labels(&promtail);
     let journal = c.ok(

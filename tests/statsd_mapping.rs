@@ -7,15 +7,29 @@ mod common;
 use analytics_stack::components::statsd_exporter;
 use common::statsd::{Mapping, Outcome};
 
+fn family_outcome(name: &str, labels: &[(&str, &str)]) -> Outcome {
+    Outcome::Family(
+        name.to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 fn family(mapping: &Mapping, statsd: &str, name: &str, labels: &[(&str, &str)]) {
-    let want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     assert_eq!(
         mapping.map(statsd),
-        Outcome::Family(name.to_string(), want),
+        family_outcome(name, labels),
         "{statsd}"
+    );
+}
+
+fn family_as(mapping: &Mapping, statsd: &str, kind: &str, name: &str, labels: &[(&str, &str)]) {
+    assert_eq!(
+        mapping.map_as(statsd, kind),
+        family_outcome(name, labels),
+        "{statsd} ({kind})"
     );
 }
 
@@ -257,17 +271,5 @@ fn every_superset_and_gunicorn_name_lands_in_a_superset_family() {
         "airflow.dag.sales.load.duration",
         "airflow_task_duration",
         &[("dag_id", "sales"), ("task_id", "load")],
-    );
-}
-
-fn family_as(mapping: &Mapping, statsd: &str, kind: &str, name: &str, labels: &[(&str, &str)]) {
-    let want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert_eq!(
-        mapping.map_as(statsd, kind),
-        Outcome::Family(name.to_string(), want),
-        "{statsd} ({kind})"
     );
 }

@@ -52,10 +52,44 @@ fn dashboard(uid: &str, title: &str, panels: Vec<Value>, templating: Value) -> V
     })
 }
 
-/// (file name, dashboard) for every provisioned dashboard.
+/// (file name, dashboard) for every dashboard, with every panel.
 pub fn all() -> Vec<(&'static str, Value)> {
+    vec![
+        ("host.json", host()),
+        ("stack.json", stack_overview(true, true)),
+        ("airflow.json", airflow()),
+        ("logs.json", logs()),
+    ]
+}
+
+/// The dashboards for a configuration: the logs dashboard only with Loki, the
+/// Airflow dashboard only with Airflow and statsd_exporter (a dashboard whose data
+/// source or metrics do not exist shows only errors), and the overview's PostgreSQL
+/// and Superset panels only when their metrics reach Prometheus.
+pub fn for_config(config: &crate::config::Config) -> Vec<(&'static str, Value)> {
+    let statsd = config.statsd_exporter.enabled;
+    let mut out = vec![
+        ("host.json", host()),
+        (
+            "stack.json",
+            stack_overview(
+                config.postgres_exporter_on(),
+                config.superset.enabled && statsd,
+            ),
+        ),
+    ];
+    if config.airflow.enabled && statsd {
+        out.push(("airflow.json", airflow()));
+    }
+    if config.loki.enabled {
+        out.push(("logs.json", logs()));
+    }
+    out
+}
+
+fn host() -> Value {
     let p = PROMETHEUS_UID;
-    let host = dashboard(
+    dashboard(
         "analytics-host",
         "Host (node_exporter)",
         vec![
@@ -66,13 +100,7 @@ pub fn all() -> Vec<(&'static str, Value)> {
             panel(5, "Network traffic", "timeseries", "Bps", p, &[("rate(node_network_receive_bytes_total{job=\"node\"}[5m])", "{{device}} in"), ("rate(node_network_transmit_bytes_total{job=\"node\"}[5m])", "{{device}} out")]),
         ],
         json!([]),
-    );
-    vec![
-        ("host.json", host),
-        ("stack.json", stack_overview(true, true)),
-        ("airflow.json", airflow()),
-        ("logs.json", logs()),
-    ]
+    )
 }
 
 /// The stack's overview; with PostgreSQL's and Superset's panels when their metrics
@@ -297,32 +325,6 @@ fn logs() -> Value {
             "current": { "text": "All", "value": "$__all" }, "allValue": "analytics-.*",
         }]),
     )
-}
-
-/// The dashboards for a configuration: the logs dashboard only with Loki, the
-/// Airflow dashboard only with Airflow and statsd_exporter (a dashboard whose data
-/// source or metrics do not exist shows only errors).
-/// The overview's Superset panels only with Superset and statsd_exporter.
-pub fn for_config(config: &crate::config::Config) -> Vec<(&'static str, Value)> {
-    let statsd = config.statsd_exporter.enabled;
-    all()
-        .into_iter()
-        .filter(|(file, _)| match *file {
-            "logs.json" => config.loki.enabled,
-            "airflow.json" => config.airflow.enabled && statsd,
-            _ => true,
-        })
-        .map(|(file, d)| match file {
-            "stack.json" => (
-                file,
-                stack_overview(
-                    config.postgres_exporter_on(),
-                    config.superset.enabled && statsd,
-                ),
-            ),
-            _ => (file, d),
-        })
-        .collect()
 }
 
 /// Metric names a PromQL expression reads (functions, keywords, labels and

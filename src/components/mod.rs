@@ -68,7 +68,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "statsd-exporter",
-        "statsd_exporter: Airflow's StatsD as Prometheus metrics",
+        "statsd_exporter: Airflow's and Superset's StatsD as Prometheus metrics",
     ),
     ("loki", "Loki: the journal of every stack unit"),
     (

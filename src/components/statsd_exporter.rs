@@ -1,4 +1,4 @@
-//! statsd_exporter from the verified release archive: receives Airflow's StatsD on
+//! statsd_exporter from the verified release archive: receives Airflow's and Superset's StatsD on
 //! 127.0.0.1 and maps the dotted names to Prometheus metrics with labels.
 
 use super::{airflow_metrics, superset_metrics, Platform};
@@ -165,7 +165,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let mapping = format!("{CONF_DIR}/mapping.yml");
     let mut unit = ServiceUnit::new(
         UNIT,
-        "analytics-stack: statsd_exporter (Airflow metrics)",
+        "analytics-stack: statsd_exporter (Airflow and Superset metrics)",
         USER,
         format!(
             "{binary} --web.listen-address=127.0.0.1:{web} --statsd.listen-udp=127.0.0.1:{statsd} --statsd.listen-tcp=127.0.0.1:{statsd} --statsd.mapping-config={mapping}",
@@ -178,7 +178,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     )];
     ComponentSpec {
         name: "statsd-exporter",
-        description: "statsd_exporter: Airflow's StatsD as Prometheus metrics",
+        description: "statsd_exporter: Airflow's and Superset's StatsD as Prometheus metrics",
         archive: pin,
         users: vec![UserSpec::service(USER, "/nonexistent")],
         dirs: vec![DirSpec::config(CONF_DIR, USER)],

@@ -685,7 +685,7 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
         .iter()
         .any(|u| u.content.contains("--statsd-host")));
     assert!(!without_statsd.files[0].template.contains("STATS_LOGGER"));
-    let with_statsd = spec.clone();
+    let with_statsd = &spec;
     assert!(with_statsd
         .units
         .iter()
@@ -771,84 +771,6 @@ fn venvs_are_named_by_version_and_lock_hash_and_the_sample_dag_uses_the_dlt_venv
     assert!(dag.contains("/opt/analytics-stack/dlt/current/bin/python /var/lib/analytics-stack/pipelines/sample_pipeline.py"));
     assert!(dag.contains("is_paused_upon_creation=False"));
     assert!(dlt::SAMPLE_PIPELINE_PY.contains("write_disposition=\"merge\""));
-}
-
-/// Prometheus's relabelling, as Alloy and Promtail apply it: the source labels'
-/// values joined by `;`, the regex anchored at both ends, `$1` expanded; an empty
-/// result removes the label; `keep` drops the entry when the regex does not match.
-fn relabel(
-    rules: &[log_shipper::RelabelRule],
-    mut labels: std::collections::BTreeMap<String, String>,
-) -> Option<std::collections::BTreeMap<String, String>> {
-    for rule in rules {
-        let value: Vec<&str> = rule
-            .sources
-            .iter()
-            .map(|s| labels.get(*s).map_or("", String::as_str))
-            .collect();
-        let value = value.join(";");
-        let re = regex::Regex::new(&format!("^(?:{})$", rule.regex)).unwrap();
-        match (rule.action, re.captures(&value)) {
-            (log_shipper::RelabelAction::Keep, None) => return None,
-            (log_shipper::RelabelAction::Keep, Some(_)) => {}
-            (log_shipper::RelabelAction::Replace { .. }, None) => {}
-            (log_shipper::RelabelAction::Replace { target }, Some(c)) => {
-                let mut out = String::new();
-                c.expand(rule.replacement, &mut out);
-                if out.is_empty() {
-                    labels.remove(target);
-                } else {
-                    labels.insert(target.to_string(), out);
-                }
-            }
-        }
-    }
-    Some(labels)
-}
-
-#[test]
-fn the_relabel_rules_keep_stack_lines_and_pid1s_lines_about_stack_units() {
-    let entry = |fields: &[(&str, &str)]| {
-        fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let unit_of = |fields: &[(&str, &str)]| {
-        relabel(log_shipper::RELABEL, entry(fields)).map(|l| l["unit"].clone())
-    };
-    // A stack unit's own line, with its level.
-    let own = relabel(
-        log_shipper::RELABEL,
-        entry(&[
-            ("__journal__systemd_unit", "analytics-superset-web.service"),
-            ("__journal_priority_keyword", "err"),
-        ]),
-    )
-    .unwrap();
-    assert_eq!(own["unit"], "analytics-superset-web.service");
-    assert_eq!(own["level"], "err");
-    // PID 1's "Main process exited" about a stack unit: kept, under that unit.
-    assert_eq!(
-        unit_of(&[
-            ("__journal__systemd_unit", "init.scope"),
-            ("__journal_unit", "analytics-superset-web.service"),
-        ])
-        .as_deref(),
-        Some("analytics-superset-web.service")
-    );
-    // Everything else is dropped: other units, PID 1 about them, PID 1 about nothing.
-    for other in [
-        &[("__journal__systemd_unit", "ssh.service")][..],
-        &[
-            ("__journal__systemd_unit", "init.scope"),
-            ("__journal_unit", "cron.service"),
-        ][..],
-        &[("__journal__systemd_unit", "init.scope")][..],
-        &[("__journal_unit", "analytics-redis-broker.service")][..],
-    ] {
-        assert_eq!(unit_of(other), None, "{other:?}");
-    }
 }
 
 /// The text of the block that starts at `opening` (through its matching brace).

@@ -455,7 +455,8 @@ pub struct NodeExporterConfig {
 }
 
 /// postgres_exporter from Debian: PostgreSQL's connections, settings and activity,
-/// for the connections alert. Runs only with PostgreSQL.
+/// for the connections alert. Runs only with PostgreSQL and Prometheus
+/// ([`Config::postgres_exporter_on`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresExporterConfig {

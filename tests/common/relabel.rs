@@ -16,6 +16,18 @@ pub struct Rule {
     keep: bool,
 }
 
+/// The Promtail config the daemon renders for a stack that ships its journal with
+/// Promtail (defaults otherwise).
+pub fn rendered_promtail() -> String {
+    analytics_stack::components::log_shipper::render_promtail(
+        &analytics_stack::config::load_texts(&[(
+            "shipper.toml",
+            "[loki]\nenabled = true\n[log_shipper]\nenabled = true\nkind = \"promtail\"\n",
+        )])
+        .unwrap(),
+    )
+}
+
 /// The labels the config's journal job gives every entry.
 pub fn promtail_journal_labels(config_yaml: &str) -> BTreeMap<String, String> {
     let config: serde_yaml::Value =
