@@ -56,6 +56,21 @@ pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> Prob
             format!("postgres 127.0.0.1:{port}"),
             tokio::time::timeout(TIMEOUT, postgres_ready(*port)).await,
         ),
+        Probe::AirflowHealth {
+            port,
+            path,
+            components,
+        } => (
+            format!("http://127.0.0.1:{port}{path} ({})", components.join(", ")),
+            tokio::time::timeout(TIMEOUT, async {
+                let (status, body) = http_request(*port, path).await?;
+                if status != 200 {
+                    return Err(format!("HTTP {status}"));
+                }
+                airflow_heartbeats(&body, components)
+            })
+            .await,
+        ),
     };
     let (healthy, detail) = match outcome {
         Ok(Ok(d)) => (true, d),
@@ -102,6 +117,25 @@ pub async fn http_request(port: u16, path: &str) -> Result<(u16, String), String
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Reads Airflow's health answer: `{"scheduler": {"status": "healthy", …}, …}`.
+pub fn airflow_heartbeats(body: &str, components: &[String]) -> Result<String, String> {
+    let json = &body[body.find('{').unwrap_or(0)..body.rfind('}').map_or(0, |i| i + 1)];
+    let health: serde_json::Value = serde_json::from_str(json)
+        .map_err(|_| "the answer is not Airflow's health JSON".to_string())?;
+    let sick: Vec<String> = components
+        .iter()
+        .filter_map(|c| {
+            let status = health[c.as_str()]["status"].as_str().unwrap_or("missing");
+            (status != "healthy").then(|| format!("{c} {status}"))
+        })
+        .collect();
+    if sick.is_empty() {
+        Ok("HTTP 200, every heartbeat recent".into())
+    } else {
+        Err(sick.join(", "))
+    }
 }
 
 async fn redis_ping(port: u16, password: Option<String>) -> Result<String, String> {

@@ -3,6 +3,7 @@
 //! see docs/ARCHITECTURE.md.
 
 pub mod artifact;
+pub mod budget;
 pub mod bundle;
 pub mod client;
 pub mod components;

@@ -327,4 +327,12 @@ pub enum Probe {
     },
     /// The PostgreSQL wire protocol: a startup message answered by the server.
     Postgres { port: u16 },
+    /// Airflow's health endpoint (JSON, one object per process kind): healthy when it
+    /// answers 200 and each of `components` says `"status": "healthy"` (a heartbeat
+    /// recent enough).
+    AirflowHealth {
+        port: u16,
+        path: String,
+        components: Vec<String>,
+    },
 }

@@ -2,6 +2,7 @@
 //! start/stop/restart of a component. Flow: config → render → facts → plan →
 //! execute → health.
 
+use crate::budget;
 use crate::components::{self, Platform};
 use crate::config::{self, Config, ConfigErrors};
 use crate::exec::{self, ExecError, Executor};
@@ -20,6 +21,9 @@ pub enum StackError {
     InvalidConfig(#[from] ConfigErrors),
     #[error("{0}")]
     Conflict(String),
+    /// A memory budget the enabled components cannot fit, or more than the host has.
+    #[error("{0}")]
+    Budget(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -50,6 +54,9 @@ impl From<ExecError> for StackError {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
+    /// The memory budget's table and choices, when there is a budget.
+    pub memory: Option<budget::MemoryPlan>,
+    pub memory_table: Option<String>,
     pub steps: Vec<String>,
     /// Why apply would refuse before installing anything (e.g. an unsupported Python).
     pub problems: Vec<String>,
@@ -142,22 +149,45 @@ impl Stack {
             arch: crate::artifact::catalog::debian_arch().into(),
             names: gather::host_names(&self.fs),
             addresses: gather::host_addresses(),
+            memory_bytes: gather::host_memory_bytes(),
+            cpus: gather::host_cpus(),
         }
     }
 
+    /// The configuration (sized by the memory budget, if any) and what it renders to.
     pub fn desired(&self) -> Result<(Config, Vec<ComponentSpec>), StackError> {
+        self.desired_with_budget()
+            .map(|(config, specs, _)| (config, specs))
+    }
+
+    /// Like [`Stack::desired`], with the memory plan when there is a budget. A budget
+    /// that cannot be met is refused here, before anything is gathered or changed.
+    pub fn desired_with_budget(
+        &self,
+    ) -> Result<(Config, Vec<ComponentSpec>, Option<budget::MemoryPlan>), StackError> {
         let platform = self.platform();
         let config = self.config_for(&platform.names)?;
-        let specs = components::render_all(&config, &platform);
-        Ok((config, specs))
+        match budget::fit(&config, &platform).map_err(|e| StackError::Budget(e.to_string()))? {
+            None => {
+                let specs = components::render_all(&config, &platform);
+                Ok((config, specs, None))
+            }
+            Some((fitted, memory)) => {
+                let mut specs = components::render_all(&fitted, &platform);
+                budget::limit_units(&mut specs, &memory);
+                Ok((fitted, specs, Some(memory)))
+            }
+        }
     }
 
     pub async fn plan(&self) -> Result<PlanReport, StackError> {
-        let (_, desired) = self.desired()?;
+        let (_, desired, memory) = self.desired_with_budget()?;
         let state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
         let plan = plan::plan(&desired, &facts, &state);
         Ok(PlanReport {
+            memory_table: memory.as_ref().map(|m| m.to_string()),
+            memory,
             steps: plan.steps.iter().map(|s| s.describe()).collect(),
             problems: python_problems(&desired, &facts),
             conflicts: plan::port_conflicts(&desired, &facts),

@@ -7,132 +7,12 @@
 
 mod common;
 
+use common::apps::*;
 use common::desk::{Desk, DnsLog, DNS_LOG_ADDRESS, DOOR_ADDRESS};
 use common::statsd::Outcome;
 use common::{mirror::Mirror, Container};
 use serde_json::Value;
-use std::time::{Duration, Instant};
-
-const DAG: &str = "analytics_stack_sample";
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn secret(c: &Container, name: &str) -> String {
-    c.ok(&format!("cat /var/lib/analytics-stack/secrets/{name}"))
-        .trim()
-        .to_string()
-}
-
-/// A bearer token from Airflow's API (FAB auth manager), through NGINX.
-fn airflow_token(c: &Container) -> String {
-    let body = format!(
-        r#"{{"username": "admin", "password": "{}"}}"#,
-        secret(c, "airflow-admin")
-    );
-    let out = c.ok(&format!(
-        "curl -fsS -X POST -H 'Content-Type: application/json' -d '{body}' https://127.0.0.1/airflow/auth/token"
-    ));
-    json(&out)["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
-}
-
-fn airflow(c: &Container, token: &str, method: &str, path: &str, body: Option<&str>) -> Value {
-    let data = body.map_or(String::new(), |b| {
-        format!("-H 'Content-Type: application/json' -d '{b}'")
-    });
-    json(&c.ok(&format!(
-        "curl -sS -X {method} -H 'Authorization: Bearer {token}' {data} https://127.0.0.1/airflow/api/v2{path}"
-    )))
-}
-
-struct SampleRun {
-    took: Duration,
-    run_id: String,
-    token: String,
-}
-
-/// Seconds since the epoch of one of Airflow's ISO 8601 timestamps.
-fn epoch_seconds(c: &Container, iso: &Value) -> f64 {
-    let iso = iso
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {iso}"));
-    c.ok(&format!("date -d '{iso}' +%s.%N"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Triggers the sample DAG and waits for the run to succeed (panics with the task's
-/// log when it fails).
-fn run_sample_dag(c: &Container) -> SampleRun {
-    let token = airflow_token(c);
-    let started = Instant::now();
-    let run = airflow(
-        c,
-        &token,
-        "POST",
-        &format!("/dags/{DAG}/dagRuns"),
-        Some(r#"{"logical_date": null}"#),
-    );
-    let run_id = run["dag_run_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no dag_run_id: {run}"))
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let state = airflow(
-            c,
-            &token,
-            "GET",
-            &format!("/dags/{DAG}/dagRuns/{run_id}"),
-            None,
-        );
-        match state["state"].as_str() {
-            Some("success") => {
-                return SampleRun {
-                    took: started.elapsed(),
-                    run_id,
-                    token,
-                }
-            }
-            Some("failed") => {
-                let log = c.sh(&format!(
-                    "cat /var/lib/analytics-stack/airflow/logs/dag_id={DAG}/run_id={run_id}/task_id=*/attempt=*.log"
-                ));
-                panic!(
-                    "the DAG run failed: {state}\n{}\n{}",
-                    String::from_utf8_lossy(&log.stdout),
-                    c.ok("journalctl -u 'analytics-airflow-*' -n 80 --no-pager")
-                );
-            }
-            _ if Instant::now() > deadline => panic!(
-                "the DAG run did not finish: {state}\n{}",
-                c.ok("journalctl -u 'analytics-airflow-*' -n 80 --no-pager")
-            ),
-            _ => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
-}
-
-fn main_pids(c: &Container) -> Vec<(String, String)> {
-    let units =
-        c.ok("systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'");
-    units
-        .lines()
-        .map(|u| {
-            (
-                u.to_string(),
-                c.ok(&format!("systemctl show -p MainPID --value {u}"))
-                    .trim()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
+use std::time::Instant;
 
 #[test]
 #[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
@@ -329,35 +209,7 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     );
 
     // The same rows through Superset's API (SQL Lab on the registered warehouse).
-    let login = json(&c.ok(&format!(
-        "curl -fsS -c /tmp/ss.jar -X POST -H 'Content-Type: application/json' -d '{{\"username\": \"admin\", \"password\": \"{}\", \"provider\": \"db\", \"refresh\": true}}' https://127.0.0.1/superset/api/v1/security/login",
-        secret(&c, "superset-admin")
-    )));
-    let token = login["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string();
-    let auth = format!("-H 'Authorization: Bearer {token}'");
-    let csrf = json(&c.ok(&format!(
-        "curl -fsS -b /tmp/ss.jar -c /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/security/csrf_token/"
-    )))["result"]
-        .as_str()
-        .expect("csrf token")
-        .to_string();
-    let databases = json(&c.ok(&format!(
-        "curl -fsS -b /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/database/"
-    )));
-    let warehouse_id = databases["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["database_name"] == "warehouse")
-        .unwrap_or_else(|| panic!("warehouse is not registered: {databases}"))["id"]
-        .as_u64()
-        .unwrap();
-    let query = json(&c.ok(&format!(
-        "curl -sS -b /tmp/ss.jar {auth} -H 'X-CSRFToken: {csrf}' -H 'Referer: https://127.0.0.1/superset/sqllab/' -H 'Content-Type: application/json' -d '{{\"database_id\": {warehouse_id}, \"sql\": \"SELECT count(*) AS n FROM sample_data.readings\", \"runAsync\": false, \"schema\": \"sample_data\"}}' https://127.0.0.1/superset/api/v1/sqllab/execute/"
-    )));
+    let query = superset_sql(&c, "SELECT count(*) AS n FROM sample_data.readings");
     assert_eq!(
         query["data"][0]["n"].as_u64(),
         Some(analytics_stack::components::dlt::SAMPLE_ROWS as u64),
@@ -500,6 +352,30 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     let again = json(&c.ok("analytics-stack apply --json"));
     assert_eq!(again["changed"], false, "{again}");
     assert_eq!(main_pids(&c), before);
+
+    // One worker setting restarts that worker alone: every other main PID is kept.
+    c.ok("printf '[airflow]\\nworker_concurrency = 3\\n' > /etc/analytics-stack/stack.d/20-workers.toml");
+    let changed = json(&c.ok("analytics-stack apply --json"));
+    let worker = analytics_stack::components::airflow::WORKER_UNIT;
+    assert_eq!(
+        changed["steps"],
+        serde_json::json!([
+            format!("write unit {worker} (changed)"),
+            "reload systemd",
+            format!("restart {worker}")
+        ]),
+        "{changed}"
+    );
+    let after = main_pids(&c);
+    for ((unit, pid), (_, was)) in after.iter().zip(&before) {
+        assert_eq!(pid == was, unit != worker, "{unit}: {was} → {pid}");
+    }
+    assert!(c
+        .ok(&format!(
+            "ps -o args= -p {}",
+            after.iter().find(|(u, _)| u == worker).unwrap().1
+        ))
+        .contains("--concurrency 3"));
 
     // kill -9 of the Celery worker: systemd restarts it, and a new run succeeds.
     let old = c.ok("systemctl show -p MainPID --value analytics-airflow-worker.service");

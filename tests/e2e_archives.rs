@@ -6,77 +6,10 @@
 
 mod common;
 
-use common::mirror::{standin, statsd_tarball, Mirror};
+use common::mirror::{
+    single_binary_zip, standin, statsd_tarball, Mirror, LOKI_DIR, LOKI_ZIP, STATSD_DIR, STATSD_TGZ,
+};
 use common::Container;
-use std::io::Write;
-
-use common::mirror::{STATSD_DIR, STATSD_TGZ};
-const LOKI_DIR: &str = "grafana/loki/releases/download/v3.7.0";
-const LOKI_ZIP: &str = "loki-linux-amd64.zip";
-
-/// The layout of Alloy's and Promtail's zips: one file, `NAME-linux-amd64`.
-fn single_binary_zip(name: &str) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut z = zip::ZipWriter::new(&mut buf);
-    z.start_file(
-        format!("{name}-linux-amd64"),
-        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
-    )
-    .unwrap();
-    z.write_all(&standin(name)).unwrap();
-    z.finish().unwrap();
-    buf.into_inner()
-}
-
-/// Loki's upstream layout: a zip holding one file, `loki-linux-amd64`.
-fn loki_zip() -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut z = zip::ZipWriter::new(&mut buf);
-    z.start_file(
-        "loki-linux-amd64",
-        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
-    )
-    .unwrap();
-    z.write_all(&standin("loki")).unwrap();
-    // Padding so that the download is long enough to be cut in the middle.
-    z.start_file(
-        "PADDING-stand-in",
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
-    )
-    .unwrap();
-    z.write_all(&vec![b'x'; 400_000]).unwrap();
-    z.finish().unwrap();
-    buf.into_inner()
-}
-
-/// Grafana's upstream layout: `grafana-VERSION/` with bin/, conf/ and public/.
-fn grafana_tarball() -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for (name, mode, data) in [
-        ("grafana-13.0.1/bin/grafana", 0o755, standin("grafana")),
-        (
-            "grafana-13.0.1/conf/defaults.ini",
-            0o644,
-            b"; stand-in archive\n".to_vec(),
-        ),
-        (
-            "grafana-13.0.1/public/index.html",
-            0o644,
-            b"stand-in\n".to_vec(),
-        ),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
 
 fn sha(b: &[u8]) -> String {
     analytics_stack::util::sha256_hex(b)
@@ -87,34 +20,10 @@ fn sha(b: &[u8]) -> String {
 fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries() {
     let mirror = Mirror::start();
     let good = statsd_tarball(None);
-    let zip = loki_zip();
-    mirror.put(&format!("{LOKI_DIR}/{LOKI_ZIP}"), &zip);
-    mirror.put(
-        &format!("{LOKI_DIR}/SHA256SUMS"),
-        format!("{}  {LOKI_ZIP}\n", sha(&zip)).as_bytes(),
-    );
-
-    // Grafana: a resolver answering like grafana.com's download API, naming a URL
-    // with a build id, which the daemon fetches through the same mirror.
-    let grafana = grafana_tarball();
-    mirror.put(
-        "grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz",
-        &grafana,
-    );
-    mirror.put(
-        "api/downloads/grafana/versions/13.0.1/packages/amd64/linux",
-        format!(r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz", "sha256": "{}"}}"#, sha(&grafana)).as_bytes(),
-    );
-
-    let alloy = single_binary_zip("alloy");
-    mirror.put(
-        "grafana/alloy/releases/download/v1.12.0/alloy-linux-amd64.zip",
-        &alloy,
-    );
-    mirror.put(
-        "grafana/alloy/releases/download/v1.12.0/SHA256SUMS",
-        format!("{}  alloy-linux-amd64.zip\n", sha(&alloy)).as_bytes(),
-    );
+    // Loki, Grafana (behind a resolver answering like grafana.com's download API,
+    // naming a URL with a build id, fetched through the same mirror) and Alloy; the
+    // statsd_exporter files are replaced below, case by case.
+    mirror.put_release_archives();
 
     let c = Container::boot("as-e2e-archives");
     c.start_daemon();

@@ -235,6 +235,9 @@ async fn run(command: Command) -> Result<(), Failure> {
                 return Ok(());
             }
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(table) = v["memory_table"].as_str() {
+                println!("{table}\n");
+            }
             for p in v["problems"].as_array().into_iter().flatten() {
                 println!("apply would refuse: {}", p.as_str().unwrap_or(""));
             }

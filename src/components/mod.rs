@@ -35,6 +35,11 @@ pub struct Platform {
     pub names: Vec<String>,
     /// The host's addresses, loopback first (the certificate's addresses).
     pub addresses: Vec<std::net::IpAddr>,
+    /// The memory the host has for the stack: its RAM, or its cgroup's limit when
+    /// lower (a container or a VM slice). 0 = unknown.
+    pub memory_bytes: u64,
+    /// Cores the host offers.
+    pub cpus: u32,
 }
 
 impl Platform {

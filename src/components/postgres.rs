@@ -45,6 +45,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
          unix_socket_directories = '{SOCKET_DIR}'\n\
          max_connections = {maxconn}\n\
          shared_buffers = {buffers}MB\n\
+         work_mem = {work_mem}MB\n\
          password_encryption = scram-sha-256\n\
          # Logs go to stderr, which systemd sends to the journal.\n\
          logging_collector = off\n\
@@ -57,6 +58,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         data = data_dir.display(),
         maxconn = pg.max_connections.get(),
         buffers = pg.shared_buffers.megabytes(),
+        work_mem = pg.work_mem.megabytes(),
     );
     // Local socket: only root and the service user, mapped to the superuser
     // `postgres` (the daemon provisions through it); any other local account is

@@ -105,8 +105,15 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         "analytics-stack: Prometheus",
         USER,
         format!(
-            "{binary} --config.file={conf} --storage.tsdb.path={data} --storage.tsdb.retention.time={ret} --web.listen-address=127.0.0.1:{port}",
-            ret = p.retention.as_str()
+            "{binary} --config.file={conf} --storage.tsdb.path={data} --storage.tsdb.retention.time={ret} --web.listen-address=127.0.0.1:{port}{limits}",
+            ret = p.retention.as_str(),
+            // Under a memory budget: 2 queries at once (default 20), each holding at
+            // most 5 million samples (default 50 million).
+            limits = if config.memory_constrained {
+                " --query.max-concurrency=2 --query.max-samples=5000000"
+            } else {
+                ""
+            }
         ),
     );
     unit.exec_reload = Some("/bin/kill -HUP $MAINPID".into());

@@ -144,6 +144,7 @@ pub fn into_init(
 /// application's init unit. Python applications read /proc beyond their own processes
 /// (psutil: memory, CPU count) and take their time to start.
 pub fn app_unit(
+    config: &crate::config::Config,
     name: &str,
     description: &str,
     user: &str,
@@ -156,6 +157,12 @@ pub fn app_unit(
     unit.after = vec![init_unit.into()];
     unit.needs_host_proc = true;
     unit.timeout_sec = 300;
+    if config.memory_constrained {
+        // glibc gives each thread that allocates an arena of its own (up to 8 per
+        // core); two keep a threaded Python process from holding freed memory in each.
+        unit.environment
+            .push(("MALLOC_ARENA_MAX".into(), "2".into()));
+    }
     unit
 }
 

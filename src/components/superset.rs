@@ -93,14 +93,20 @@ fn python_literal(value: minijinja::Value) -> Result<String, minijinja::Error> {
 /// sample's dataset, charts and dashboard.
 pub const INIT_PY: &str = include_str!("../../templates/superset/init_stack.py");
 
-fn superset_unit(name: &str, description: &str, exec_start: String) -> ServiceUnit {
-    let mut unit = super::python::app_unit(name, description, USER, exec_start, HOME, INIT_UNIT);
-    unit.environment = vec![
+fn superset_unit(
+    config: &Config,
+    name: &str,
+    description: &str,
+    exec_start: String,
+) -> ServiceUnit {
+    let mut unit =
+        super::python::app_unit(config, name, description, USER, exec_start, HOME, INIT_UNIT);
+    unit.environment.extend([
         ("SUPERSET_CONFIG_PATH".into(), config_path()),
         ("SUPERSET_APP_ROOT".into(), "/superset".into()),
         ("SUPERSET_HOME".into(), HOME.into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
-    ];
+    ]);
     unit
 }
 
@@ -123,6 +129,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let superset = SUPERSET.bin("superset");
     let init = super::python::into_init(
         superset_unit(
+            config,
             INIT_UNIT,
             "analytics-stack: Superset migrations, roles, admin and warehouse database",
             String::new(),
@@ -137,6 +144,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     );
 
     let web = superset_unit(
+        config,
         WEB_UNIT,
         "analytics-stack: Superset web (gunicorn)",
         format!(
@@ -147,6 +155,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         ),
     );
     let worker = superset_unit(
+        config,
         WORKER_UNIT,
         "analytics-stack: Superset Celery worker",
         format!(
@@ -155,7 +164,10 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             config.superset.worker_concurrency.get()
         ),
     );
-    let units = [init, web, worker];
+    let mut units = vec![init, web];
+    if config.superset.celery_worker {
+        units.push(worker);
+    }
     let conf = units.iter().fold(
         FileSpec::new(config_path(), render_config(config))
             .mode(0o640)

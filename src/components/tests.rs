@@ -295,6 +295,34 @@ fn loki_config_has_the_keys_a_single_binary_on_a_filesystem_needs() {
 }
 
 #[test]
+fn under_a_memory_budget_loki_and_prometheus_keep_small_caches_and_limits() {
+    let mut c = config("[loki]\nenabled = true\n");
+    let roomy: serde_yaml::Value = serde_yaml::from_str(&loki::render_config(&c)).unwrap();
+    assert!(roomy.get("query_range").is_none() && roomy.get("chunk_store_config").is_none());
+    c.memory_constrained = true;
+    let small: serde_yaml::Value = serde_yaml::from_str(&loki::render_config(&c)).unwrap();
+    for cache in [
+        &small["query_range"]["results_cache"]["cache"]["embedded_cache"],
+        &small["chunk_store_config"]["chunk_cache_config"]["embedded_cache"],
+    ] {
+        assert_eq!(cache["enabled"], serde_yaml::Value::Bool(true));
+        assert_eq!(cache["max_size_mb"].as_u64(), Some(16));
+    }
+    assert_eq!(
+        small["limits_config"]["max_query_parallelism"].as_u64(),
+        Some(4)
+    );
+    assert_eq!(
+        small["limits_config"]["retention_period"],
+        roomy["limits_config"]["retention_period"]
+    );
+    let prometheus = prometheus::render(&c, &bookworm());
+    assert!(prometheus.units[0]
+        .content
+        .contains(" --query.max-concurrency=2 --query.max-samples=5000000\n"));
+}
+
+#[test]
 fn every_mapping_rule_is_a_regex_whose_captures_are_labels() {
     let y = statsd_exporter::render_mapping();
     assert_eq!(

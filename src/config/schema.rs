@@ -27,6 +27,12 @@ pub struct Config {
     pub dlt: DltConfig,
     pub apt: AptConfig,
     pub bundle: BundleConfig,
+    /// Set by the memory budget ([`crate::budget::fit`]), never read from a file:
+    /// smaller allocator arenas for the Python processes, smaller query limits and
+    /// caches for Prometheus and Loki, no separate health server for Airflow's
+    /// scheduler.
+    #[serde(skip)]
+    pub memory_constrained: bool,
 }
 
 /// Where Debian packages come from, when not from the host's own sources.
@@ -67,6 +73,9 @@ pub struct AirflowConfig {
     pub scheduler_health_port: Port,
     /// Tasks the Celery worker runs at once.
     pub worker_concurrency: WorkerCount,
+    /// The triggerer: runs deferred tasks (deferrable operators and sensors). Without
+    /// it a task that defers never resumes.
+    pub triggerer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +88,10 @@ pub struct SupersetConfig {
     pub web_workers: WorkerCount,
     /// Processes of the Celery worker (async queries, reports, thumbnails).
     pub worker_concurrency: WorkerCount,
+    /// The Celery worker itself. Without it SQL Lab runs every query in the web
+    /// process (no asynchronous queries), and there are no scheduled reports or
+    /// thumbnails.
+    pub celery_worker: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,6 +387,92 @@ pub struct StackConfig {
     pub hostname: Option<Hostname>,
     pub admin_group: GroupName,
     pub health_timeout_secs: u32,
+    /// "standard", or "edge": a small VM, with a memory budget of
+    /// [`EDGE_BUDGET_BYTES`] unless `memory_budget` says otherwise.
+    pub profile: Profile,
+    /// The memory every stack process together may use; "" = none (each component
+    /// at the sizes configured, no limits written).
+    pub memory_budget: MemoryBudget,
+}
+
+/// The budget `profile = "edge"` sets when `memory_budget` is "": 1.5 GiB.
+pub const EDGE_BUDGET_BYTES: u64 = 3 << 29;
+
+impl StackConfig {
+    /// The memory budget in force: `memory_budget`, or the edge profile's.
+    pub fn budget_bytes(&self) -> Option<u64> {
+        self.memory_budget
+            .bytes()
+            .or((self.profile == Profile::Edge).then_some(EDGE_BUDGET_BYTES))
+    }
+}
+
+/// What kind of host the stack is sized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Standard,
+    Edge,
+}
+
+/// "" or an amount of memory like "1.5GiB", "800MiB" or "2G": a number (decimals
+/// allowed) and a unit K, M, G or T, with or without "iB"/"B" (all binary, as
+/// systemd reads them). At least 64 MiB. Stored in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemoryBudget(Option<u64>);
+
+impl MemoryBudget {
+    pub fn bytes(self) -> Option<u64> {
+        self.0
+    }
+}
+
+impl TryFrom<String> for MemoryBudget {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(MemoryBudget(None));
+        }
+        let bad = || {
+            format!(
+                "{:?} is not an amount of memory like \"1.5GiB\" or \"800MiB\"",
+                crate::util::printable(&s)
+            )
+        };
+        let lower = s.trim().to_ascii_lowercase();
+        let split = lower
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, unit) = lower.split_at(split);
+        let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+            "k" => 10,
+            "m" => 20,
+            "g" => 30,
+            "t" => 40,
+            _ => return Err(bad()),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() || whole.len() > 6 || fraction.len() > 3 {
+            return Err(bad());
+        }
+        let whole: u64 = whole.parse().map_err(|_| bad())?;
+        let thousandths: u64 = format!("{fraction:0<3}").parse().map_err(|_| bad())?;
+        let bytes = ((whole * 1000 + thousandths) << shift) / 1000;
+        if bytes < 64 << 20 {
+            return Err(format!(
+                "{:?} is less than 64MiB",
+                crate::util::printable(&s)
+            ));
+        }
+        Ok(MemoryBudget(Some(bytes)))
+    }
+}
+
+impl From<MemoryBudget> for String {
+    fn from(b: MemoryBudget) -> String {
+        b.0.map_or_else(String::new, |bytes| format!("{}MiB", bytes >> 20))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,6 +509,8 @@ pub struct PostgresConfig {
     pub port: Port,
     pub max_connections: ConnectionCount,
     pub shared_buffers: ByteSize,
+    /// Memory one sort or hash of a query may use before spilling to disk.
+    pub work_mem: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,7 +32,8 @@ impl From<crate::stack::StackError> for BusError {
         use crate::stack::StackError as S;
         let text = e.to_string();
         match e {
-            S::InvalidConfig(_) => BusError::InvalidConfig(text),
+            // A budget the components cannot meet is the configuration's problem.
+            S::InvalidConfig(_) | S::Budget(_) => BusError::InvalidConfig(text),
             S::Conflict(_) => BusError::Conflict(text),
             S::NotFound(_) => BusError::NotFound(text),
             S::Failed(_) => BusError::Failed(text),

@@ -310,6 +310,39 @@ pub fn host_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
+/// The memory the stack may count on: the RAM sysinfo reports, or the limit of the
+/// host's root memory cgroup when one is lower (a container limited to 2 GiB sees
+/// the machine's RAM in /proc/meminfo, but can use only its limit).
+pub fn host_memory_bytes() -> u64 {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let ram = system.total_memory();
+    let cgroup_limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|text| text.trim().parse::<u64>().ok());
+    memory_available(ram, cgroup_limit)
+}
+
+/// Pure part of [`host_memory_bytes`]: "max" (no number) or a limit above the RAM
+/// means no limit.
+pub fn memory_available(ram: u64, cgroup_limit: Option<u64>) -> u64 {
+    match cgroup_limit {
+        Some(limit) if ram == 0 || limit < ram => limit,
+        _ => ram,
+    }
+}
+
+/// The cores the daemon may use (affinity and CPU quota counted).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod name_tests {
     use super::names_from;

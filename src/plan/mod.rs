@@ -318,21 +318,23 @@ pub(crate) fn stop_and_disable(
     present
 }
 
-/// Plans the steps that bring the host from `facts` to `desired`.
-pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState) -> Plan {
-    let mut steps = Vec::new();
+/// Components turned off since the last apply, and units an enabled component no
+/// longer runs (Airflow's triggerer under a tight memory budget): stopped, disabled
+/// and their unit files removed, data kept. True when a unit file is removed.
+fn retire_units(
+    desired: &[ComponentSpec],
+    facts: &HostFacts,
+    state: &RecordedState,
+    steps: &mut Vec<Step>,
+) -> bool {
     let wanted: BTreeSet<&str> = desired.iter().map(|s| s.name).collect();
-    let unit_fact = |u: &str| facts.units.get(u).cloned().unwrap_or_default();
-
-    // Components turned off since the last apply: stop them and remove their units,
-    // keeping their data.
     let mut removed_units = false;
     for gone in state
         .components
         .iter()
         .filter(|c| !wanted.contains(c.as_str()))
     {
-        let present = stop_and_disable(&crate::components::unit_names(gone), facts, &mut steps);
+        let present = stop_and_disable(&crate::components::unit_names(gone), facts, steps);
         for u in &present {
             steps.push(Step::RemoveFile {
                 path: PathBuf::from(paths::UNIT_DIR).join(u),
@@ -344,6 +346,28 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
             installed: false,
         });
     }
+    for spec in desired {
+        let dropped: Vec<String> = crate::components::unit_names(spec.name)
+            .into_iter()
+            .filter(|u| !spec.units.iter().any(|s| &s.name == u))
+            .collect();
+        let present = stop_and_disable(&dropped, facts, steps);
+        for u in &present {
+            steps.push(Step::RemoveFile {
+                path: PathBuf::from(paths::UNIT_DIR).join(u),
+            });
+        }
+        removed_units |= !present.is_empty();
+    }
+    removed_units
+}
+
+/// Plans the steps that bring the host from `facts` to `desired`.
+pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState) -> Plan {
+    let mut steps = Vec::new();
+    let unit_fact = |u: &str| facts.units.get(u).cloned().unwrap_or_default();
+
+    let removed_units = retire_units(desired, facts, state, &mut steps);
 
     // The distribution's own services must not run beside the stack's.
     for spec in desired {

@@ -673,3 +673,77 @@ fn operator_files_are_installed_again_when_they_change_and_tls_off_issues_nothin
         names(&off)
     );
 }
+
+/// Converges a host on `APPS_ONLY` plus `extra`; returns it and its recorded state.
+fn converged_with_apps(extra: &str) -> (HostFacts, RecordedState) {
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    let first = plan(&with_apps(&format!("{APPS_ONLY}{extra}")), &facts, &state);
+    simulate(&first, &mut facts, &mut state);
+    (facts, state)
+}
+
+#[test]
+fn a_worker_setting_restarts_that_worker_alone() {
+    let (facts, state) = converged_with_apps("");
+    for (setting, unit) in [
+        (
+            "[airflow]\nworker_concurrency = 3\n",
+            crate::components::airflow::WORKER_UNIT,
+        ),
+        (
+            "[superset]\nweb_workers = 3\n",
+            crate::components::superset::WEB_UNIT,
+        ),
+        (
+            "[superset]\nworker_concurrency = 3\n",
+            crate::components::superset::WORKER_UNIT,
+        ),
+    ] {
+        let p = plan(&with_apps(&format!("{APPS_ONLY}{setting}")), &facts, &state);
+        assert_eq!(
+            names(&p),
+            [
+                format!("write unit {unit} (changed)"),
+                "reload systemd".into(),
+                format!("restart {unit}"),
+            ],
+            "{setting}"
+        );
+    }
+}
+
+#[test]
+fn a_process_turned_off_is_stopped_and_its_unit_removed_alone() {
+    let (mut facts, mut state) = converged_with_apps("");
+    let desired = with_apps(&format!(
+        "{APPS_ONLY}[airflow]\ntriggerer = false\n[superset]\ncelery_worker = false\n"
+    ));
+    let p = plan(&desired, &facts, &state);
+    let triggerer = crate::components::airflow::TRIGGERER_UNIT;
+    let superset_worker = crate::components::superset::WORKER_UNIT;
+    // The API server's health probe no longer asks for the triggerer's heartbeat; no
+    // file or unit of any other process changes.
+    assert_eq!(
+        names(&p),
+        [
+            format!("stop {triggerer}"),
+            format!("disable {triggerer}"),
+            format!("remove /etc/systemd/system/{triggerer}"),
+            format!("stop {superset_worker}"),
+            format!("disable {superset_worker}"),
+            format!("remove /etc/systemd/system/{superset_worker}"),
+            "reload systemd".into(),
+        ]
+    );
+    simulate(&p, &mut facts, &mut state);
+    assert!(plan(&desired, &facts, &state).is_empty());
+    // Turned on again: written and started, nothing else restarted.
+    let back = plan(&with_apps(APPS_ONLY), &facts, &state);
+    let steps = names(&back);
+    assert!(steps.contains(&format!("start {triggerer}")), "{steps:#?}");
+    assert!(
+        !steps.iter().any(|s| s.starts_with("restart")),
+        "{steps:#?}"
+    );
+}

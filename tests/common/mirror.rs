@@ -191,3 +191,104 @@ impl Mirror {
         assert!(ok, "cannot fetch {url} for the mirror");
     }
 }
+
+pub const LOKI_DIR: &str = "grafana/loki/releases/download/v3.7.0";
+pub const LOKI_ZIP: &str = "loki-linux-amd64.zip";
+
+/// The layout of Alloy's and Promtail's zips: one file, `NAME-linux-amd64`.
+pub fn single_binary_zip(name: &str) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    z.start_file(
+        format!("{name}-linux-amd64"),
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    z.write_all(&standin(name)).unwrap();
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+/// Loki's upstream layout: a zip holding one file, `loki-linux-amd64`.
+pub fn loki_zip() -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    z.start_file(
+        "loki-linux-amd64",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    z.write_all(&standin("loki")).unwrap();
+    // Padding so that the download is long enough to be cut in the middle.
+    z.start_file(
+        "PADDING-stand-in",
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+    )
+    .unwrap();
+    z.write_all(&vec![b'x'; 400_000]).unwrap();
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+/// Grafana's upstream layout: `grafana-VERSION/` with bin/, conf/ and public/.
+pub fn grafana_tarball() -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, mode, data) in [
+        ("grafana-13.0.1/bin/grafana", 0o755, standin("grafana")),
+        (
+            "grafana-13.0.1/conf/defaults.ini",
+            0o644,
+            b"; stand-in archive\n".to_vec(),
+        ),
+        (
+            "grafana-13.0.1/public/index.html",
+            0o644,
+            b"stand-in\n".to_vec(),
+        ),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+impl Mirror {
+    /// Every release archive of the stack in upstream's layout, with stand-in
+    /// binaries: statsd_exporter, Loki, Grafana (behind its download API's answer)
+    /// and Alloy, each with what the catalog verifies it by.
+    pub fn put_release_archives(&self) {
+        let sha = |b: &[u8]| analytics_stack::util::sha256_hex(b);
+        self.put_statsd_exporter();
+        let zip = loki_zip();
+        self.put(&format!("{LOKI_DIR}/{LOKI_ZIP}"), &zip);
+        self.put(
+            &format!("{LOKI_DIR}/SHA256SUMS"),
+            format!("{}  {LOKI_ZIP}\n", sha(&zip)).as_bytes(),
+        );
+        let grafana = grafana_tarball();
+        self.put(
+            "grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz",
+            &grafana,
+        );
+        self.put(
+            "api/downloads/grafana/versions/13.0.1/packages/amd64/linux",
+            format!(r#"{{"url": "https://dl.grafana.com/grafana/release/13.0.1/grafana_13.0.1_99999_linux_amd64.tar.gz", "sha256": "{}"}}"#, sha(&grafana)).as_bytes(),
+        );
+        let alloy = single_binary_zip("alloy");
+        self.put(
+            "grafana/alloy/releases/download/v1.12.0/alloy-linux-amd64.zip",
+            &alloy,
+        );
+        self.put(
+            "grafana/alloy/releases/download/v1.12.0/SHA256SUMS",
+            format!("{}  alloy-linux-amd64.zip\n", sha(&alloy)).as_bytes(),
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod desk;
 pub mod mirror;
 pub mod relabel;
@@ -33,6 +34,22 @@ pub struct Container {
     nspawn: Child,
     pub leader: u32,
     pub name: String,
+    /// The container's memory cgroup on the host, when booted with a memory limit.
+    memory_cgroup: Option<PathBuf>,
+    /// Host directories bound in for the container's bulky trees, removed with it.
+    disk: Option<PathBuf>,
+}
+
+/// How a container boots, besides its binds.
+#[derive(Default)]
+struct Boot {
+    /// Loopback only, no route out.
+    private_network: bool,
+    /// A memory limit for the whole container, in bytes.
+    memory_max: Option<u64>,
+    /// A root directory of its own, booted as it is (writes persist in it); None =
+    /// the cached test root under a volatile overlay.
+    root: Option<PathBuf>,
 }
 
 fn find_leader(nspawn_pid: u32) -> Option<u32> {
@@ -62,42 +79,106 @@ fn find_leader(nspawn_pid: u32) -> Option<u32> {
 impl Container {
     /// A container with this build's binaries, daemon unit and D-Bus policy bound in.
     pub fn boot(name: &str) -> Container {
-        let r = repo();
-        Container::boot_with(
+        Container::boot_inner(name, &Container::own_build(), false, None)
+    }
+
+    /// Like `boot`, the whole container limited to `bytes` of memory (its own memory
+    /// cgroup, like a VM of that size): see [`Container::oom_kills`]. Its root is a
+    /// copy of the test root filesystem on the host's disk, booted as it is: with the
+    /// usual volatile overlay every file the stack writes (packages, venvs, data)
+    /// would sit in tmpfs, memory that cannot be reclaimed and counts against the
+    /// limit, where a VM writes to its disk.
+    pub fn boot_with_memory(name: &str, bytes: u64) -> Container {
+        let disk = PathBuf::from(format!("/var/tmp/analytics-stack-test/disk-{name}"));
+        let _ = std::fs::remove_dir_all(&disk);
+        std::fs::create_dir_all(&disk).unwrap();
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(rootfs())
+            .arg(disk.join("root"))
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "cannot copy the root filesystem");
+        let mut c = Container::boot_full(
             name,
-            &[
-                (
-                    PathBuf::from(env!("CARGO_BIN_EXE_analytics-stackd")),
-                    "/usr/sbin/analytics-stackd",
-                ),
-                (
-                    PathBuf::from(env!("CARGO_BIN_EXE_analytics-stack")),
-                    "/usr/bin/analytics-stack",
-                ),
-                (
-                    r.join("units/analytics-stackd.service"),
-                    "/etc/systemd/system/analytics-stackd.service",
-                ),
-                (
-                    r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
-                    "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
-                ),
-            ],
-        )
+            &Container::own_build(),
+            Boot {
+                memory_max: Some(bytes),
+                root: Some(disk.join("root")),
+                ..Boot::default()
+            },
+        );
+        c.disk = Some(disk);
+        c
+    }
+
+    /// The OOM kills the kernel made inside a container booted with a memory limit.
+    pub fn oom_kills(&self) -> u64 {
+        let dir = self
+            .memory_cgroup
+            .as_ref()
+            .expect("the container was booted with a memory limit");
+        let text = std::fs::read_to_string(dir.join("memory.oom_control"))
+            .or_else(|_| std::fs::read_to_string(dir.join("memory.events")))
+            .expect("the container's memory cgroup");
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("an oom_kill count")
+    }
+
+    fn own_build() -> Vec<(PathBuf, &'static str)> {
+        let r = repo();
+        vec![
+            (
+                PathBuf::from(env!("CARGO_BIN_EXE_analytics-stackd")),
+                "/usr/sbin/analytics-stackd",
+            ),
+            (
+                PathBuf::from(env!("CARGO_BIN_EXE_analytics-stack")),
+                "/usr/bin/analytics-stack",
+            ),
+            (
+                r.join("units/analytics-stackd.service"),
+                "/etc/systemd/system/analytics-stackd.service",
+            ),
+            (
+                r.join("packaging/dbus-1/system.d/org.analyticsstack.Stack1.conf"),
+                "/etc/dbus-1/system.d/org.analyticsstack.Stack1.conf",
+            ),
+        ]
     }
 
     /// A container with only `binds` (source on the host, path inside) added.
     pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
-        Container::boot_inner(name, binds, false)
+        Container::boot_inner(name, binds, false, None)
     }
 
     /// Like `boot_with`, in a private network namespace: loopback only, no route out.
     pub fn boot_offline_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
-        Container::boot_inner(name, binds, true)
+        Container::boot_inner(name, binds, true, None)
     }
 
-    fn boot_inner(name: &str, binds: &[(PathBuf, &str)], private_network: bool) -> Container {
-        let rootfs = rootfs();
+    fn boot_inner(
+        name: &str,
+        binds: &[(PathBuf, &str)],
+        private_network: bool,
+        memory_max: Option<u64>,
+    ) -> Container {
+        let boot = Boot {
+            private_network,
+            memory_max,
+            root: None,
+        };
+        Container::boot_full(name, binds, boot)
+    }
+
+    fn boot_full(name: &str, binds: &[(PathBuf, &str)], boot: Boot) -> Container {
+        let Boot {
+            private_network,
+            memory_max,
+            root,
+        } = boot;
         if !private_network {
             // The host's network is shared: the previous test's container may still be
             // stopping its services.
@@ -105,20 +186,28 @@ impl Container {
         }
         let r = repo();
         let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
-        cmd.args([name, "-q", "-D"]).arg(&rootfs).args([
-            "-M",
-            name,
-            "--register=no",
-            "--keep-unit",
-            "--link-journal=no",
-            "--volatile=overlay",
-            "--kill-signal=SIGRTMIN+3",
-        ]);
+        let volatile = root.is_none();
+        cmd.args([name, "-q", "-D"])
+            .arg(root.unwrap_or_else(rootfs))
+            .args([
+                "-M",
+                name,
+                "--register=no",
+                "--keep-unit",
+                "--link-journal=no",
+                "--kill-signal=SIGRTMIN+3",
+            ]);
+        if volatile {
+            cmd.arg("--volatile=overlay");
+        }
         for (src, dst) in binds {
             cmd.arg(format!("--bind-ro={}:{dst}", src.display()));
         }
         if private_network {
             cmd.arg("--private-network");
+        }
+        if let Some(bytes) = memory_max {
+            cmd.env("ANALYTICS_TEST_MEMORY_MAX", bytes.to_string());
         }
         let nspawn = cmd
             .arg(format!(
@@ -140,10 +229,24 @@ impl Container {
             assert!(Instant::now() < deadline, "container {name} did not start");
             std::thread::sleep(Duration::from_millis(100));
         };
+        // nspawn-in-cgroup.sh's memory cgroup (cgroup v1), named after its pid.
+        let memory_cgroup = memory_max.map(|_| {
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let base = own
+                .lines()
+                .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+                .unwrap_or_default();
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/memory{}/analytics-test-{name}-{pid}",
+                base.trim_end_matches('/')
+            ))
+        });
         let c = Container {
             nspawn,
             leader,
             name: name.into(),
+            memory_cgroup,
+            disk: None,
         };
         // PID 1 may still be the pre-exec nspawn child: wait for systemd to answer.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -279,14 +382,20 @@ impl Drop for Container {
             .arg(self.nspawn.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                return;
+        let mut halted = false;
+        while !halted && Instant::now() < deadline {
+            halted = matches!(self.nspawn.try_wait(), Ok(Some(_)));
+            if !halted {
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
+        if !halted {
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+        if let Some(disk) = &self.disk {
+            let _ = std::fs::remove_dir_all(disk);
+        }
     }
 }
 

@@ -1,0 +1,202 @@
+//! End-to-end: the edge profile. The whole stack in a container limited to 2 GiB of
+//! memory, like a small VM: real PostgreSQL, Redis, NGINX, Prometheus, node_exporter
+//! and postgres_exporter from Debian; real Airflow, Superset and dlt from PyPI. The
+//! STAND-INS are statsd_exporter, Loki, Grafana and Alloy (tests/standins/, served
+//! from a local mirror in upstream's layout): their releases cannot be downloaded
+//! here, so their memory here is not theirs; the budget counts their real programs
+//! by estimate (src/budget/mod.rs).
+
+mod common;
+
+use common::apps::{json, run_sample_dag, superset_sql};
+use common::{mirror::Mirror, Container};
+
+const GIB: u64 = 1 << 30;
+
+/// The units the daemon wrote, with their files' limits and the cgroup's.
+fn unit_limits(c: &Container) -> Vec<(String, u64)> {
+    c.ok("systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'")
+        .lines()
+        .filter(|u| *u != "analytics-stackd.service")
+        .map(|u| {
+            let max = c.ok(&format!("systemctl show -p MemoryMax --value {u}"));
+            (u.to_string(), max.trim().parse().unwrap_or(u64::MAX))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
+fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
+    let mirror = Mirror::start();
+    mirror.put_release_archives();
+    let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
+    mirror.put_from(&uv.url);
+
+    let c = Container::boot_with_memory("as-e2e-edge", 2 * GIB);
+    c.start_daemon();
+    // The container's root memory cgroup is the 2 GiB the daemon sizes for.
+    assert_eq!(
+        c.ok("cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+            .trim(),
+        (2 * GIB).to_string()
+    );
+    c.ok(&format!(
+        "mkdir -p /etc/analytics-stack/stack.d && printf '[stack]\\nprofile = \"edge\"\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+        mirror.url
+    ));
+
+    // A budget the enabled components cannot fit, and one above the host's memory:
+    // refused by plan and by apply with the reason, before anything changes.
+    for (budget, reason) in [
+        ("700MiB", "700 MiB is too small for the enabled components"),
+        ("4GiB", "4096 MiB is more than this host has (2048 MiB)"),
+    ] {
+        c.ok(&format!(
+            "printf '[stack]\\nmemory_budget = \"{budget}\"\\n' > /etc/analytics-stack/stack.d/50-budget.toml"
+        ));
+        for verb in ["plan", "apply"] {
+            let out = c.sh(&format!("analytics-stack {verb}"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "{verb} {budget}: {stderr}");
+            assert!(stderr.contains(reason), "{verb} {budget}: {stderr}");
+        }
+    }
+    let untouched = c.sh(
+        "ls /etc/systemd/system/ | grep '^analytics-' | grep -v '^analytics-stackd.service$'; ls /var/lib/analytics-stack/state.json 2>/dev/null; dpkg-query -W postgresql-15 2>/dev/null",
+    );
+    assert!(
+        untouched.stdout.is_empty(),
+        "a refused budget changed the host: {}",
+        String::from_utf8_lossy(&untouched.stdout)
+    );
+    c.ok("rm /etc/analytics-stack/stack.d/50-budget.toml");
+
+    // The plan shows the budget's table and what it chose.
+    let plan = c.ok("analytics-stack plan");
+    eprintln!("{}", plan.split("\n\n").next().unwrap_or(""));
+    assert!(
+        plan.contains("memory budget 1536 MiB (host: 2048 MiB"),
+        "{plan}"
+    );
+    assert!(plan.contains("airflow.triggerer off"), "{plan}");
+    let memory: serde_json::Value = json(&c.ok("analytics-stack plan --json"))["memory"].clone();
+    assert!(
+        memory["units"].as_array().is_some_and(|u| u.len() >= 15),
+        "{memory}"
+    );
+
+    let started = std::time::Instant::now();
+    c.ok("analytics-stack apply");
+    eprintln!(
+        "[figure] cold apply of the edge stack in 2 GiB: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let status = json(&c.ok("analytics-stack status --json"));
+    let components = status["components"].as_array().unwrap();
+    assert_eq!(components.len(), 13, "{status}");
+    assert!(components.iter().all(|c| c["healthy"] == true), "{status}");
+    // The processes the budget turned off do not run; every other unit has the limit
+    // the plan gave it, in its file and in its cgroup.
+    let limits = unit_limits(&c);
+    let names: Vec<&str> = limits.iter().map(|(u, _)| u.as_str()).collect();
+    assert!(
+        !names.contains(&"analytics-airflow-triggerer.service"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"analytics-superset-worker.service"),
+        "{names:?}"
+    );
+    for (unit, max) in &limits {
+        if unit.ends_with("-init.service") {
+            continue;
+        }
+        let planned = memory["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == unit.as_str())
+            .unwrap_or_else(|| panic!("{unit} is not in the budget: {memory}"));
+        assert_eq!(
+            *max,
+            planned["max_mib"].as_u64().unwrap() << 20,
+            "{unit}'s MemoryMax"
+        );
+        let cgroup = c.ok(&format!(
+            "cat /sys/fs/cgroup/memory/system.slice/{unit}/memory.limit_in_bytes"
+        ));
+        assert_eq!(cgroup.trim(), max.to_string(), "{unit}'s cgroup limit");
+    }
+    // An unchanged second apply changes nothing.
+    let again = c.ok("analytics-stack apply");
+    assert!(again.contains("nothing to do"), "{again}");
+
+    // Working: the sample DAG loads the warehouse, SQL Lab answers from it.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_sample_dag(&c)))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the sample DAG did not run; OOM kills in the container's cgroup: {}\n{}",
+                c.oom_kills(),
+                c.ok("cat /sys/fs/cgroup/memory/memory.failcnt /sys/fs/cgroup/memory/memory.max_usage_in_bytes; grep -E '^total_(rss|cache|shmem|mapped_file) ' /sys/fs/cgroup/memory/memory.stat; journalctl --no-pager -o short | grep -E 'KILL|killed|Failed' | tail; for u in /sys/fs/cgroup/memory/system.slice/analytics-*; do echo \"${u##*/} $(cat $u/memory.failcnt) $(( $(cat $u/memory.max_usage_in_bytes) >> 20 ))\"; done")
+            )
+        });
+    eprintln!(
+        "[figure] sample DAG run under the edge budget: {:.1} s",
+        run.took.as_secs_f64()
+    );
+    let query = superset_sql(&c, "SELECT count(*) AS n FROM sample_data.readings");
+    assert_eq!(
+        query["data"][0]["n"].as_u64(),
+        Some(analytics_stack::components::dlt::SAMPLE_ROWS as u64),
+        "{query}"
+    );
+    // No OOM kill: none in the container's own cgroup, no unit's process killed (the
+    // kernel's kills inside a unit's cgroup are counted in that cgroup, which systemd
+    // removes with the process: its SIGKILL is what remains, in the journal), and no
+    // unit restarted.
+    eprintln!(
+        "[figure] each unit's peak memory during the run (cgroup, page cache included; MiB):\n{}",
+        c.ok("for u in /sys/fs/cgroup/memory/system.slice/analytics-*; do echo \"${u##*/} $(( $(cat $u/memory.max_usage_in_bytes) >> 20 ))\"; done")
+    );
+    assert_eq!(c.oom_kills(), 0, "the kernel killed a process for memory");
+    let killed = c.ok("journalctl --no-pager -o cat | grep -c 'status=9/KILL' || true");
+    assert_eq!(
+        killed.trim(),
+        "0",
+        "{}",
+        c.ok("journalctl --no-pager -o cat | grep -B3 'status=9/KILL'")
+    );
+    let status = json(&c.ok("analytics-stack status --json"));
+    for unit in status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["units"].as_array().unwrap())
+    {
+        assert_eq!(unit["restarts"], 0, "{unit}");
+    }
+    let oom = c.ok(
+        "journalctl --no-pager -o cat | grep -ciE 'oom-kill|out of memory|killed process' || true",
+    );
+    assert_eq!(oom.trim(), "0", "the journal mentions OOM");
+    c.ok("for i in $(seq 100); do analytics-stack status >/dev/null; done");
+    eprintln!(
+        "[figure] analytics-stackd after a cold apply, a no-op apply and 102 status calls: {}",
+        c.ok("grep VmRSS /proc/$(systemctl show -p MainPID --value analytics-stackd)/status")
+            .trim()
+    );
+    let stat = c.ok("grep -E '^total_(rss|shmem) ' /sys/fs/cgroup/memory/memory.stat");
+    let field = |name: &str| -> u64 {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+            >> 20
+    };
+    eprintln!(
+        "[figure] the container after the run: {} MiB anonymous memory, {} MiB tmpfs, of 2048",
+        field("total_rss "),
+        field("total_shmem ")
+    );
+}
