@@ -74,6 +74,18 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// Hands the allocator's free pages back to the system. An apply's plan, facts and
+/// downloads leave free memory scattered through the heap, which glibc keeps; the
+/// daemon then idles for hours holding it. Called after each operation and refresh.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim takes no pointer and touches only glibc's own arenas, each
+    // under its lock; it only returns free pages (madvise) and shrinks the heap's
+    // top. There is no safe wrapper for it in nix or std.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

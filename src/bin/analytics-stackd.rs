@@ -78,6 +78,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 if let Err(e) = stack.refresh().await {
                     tracing::debug!("landing page not refreshed: {e}");
                 }
+                analytics_stack::util::release_free_memory();
             }
             refreshing.store(false, std::sync::atomic::Ordering::SeqCst);
         }

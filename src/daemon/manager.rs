@@ -256,6 +256,7 @@ impl Manager {
                 let mut j = iface.get_mut().await;
                 j.finish_with(&outcome);
             }
+            crate::util::release_free_memory();
             let emitter = &emitter;
             let j = iface.get().await;
             for r in [

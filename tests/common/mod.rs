@@ -381,7 +381,8 @@ impl Drop for Container {
             .arg("-TERM")
             .arg(self.nspawn.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
         let mut halted = false;
         while !halted && Instant::now() < deadline {
             halted = matches!(self.nspawn.try_wait(), Ok(Some(_)));
@@ -390,6 +391,17 @@ impl Drop for Container {
             }
         }
         if !halted {
+            eprintln!(
+                "[{}] did not halt within {} s: killed",
+                self.name,
+                started.elapsed().as_secs()
+            );
+            // SIGKILL to the container's PID 1 ends every process of its PID
+            // namespace; killing only nspawn would leave them running, holding the
+            // stack's ports on the shared network.
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.leader.to_string()])
+                .status();
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();
         }
