@@ -357,7 +357,10 @@ impl Manager {
 
     /// Every enabled component with its units, health and version, as JSON.
     async fn status(&self) -> Result<String, BusError> {
-        to_json(&self.stack()?.status().await?)
+        let report = to_json(&self.stack()?.status().await?);
+        // A status renders the whole configuration and probes every component.
+        crate::util::release_free_memory();
+        report
     }
 
     /// (name, description, enabled, units) of every component the stack knows.
