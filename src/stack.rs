@@ -167,17 +167,17 @@ impl Stack {
     ) -> Result<(Config, Vec<ComponentSpec>, Option<budget::MemoryPlan>), StackError> {
         let platform = self.platform();
         let config = self.config_for(&platform.names)?;
-        match budget::fit(&config, &platform).map_err(|e| StackError::Budget(e.to_string()))? {
-            None => {
-                let specs = components::render_all(&config, &platform);
-                Ok((config, specs, None))
-            }
-            Some((fitted, memory)) => {
-                let mut specs = components::render_all(&fitted, &platform);
-                budget::limit_units(&mut specs, &memory);
-                Ok((fitted, specs, Some(memory)))
-            }
+        let fitted =
+            budget::fit(&config, &platform).map_err(|e| StackError::Budget(e.to_string()))?;
+        let (config, memory) = match fitted {
+            Some((fitted, memory)) => (fitted, Some(memory)),
+            None => (config, None),
+        };
+        let mut specs = components::render_all(&config, &platform);
+        if let Some(memory) = &memory {
+            budget::limit_units(&mut specs, memory);
         }
+        Ok((config, specs, memory))
     }
 
     pub async fn plan(&self) -> Result<PlanReport, StackError> {

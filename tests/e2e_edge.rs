@@ -13,7 +13,7 @@ use common::{mirror::Mirror, Container};
 
 const GIB: u64 = 1 << 30;
 
-/// The units the daemon wrote, with their files' limits and the cgroup's.
+/// The running stack units (not the daemon), each with its `MemoryMax=` in bytes.
 fn unit_limits(c: &Container) -> Vec<(String, u64)> {
     c.ok("systemctl list-units --plain --no-legend 'analytics-*.service' | awk '{print $1}'")
         .lines()

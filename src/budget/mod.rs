@@ -158,27 +158,37 @@ pub fn fit(
     Ok(Some((fitted, plan)))
 }
 
-/// Under a budget no pool has more processes than the host has cores.
-fn cap_at_cores(c: &mut Config, cpus: u32) -> Vec<String> {
-    let mut choices = Vec::new();
-    let cap = WorkerCount::try_from(i64::from(cpus.min(64))).expect("1..=64");
-    for (name, count) in [
+/// The worker pools a budget may shrink, by their configuration keys.
+fn pools(c: &mut Config) -> [(&'static str, &mut WorkerCount); 3] {
+    [
+        ("superset.web_workers", &mut c.superset.web_workers),
         (
             "airflow.worker_concurrency",
             &mut c.airflow.worker_concurrency,
         ),
-        ("superset.web_workers", &mut c.superset.web_workers),
         (
             "superset.worker_concurrency",
             &mut c.superset.worker_concurrency,
         ),
-    ] {
-        if count.get() > cap.get() {
-            choices.push(format!("{name} {} → {} (cores)", count.get(), cap.get()));
-            *count = cap;
+    ]
+}
+
+/// Lowers every pool above `to` to it; `why` ends each choice's line.
+fn lower_pools(c: &mut Config, to: u32, why: &str) -> Vec<String> {
+    let to = WorkerCount::try_from(i64::from(to.clamp(1, 64))).expect("1..=64");
+    let mut choices = Vec::new();
+    for (name, count) in pools(c) {
+        if count.get() > to.get() {
+            choices.push(format!("{name} {} → {}{why}", count.get(), to.get()));
+            *count = to;
         }
     }
     choices
+}
+
+/// Under a budget no pool has more processes than the host has cores.
+fn cap_at_cores(c: &mut Config, cpus: u32) -> Vec<String> {
+    lower_pools(c, cpus, " (cores)")
 }
 
 type Reduction = fn(&mut Config) -> Vec<String>;
@@ -224,27 +234,7 @@ pub const REDUCTIONS: &[Reduction] = &[
         out
     },
     // One process per pool: fewer requests and tasks at once.
-    |c| {
-        let one = WorkerCount::try_from(1).expect("in range");
-        let mut out = vec![];
-        for (name, count) in [
-            ("superset.web_workers", &mut c.superset.web_workers),
-            (
-                "airflow.worker_concurrency",
-                &mut c.airflow.worker_concurrency,
-            ),
-            (
-                "superset.worker_concurrency",
-                &mut c.superset.worker_concurrency,
-            ),
-        ] {
-            if count.get() > 1 {
-                out.push(format!("{name} {} → 1", count.get()));
-                *count = one;
-            }
-        }
-        out
-    },
+    |c| lower_pools(c, 1, ""),
     |c| {
         if c.superset.enabled && c.superset.celery_worker {
             c.superset.celery_worker = false;

@@ -334,13 +334,7 @@ fn retire_units(
         .iter()
         .filter(|c| !wanted.contains(c.as_str()))
     {
-        let present = stop_and_disable(&crate::components::unit_names(gone), facts, steps);
-        for u in &present {
-            steps.push(Step::RemoveFile {
-                path: PathBuf::from(paths::UNIT_DIR).join(u),
-            });
-        }
-        removed_units |= !present.is_empty();
+        removed_units |= remove_units(&crate::components::unit_names(gone), facts, steps);
         steps.push(Step::RecordComponent {
             component: gone.clone(),
             installed: false,
@@ -351,15 +345,20 @@ fn retire_units(
             .into_iter()
             .filter(|u| !spec.units.iter().any(|s| &s.name == u))
             .collect();
-        let present = stop_and_disable(&dropped, facts, steps);
-        for u in &present {
-            steps.push(Step::RemoveFile {
-                path: PathBuf::from(paths::UNIT_DIR).join(u),
-            });
-        }
-        removed_units |= !present.is_empty();
+        removed_units |= remove_units(&dropped, facts, steps);
     }
     removed_units
+}
+
+/// Stops and disables `units` and removes their files; true when a file is removed.
+fn remove_units(units: &[String], facts: &HostFacts, steps: &mut Vec<Step>) -> bool {
+    let present = stop_and_disable(units, facts, steps);
+    for u in &present {
+        steps.push(Step::RemoveFile {
+            path: PathBuf::from(paths::UNIT_DIR).join(u),
+        });
+    }
+    !present.is_empty()
 }
 
 /// Plans the steps that bring the host from `facts` to `desired`.

@@ -79,7 +79,7 @@ fn find_leader(nspawn_pid: u32) -> Option<u32> {
 impl Container {
     /// A container with this build's binaries, daemon unit and D-Bus policy bound in.
     pub fn boot(name: &str) -> Container {
-        Container::boot_inner(name, &Container::own_build(), false, None)
+        Container::boot_inner(name, &Container::own_build(), false)
     }
 
     /// Like `boot`, the whole container limited to `bytes` of memory (its own memory
@@ -151,24 +151,18 @@ impl Container {
 
     /// A container with only `binds` (source on the host, path inside) added.
     pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
-        Container::boot_inner(name, binds, false, None)
+        Container::boot_inner(name, binds, false)
     }
 
     /// Like `boot_with`, in a private network namespace: loopback only, no route out.
     pub fn boot_offline_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
-        Container::boot_inner(name, binds, true, None)
+        Container::boot_inner(name, binds, true)
     }
 
-    fn boot_inner(
-        name: &str,
-        binds: &[(PathBuf, &str)],
-        private_network: bool,
-        memory_max: Option<u64>,
-    ) -> Container {
+    fn boot_inner(name: &str, binds: &[(PathBuf, &str)], private_network: bool) -> Container {
         let boot = Boot {
             private_network,
-            memory_max,
-            root: None,
+            ..Boot::default()
         };
         Container::boot_full(name, binds, boot)
     }
