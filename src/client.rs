@@ -16,6 +16,14 @@ pub trait Manager {
         name: &str,
     ) -> zbus::Result<OwnedObjectPath>;
     fn uninstall(&self, purge_data: bool) -> zbus::Result<OwnedObjectPath>;
+    fn backup(
+        &self,
+        output: zbus::zvariant::Fd<'_>,
+        name: &str,
+        with_telemetry: bool,
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn restore(&self, backup: zbus::zvariant::Fd<'_>, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn rollback(&self, component: &str) -> zbus::Result<OwnedObjectPath>;
     fn status(&self) -> zbus::Result<String>;
     fn list_components(&self) -> zbus::Result<Vec<(String, String, bool, Vec<String>)>>;
     fn start(&self, component: &str) -> zbus::Result<()>;

@@ -60,6 +60,37 @@ pub fn save_state(fs: &FsRoot, state: &RecordedState) -> std::io::Result<()> {
     fs.write_atomic(Path::new(paths::STATE_FILE), &json, 0o600, 0, 0)
 }
 
+/// A new cluster as the service user: UTF-8, no locale (its sorting does not change
+/// with the host's locales), peer auth locally and SCRAM over TCP.
+async fn initdb(bin_dir: &Path, data_dir: &Path, user: &str) -> Result<(), String> {
+    let (uid, gid) = ids(user, user)?;
+    let out = tokio::process::Command::new(bin_dir.join("initdb"))
+        .args([
+            "--username=postgres",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "-D",
+        ])
+        .arg(data_dir)
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .map_err(|e| format!("cannot run initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 fn ids(owner: &str, group: &str) -> Result<(u32, u32), String> {
     let uid = host::fsroot::uid_of(owner).ok_or_else(|| format!("no user {owner}"))?;
     let gid = host::fsroot::gid_of(group).ok_or_else(|| format!("no group {group}"))?;
@@ -249,7 +280,7 @@ impl Executor<'_> {
             )
             .await?;
             let lock = dir.join("requirements.lock");
-            std::fs::write(&lock, venv.lock).map_err(io(&lock))?;
+            std::fs::write(&lock, venv.lock.as_bytes()).map_err(io(&lock))?;
             // Build backends for sdists: exactly these, hash-checked by uv.
             let build_lock = dir.join("build-constraints.lock");
             std::fs::write(&build_lock, crate::components::python::BUILD_LOCK)
@@ -298,6 +329,128 @@ impl Executor<'_> {
         }
     }
 
+    /// `pg_upgrade` from the old major's cluster into `to_data`, by way of
+    /// `to_data.upgrading` renamed into place only when pg_upgrade succeeded: a
+    /// killed upgrade leaves no half-made cluster the planner could take for a
+    /// real one, and the next apply starts it again. Copy mode (no `--link`): the
+    /// old cluster is left exactly as it was.
+    async fn upgrade_postgres(
+        &self,
+        from: u32,
+        to: u32,
+        from_data: &Path,
+        to_data: &Path,
+        user: &str,
+    ) -> Result<(), String> {
+        use crate::components::postgres;
+        let (old_bin, new_bin) = (postgres::bin_dir(from), postgres::bin_dir(to));
+        for (bin, major) in [(&old_bin, from), (&new_bin, to)] {
+            if !self.fs.exists(&bin.join("postgres")) {
+                return Err(format!(
+                    "PostgreSQL {major}'s programs are not in {} (package postgresql-{major}): pg_upgrade needs both majors; nothing was changed",
+                    bin.display()
+                ));
+            }
+        }
+        let staging = PathBuf::from(format!("{}.upgrading", to_data.display()));
+        let work_dir = to_data.parent().unwrap_or(Path::new("/"));
+        match std::fs::remove_dir_all(self.fs.path(&staging)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", staging.display()))
+            }
+            _ => {}
+        }
+        self.unit_job("stop", postgres::UNIT).await?;
+        let (uid, gid) = ids(user, user)?;
+        let as_user = |program: PathBuf| {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.uid(uid)
+                .gid(gid)
+                .current_dir(self.fs.path(work_dir))
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin");
+            cmd
+        };
+        // Both servers read the stack's access rules, which map the service user to
+        // the `postgres` superuser on the local socket pg_upgrade uses.
+        let hba = format!(
+            "-c hba_file={dir}/pg_hba.conf -c ident_file={dir}/pg_ident.conf",
+            dir = postgres::CONF_DIR
+        );
+        // A cluster that was not shut down cleanly (its server killed, e.g. with an
+        // earlier upgrade) is one pg_upgrade refuses: recover it first, by starting
+        // and stopping it with its own major's programs.
+        let control = as_user(old_bin.join("pg_controldata"))
+            .arg(from_data)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run pg_controldata: {e}"))?;
+        let clean = String::from_utf8_lossy(&control.stdout)
+            .lines()
+            .any(|l| l.starts_with("Database cluster state:") && l.ends_with("shut down"));
+        if !clean {
+            let socket_opts = format!(
+                "{hba} -c listen_addresses='' -c unix_socket_directories='{}'",
+                self.fs.path(work_dir).display()
+            );
+            for args in [
+                vec!["start", "-w", "-t", "300", "-o", socket_opts.as_str()],
+                vec!["stop", "-w", "-m", "fast"],
+            ] {
+                let out = as_user(old_bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(from_data)
+                    .args(&args)
+                    .output()
+                    .await
+                    .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "PostgreSQL {from}'s cluster in {} was not shut down cleanly and cannot be recovered ({}): {} {}",
+                        from_data.display(),
+                        args[0],
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+            }
+        }
+        initdb(&new_bin, &staging, user).await?;
+        let out = as_user(new_bin.join("pg_upgrade"))
+            .arg("--old-bindir")
+            .arg(&old_bin)
+            .arg("--new-bindir")
+            .arg(&new_bin)
+            .arg("--old-datadir")
+            .arg(from_data)
+            .arg("--new-datadir")
+            .arg(&staging)
+            .args([
+                "--username=postgres",
+                "--old-options",
+                &hba,
+                "--new-options",
+                &hba,
+            ])
+            .output()
+            .await
+            .map_err(|e| format!("cannot run pg_upgrade: {e}"))?;
+        if !out.status.success() {
+            let _cleanup = std::fs::remove_dir_all(self.fs.path(&staging));
+            let said = String::from_utf8_lossy(&out.stdout);
+            let tail: Vec<&str> = said.lines().rev().take(15).collect();
+            return Err(format!(
+                "pg_upgrade {from} → {to} failed; the PostgreSQL {from} cluster in {} is unchanged:\n{}\n{}",
+                from_data.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        std::fs::rename(self.fs.path(&staging), self.fs.path(to_data))
+            .and_then(|()| std::fs::File::open(self.fs.path(work_dir))?.sync_all())
+            .map_err(|e| format!("{}: {e}", to_data.display()))
+    }
+
     async fn step(&self, step: &Step, state: &mut RecordedState) -> Result<(), String> {
         let sd = |e: host::systemd::SystemdError| e.to_string();
         match step {
@@ -326,6 +479,19 @@ impl Executor<'_> {
             Step::CreateUser { user } => {
                 host::create_system_user(&user.name, &user.home, &user.groups).await?;
                 state.users.insert(user.name.clone());
+            }
+            Step::UpgradePostgres {
+                from,
+                to,
+                from_data,
+                to_data,
+                user,
+            } => {
+                self.upgrade_postgres(*from, *to, from_data, to_data, user)
+                    .await?;
+                state
+                    .upgraded_postgres
+                    .insert(from_data.display().to_string(), *to);
             }
             Step::EnsureDir { dir } => {
                 let (uid, gid) = ids(&dir.owner, &dir.group)?;
@@ -421,34 +587,7 @@ impl Executor<'_> {
                 bin_dir,
                 data_dir,
                 user,
-            } => {
-                let (uid, gid) = ids(user, user)?;
-                let out = tokio::process::Command::new(bin_dir.join("initdb"))
-                    .args([
-                        "--username=postgres",
-                        "--auth-local=peer",
-                        "--auth-host=scram-sha-256",
-                        "--encoding=UTF8",
-                        "--no-locale",
-                        "-D",
-                    ])
-                    .arg(data_dir)
-                    .uid(uid)
-                    .gid(gid)
-                    .current_dir("/")
-                    .env_clear()
-                    .env("PATH", "/usr/bin:/bin")
-                    .output()
-                    .await
-                    .map_err(|e| format!("cannot run initdb: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "initdb: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                Ok(())
-            }
+            } => initdb(bin_dir, data_dir, user).await,
             Provision::PostgresRoles {
                 socket_dir,
                 port,

@@ -31,6 +31,9 @@ pub struct HostFacts {
     pub listeners: Vec<Listener>,
     /// The installed certificate, when a component serves one.
     pub tls: Option<crate::tls::TlsFact>,
+    /// The stack's PostgreSQL clusters: major version (from `PG_VERSION`) → data
+    /// directory. More than one only between a major upgrade and its cleanup.
+    pub postgres_clusters: BTreeMap<u32, PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

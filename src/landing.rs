@@ -109,6 +109,7 @@ mod tests {
                 description: "Redis <b>".into(),
                 healthy: false,
                 version: "7.0".into(),
+                previous_version: None,
                 units: vec![],
                 probes: vec![
                     ProbeResult {

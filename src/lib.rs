@@ -3,6 +3,7 @@
 //! see docs/ARCHITECTURE.md.
 
 pub mod artifact;
+pub mod backup;
 pub mod budget;
 pub mod bundle;
 pub mod client;
@@ -20,4 +21,5 @@ pub mod stack;
 pub mod state;
 pub mod tls;
 pub mod units;
+pub mod upgrade;
 pub mod util;

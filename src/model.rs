@@ -69,7 +69,7 @@ pub struct VenvSpec {
     /// The application's version and the lock file's hash: `3.3.2-1a2b3c4d5e6f`.
     pub id: String,
     #[serde(skip)]
-    pub lock: &'static str,
+    pub lock: std::sync::Arc<str>,
     pub interpreter: PathBuf,
     /// The package index; "" = PyPI.
     pub index_url: String,
@@ -246,6 +246,9 @@ pub struct UnitSpec {
     pub name: String,
     #[serde(skip)]
     pub content: String,
+    /// Started by something else (a timer), never by apply: written, but not
+    /// enabled, started or restarted; healthy unless it failed.
+    pub triggered: bool,
 }
 
 impl UnitSpec {

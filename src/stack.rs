@@ -84,6 +84,9 @@ pub struct ComponentStatus {
     pub description: String,
     pub healthy: bool,
     pub version: String,
+    /// The version an upgrade replaced, kept for `analytics-stack rollback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
     pub units: Vec<UnitStatusJson>,
     pub probes: Vec<ProbeResult>,
 }
@@ -135,6 +138,7 @@ impl Stack {
     /// host's, FQDN first).
     fn config_for(&self, names: &[String]) -> Result<Config, StackError> {
         let mut config = config::load_dir(&self.etc_dir)?;
+        config::read_lock_overrides(&mut config).map_err(StackError::Conflict)?;
         if config.stack.hostname.is_none() {
             config.stack.hostname = names
                 .iter()
@@ -189,7 +193,7 @@ impl Stack {
             memory_table: memory.as_ref().map(|m| m.to_string()),
             memory,
             steps: plan.steps.iter().map(|s| s.describe()).collect(),
-            problems: python_problems(&desired, &facts),
+            problems: preflight_problems(&desired, &facts),
             conflicts: plan::port_conflicts(&desired, &facts),
             plan,
         })
@@ -217,8 +221,9 @@ impl Stack {
         let apt = apt_sources(&config, &gather::os_codename(&self.fs), bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
-        // Before anything is installed: every venv needs a Python its application supports.
-        let problems = python_problems(&desired, &facts);
+        // Before anything is installed: every venv needs a Python its application
+        // supports, and PostgreSQL cannot go back a major.
+        let problems = preflight_problems(&desired, &facts);
         if !problems.is_empty() {
             return Err(StackError::Conflict(problems.join("\n")));
         }
@@ -251,6 +256,51 @@ impl Stack {
             exec::save_state(&self.fs, &state)
                 .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
         }
+        // Before a migration or a major upgrade touches the data: a backup of it.
+        if let Some(why) = upgrade_reason(&plan, &facts) {
+            let taken = state
+                .pre_upgrade_backups
+                .get(&why)
+                .is_some_and(|f| self.fs.exists(Path::new(f)));
+            if !taken {
+                progress.step(0, plan.steps.len(), &format!("back up before {why}"));
+                let file = self
+                    .backup_to_directory(&config, "pre-upgrade")
+                    .await
+                    .map_err(|e| {
+                        StackError::Failed(format!(
+                            "cannot take the backup before {why}, so nothing was changed: {e}"
+                        ))
+                    })?;
+                tracing::info!("backed up to {} before {why}", file.display());
+                state
+                    .pre_upgrade_backups
+                    .insert(why, file.display().to_string());
+                exec::save_state(&self.fs, &state)
+                    .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
+            }
+        }
+        // Application upgrades, with those a killed apply left unfinished.
+        let mut upgrades = crate::upgrade::upgrades(&plan, &facts);
+        for (component, (from, to)) in &state.upgrades_in_progress {
+            if !upgrades.iter().any(|u| &u.component == component) {
+                upgrades.push(crate::upgrade::Upgrade {
+                    component: component.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+        if !upgrades.is_empty() {
+            state.upgrades_in_progress = upgrades
+                .iter()
+                .map(|u| (u.component.clone(), (u.from.clone(), u.to.clone())))
+                .collect();
+            exec::save_state(&self.fs, &state)
+                .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
+        }
+        let backup_before = state.pre_upgrade_backups.values().next().cloned();
+        let timeout = Duration::from_secs(config.stack.health_timeout_secs.into());
         let outcome = async {
             if !plan.is_empty() {
                 Executor {
@@ -264,13 +314,23 @@ impl Stack {
                 .run(&plan, &mut state, progress)
                 .await?;
             }
-            self.wait_healthy(
-                &desired,
-                Duration::from_secs(config.stack.health_timeout_secs.into()),
-            )
-            .await
+            self.wait_healthy(&desired, timeout).await
         }
         .await;
+        // An upgraded application that is not healthy goes back to what it was.
+        let outcome = match outcome {
+            Err(e) if !upgrades.is_empty() => Err(self
+                .roll_back_upgrades(
+                    &desired,
+                    &upgrades,
+                    backup_before.as_deref(),
+                    timeout,
+                    e,
+                    &mut state,
+                )
+                .await),
+            other => other,
+        };
         if !plan.is_empty() || outcome.is_err() {
             self.publish_apply_metrics(&config, &desired, started.elapsed(), outcome.is_ok());
         }
@@ -283,6 +343,11 @@ impl Stack {
             }
         }
         outcome?;
+        self.retire_upgraded_clusters(&mut state)?;
+        if !upgrades.is_empty() {
+            state.upgrades_in_progress.clear();
+            self.record_upgrades(&mut state, &upgrades, backup_before.as_deref())?;
+        }
         Ok(ApplyReport {
             changed: !plan.is_empty(),
             steps,
@@ -331,7 +396,7 @@ impl Stack {
         }
     }
 
-    async fn wait_healthy(
+    pub(crate) async fn wait_healthy(
         &self,
         desired: &[ComponentSpec],
         timeout: Duration,
@@ -380,20 +445,26 @@ impl Stack {
                 .collect::<Vec<_>>(),
         )
         .await;
+        let state = exec::load_state(&self.fs);
         let mut components = Vec::new();
         for spec in &desired {
             let mut units = Vec::new();
+            let mut units_ok = true;
             for u in &spec.units {
-                units.push(UnitStatusJson::from(
-                    self.systemd.unit_status(&u.name).await?,
-                ));
+                let status = UnitStatusJson::from(self.systemd.unit_status(&u.name).await?);
+                // A unit a timer starts is idle between runs: only a failure counts.
+                units_ok &= if u.triggered {
+                    status.active_state != "failed"
+                } else {
+                    status.active_state == "active"
+                };
+                units.push(status);
             }
             let mut probes = Vec::new();
             for p in &spec.probes {
                 probes.push(health::run(p, |n| gather::read_secret(&self.fs, n)).await);
             }
-            let healthy = units.iter().all(|u| u.active_state == "active")
-                && probes.iter().all(|p| p.healthy);
+            let healthy = units_ok && probes.iter().all(|p| p.healthy);
             components.push(ComponentStatus {
                 name: spec.name.into(),
                 description: spec.description.into(),
@@ -407,6 +478,7 @@ impl Stack {
                         .cloned()
                         .unwrap_or_else(|| "not installed".into()),
                 },
+                previous_version: state.previous_versions.get(spec.name).map(|p| p.id.clone()),
                 units,
                 probes,
             });
@@ -692,6 +764,31 @@ impl Stack {
 
 /// Applications whose venv cannot be built on the configured interpreter: it is too
 /// old or too new, or it does not exist and the distribution's python3 would not fit.
+/// Why apply must refuse before changing anything.
+pub fn preflight_problems(
+    desired: &[ComponentSpec],
+    facts: &crate::facts::HostFacts,
+) -> Vec<String> {
+    let mut problems = python_problems(desired, facts);
+    problems.extend(plan::postgres_problems(desired, facts));
+    problems
+}
+
+/// What in `plan` changes data in a way a backup should precede: a PostgreSQL major
+/// upgrade, or an application's new version (its migrations run when it starts).
+fn upgrade_reason(plan: &Plan, facts: &crate::facts::HostFacts) -> Option<String> {
+    plan.steps.iter().find_map(|s| match s {
+        plan::Step::UpgradePostgres { from, to, .. } => {
+            Some(format!("upgrading PostgreSQL {from} → {to}"))
+        }
+        plan::Step::BuildVenv { venv } => facts
+            .venvs
+            .get(&venv.name)
+            .map(|old| format!("upgrading {} ({old} → {})", venv.name, venv.id)),
+        _ => None,
+    })
+}
+
 pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFacts) -> Vec<String> {
     let mut problems = Vec::new();
     for venv in desired.iter().filter_map(|s| s.venv.as_ref()) {
@@ -826,6 +923,7 @@ mod tests {
                 description: String::new(),
                 healthy: true,
                 version: String::new(),
+                previous_version: None,
                 units: vec![
                     unit("analytics-superset-web.service", Some(1 << 30)),
                     unit("analytics-superset-worker.service", None),

@@ -17,6 +17,25 @@ pub struct RecordedState {
     pub users: BTreeSet<String>,
     /// Files and units the stack wrote.
     pub files: BTreeSet<String>,
+    /// Old PostgreSQL clusters upgraded into a newer major, kept until the new one
+    /// is healthy: data directory → the major it went to.
+    pub upgraded_postgres: BTreeMap<String, u32>,
+    /// The backup taken before an upgrade (what is upgraded → the file), kept until
+    /// the upgraded stack is healthy: an apply killed mid-upgrade, run again, does not
+    /// need a backup of a database it has already stopped.
+    pub pre_upgrade_backups: BTreeMap<String, String>,
+    /// Applications upgraded by an apply that ended healthy: the version they came
+    /// from (kept on disk) and the backup taken before, for `rollback`.
+    pub previous_versions: BTreeMap<String, PreviousVersion>,
+    /// Application upgrades an apply has started and not yet seen healthy (or rolled
+    /// back): application → (from, to). A daemon killed in between finds them here.
+    pub upgrades_in_progress: BTreeMap<String, (String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousVersion {
+    pub id: String,
+    pub backup: Option<String>,
 }
 
 impl RecordedState {

@@ -88,11 +88,43 @@ enum Command {
     Credentials { component: Option<String> },
     /// The components the stack knows.
     Components,
-    /// Stop and remove every unit, user, directory and file the stack created, and
-    /// restore the distribution services it disabled. Data stays unless --purge-data.
+    /// Back up everything the stack cannot reproduce into one file: every
+    /// database, the secrets, the configuration, DAGs and pipelines, Grafana's
+    /// database (root only).
+    Backup {
+        /// Where to write it (default: [backup] directory, named by the time).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Prometheus's metrics and Loki's logs too.
+        #[arg(long)]
+        with_telemetry: bool,
+        /// As the timer runs it: into [backup] directory, telemetry as configured,
+        /// then remove all but the newest [backup] keep backups there.
+        #[arg(long, conflicts_with = "output")]
+        scheduled: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup on this host (the same or a fresh one), then apply: rows,
+    /// logins, DAG history and dashboards come back (root only).
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put an upgraded application (airflow, superset, dlt) back on the version it
+    /// was upgraded from, its database as the backup before the upgrade had it (what
+    /// it wrote since is lost; the warehouse is not touched).
+    Rollback {
+        component: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
+    /// Stop and remove every unit, user, directory and file the stack created, and
+    /// restore the distribution services it disabled. Data stays unless --purge-data.
     Uninstall {
         #[arg(long)]
         purge_data: bool,
@@ -270,6 +302,35 @@ async fn run(command: Command) -> Result<(), Failure> {
                 },
         } => bundle_create(output, arch, distro, debian_mirror, json).await,
         Command::Uninstall { purge_data, json } => uninstall(purge_data, json).await,
+        Command::Backup {
+            output,
+            with_telemetry,
+            scheduled,
+            json,
+        } => backup(output, with_telemetry, scheduled, json).await,
+        Command::Restore { file, json } => restore(file, json).await,
+        Command::Rollback { component, json } => {
+            let m = manager().await?;
+            let path = m.rollback(&component).await?;
+            let result = follow_job(&m, path, "rollback").await?;
+            if json {
+                print_json(&result);
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+                println!(
+                    "{} is back on {} (from {}){}; healthy ({:.1} s)",
+                    v["component"].as_str().unwrap_or(&component),
+                    v["to"].as_str().unwrap_or("?"),
+                    v["from"].as_str().unwrap_or("?"),
+                    match v["backup"].as_str() {
+                        Some(b) => format!(", its database restored from {b}"),
+                        None => String::new(),
+                    },
+                    v["seconds"].as_f64().unwrap_or(0.0)
+                );
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -290,10 +351,14 @@ async fn run(command: Command) -> Result<(), Failure> {
             for c in v["components"].as_array().into_iter().flatten() {
                 let healthy = c["healthy"].as_bool().unwrap_or(false);
                 println!(
-                    "{:<16} {:<9} {}",
+                    "{:<16} {:<9} {}{}",
                     c["name"].as_str().unwrap_or(""),
                     if healthy { "healthy" } else { "UNHEALTHY" },
-                    c["version"].as_str().unwrap_or("")
+                    c["version"].as_str().unwrap_or(""),
+                    match c["previous_version"].as_str() {
+                        Some(p) => format!(" (previous {p} kept: analytics-stack rollback)"),
+                        None => String::new(),
+                    }
                 );
                 for u in c["units"].as_array().into_iter().flatten() {
                     let mem = u["memory_bytes"]
@@ -423,10 +488,11 @@ async fn bundle_create(
     json: bool,
 ) -> Result<(), Failure> {
     use analytics_stack::bundle::create::{create, CreateOptions};
-    let config = config::load_dir(&etc_dir()).map_err(|e| Failure {
+    let mut config = config::load_dir(&etc_dir()).map_err(|e| Failure {
         code: 3,
         message: format!("invalid configuration:\n{e}"),
     })?;
+    config::read_lock_overrides(&mut config).map_err(|message| Failure { code: 3, message })?;
     let host_distro = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
@@ -519,6 +585,183 @@ async fn apply(json: bool, bundle: Option<PathBuf>) -> Result<(), Failure> {
         println!("nothing to do; every component is healthy ({secs:.2} s)");
     } else {
         println!("applied {n} steps; every component is healthy ({secs:.1} s)");
+    }
+    Ok(())
+}
+
+/// Asks the daemon for a backup into `FILE.partial` (created here, with the
+/// caller's permissions, 0600), renames it to FILE once the job succeeded, and for
+/// a scheduled backup then applies retention.
+async fn backup(
+    output: Option<PathBuf>,
+    with_telemetry: bool,
+    scheduled: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    use analytics_stack::backup;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |code: u8| move |message: String| Failure { code, message };
+    let config = config::load_dir(&etc_dir())
+        .map_err(|e| format!("invalid configuration:\n{e}"))
+        .map_err(fail(3))?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let directory = PathBuf::from(config.backup.directory.as_str());
+    let output = match output {
+        Some(path) => path,
+        None => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&directory)
+                .map_err(|e| format!("{}: {e}", directory.display()))
+                .map_err(fail(1))?;
+            directory.join(backup::file_name(created))
+        }
+    };
+    let with_telemetry = with_telemetry || (scheduled && config.backup.with_telemetry);
+    if output.exists() {
+        return Err(Failure {
+            code: 1,
+            message: format!("{} exists; choose another name", output.display()),
+        });
+    }
+    let partial = PathBuf::from(format!("{}.partial", output.display()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| format!("{}: {e}", partial.display()))
+        .map_err(fail(1))?;
+    let m = manager().await?;
+    let outcome = async {
+        let path = m
+            .backup(
+                file.as_fd().into(),
+                &output.display().to_string(),
+                with_telemetry,
+            )
+            .await?;
+        follow_job(&m, path, "backup").await
+    }
+    .await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(e) => {
+            let _partial_gone = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, &output)
+        .and_then(|()| {
+            let dir = output.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
+        })
+        .map_err(|e| format!("{}: {e}", output.display()))
+        .map_err(fail(1))?;
+    let mut pruned = Vec::new();
+    if scheduled {
+        // Only after this backup is complete and in place.
+        let names: Vec<String> = std::fs::read_dir(&directory)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for old in backup::to_prune(&names, config.backup.keep.get() as usize) {
+            let path = directory.join(&old);
+            match std::fs::remove_file(&path) {
+                Ok(()) => pruned.push(path.display().to_string()),
+                Err(e) => eprintln!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+    if json {
+        let mut v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+        v["file"] = output.display().to_string().into();
+        v["pruned"] = pruned.into();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+    println!(
+        "wrote {} ({:.1} MiB, {} entries: databases {}{}) in {:.1} s",
+        output.display(),
+        v["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        v["entries"].as_u64().unwrap_or(0),
+        v["databases"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        if with_telemetry {
+            "; with telemetry"
+        } else {
+            ""
+        },
+        v["seconds"].as_f64().unwrap_or(0.0)
+    );
+    for s in v["skipped"].as_array().into_iter().flatten() {
+        println!("  not taken: {}", s.as_str().unwrap_or(""));
+    }
+    for p in &pruned {
+        println!("  removed the older {p}");
+    }
+    Ok(())
+}
+
+async fn restore(file: PathBuf, json: bool) -> Result<(), Failure> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&file)
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("{}: {e}", file.display()),
+        })?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Failure {
+            code: 3,
+            message: format!("{}: a backup must be a regular file", file.display()),
+        });
+    }
+    let m = manager().await?;
+    let path = m
+        .restore(f.as_fd().into(), &file.display().to_string())
+        .await?;
+    let result = follow_job(&m, path, "restore").await?;
+    if json {
+        print_json(&result);
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+    println!(
+        "restored {} (made on {} by analytics-stack {}): databases {}, {} files; every component is healthy ({:.1} s)",
+        file.display(),
+        v["made_on"].as_str().unwrap_or("?"),
+        v["package_version"].as_str().unwrap_or("?"),
+        v["databases"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        v["files"].as_u64().unwrap_or(0),
+        v["seconds"].as_f64().unwrap_or(0.0)
+    );
+    for k in v["replaced_config"].as_array().into_iter().flatten() {
+        println!(
+            "  your configuration file before the restore: {}",
+            k.as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -412,6 +412,11 @@ pub fn estimate(c: &Config) -> Vec<UnitBudget> {
             ));
         }
     }
+    if !c.backup.schedule.as_str().is_empty() {
+        // The CLI a timer starts now and then (the daemon does the work): nothing
+        // while idle, its own few MiB while it runs.
+        units.push(unit("backup", components::backup::SERVICE, 0, 16));
+    }
     units
 }
 

@@ -167,23 +167,23 @@ async fn gather(
     };
     let mut venvs = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut locks: Vec<(String, &str)> = specs
+    let mut locks: Vec<(String, std::sync::Arc<str>)> = specs
         .iter()
         .filter_map(|s| s.venv.as_ref())
-        .map(|v| (v.name.clone(), v.lock))
+        .map(|v| (v.name.clone(), v.lock.clone()))
         .collect();
     if !locks.is_empty() {
         // The build backends uv builds the locked sdists (e.g. odfpy) with, offline.
         locks.push((
             "build backends".into(),
-            crate::components::python::BUILD_LOCK,
+            std::sync::Arc::from(crate::components::python::BUILD_LOCK),
         ));
     }
     for (name, lock) in locks {
         if name != "build backends" {
             venvs.push(name.clone());
         }
-        let locked = wheels::parse_lock(lock);
+        let locked = wheels::parse_lock(&lock);
         say(&format!("wheels of {name} ({} packages)", locked.len()));
         for l in &locked {
             if !seen.insert((l.name.clone(), l.version.clone())) {

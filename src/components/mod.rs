@@ -5,6 +5,7 @@
 pub mod airflow;
 pub mod airflow_metrics;
 pub mod alerts;
+pub mod backup;
 pub mod dashboards;
 pub mod dlt;
 pub mod grafana;
@@ -97,6 +98,7 @@ pub const KNOWN: &[(&str, &str)] = &[
         "dlt",
         "dlt: ingestion pipelines, run by Airflow into the warehouse",
     ),
+    ("backup", "Scheduled backups (analytics-backup.timer)"),
 ];
 
 pub fn is_known(name: &str) -> bool {
@@ -147,6 +149,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.dlt.enabled {
         specs.push(dlt::render(config, platform));
+    }
+    if !config.backup.schedule.as_str().is_empty() {
+        specs.push(backup::render(config));
     }
     pin_operator_digests(&mut specs, config);
     add_build_user(&mut specs);
@@ -243,6 +248,7 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "alloy" => vec![log_shipper::unit_name(crate::config::LogShipperKind::Alloy)],
         "airflow" => airflow::unit_names(),
         "superset" => superset::unit_names(),
+        "backup" => backup::unit_names(),
         _ => Vec::new(),
     }
 }

@@ -11,7 +11,7 @@ use super::Platform;
 pub const UNIT: &str = "analytics-postgres.service";
 pub const USER: &str = "analytics-postgres";
 pub const SOCKET_DIR: &str = "/run/analytics-postgres";
-const CONF_DIR: &str = "/etc/analytics-stack/postgres";
+pub const CONF_DIR: &str = "/etc/analytics-stack/postgres";
 
 /// The roles and databases the stack's applications use.
 pub const ROLES: &[&str] = &["superset", "airflow", "warehouse"];
@@ -20,19 +20,28 @@ pub fn password_secret(role: &str) -> String {
     format!("postgres-{role}")
 }
 
-pub fn data_dir(platform: &Platform) -> PathBuf {
-    PathBuf::from(format!(
-        "{}/postgres/{}",
-        paths::STATE,
-        platform.postgres_major()
-    ))
+/// The major the stack runs: `[postgres] major`, or the distribution's.
+pub fn major(config: &Config, platform: &Platform) -> u32 {
+    config
+        .postgres
+        .major
+        .map_or_else(|| platform.postgres_major(), |m| m.get())
+}
+
+/// Where each major's cluster lives: `/var/lib/analytics-stack/postgres/MAJOR`.
+pub fn data_dir(major: u32) -> PathBuf {
+    PathBuf::from(format!("{}/postgres/{major}", paths::STATE))
+}
+
+pub fn bin_dir(major: u32) -> PathBuf {
+    PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let pg = &config.postgres;
-    let major = platform.postgres_major();
-    let bin_dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    let data_dir = data_dir(platform);
+    let major = major(config, platform);
+    let bin_dir = bin_dir(major);
+    let data_dir = data_dir(major);
     let port = pg.port.get();
 
     let postgresql_conf = format!(

@@ -13,6 +13,8 @@ pub const BUILD_LOCK: &str = include_str!("../../python/build.lock");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockedApp {
     pub name: &'static str,
+    /// Its distribution on PyPI.
+    pub package: &'static str,
     /// The application's own version (the lock pins it).
     pub version: &'static str,
     pub lock: &'static str,
@@ -22,6 +24,7 @@ pub struct LockedApp {
 
 pub const AIRFLOW: LockedApp = LockedApp {
     name: "airflow",
+    package: "apache-airflow",
     version: "3.3.2",
     lock: include_str!("../../python/airflow.lock"),
     python_minors: (10, 14),
@@ -29,6 +32,7 @@ pub const AIRFLOW: LockedApp = LockedApp {
 
 pub const SUPERSET: LockedApp = LockedApp {
     name: "superset",
+    package: "apache-superset",
     version: "6.1.0",
     lock: include_str!("../../python/superset.lock"),
     python_minors: (10, 12),
@@ -36,6 +40,7 @@ pub const SUPERSET: LockedApp = LockedApp {
 
 pub const DLT: LockedApp = LockedApp {
     name: "dlt",
+    package: "dlt",
     version: "1.31.0",
     lock: include_str!("../../python/dlt.lock"),
     python_minors: (9, 14),
@@ -53,6 +58,14 @@ impl LockedApp {
         format!("{}-{}", self.version, &hash[..12])
     }
 
+    /// The application's version a lock file pins (`apache-airflow==3.3.1`).
+    pub fn version_in<'a>(&self, lock: &'a str) -> Option<&'a str> {
+        lock.lines().find_map(|l| {
+            let (name, rest) = l.split_once("==")?;
+            (name.trim() == self.package).then(|| rest.split([' ', '\\', ';']).next())?
+        })
+    }
+
     /// `OPT/NAME/current/bin/PROGRAM`, the path units run.
     pub fn bin(&self, program: &str) -> String {
         format!("{}/{}/current/bin/{program}", paths::OPT, self.name)
@@ -65,10 +78,20 @@ impl LockedApp {
     pub fn venv(&self, config: &Config, platform: &Platform) -> Option<VenvSpec> {
         let uv =
             crate::artifact::catalog::pin("uv", &platform.arch, config.archives.mirror.as_str())?;
+        // The operator's lock, when `[python] lock_dir` has one: its own version
+        // (what it pins the application to) and hash.
+        let (id, lock) = match config.lock_overrides.get(self.name) {
+            Some(lock) => {
+                let hash = crate::util::sha256_hex(lock.as_bytes());
+                let version = self.version_in(lock).unwrap_or(self.version);
+                (format!("{version}-{}", &hash[..12]), lock.clone())
+            }
+            None => (self.venv_id(), std::sync::Arc::from(self.lock)),
+        };
         Some(VenvSpec {
             name: self.name.into(),
-            id: self.venv_id(),
-            lock: self.lock,
+            id,
+            lock,
             interpreter: config.python.interpreter.as_str().into(),
             index_url: config.python.index_url.as_str().into(),
             uv,

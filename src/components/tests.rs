@@ -45,7 +45,8 @@ fn default_renders_the_whole_stack_in_start_order() {
             "grafana",
             "airflow",
             "superset",
-            "dlt"
+            "dlt",
+            "backup"
         ]
     );
     let units: Vec<_> = specs
@@ -74,7 +75,9 @@ fn default_renders_the_whole_stack_in_start_order() {
             "analytics-airflow-worker.service",
             "analytics-superset-init.service",
             "analytics-superset-web.service",
-            "analytics-superset-worker.service"
+            "analytics-superset-worker.service",
+            "analytics-backup.timer",
+            "analytics-backup.service"
         ]
     );
     let mut everything = render_all(&config(ALL_ON), &bookworm());
@@ -105,7 +108,7 @@ fn default_renders_the_whole_stack_in_start_order() {
 #[test]
 fn disabled_components_are_not_rendered() {
     let specs = render_all(
-        &config(&format!("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n{NO_APPS}")),
+        &config(&format!("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n{NO_APPS}[backup]\nschedule = \"\"\n")),
         &bookworm(),
     );
     assert_eq!(specs.len(), 1);
@@ -185,6 +188,32 @@ fn nginx_routes_answer_503_until_their_component_exists() {
 #[test]
 fn every_unit_is_sandboxed_and_runs_as_its_own_user() {
     for spec in render_all(&config(""), &bookworm()) {
+        if spec.name == "backup" {
+            // The one unit that runs as root (a backup holds every secret, and only
+            // root may ask the daemon for one): no capabilities, no network, and
+            // started by its timer alone.
+            let [timer, service] = &spec.units[..] else {
+                panic!("{:?}", spec.units)
+            };
+            assert!(timer
+                .content
+                .contains("OnCalendar=*-*-* 02:30:00\nPersistent=true\n"));
+            assert!(timer.content.contains("WantedBy=analytics-stack.target"));
+            let c = &service.content;
+            assert!(service.triggered);
+            for key in [
+                "User=root\n",
+                "CapabilityBoundingSet=\n",
+                "PrivateNetwork=yes",
+                "RestrictAddressFamilies=AF_UNIX\n",
+                "ProtectSystem=strict",
+                "ReadWritePaths=/var/backups/analytics-stack\n",
+                "NoNewPrivileges=yes",
+            ] {
+                assert!(c.contains(key), "{} lacks {key}:\n{c}", service.name);
+            }
+            continue;
+        }
         for unit in &spec.units {
             let c = &unit.content;
             let user = c

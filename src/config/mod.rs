@@ -9,6 +9,29 @@ mod schema;
 
 pub use schema::*;
 
+/// Reads `[python] lock_dir`'s lock files into `config.lock_overrides`. A missing
+/// file keeps the package's lock for that application; an unreadable one is an
+/// error, never a silent fallback.
+pub fn read_lock_overrides(config: &mut Config) -> Result<(), String> {
+    let dir = config.python.lock_dir.as_str();
+    if dir.is_empty() {
+        return Ok(());
+    }
+    for app in crate::components::python::ALL {
+        let path = std::path::Path::new(dir).join(format!("{}.lock", app.name));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                config
+                    .lock_overrides
+                    .insert(app.name.to_string(), std::sync::Arc::from(text));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("[python] lock_dir: {}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

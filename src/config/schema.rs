@@ -27,12 +27,17 @@ pub struct Config {
     pub dlt: DltConfig,
     pub apt: AptConfig,
     pub bundle: BundleConfig,
+    pub backup: BackupConfig,
     /// Set by the memory budget ([`crate::budget::fit`]), never read from a file:
     /// smaller allocator arenas for the Python processes, smaller query limits and
     /// caches for Prometheus and Loki, no separate health server for Airflow's
     /// scheduler.
     #[serde(skip)]
     pub memory_constrained: bool,
+    /// The lock files read from `[python] lock_dir`, by application, never from a
+    /// file of the configuration itself (see `Stack::config`).
+    #[serde(skip)]
+    pub lock_overrides: std::collections::BTreeMap<String, std::sync::Arc<str>>,
 }
 
 /// Where Debian packages come from, when not from the host's own sources.
@@ -61,6 +66,10 @@ pub struct PythonConfig {
     pub interpreter: AbsolutePath,
     /// A package index (PEP 503 "simple") serving the locked packages; "" = PyPI.
     pub index_url: MirrorUrl,
+    /// A directory whose `APP.lock` files (airflow, superset, dlt) replace the
+    /// package's lock files: an operator's own patch releases, still hash-locked.
+    /// "" = the package's.
+    pub lock_dir: OptionalPath,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -511,6 +520,39 @@ pub struct PostgresConfig {
     pub shared_buffers: ByteSize,
     /// Memory one sort or hash of a query may use before spilling to disk.
     pub work_mem: ByteSize,
+    /// The PostgreSQL major to run (Debian's `postgresql-N`); unset = the one the
+    /// distribution ships (15 on bookworm, 17 on trixie). When it is newer than the
+    /// stack's cluster, apply upgrades the cluster (pg_upgrade) rather than start an
+    /// empty one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<PostgresMajor>,
+}
+
+/// A PostgreSQL major version Debian or PGDG packages: 13 to 30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u32")]
+pub struct PostgresMajor(u32);
+
+impl PostgresMajor {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for PostgresMajor {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match u32::try_from(n) {
+            Ok(n @ 13..=30) => Ok(PostgresMajor(n)),
+            _ => Err(format!("PostgreSQL {n}: a major version from 13 to 30")),
+        }
+    }
+}
+
+impl From<PostgresMajor> for u32 {
+    fn from(m: PostgresMajor) -> u32 {
+        m.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -563,6 +605,82 @@ pub struct NodeExporterConfig {
 pub struct PostgresExporterConfig {
     pub enabled: bool,
     pub port: Port,
+}
+
+/// Scheduled backups (`analytics-backup.timer`) and where backups go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// systemd `OnCalendar=` expression; "" = no scheduled backups.
+    pub schedule: CalendarSpec,
+    /// How many backups to keep in `directory` (older ones are removed after a
+    /// successful scheduled backup, never before).
+    pub keep: BackupCount,
+    pub directory: AbsolutePath,
+    /// Prometheus's metrics and Loki's logs too in scheduled backups.
+    pub with_telemetry: bool,
+}
+
+/// A systemd calendar expression (`daily`, `Mon..Fri *-*-* 02:30`), or "" for none.
+/// Checked here for what may appear on a unit file's line; systemd's own parser
+/// (`systemd-analyze calendar`) checks the rest before apply writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CalendarSpec(String);
+
+impl CalendarSpec {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CalendarSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() <= 120
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " *-:/.,~".contains(c));
+        if ok {
+            Ok(CalendarSpec(s.trim().to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not a systemd calendar expression like \"daily\" or \"*-*-* 02:30\""
+            ))
+        }
+    }
+}
+
+impl From<CalendarSpec> for String {
+    fn from(c: CalendarSpec) -> String {
+        c.0
+    }
+}
+
+/// How many backups retention keeps: 1..=1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "u32")]
+pub struct BackupCount(u32);
+
+impl BackupCount {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for BackupCount {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match u32::try_from(n) {
+            Ok(n @ 1..=1000) => Ok(BackupCount(n)),
+            _ => Err(format!("{n} backups to keep: must be 1 to 1000")),
+        }
+    }
+}
+
+impl From<BackupCount> for u32 {
+    fn from(c: BackupCount) -> u32 {
+        c.0
+    }
 }
 
 impl Config {

@@ -88,6 +88,23 @@ impl Manager {
         Ok(Caller { uid, name })
     }
 
+    /// Root alone (not the admin group): for what hands out every secret.
+    async fn authorize_root(
+        &self,
+        conn: &zbus::Connection,
+        header: &zbus::message::Header<'_>,
+        what: &str,
+    ) -> Result<Caller, BusError> {
+        let caller = self.authorize(conn, header, what).await?;
+        if caller.uid != 0 {
+            return Err(BusError::AccessDenied(format!(
+                "uid {} may not {what}: only root may",
+                caller.uid
+            )));
+        }
+        Ok(caller)
+    }
+
     async fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, BusError> {
         let busy = || BusError::Busy("another operation is running; try again when it ends".into());
         match self.busy.clone().try_lock_owned() {
@@ -118,6 +135,23 @@ impl Manager {
         let result = stack.control(component, verb).await;
         super::notify::notify("STATUS=idle");
         Ok(result?)
+    }
+}
+
+/// A file descriptor the caller passed, if it is a regular file.
+fn regular_file(
+    fd: zbus::zvariant::OwnedFd,
+    name: &str,
+    what: &str,
+) -> Result<std::fs::File, BusError> {
+    let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+    if file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        Ok(file)
+    } else {
+        Err(BusError::InvalidConfig(format!(
+            "{}: {what} must be a regular file",
+            crate::util::printable(name)
+        )))
     }
 }
 
@@ -311,14 +345,7 @@ impl Manager {
         bundle: zbus::zvariant::OwnedFd,
         name: String,
     ) -> Result<OwnedObjectPath, BusError> {
-        let file = std::fs::File::from(std::os::fd::OwnedFd::from(bundle));
-        let is_file = file.metadata().map(|m| m.file_type().is_file());
-        if !matches!(is_file, Ok(true)) {
-            return Err(BusError::InvalidConfig(format!(
-                "{}: a bundle must be a regular file",
-                crate::util::printable(&name)
-            )));
-        }
+        let file = regular_file(bundle, &name, "a bundle")?;
         self.apply_from(
             conn,
             &header,
@@ -347,6 +374,104 @@ impl Manager {
             move |stack, cancel, progress| async move {
                 stack
                     .uninstall(purge_data, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
+    /// Writes a backup of the stack (databases, secrets, configuration, DAGs and
+    /// pipelines, Grafana's database; Prometheus's and Loki's data with
+    /// `with_telemetry`) into `output`, a regular file the caller opened for
+    /// writing, and syncs it; the caller renames it into place once the job
+    /// succeeds. Root only: a backup holds every secret. Returns the job.
+    async fn backup(
+        &self,
+        output: zbus::zvariant::OwnedFd,
+        name: String,
+        with_telemetry: bool,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self.authorize_root(conn, &header, "make a backup").await?;
+        let file = regular_file(output, &name, "a backup")?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        self.start_job(
+            conn,
+            caller,
+            "backup",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .backup(file, with_telemetry, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
+    /// Restores the backup the caller opened and passes as `backup` (`name` is how
+    /// the caller names it): verified whole before anything changes, then the
+    /// configuration, secrets and CA, an apply, the databases and data, and the
+    /// services healthy again. Root only. Returns the job.
+    async fn restore(
+        &self,
+        backup: zbus::zvariant::OwnedFd,
+        name: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self
+            .authorize_root(conn, &header, "restore a backup")
+            .await?;
+        let file = regular_file(backup, &name, "a backup")?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        let name = crate::util::printable(&name);
+        self.start_job(
+            conn,
+            caller,
+            "restore",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .restore(file, &name, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
+    /// Puts an upgraded application back on the version it was upgraded from (kept
+    /// on disk), its database restored from the backup taken before the upgrade;
+    /// waits until it is healthy. Returns the job.
+    async fn rollback(
+        &self,
+        component: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self.authorize(conn, &header, "roll back").await?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        self.start_job(
+            conn,
+            caller,
+            "rollback",
+            guard,
+            stack,
+            move |stack, _cancel, _progress| async move {
+                stack
+                    .rollback(&component)
                     .await
                     .map_err(BusError::from)
                     .and_then(|report| to_json(&report))

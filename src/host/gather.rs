@@ -6,6 +6,7 @@ use super::systemd::Systemd;
 use crate::facts::{FileFact, HostFacts};
 use crate::model::{paths, ComponentSpec, Provision};
 use crate::state::RecordedState;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub fn os_codename(fs: &FsRoot) -> String {
@@ -119,6 +120,9 @@ pub async fn gather(
             if fs.exists(&marker) {
                 facts.existing.insert(marker);
             }
+            if let Some(parent) = data_dir.parent() {
+                facts.postgres_clusters = postgres_clusters(fs, parent);
+            }
         }
     }
     let uv_pins = desired
@@ -161,6 +165,27 @@ pub async fn gather(
 }
 
 /// Facts for an uninstall: what of the stack is still on the host.
+/// The clusters below `dir` (`dir/MAJOR` holding a `PG_VERSION` that says MAJOR):
+/// a directory named otherwise (`17.upgrading`, a half-made upgrade) is no cluster.
+pub fn postgres_clusters(fs: &FsRoot, dir: &Path) -> BTreeMap<u32, PathBuf> {
+    let mut clusters = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(fs.path(dir)) else {
+        return clusters;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(major) = name.parse::<u32>() else {
+            continue;
+        };
+        let data = dir.join(&name);
+        let version = fs.read(&data.join("PG_VERSION")).unwrap_or_default();
+        if String::from_utf8_lossy(&version).trim() == major.to_string() {
+            clusters.insert(major, data);
+        }
+    }
+    clusters
+}
+
 pub async fn gather_uninstall(
     fs: &FsRoot,
     systemd: &Systemd,

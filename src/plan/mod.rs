@@ -56,6 +56,16 @@ pub enum Step {
     Init {
         provision: Provision,
     },
+    /// The stack's cluster of an older PostgreSQL major, upgraded with `pg_upgrade`
+    /// into the configured major's directory (a copy: the old cluster stays as it
+    /// was until the new one is healthy). Apply takes a backup first.
+    UpgradePostgres {
+        from: u32,
+        to: u32,
+        from_data: PathBuf,
+        to_data: PathBuf,
+        user: String,
+    },
     EnableUnits {
         units: Vec<String>,
     },
@@ -162,6 +172,17 @@ impl Step {
                         .join(", ")
                 ),
             },
+            Step::UpgradePostgres {
+                from,
+                to,
+                from_data,
+                to_data,
+                ..
+            } => format!(
+                "upgrade PostgreSQL {from} → {to}: pg_upgrade {} into {} (after a backup; the {from} cluster is kept until {to} is healthy)",
+                from_data.display(),
+                to_data.display()
+            ),
             Step::EnableUnits { units } => format!("enable {}", units.join(" ")),
             Step::DisableUnits { units } => format!("disable {}", units.join(" ")),
             Step::StartUnit { unit } => format!("start {unit}"),
@@ -359,6 +380,64 @@ fn remove_units(units: &[String], facts: &HostFacts, steps: &mut Vec<Step>) -> b
         });
     }
     !present.is_empty()
+}
+
+/// What one-time setup still needs doing. A PostgreSQL cluster of the configured
+/// major that does not exist yet is upgraded from the newest older cluster of the
+/// stack's when there is one — never initialised empty beside it.
+fn init_step(p: &Provision, facts: &HostFacts, state: &RecordedState) -> Option<Step> {
+    let done = match p {
+        Provision::PostgresInitdb { data_dir, user, .. } => {
+            if facts.existing.contains(&data_dir.join("PG_VERSION")) {
+                true
+            } else {
+                let to = postgres_major_of(data_dir)?;
+                if let Some((from, from_data)) = facts.postgres_clusters.range(..to).next_back() {
+                    return Some(Step::UpgradePostgres {
+                        from: *from,
+                        to,
+                        from_data: from_data.clone(),
+                        to_data: data_dir.clone(),
+                        user: user.clone(),
+                    });
+                }
+                false
+            }
+        }
+        Provision::PostgresRoles { .. } => state.provisioned.get(&p.id()) == Some(&p.fingerprint()),
+    };
+    (!done).then(|| Step::Init {
+        provision: p.clone(),
+    })
+}
+
+/// The major a stack cluster directory is for (`…/postgres/MAJOR`).
+fn postgres_major_of(data_dir: &std::path::Path) -> Option<u32> {
+    data_dir.file_name()?.to_str()?.parse().ok()
+}
+
+/// Why apply must refuse before changing anything: the stack's cluster is of a
+/// newer major than the configuration runs (PostgreSQL cannot go back).
+pub fn postgres_problems(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in desired.iter().flat_map(|s| &s.init) {
+        let Provision::PostgresInitdb { data_dir, .. } = p else {
+            continue;
+        };
+        let Some(to) = postgres_major_of(data_dir) else {
+            continue;
+        };
+        if facts.existing.contains(&data_dir.join("PG_VERSION")) {
+            continue;
+        }
+        if let Some((newer, dir)) = facts.postgres_clusters.range(to + 1..).next() {
+            problems.push(format!(
+                "the stack's PostgreSQL {newer} cluster is in {}, but this configuration runs PostgreSQL {to}: PostgreSQL cannot be downgraded; set [postgres] major = {newer} (and install postgresql-{newer}), or restore a backup",
+                dir.display()
+            ));
+        }
+    }
+    problems
 }
 
 /// Plans the steps that bring the host from `facts` to `desired`.
@@ -567,25 +646,15 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
 
     for spec in desired {
         for p in &spec.init {
-            let done = match p {
-                Provision::PostgresInitdb { data_dir, .. } => {
-                    facts.existing.contains(&data_dir.join("PG_VERSION"))
-                }
-                Provision::PostgresRoles { .. } => {
-                    state.provisioned.get(&p.id()) == Some(&p.fingerprint())
-                }
-            };
-            if !done {
-                steps.push(Step::Init {
-                    provision: p.clone(),
-                });
+            if let Some(step) = init_step(p, facts, state) {
+                steps.push(step);
             }
         }
     }
 
     let to_enable: Vec<String> = all_units
         .iter()
-        .filter(|u| !unit_fact(&u.name).is_enabled())
+        .filter(|u| !u.triggered && !unit_fact(&u.name).is_enabled())
         .map(|u| u.name.clone())
         .collect();
     if !to_enable.is_empty() {
@@ -595,7 +664,7 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     // Component by component, in start order: its units, then its provisioning, so
     // that e.g. PostgreSQL's roles exist before Airflow's migration connects.
     for spec in desired {
-        for unit in &spec.units {
+        for unit in spec.units.iter().filter(|u| !u.triggered) {
             let f = unit_fact(&unit.name);
             if !f.is_active() {
                 steps.push(Step::StartUnit {

@@ -156,7 +156,21 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             Step::Init { provision } => {
                 if let Provision::PostgresInitdb { data_dir, .. } = provision {
                     facts.existing.insert(data_dir.join("PG_VERSION"));
+                    let major = postgres_major_of(data_dir).unwrap();
+                    facts.postgres_clusters.insert(major, data_dir.clone());
                 }
+            }
+            Step::UpgradePostgres {
+                from_data,
+                to_data,
+                to,
+                ..
+            } => {
+                facts.existing.insert(to_data.join("PG_VERSION"));
+                facts.postgres_clusters.insert(*to, to_data.clone());
+                state
+                    .upgraded_postgres
+                    .insert(from_data.display().to_string(), *to);
             }
             Step::EnableUnits { units } => {
                 for u in units {
@@ -745,5 +759,105 @@ fn a_process_turned_off_is_stopped_and_its_unit_removed_alone() {
     assert!(
         !steps.iter().any(|s| s.starts_with("restart")),
         "{steps:#?}"
+    );
+}
+
+/// A new PostgreSQL major (Debian's next release, or `[postgres] major`) upgrades the
+/// stack's cluster — never an empty cluster beside the full one — after the new
+/// packages and before the server starts again; then nothing is left to do.
+#[test]
+fn a_new_postgres_major_upgrades_the_cluster_and_never_starts_an_empty_one() {
+    let (mut facts, mut state) = converged("");
+    assert_eq!(
+        facts.postgres_clusters.keys().copied().collect::<Vec<_>>(),
+        vec![15]
+    );
+    let trixie = Platform {
+        codename: "trixie".into(),
+        ..bookworm()
+    };
+    for desired in [
+        desired("[postgres]\nmajor = 17\n"),
+        render_all(&config(""), &trixie),
+    ] {
+        let p = plan(&desired, &facts, &state);
+        let steps = names(&p);
+        assert!(
+            !steps.iter().any(|s| s.starts_with("initialise PostgreSQL")),
+            "{steps:#?}"
+        );
+        let upgrade = steps
+            .iter()
+            .position(|s| s.starts_with("upgrade PostgreSQL 15 → 17: pg_upgrade /var/lib/analytics-stack/postgres/15 into /var/lib/analytics-stack/postgres/17"))
+            .unwrap_or_else(|| panic!("{steps:#?}"));
+        let packages = steps
+            .iter()
+            .position(|s| s.contains("install Debian packages: postgresql-17"))
+            .unwrap();
+        let restart = steps
+            .iter()
+            .position(|s| s == "restart analytics-postgres.service")
+            .unwrap();
+        assert!(packages < upgrade && upgrade < restart, "{steps:#?}");
+        assert!(postgres_problems(&desired, &facts).is_empty());
+    }
+    let desired = desired("[postgres]\nmajor = 17\n");
+    let p = plan(&desired, &facts, &state);
+    simulate(&p, &mut facts, &mut state);
+    assert_eq!(
+        state
+            .upgraded_postgres
+            .get("/var/lib/analytics-stack/postgres/15"),
+        Some(&17)
+    );
+    assert!(plan(&desired, &facts, &state).is_empty());
+}
+
+#[test]
+fn a_cluster_newer_than_the_configured_major_is_refused_before_anything() {
+    let (facts, state) = converged("[postgres]\nmajor = 17\n");
+    let back = desired("");
+    let problems = postgres_problems(&back, &facts);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("PostgreSQL 17 cluster is in /var/lib/analytics-stack/postgres/17")
+            && problems[0].contains("cannot be downgraded"),
+        "{problems:?}"
+    );
+    // The planner itself would initialise 15 beside it: apply refuses first.
+    let steps = names(&plan(&back, &facts, &state));
+    assert!(steps
+        .iter()
+        .any(|s| s
+            .starts_with("initialise PostgreSQL cluster in /var/lib/analytics-stack/postgres/15")));
+}
+
+/// The backup timer is written and started; its service is written but neither
+/// enabled nor started by apply (the timer starts it).
+#[test]
+fn the_backup_timer_runs_and_its_service_waits_for_it() {
+    let steps = names(&plan(
+        &desired(""),
+        &fresh_host(),
+        &RecordedState::default(),
+    ));
+    assert!(steps.contains(&"write unit analytics-backup.timer (new)".to_string()));
+    assert!(steps.contains(&"write unit analytics-backup.service (new)".to_string()));
+    assert!(steps.contains(&"start analytics-backup.timer".to_string()));
+    assert!(!steps.iter().any(|s| s == "start analytics-backup.service"));
+    let enable = steps.iter().find(|s| s.starts_with("enable ")).unwrap();
+    assert!(
+        enable.contains("analytics-backup.timer") && !enable.contains("analytics-backup.service"),
+        "{enable}"
+    );
+    // No schedule, no backup units.
+    let off = names(&plan(
+        &desired("[backup]\nschedule = \"\"\n"),
+        &fresh_host(),
+        &RecordedState::default(),
+    ));
+    assert!(
+        !off.iter().any(|s| s.contains("analytics-backup")),
+        "{off:#?}"
     );
 }

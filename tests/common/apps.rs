@@ -126,17 +126,19 @@ pub fn main_pids(c: &Container) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Logs in to Superset's API and runs `sql` in SQL Lab on the registered warehouse
-/// (synchronously, in the web process); returns SQL Lab's answer.
-pub fn superset_sql(c: &Container, sql: &str) -> Value {
+/// Superset's API as its admin: a bearer token and a CSRF token (cookies in
+/// /tmp/ss.jar inside the container).
+pub struct SupersetSession {
+    auth: String,
+    csrf: String,
+}
+
+pub fn superset_login(c: &Container) -> SupersetSession {
     let login = json(&c.ok(&format!(
         "curl -fsS -c /tmp/ss.jar -X POST -H 'Content-Type: application/json' -d '{{\"username\": \"admin\", \"password\": \"{}\", \"provider\": \"db\", \"refresh\": true}}' https://127.0.0.1/superset/api/v1/security/login",
         secret(c, "superset-admin")
     )));
-    let token = login["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string();
+    let token = login["access_token"].as_str().expect("access_token");
     let auth = format!("-H 'Authorization: Bearer {token}'");
     let csrf = json(&c.ok(&format!(
         "curl -fsS -b /tmp/ss.jar -c /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/security/csrf_token/"
@@ -144,18 +146,46 @@ pub fn superset_sql(c: &Container, sql: &str) -> Value {
         .as_str()
         .expect("csrf token")
         .to_string();
-    let databases = json(&c.ok(&format!(
-        "curl -fsS -b /tmp/ss.jar {auth} https://127.0.0.1/superset/api/v1/database/"
-    )));
-    let warehouse_id = databases["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["database_name"] == "warehouse")
-        .unwrap_or_else(|| panic!("warehouse is not registered: {databases}"))["id"]
-        .as_u64()
-        .unwrap();
-    json(&c.ok(&format!(
-        "curl -sS -b /tmp/ss.jar {auth} -H 'X-CSRFToken: {csrf}' -H 'Referer: https://127.0.0.1/superset/sqllab/' -H 'Content-Type: application/json' -d '{{\"database_id\": {warehouse_id}, \"sql\": \"{sql}\", \"runAsync\": false, \"schema\": \"sample_data\"}}' https://127.0.0.1/superset/api/v1/sqllab/execute/"
-    )))
+    SupersetSession { auth, csrf }
+}
+
+impl SupersetSession {
+    /// `METHOD /superset/api/v1PATH` with an optional JSON body (no single quotes).
+    pub fn call(&self, c: &Container, method: &str, path: &str, body: Option<&str>) -> Value {
+        let data = body.map_or(String::new(), |b| {
+            format!("-H 'Content-Type: application/json' -d '{b}'")
+        });
+        json(&c.ok(&format!(
+            "curl -sS -X {method} -b /tmp/ss.jar {} -H 'X-CSRFToken: {}' -H 'Referer: https://127.0.0.1/superset/' {data} https://127.0.0.1/superset/api/v1{path}",
+            self.auth, self.csrf
+        )))
+    }
+
+    /// The id of the registered `warehouse` database.
+    pub fn warehouse_id(&self, c: &Container) -> u64 {
+        let databases = self.call(c, "GET", "/database/", None);
+        databases["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["database_name"] == "warehouse")
+            .unwrap_or_else(|| panic!("warehouse is not registered: {databases}"))["id"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// Logs in to Superset's API and runs `sql` in SQL Lab on the registered warehouse
+/// (synchronously, in the web process); returns SQL Lab's answer.
+pub fn superset_sql(c: &Container, sql: &str) -> Value {
+    let session = superset_login(c);
+    let warehouse_id = session.warehouse_id(c);
+    session.call(
+        c,
+        "POST",
+        "/sqllab/execute/",
+        Some(&format!(
+            r#"{{"database_id": {warehouse_id}, "sql": "{sql}", "runAsync": false, "schema": "sample_data"}}"#
+        )),
+    )
 }

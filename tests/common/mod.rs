@@ -330,6 +330,19 @@ impl Container {
         self.ok("printf 'cacert = \"/var/lib/analytics-stack/tls/ca.crt\"\n' > /root/.curlrc");
     }
 
+    /// A file of the container, read through its PID 1's root from the host.
+    pub fn copy_out(&self, inside: &str, host: &std::path::Path) {
+        let from = format!("/proc/{}/root{inside}", self.leader);
+        std::fs::copy(&from, host).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    }
+
+    /// A host file put into the container (root's, 0600).
+    pub fn copy_in(&self, host: &std::path::Path, inside: &str) {
+        let to = format!("/proc/{}/root{inside}", self.leader);
+        std::fs::copy(host, &to).unwrap_or_else(|e| panic!("copy to {to}: {e}"));
+        self.ok(&format!("chown root:root {inside} && chmod 0600 {inside}"));
+    }
+
     pub fn start_daemon(&self) {
         self.trust_stack_ca();
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");

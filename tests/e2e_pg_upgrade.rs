@@ -1,0 +1,144 @@
+//! End-to-end: a PostgreSQL major upgrade with the majors Debian offers — bookworm's
+//! postgresql-15, then trixie's postgresql-17 in a container whose apt sources add
+//! trixie (pinned below bookworm; postgresql-17 installed with `apt -t trixie`,
+//! which brings the newer libc and libraries it needs). Real PostgreSQL, real
+//! pg_upgrade, a real systemd; the daemon killed with SIGKILL in the middle of the
+//! upgrade, and the next apply converging with every row kept.
+
+mod common;
+
+use common::Container;
+use std::time::{Duration, Instant};
+
+fn psql(c: &Container, sql: &str) -> String {
+    c.ok(&format!(
+        "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -X -A -t -h 127.0.0.1 -U warehouse -d warehouse -c \"{sql}\""
+    ))
+    .trim()
+    .to_string()
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
+fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
+    let c = Container::boot("as-e2e-pg-upgrade");
+    c.start_daemon();
+    c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# Only PostgreSQL: this test is about its upgrade.\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[postgres_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-postgres-only.toml");
+    c.ok("analytics-stack apply");
+    psql(
+        &c,
+        "CREATE TABLE readings AS SELECT g AS id, g * 1.5 AS value, md5(g::text) AS tag FROM generate_series(1, 200000) g",
+    );
+    psql(&c, "CREATE INDEX ON readings (tag)");
+    let before = psql(
+        &c,
+        "SELECT count(*), sum(id), md5(string_agg(tag, ',' ORDER BY id)) FROM readings",
+    );
+    assert!(psql(&c, "SHOW server_version").starts_with("15."));
+
+    // trixie's sources beside bookworm's, below them unless asked for.
+    c.ok("printf 'Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: trixie\\nComponents: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' > /etc/apt/sources.list.d/trixie.sources && printf 'Package: *\\nPin: release n=trixie\\nPin-Priority: 100\\n' > /etc/apt/preferences.d/trixie-below-bookworm");
+    let started = Instant::now();
+    c.ok("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie postgresql-17 > /tmp/apt.log 2>&1 || (tail -30 /tmp/apt.log; false)");
+    eprintln!(
+        "[figure] trixie's postgresql-17 installed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The distribution made no cluster of its own (the stack's createcluster.d).
+    assert_eq!(c.ok("pg_lsclusters -h | wc -l").trim(), "0");
+
+    c.ok("printf '[postgres]\\nmajor = 17\\n' > /etc/analytics-stack/stack.d/50-postgres-17.toml");
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("upgrade PostgreSQL 15 → 17: pg_upgrade /var/lib/analytics-stack/postgres/15 into /var/lib/analytics-stack/postgres/17"),
+        "{plan}"
+    );
+    assert!(!plan.contains("initialise PostgreSQL"), "{plan}");
+
+    // Killed in the middle of pg_upgrade: the daemon, and pg_upgrade with it.
+    c.ok("systemd-run --unit=apply-killed --collect analytics-stack apply");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while c.sh("pgrep -x pg_upgrade").status.code() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "pg_upgrade never ran:\n{}",
+            c.ok("journalctl -u analytics-stackd -n 40 --no-pager")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ok("systemctl kill -s KILL analytics-stackd.service; pkill -KILL -x pg_upgrade; pkill -KILL -f 'postgresql/1[57]/bin/postgres' || true");
+    // What the kill left: no cluster in 17's place, the 15 cluster as it was.
+    assert!(
+        c.sh("test -e /var/lib/analytics-stack/postgres/17/PG_VERSION")
+            .status
+            .code()
+            != Some(0)
+    );
+    c.ok("test -f /var/lib/analytics-stack/postgres/15/PG_VERSION");
+
+    c.ok(
+        "systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service",
+    );
+    let started = Instant::now();
+    let out = c.ok("analytics-stack apply");
+    eprintln!(
+        "[figure] the upgrade after the kill: {:.1} s\n{out}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(psql(&c, "SHOW server_version").starts_with("17."));
+    assert_eq!(
+        psql(
+            &c,
+            "SELECT count(*), sum(id), md5(string_agg(tag, ',' ORDER BY id)) FROM readings"
+        ),
+        before
+    );
+    // The stack's roles log in with their passwords; the index came along.
+    assert_eq!(
+        psql(
+            &c,
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings'"
+        ),
+        "1"
+    );
+    // A backup was taken first; the old cluster went once 17 was healthy.
+    let backups = c.ok("ls /var/backups/analytics-stack/");
+    assert!(
+        backups
+            .lines()
+            .any(|l| l.starts_with("analytics-stack-pre-upgrade-") && l.ends_with(".tar")),
+        "{backups}"
+    );
+    assert!(
+        c.sh("test -e /var/lib/analytics-stack/postgres/15")
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(
+        c.sh("ls -d /var/lib/analytics-stack/postgres/17.upgrading")
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+
+    // Going back a major is refused before anything changes. (Said explicitly: with
+    // trixie's libc the container's os-release may already say trixie, whose
+    // default is 17.)
+    eprintln!(
+        "[figure] the container's release after apt -t trixie: {}",
+        c.ok(". /etc/os-release; echo $VERSION_CODENAME").trim()
+    );
+    c.ok("printf '[postgres]\\nmajor = 15\\n' > /etc/analytics-stack/stack.d/50-postgres-17.toml");
+    let out = c.sh("analytics-stack apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("cannot be downgraded"), "{stderr}");
+    assert!(
+        c.sh("test -e /var/lib/analytics-stack/postgres/15")
+            .status
+            .code()
+            != Some(0)
+    );
+}
