@@ -142,6 +142,7 @@ impl Executor<'_> {
                 step: description,
                 reason: format!("cannot record state: {e}"),
             })?;
+            crate::util::failpoint_step_recorded();
         }
         progress.step(total, total, "done");
         Ok(())
@@ -366,6 +367,7 @@ impl Executor<'_> {
             let mut cmd = tokio::process::Command::new(program);
             cmd.uid(uid)
                 .gid(gid)
+                .stdin(std::process::Stdio::null())
                 .current_dir(self.fs.path(work_dir))
                 .env_clear()
                 .env("PATH", "/usr/bin:/bin");
@@ -393,8 +395,25 @@ impl Executor<'_> {
                 "{hba} -c listen_addresses='' -c unix_socket_directories='{}'",
                 self.fs.path(work_dir).display()
             );
+            // The server's output goes to a file: a server started with pg_ctl
+            // would otherwise hold our pipes open, and reading them to their end
+            // would wait for the server to stop.
+            let log = self
+                .fs
+                .path(&work_dir.join("recovery.log"))
+                .display()
+                .to_string();
             for args in [
-                vec!["start", "-w", "-t", "300", "-o", socket_opts.as_str()],
+                vec![
+                    "start",
+                    "-w",
+                    "-t",
+                    "300",
+                    "-l",
+                    log.as_str(),
+                    "-o",
+                    socket_opts.as_str(),
+                ],
                 vec!["stop", "-w", "-m", "fast"],
             ] {
                 let out = as_user(old_bin.join("pg_ctl"))
@@ -532,7 +551,10 @@ impl Executor<'_> {
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 state.files.remove(&path.display().to_string());
             }
-            Step::ReloadSystemd => self.systemd.reload().await.map_err(sd)?,
+            Step::ReloadSystemd => {
+                self.systemd.reload().await.map_err(sd)?;
+                state.daemon_reload_pending = false;
+            }
             Step::Init { provision } | Step::Provision { provision } => {
                 self.provision(provision).await?;
                 state
@@ -541,9 +563,27 @@ impl Executor<'_> {
             }
             Step::EnableUnits { units } => self.systemd.enable(units).await.map_err(sd)?,
             Step::DisableUnits { units } => self.systemd.disable(units).await.map_err(sd)?,
-            Step::StartUnit { unit } => self.unit_job("start", unit).await?,
-            Step::RestartUnit { unit } => self.unit_job("restart", unit).await?,
-            Step::ReloadUnit { unit } => self.unit_job("reload", unit).await?,
+            Step::StartUnit { unit } => {
+                self.unit_job("start", unit).await?;
+                state.pending_restarts.remove(unit);
+            }
+            Step::RestartUnit { unit } => {
+                self.unit_job("restart", unit).await?;
+                state.pending_restarts.remove(unit);
+            }
+            Step::ReloadUnit { unit } => {
+                self.unit_job("reload", unit).await?;
+                state.pending_restarts.remove(unit);
+            }
+            Step::RecordPending {
+                units,
+                daemon_reload,
+            } => {
+                state
+                    .pending_restarts
+                    .extend(units.iter().map(|(u, how)| (u.clone(), *how)));
+                state.daemon_reload_pending |= daemon_reload;
+            }
             Step::StopUnit { unit } => self.unit_job("stop", unit).await?,
             Step::RestoreDistroUnit { unit, before } => {
                 self.systemd.unmask(unit).await.map_err(sd)?;

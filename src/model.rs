@@ -155,7 +155,7 @@ impl DirSpec {
 }
 
 /// What happens to a running unit when one of its files changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnChange {
     Restart,

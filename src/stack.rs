@@ -232,6 +232,15 @@ impl Stack {
             crate::tls::preflight(&self.fs, tls)
                 .map_err(|e| StackError::Conflict(format!("[nginx] tls = \"files\": {e}")))?;
         }
+        // A schedule systemd cannot read is refused before the timer is written.
+        let backup_interval = match config.backup.schedule.as_str() {
+            "" => None,
+            spec => Some(
+                crate::backup::run::calendar_interval(spec)
+                    .await
+                    .map_err(StackError::Conflict)?,
+            ),
+        };
         let conflicts = plan::port_conflicts(&desired, &facts);
         if !conflicts.is_empty() {
             let lines: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
@@ -278,6 +287,7 @@ impl Stack {
                     .insert(why, file.display().to_string());
                 exec::save_state(&self.fs, &state)
                     .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
+                crate::util::failpoint_step_recorded();
             }
         }
         // Application upgrades, with those a killed apply left unfinished.
@@ -344,6 +354,19 @@ impl Stack {
         }
         outcome?;
         self.retire_upgraded_clusters(&mut state)?;
+        if config.node_exporter.enabled {
+            self.update_backup_metrics(|m| {
+                m.interval_seconds = backup_interval;
+                m.scheduled_since = backup_interval.map(|_| {
+                    m.scheduled_since.unwrap_or_else(|| {
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    })
+                });
+            });
+        }
         if !upgrades.is_empty() {
             state.upgrades_in_progress.clear();
             self.record_upgrades(&mut state, &upgrades, backup_before.as_deref())?;

@@ -30,6 +30,12 @@ pub struct RecordedState {
     /// Application upgrades an apply has started and not yet seen healthy (or rolled
     /// back): application → (from, to). A daemon killed in between finds them here.
     pub upgrades_in_progress: BTreeMap<String, (String, String)>,
+    /// Units whose files an apply changed and has not yet restarted (or reloaded):
+    /// a daemon killed between the write and the restart restarts them next time,
+    /// though their files then match.
+    pub pending_restarts: BTreeMap<String, crate::model::OnChange>,
+    /// Unit files written and systemd not yet reloaded.
+    pub daemon_reload_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,6 +86,29 @@ pub fn release_free_memory() {
     }
 }
 
+/// For the kill-safety tests: with `ANALYTICS_STACK_KILL_AFTER_STEPS=N` in the
+/// daemon's environment, the daemon kills itself with SIGKILL right after it has
+/// recorded its Nth step (counted over its whole life), as `kill -9` would. Unset
+/// (always, outside tests), this does nothing.
+pub fn failpoint_step_recorded() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static KILL_AFTER: OnceLock<Option<usize>> = OnceLock::new();
+    static RECORDED: AtomicUsize = AtomicUsize::new(0);
+    let Some(n) = *KILL_AFTER.get_or_init(|| {
+        std::env::var("ANALYTICS_STACK_KILL_AFTER_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if RECORDED.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+        tracing::warn!("failpoint: killed after {n} recorded steps");
+        let _dying =
+            nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

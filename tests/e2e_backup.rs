@@ -422,7 +422,13 @@ fn upgrades_and_rollbacks(c: &Container, made: &Made) {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("airflow is not healthy"), "{stderr}");
+    // Whether its migration fails (a step) or its processes never answer (health),
+    // the failure quotes the new version's journal.
+    assert!(
+        stderr.contains("airflow is not healthy")
+            || stderr.contains("step 'restart analytics-airflow-"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("--- last journal lines of analytics-airflow-"),
         "{stderr}"

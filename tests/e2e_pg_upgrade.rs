@@ -18,10 +18,11 @@ fn psql(c: &Container, sql: &str) -> String {
     .to_string()
 }
 
-#[test]
-#[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
-fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
-    let c = Container::boot("as-e2e-pg-upgrade");
+/// A container whose stack runs bookworm's PostgreSQL 15 with 200 000 rows, with
+/// trixie's postgresql-17 installed beside it and `[postgres] major = 17` set: the
+/// next apply upgrades. Returns it and a digest of the rows.
+fn prepared(name: &str) -> (Container, String) {
+    let c = Container::boot(name);
     c.start_daemon();
     c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# Only PostgreSQL: this test is about its upgrade.\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[postgres_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-postgres-only.toml");
     c.ok("analytics-stack apply");
@@ -55,40 +56,16 @@ fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
     );
     assert!(!plan.contains("initialise PostgreSQL"), "{plan}");
 
-    // Killed in the middle of pg_upgrade: the daemon, and pg_upgrade with it.
-    c.ok("systemd-run --unit=apply-killed --collect analytics-stack apply");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while c.sh("pgrep -x pg_upgrade").status.code() != Some(0) {
-        assert!(
-            Instant::now() < deadline,
-            "pg_upgrade never ran:\n{}",
-            c.ok("journalctl -u analytics-stackd -n 40 --no-pager")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    c.ok("systemctl kill -s KILL analytics-stackd.service; pkill -KILL -x pg_upgrade; pkill -KILL -f 'postgresql/1[57]/bin/postgres' || true");
-    // What the kill left: no cluster in 17's place, the 15 cluster as it was.
-    assert!(
-        c.sh("test -e /var/lib/analytics-stack/postgres/17/PG_VERSION")
-            .status
-            .code()
-            != Some(0)
-    );
-    c.ok("test -f /var/lib/analytics-stack/postgres/15/PG_VERSION");
+    (c, before)
+}
 
-    c.ok(
-        "systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service",
-    );
-    let started = Instant::now();
-    let out = c.ok("analytics-stack apply");
-    eprintln!(
-        "[figure] the upgrade after the kill: {:.1} s\n{out}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(psql(&c, "SHOW server_version").starts_with("17."));
+/// After the upgrade: PostgreSQL 17 with every row and index, a backup taken
+/// before, the 15 cluster gone, nothing left to do.
+fn upgraded(c: &Container, before: &str) {
+    assert!(psql(c, "SHOW server_version").starts_with("17."));
     assert_eq!(
         psql(
-            &c,
+            c,
             "SELECT count(*), sum(id), md5(string_agg(tag, ',' ORDER BY id)) FROM readings"
         ),
         before
@@ -96,7 +73,7 @@ fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
     // The stack's roles log in with their passwords; the index came along.
     assert_eq!(
         psql(
-            &c,
+            c,
             "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings'"
         ),
         "1"
@@ -122,7 +99,51 @@ fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
             != Some(0)
     );
     assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+}
 
+#[test]
+#[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
+fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
+    let (c, before) = prepared("as-e2e-pg-upgrade");
+    // Killed in the middle of pg_upgrade: the daemon, and pg_upgrade with it.
+    c.ok("systemd-run --unit=apply-killed --collect analytics-stack apply");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while c.sh("pgrep -x pg_upgrade").status.code() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "pg_upgrade never ran:\n{}",
+            c.ok("journalctl -u analytics-stackd -n 40 --no-pager")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ok("systemctl kill -s KILL analytics-stackd.service; pkill -KILL -x pg_upgrade; pkill -KILL -f 'postgresql/1[57]/bin/postgres' || true");
+    // What the kill left: no cluster in 17's place, the 15 cluster as it was.
+    assert!(
+        c.sh("test -e /var/lib/analytics-stack/postgres/17/PG_VERSION")
+            .status
+            .code()
+            != Some(0)
+    );
+    c.ok("test -f /var/lib/analytics-stack/postgres/15/PG_VERSION");
+    // And the old cluster's own server killed too, as a crash would leave it (the
+    // kill above may or may not have found it running): the next apply must recover
+    // it before pg_upgrade, which refuses a cluster not shut down cleanly.
+    c.ok("runuser -u analytics-postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /var/lib/analytics-stack/postgres/15 -l /tmp/pg15.log -o \"-c listen_addresses='' -c unix_socket_directories=/tmp -c hba_file=/etc/analytics-stack/postgres/pg_hba.conf -c ident_file=/etc/analytics-stack/postgres/pg_ident.conf\" -w start");
+    c.ok("pkill -KILL -u analytics-postgres; sleep 1");
+    assert!(c
+        .ok("/usr/lib/postgresql/15/bin/pg_controldata /var/lib/analytics-stack/postgres/15 | grep 'cluster state'")
+        .contains("in production"));
+
+    c.ok(
+        "systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service",
+    );
+    let started = Instant::now();
+    let out = c.ok("analytics-stack apply");
+    eprintln!(
+        "[figure] the upgrade after the kill: {:.1} s\n{out}",
+        started.elapsed().as_secs_f64()
+    );
+    upgraded(&c, &before);
     // Going back a major is refused before anything changes. (Said explicitly: with
     // trixie's libc the container's os-release may already say trixie, whose
     // default is 17.)
@@ -141,4 +162,43 @@ fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
             .code()
             != Some(0)
     );
+}
+
+/// `kill -9` after every step an upgrade records: each apply killed after its first
+/// step, the next one replanning what is left, until one completes.
+#[test]
+#[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
+fn an_upgrade_killed_after_each_of_its_steps_converges_with_every_row() {
+    let (c, before) = prepared("as-e2e-pg-upgrade-kills");
+    c.ok("mkdir -p /run/systemd/system/analytics-stackd.service.d && printf '[Service]\\nEnvironment=ANALYTICS_STACK_KILL_AFTER_STEPS=1\\n' > /run/systemd/system/analytics-stackd.service.d/kill.conf && systemctl daemon-reload && systemctl restart analytics-stackd.service");
+    let started = Instant::now();
+    let mut kills = 0;
+    loop {
+        c.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
+        let out = c.sh("analytics-stack apply");
+        if out.status.code() == Some(0) {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("analytics-stackd exited during the apply"),
+            "{stderr}"
+        );
+        kills += 1;
+        assert!(kills < 40, "the applies never converged");
+        // Never two majors at once.
+        let running = c.ok("pgrep -a -f 'postgresql/1[57]/bin/postgres -D' || true");
+        assert!(running.lines().count() <= 1, "{running}");
+    }
+    let killed_in_journal = c.ok(
+        "journalctl -u analytics-stackd --no-pager | grep -c 'failpoint: killed after' || true",
+    );
+    assert_eq!(killed_in_journal.trim(), kills.to_string());
+    c.ok("rm -r /run/systemd/system/analytics-stackd.service.d && systemctl daemon-reload && systemctl restart analytics-stackd.service");
+    eprintln!(
+        "[figure] kill-safety: SIGKILL after each of the {kills} steps the upgrade recorded, one apply after another: {kills}/{kills} converged ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 5, "the upgrade recorded only {kills} steps");
+    upgraded(&c, &before);
 }

@@ -277,6 +277,110 @@ fn utc(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     )
 }
 
+/// What the daemon tells Prometheus about backups (node_exporter's textfile
+/// collector, `analytics_stack_backup.prom`): the last successful one, and, while
+/// backups are scheduled, since when and how often, for the "backup did not run"
+/// alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupMetrics {
+    pub last_success: Option<u64>,
+    pub last_size_bytes: Option<u64>,
+    pub scheduled_since: Option<u64>,
+    pub interval_seconds: Option<u64>,
+}
+
+const METRICS: [(&str, &str); 4] = [
+    (
+        "analytics_stack_backup_last_success_timestamp_seconds",
+        "When the last successful backup was made.",
+    ),
+    (
+        "analytics_stack_backup_last_size_bytes",
+        "The size of the last successful backup.",
+    ),
+    (
+        "analytics_stack_backup_scheduled_since_timestamp_seconds",
+        "Since when backups are scheduled.",
+    ),
+    (
+        "analytics_stack_backup_interval_seconds",
+        "The time between two scheduled backups.",
+    ),
+];
+
+impl BackupMetrics {
+    pub fn parse(text: &str) -> Self {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        BackupMetrics {
+            last_success: value(METRICS[0].0),
+            last_size_bytes: value(METRICS[1].0),
+            scheduled_since: value(METRICS[2].0),
+            interval_seconds: value(METRICS[3].0),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let values = [
+            self.last_success,
+            self.last_size_bytes,
+            self.scheduled_since,
+            self.interval_seconds,
+        ];
+        let mut out = String::new();
+        for ((name, help), value) in METRICS.iter().zip(values) {
+            if let Some(v) = value {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The time between a schedule's first two runs, from `TZ=UTC systemd-analyze
+/// calendar --iterations=2 SPEC`'s output ("Next elapse: Thu 2026-12-03 02:30:00
+/// UTC", "Iter. #2: Fri 2026-12-04 02:30:00 UTC").
+pub fn interval_from_calendar(output: &str) -> Option<u64> {
+    let when = |label: &str| -> Option<u64> {
+        let line = output.lines().find(|l| l.trim_start().starts_with(label))?;
+        let mut words = line.split_whitespace().skip_while(|w| !w.contains('-'));
+        let date = words.next()?;
+        let time = words.next()?;
+        let d: Vec<u64> = date
+            .split('-')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
+        let t: Vec<u64> = time
+            .split(':')
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
+        let (&[y, m, day], &[h, mi, sec]) = (&d[..], &t[..]) else {
+            return None;
+        };
+        Some(days_from_civil(y, m, day)? * 86400 + h * 3600 + mi * 60 + sec)
+    };
+    let (first, second) = (when("Next elapse:")?, when("Iter. #2:")?);
+    second.checked_sub(first).filter(|s| *s > 0)
+}
+
+/// Days since 1970-01-01 of a civil date (the inverse of [`utc`]'s date part).
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y } as i64;
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
 /// `a` older than `b`, comparing dotted version numbers numerically (`0.9` < `0.10`);
 /// a part that is not a number compares as 0.
 pub fn version_older(a: &str, b: &str) -> bool {

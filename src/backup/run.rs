@@ -54,6 +54,27 @@ impl From<BackupError> for StackError {
     }
 }
 
+/// The time between two runs of a `[backup] schedule`, as systemd reads it; its
+/// message when systemd cannot.
+pub async fn calendar_interval(spec: &str) -> Result<u64, String> {
+    let out = tokio::process::Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=2", spec])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TZ", "UTC")
+        .output()
+        .await
+        .map_err(|e| format!("cannot run systemd-analyze: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "[backup] schedule = {spec:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    super::interval_from_calendar(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| format!("[backup] schedule = {spec:?}: it does not repeat"))
+}
+
 /// Progress nobody watches (a backup inside another operation).
 struct QuietProgress;
 
@@ -509,23 +530,37 @@ impl Stack {
         crate::exec::save_state(&self.fs, state).map_err(failed)
     }
 
-    /// The time of the last successful backup, for the "backup did not run" alert.
-    fn publish_backup_metrics(&self, created: u64, bytes: u64) {
-        let text = format!(
-            "# HELP analytics_stack_backup_last_success_timestamp_seconds When the last successful backup was made.\n\
-             # TYPE analytics_stack_backup_last_success_timestamp_seconds gauge\n\
-             analytics_stack_backup_last_success_timestamp_seconds {created}\n\
-             # HELP analytics_stack_backup_last_size_bytes Its size.\n\
-             # TYPE analytics_stack_backup_last_size_bytes gauge\n\
-             analytics_stack_backup_last_size_bytes {bytes}\n"
-        );
+    /// `analytics_stack_backup.prom` changed by `change`, when node_exporter's
+    /// textfile directory exists.
+    pub(crate) fn update_backup_metrics(&self, change: impl FnOnce(&mut super::BackupMetrics)) {
         let path =
             Path::new(components::node_exporter::TEXTFILE_DIR).join("analytics_stack_backup.prom");
-        if self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
-            if let Err(e) = self.fs.write_atomic(&path, text.as_bytes(), 0o644, 0, 0) {
+        if !self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
+            return;
+        }
+        let before = self
+            .fs
+            .read(&path)
+            .map(|b| super::BackupMetrics::parse(&String::from_utf8_lossy(&b)))
+            .unwrap_or_default();
+        let mut after = before.clone();
+        change(&mut after);
+        if after != before {
+            if let Err(e) = self
+                .fs
+                .write_atomic(&path, after.render().as_bytes(), 0o644, 0, 0)
+            {
                 tracing::warn!("cannot publish metrics to {}: {e}", path.display());
             }
         }
+    }
+
+    /// The time of the last successful backup, for the "backup did not run" alert.
+    fn publish_backup_metrics(&self, created: u64, bytes: u64) {
+        self.update_backup_metrics(|m| {
+            m.last_success = Some(created);
+            m.last_size_bytes = Some(bytes);
+        });
     }
 
     /// Restores a backup read from `input` (the caller's file): verified whole into

@@ -369,3 +369,16 @@ fn sources_that_change_while_read_fail_the_backup() {
     );
     assert!(long.unwrap_err().to_string().contains("grew while"));
 }
+
+#[test]
+fn a_schedules_interval_is_read_from_systemd_analyze() {
+    let daily = "Normalized form: *-*-* 02:30:00\n    Next elapse: Thu 2026-12-03 02:30:00 UTC\n       From now: 1h 32min left\n       Iter. #2: Fri 2026-12-04 02:30:00 UTC\n       From now: 1 day 1h left\n";
+    assert_eq!(interval_from_calendar(daily), Some(86400));
+    let weekly = "    Next elapse: Sun 2026-12-27 03:00:00 UTC\n       Iter. #2: Sun 2027-01-03 03:00:00 UTC\n";
+    assert_eq!(interval_from_calendar(weekly), Some(7 * 86400));
+    let leap = "    Next elapse: Sat 2028-02-28 00:00:00 UTC\n       Iter. #2: Wed 2028-03-01 00:00:00 UTC\n";
+    assert_eq!(interval_from_calendar(leap), Some(2 * 86400));
+    assert_eq!(interval_from_calendar("Failed to parse"), None);
+    // The date arithmetic agrees with file_name's.
+    assert_eq!(days_from_civil(2026, 12, 3).unwrap() * 86400, 1_796_256_000);
+}

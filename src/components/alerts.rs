@@ -73,6 +73,16 @@ pub const RULES: &[AlertRule] = &[
         severity: "warning",
         summary: "the last analytics-stack apply failed",
     },
+    AlertRule {
+        name: "AnalyticsBackupNotRun",
+        // The last successful backup (or, before the first, the time backups were
+        // scheduled) is older than one and a half intervals of the schedule and an
+        // hour (the timer's randomized delay, a slow backup).
+        expr: "time() - (analytics_stack_backup_last_success_timestamp_seconds or analytics_stack_backup_scheduled_since_timestamp_seconds) > 1.5 * analytics_stack_backup_interval_seconds + 3600",
+        for_: "0m",
+        severity: "warning",
+        summary: "no backup has succeeded for longer than its schedule allows",
+    },
 ];
 
 /// A YAML double-quoted scalar.

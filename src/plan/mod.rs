@@ -52,6 +52,12 @@ pub enum Step {
     RemoveFile {
         path: PathBuf,
     },
+    /// Records, before anything is written, which units must restart or reload and
+    /// whether systemd must reload: a killed apply's successor still does them.
+    RecordPending {
+        units: BTreeMap<String, OnChange>,
+        daemon_reload: bool,
+    },
     ReloadSystemd,
     Init {
         provision: Provision,
@@ -158,6 +164,22 @@ impl Step {
             Step::WriteFile { file, why } => format!("write {} ({why})", file.path.display()),
             Step::WriteUnit { unit, why } => format!("write unit {} ({why})", unit.name),
             Step::RemoveFile { path } => format!("remove {}", path.display()),
+            Step::RecordPending {
+                units,
+                daemon_reload,
+            } => {
+                let mut what: Vec<String> = units
+                    .iter()
+                    .map(|(u, how)| match how {
+                        OnChange::Restart => format!("{u} (to restart)"),
+                        OnChange::Reload => format!("{u} (to reload)"),
+                    })
+                    .collect();
+                if *daemon_reload {
+                    what.insert(0, "systemd's daemon-reload".into());
+                }
+                format!("note as due until done: {}", what.join(", "))
+            }
             Step::ReloadSystemd => "reload systemd".into(),
             Step::Init { provision } | Step::Provision { provision } => match provision {
                 Provision::PostgresInitdb { data_dir, .. } => {
@@ -544,7 +566,8 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
-    let mut notified: BTreeMap<String, OnChange> = BTreeMap::new();
+    // What a killed apply changed and did not yet restart is still due.
+    let mut notified: BTreeMap<String, OnChange> = state.pending_restarts.clone();
     for spec in desired {
         if let Some(pin) = &spec.archive {
             let installed = facts
@@ -640,8 +663,26 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
             }
         }
     }
-    if wrote_units {
+    if wrote_units || state.daemon_reload_pending {
         steps.push(Step::ReloadSystemd);
+    }
+    // Recorded first, so that it outlives a kill between a write and its restart.
+    let running = |u: &String| facts.units.get(u).is_some_and(|f| f.is_active());
+    let due: BTreeMap<String, OnChange> = notified
+        .iter()
+        .filter(|(u, _)| running(u))
+        .filter(|(u, how)| state.pending_restarts.get(*u) != Some(how))
+        .map(|(u, how)| (u.clone(), *how))
+        .collect();
+    let reload_due = wrote_units && !state.daemon_reload_pending;
+    if !due.is_empty() || reload_due {
+        steps.insert(
+            0,
+            Step::RecordPending {
+                units: due,
+                daemon_reload: reload_due,
+            },
+        );
     }
 
     for spec in desired {

@@ -152,7 +152,17 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             Step::RemoveFile { path } => {
                 facts.files.remove(path);
             }
-            Step::ReloadSystemd | Step::ReloadUnit { .. } | Step::RestartUnit { .. } => {}
+            Step::ReloadSystemd => state.daemon_reload_pending = false,
+            Step::ReloadUnit { unit } | Step::RestartUnit { unit } => {
+                state.pending_restarts.remove(unit);
+            }
+            Step::RecordPending {
+                units,
+                daemon_reload,
+            } => {
+                state.pending_restarts.extend(units.clone());
+                state.daemon_reload_pending |= daemon_reload;
+            }
             Step::Init { provision } => {
                 if let Provision::PostgresInitdb { data_dir, .. } = provision {
                     facts.existing.insert(data_dir.join("PG_VERSION"));
@@ -182,7 +192,10 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                     facts.units.entry(u.clone()).or_default().unit_file_state = "disabled".into();
                 }
             }
-            Step::StartUnit { unit } => active(facts, unit, true),
+            Step::StartUnit { unit } => {
+                active(facts, unit, true);
+                state.pending_restarts.remove(unit);
+            }
             Step::StopUnit { unit } => active(facts, unit, false),
             Step::Provision { provision } => {
                 state
@@ -203,8 +216,14 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
     }
 }
 
+/// What a plan does to the host, without its bookkeeping (`RecordPending`, which
+/// `an_apply_killed_after_any_step_still_restarts_what_it_changed` tests).
 fn names(plan: &Plan) -> Vec<String> {
-    plan.steps.iter().map(|s| s.describe()).collect()
+    plan.steps
+        .iter()
+        .filter(|s| !matches!(s, Step::RecordPending { .. }))
+        .map(|s| s.describe())
+        .collect()
 }
 
 fn converged(extra: &str) -> (HostFacts, RecordedState) {
@@ -860,4 +879,44 @@ fn the_backup_timer_runs_and_its_service_waits_for_it() {
         !off.iter().any(|s| s.contains("analytics-backup")),
         "{off:#?}"
     );
+}
+
+/// A daemon killed after any step of a change converges: the next plans, each
+/// killed after one more step, still restart what a written file notified and
+/// reload systemd after a written unit, though the files then match.
+#[test]
+fn an_apply_killed_after_any_step_still_restarts_what_it_changed() {
+    let (facts0, state0) = converged("");
+    let changed = desired("[postgres]\nmax_connections = 150\n[nginx]\nport = 8080\n");
+    let full = plan(&changed, &facts0, &state0);
+    let wanted: Vec<String> = names(&full)
+        .into_iter()
+        .filter(|s| s.starts_with("restart ") || s == "reload systemd")
+        .collect();
+    assert!(
+        wanted.contains(&"restart analytics-postgres.service".to_string()),
+        "{wanted:?}"
+    );
+    for k in 1..full.steps.len() {
+        let (mut facts, mut state) = (facts0.clone(), state0.clone());
+        // The first k steps, then a kill; the rest replanned and done.
+        let first = Plan {
+            steps: full.steps[..k].to_vec(),
+        };
+        simulate(&first, &mut facts, &mut state);
+        let rest = plan(&changed, &facts, &state);
+        let done: Vec<String> = names(&first).into_iter().chain(names(&rest)).collect();
+        for w in &wanted {
+            assert!(
+                done.contains(w),
+                "killed after {k} steps, {w} never happens: {done:#?}"
+            );
+        }
+        simulate(&rest, &mut facts, &mut state);
+        assert!(
+            plan(&changed, &facts, &state).is_empty(),
+            "killed after {k}"
+        );
+        assert!(state.pending_restarts.is_empty() && !state.daemon_reload_pending);
+    }
 }
