@@ -187,6 +187,9 @@ impl Stack {
             )
             .await?;
         state.previous_versions.remove(component);
+        for unit in &spec.units {
+            state.pending_restarts.remove(&unit.name);
+        }
         crate::exec::save_state(&self.fs, &state).map_err(failed)?;
         Ok(report)
     }
@@ -209,10 +212,16 @@ impl Stack {
             let Some(spec) = desired.iter().find(|s| s.name == u.component) else {
                 continue;
             };
-            match self
+            let rolled = self
                 .roll_back(spec, &u.to, &u.from, backup.map(Path::new), timeout)
-                .await
-            {
+                .await;
+            if rolled.is_ok() {
+                // Its units were all restarted by the rollback.
+                for unit in &spec.units {
+                    state.pending_restarts.remove(&unit.name);
+                }
+            }
+            match rolled {
                 Ok(r) => said.push_str(&format!(
                     "\n{} {} did not become healthy: rolled back to {}{} ({:.0} s)",
                     u.component,

@@ -180,44 +180,13 @@ impl Stack {
         postgres::bin_dir(newest.unwrap_or_else(|| self.postgres_major()))
     }
 
-    /// The major of the server that is running (`server_version_num` / 10000).
-    async fn server_major(&self, port: u16) -> Result<u32, StackError> {
+    /// The rows `sql` returns from the `postgres` database, one line each.
+    async fn query(&self, port: u16, sql: &str) -> Result<Vec<String>, StackError> {
         let out = pg_command(
             &self.postgres_bin(),
             "psql",
             port,
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-c",
-                "SHOW server_version_num",
-                "postgres",
-            ],
-        )
-        .await?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u32>()
-            .map(|n| n / 10000)
-            .map_err(|e| failed(format!("PostgreSQL's version: {e}")))
-    }
-
-    /// The databases of the stack's cluster a backup takes: all but the templates
-    /// and `postgres`.
-    async fn databases(&self, port: u16) -> Result<Vec<String>, StackError> {
-        let out = pg_command(
-            &self.postgres_bin(),
-            "psql",
-            port,
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-c",
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres' ORDER BY datname",
-                "postgres",
-            ],
+            &["-X", "-A", "-t", "-c", sql, "postgres"],
         )
         .await?;
         Ok(String::from_utf8_lossy(&out.stdout)
@@ -225,6 +194,25 @@ impl Stack {
             .map(str::to_string)
             .filter(|l| !l.is_empty())
             .collect())
+    }
+
+    /// The major of the server that is running (`server_version_num` / 10000).
+    async fn server_major(&self, port: u16) -> Result<u32, StackError> {
+        let rows = self.query(port, "SHOW server_version_num").await?;
+        rows.first()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .map(|n| n / 10000)
+            .ok_or_else(|| failed(format!("PostgreSQL's version: {rows:?}")))
+    }
+
+    /// The databases of the stack's cluster a backup takes: all but the templates
+    /// and `postgres`.
+    async fn databases(&self, port: u16) -> Result<Vec<String>, StackError> {
+        self.query(
+            port,
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'postgres' ORDER BY datname",
+        )
+        .await
     }
 
     /// Writes a backup of the running stack to `out` (the caller's file, opened for

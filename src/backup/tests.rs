@@ -161,13 +161,7 @@ fn entries_outside_the_stacks_paths_are_refused_even_with_a_matching_manifest() 
         }
     }
     // A link entry, even to an allowed name.
-    let mut t = tar::Builder::new(Vec::new());
-    let json = serde_json::to_vec(&header()).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(json.len() as u64);
-    h.set_mode(0o600);
-    t.append_data(&mut h, HEADER_ENTRY, json.as_slice())
-        .unwrap();
+    let (mut t, _) = begun();
     let mut l = tar::Header::new_gnu();
     l.set_entry_type(tar::EntryType::Symlink);
     l.set_size(0);
@@ -183,9 +177,8 @@ fn entries_outside_the_stacks_paths_are_refused_even_with_a_matching_manifest() 
     }
 }
 
-/// A backup as an attacker would write it: one entry under any raw name (the tar
-/// crate's writer refuses `..`), and a manifest that matches it.
-fn crafted(name: &str, data: &[u8]) -> Vec<u8> {
+/// A tar that begins as a backup does (its header entry), and the header's bytes.
+fn begun() -> (tar::Builder<Vec<u8>>, Vec<u8>) {
     let mut t = tar::Builder::new(Vec::new());
     let json = serde_json::to_vec(&header()).unwrap();
     let mut h = tar::Header::new_gnu();
@@ -193,6 +186,13 @@ fn crafted(name: &str, data: &[u8]) -> Vec<u8> {
     h.set_mode(0o600);
     t.append_data(&mut h, HEADER_ENTRY, json.as_slice())
         .unwrap();
+    (t, json)
+}
+
+/// A backup as an attacker would write it: one entry under any raw name (the tar
+/// crate's writer refuses `..`), and a manifest that matches it.
+fn crafted(name: &str, data: &[u8]) -> Vec<u8> {
+    let (mut t, json) = begun();
     let mut h = tar::Header::new_old();
     h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
     h.set_size(data.len() as u64);
