@@ -496,6 +496,10 @@ impl Stack {
                 version: match (&spec.archive, &spec.venv) {
                     (Some(pin), _) => pin.version.clone(),
                     (None, Some(venv)) => venv.id.clone(),
+                    // Nothing installed of its own (the backup timer): the daemon's.
+                    (None, None) if spec.version_package.is_empty() => {
+                        env!("CARGO_PKG_VERSION").to_string()
+                    }
                     (None, None) => versions
                         .get(&spec.version_package)
                         .cloned()

@@ -360,6 +360,7 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     assert_eq!(
         changed["steps"],
         serde_json::json!([
+            format!("note as due until done: systemd's daemon-reload, {worker} (to restart)"),
             format!("write unit {worker} (changed)"),
             "reload systemd",
             format!("restart {worker}")

@@ -166,7 +166,14 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         .collect();
     assert_eq!(
         names,
-        ["nginx", "statsd-exporter", "loki", "alloy", "grafana"]
+        [
+            "nginx",
+            "statsd-exporter",
+            "loki",
+            "alloy",
+            "grafana",
+            "backup"
+        ]
     );
     let versions: Vec<&str> = status["components"]
         .as_array()
@@ -175,7 +182,17 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         .skip(1)
         .map(|c| c["version"].as_str().unwrap())
         .collect();
-    assert_eq!(versions, ["0.30.0", "3.7.0", "1.12.0", "13.0.1"]);
+    // The release archives' versions, then the backup timer's (the daemon's own).
+    assert_eq!(
+        versions,
+        [
+            "0.30.0",
+            "3.7.0",
+            "1.12.0",
+            "13.0.1",
+            env!("CARGO_PKG_VERSION")
+        ]
+    );
 
     // The log shipper (stand-in Alloy) runs in the systemd-journal group and can read
     // the stack units' journal.

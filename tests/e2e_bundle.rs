@@ -145,7 +145,8 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
             "prometheus",
             "airflow",
             "superset",
-            "dlt"
+            "dlt",
+            "backup"
         ]
     );
     assert!(

@@ -94,7 +94,8 @@ fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
     );
     let status = json(&c.ok("analytics-stack status --json"));
     let components = status["components"].as_array().unwrap();
-    assert_eq!(components.len(), 13, "{status}");
+    // Thirteen components and the backup timer.
+    assert_eq!(components.len(), 14, "{status}");
     assert!(components.iter().all(|c| c["healthy"] == true), "{status}");
     // The processes the budget turned off do not run; every other unit has the limit
     // the plan gave it, in its file and in its cgroup.

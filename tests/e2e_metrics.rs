@@ -49,7 +49,7 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["node-exporter", "prometheus"]);
+    assert_eq!(names, ["node-exporter", "prometheus", "backup"]);
     assert!(
         status["components"]
             .as_array()
@@ -98,7 +98,8 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     wait_for_value(&c, "count(node_network_receive_bytes_total) > bool 0", "1");
     // The daemon's own figures arrive through the textfile collector.
     wait_for_value(&c, "analytics_stack_last_apply_success", "1");
-    wait_for_value(&c, "analytics_stack_components", "2");
+    // node-exporter, prometheus and the backup timer.
+    wait_for_value(&c, "analytics_stack_components", "3");
 
     // Each unit's memory and restarts, published by the daemon's refresher.
     wait_for_value(

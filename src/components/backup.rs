@@ -61,7 +61,6 @@ pub fn render(config: &Config) -> ComponentSpec {
     ComponentSpec {
         name: "backup",
         description: "Scheduled backups (analytics-backup.timer)",
-        version_package: "analytics-stack".into(),
         dirs: vec![DirSpec {
             path: backup.directory.as_str().into(),
             mode: 0o700,

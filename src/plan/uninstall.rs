@@ -36,6 +36,7 @@ pub fn kept(purge_data: bool) -> Vec<String> {
     let mut kept = vec![
         format!("{}/stack.toml and stack.d/ (your configuration; `apt purge` removes them)", paths::ETC),
         "the Debian packages the stack installed (postgresql, redis-server, nginx, prometheus, …): `apt autoremove` is yours to run".to_string(),
+        "the backups in [backup] directory (/var/backups/analytics-stack by default): yours to keep or remove".to_string(),
     ];
     if !purge_data {
         kept.insert(
