@@ -357,14 +357,8 @@ impl Stack {
         if config.node_exporter.enabled {
             self.update_backup_metrics(|m| {
                 m.interval_seconds = backup_interval;
-                m.scheduled_since = backup_interval.map(|_| {
-                    m.scheduled_since.unwrap_or_else(|| {
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0)
-                    })
-                });
+                m.scheduled_since = backup_interval
+                    .map(|_| m.scheduled_since.unwrap_or_else(crate::util::now_secs));
             });
         }
         if !upgrades.is_empty() {
@@ -389,10 +383,7 @@ impl Stack {
         if !config.node_exporter.enabled {
             return;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::util::now_secs();
         let text = format!(
             "# HELP analytics_stack_last_apply_timestamp_seconds When the last apply that changed something (or failed) ended.\n\
              # TYPE analytics_stack_last_apply_timestamp_seconds gauge\n\
@@ -804,16 +795,18 @@ pub fn preflight_problems(
 /// What in `plan` changes data in a way a backup should precede: a PostgreSQL major
 /// upgrade, or an application's new version (its migrations run when it starts).
 fn upgrade_reason(plan: &Plan, facts: &crate::facts::HostFacts) -> Option<String> {
-    plan.steps.iter().find_map(|s| match s {
-        plan::Step::UpgradePostgres { from, to, .. } => {
-            Some(format!("upgrading PostgreSQL {from} → {to}"))
-        }
-        plan::Step::BuildVenv { venv } => facts
-            .venvs
-            .get(&venv.name)
-            .map(|old| format!("upgrading {} ({old} → {})", venv.name, venv.id)),
-        _ => None,
-    })
+    // Venvs are built before the PostgreSQL step in a plan: the first upgrade names it.
+    crate::upgrade::upgrades(plan, facts)
+        .first()
+        .map(|u| format!("upgrading {} ({} → {})", u.component, u.from, u.to))
+        .or_else(|| {
+            plan.steps.iter().find_map(|s| match s {
+                plan::Step::UpgradePostgres { from, to, .. } => {
+                    Some(format!("upgrading PostgreSQL {from} → {to}"))
+                }
+                _ => None,
+            })
+        })
 }
 
 pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFacts) -> Vec<String> {

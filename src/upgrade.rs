@@ -125,11 +125,7 @@ impl Stack {
         file: &Path,
         databases: &[String],
     ) -> Result<Vec<String>, StackError> {
-        let staging = self.fs.path(Path::new(STAGING));
-        let _stale = std::fs::remove_dir_all(&staging);
-        self.fs
-            .ensure_dir(Path::new(STAGING), 0o700, 0, 0)
-            .map_err(|e| failed(format!("{STAGING}: {e}")))?;
+        let staging = self.fresh_private_dir(STAGING)?;
         let result = async {
             let input = std::fs::File::open(self.fs.path(file))
                 .map_err(|e| failed(format!("{}: {e}", file.display())))?;
@@ -251,6 +247,30 @@ impl Stack {
             said.push_str(&format!("\ncannot record state: {e}"));
         }
         StackError::Failed(said.trim_end().to_string())
+    }
+
+    /// After a healthy apply: the clusters a major upgrade left behind go.
+    pub fn retire_upgraded_clusters(
+        &self,
+        state: &mut crate::state::RecordedState,
+    ) -> Result<(), StackError> {
+        if state.upgraded_postgres.is_empty() && state.pre_upgrade_backups.is_empty() {
+            return Ok(());
+        }
+        // The upgrade is done; its backup file stays in the backup directory.
+        state.pre_upgrade_backups.clear();
+        for (dir, to) in std::mem::take(&mut state.upgraded_postgres) {
+            tracing::info!("PostgreSQL {to} is healthy: removing the old cluster {dir}");
+            match std::fs::remove_dir_all(self.fs.path(Path::new(&dir))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    state.upgraded_postgres.insert(dir.clone(), to);
+                    crate::exec::save_state(&self.fs, state).map_err(failed)?;
+                    return Err(failed(format!("{dir}: {e}")));
+                }
+                _ => {}
+            }
+        }
+        crate::exec::save_state(&self.fs, state).map_err(failed)
     }
 
     /// After a healthy apply: each upgraded application keeps its previous version

@@ -91,13 +91,6 @@ fn failed(what: impl std::fmt::Display) -> StackError {
     StackError::Failed(what.to_string())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Runs a PostgreSQL client program as root against the stack's cluster.
 async fn pg_command(
     bin_dir: &Path,
@@ -157,6 +150,17 @@ fn walk(root: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<String>) {
 }
 
 impl Stack {
+    /// `dir` emptied of what an earlier, interrupted operation left, and made
+    /// again (root's, 0700); its real path.
+    pub(crate) fn fresh_private_dir(&self, dir: &str) -> Result<PathBuf, StackError> {
+        let real = self.fs.path(Path::new(dir));
+        let _stale = std::fs::remove_dir_all(&real);
+        self.fs
+            .ensure_dir(Path::new(dir), 0o700, 0, 0)
+            .map_err(|e| failed(format!("{dir}: {e}")))?;
+        Ok(real)
+    }
+
     /// The PostgreSQL major the configuration runs (its client programs read any
     /// older server's data too).
     fn postgres_major(&self) -> u32 {
@@ -255,7 +259,7 @@ impl Stack {
         let header = Header {
             format: FORMAT.into(),
             version: FORMAT_VERSION,
-            created: now_secs(),
+            created: crate::util::now_secs(),
             hostname: config
                 .stack
                 .hostname
@@ -268,11 +272,7 @@ impl Stack {
             with_telemetry,
             components: versions,
         };
-        let spool = self.fs.path(Path::new(SPOOL));
-        let _fresh = std::fs::remove_dir_all(&spool);
-        self.fs
-            .ensure_dir(Path::new(SPOOL), 0o700, 0, 0)
-            .map_err(|e| failed(format!("{SPOOL}: {e}")))?;
+        let spool = self.fresh_private_dir(SPOOL)?;
         let result = self
             .write_backup(
                 out,
@@ -466,7 +466,7 @@ impl Stack {
         self.fs
             .ensure_dir(dir, 0o700, 0, 0)
             .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        let name = super::file_name(now_secs()).replacen(
+        let name = super::file_name(crate::util::now_secs()).replacen(
             super::FILE_PREFIX,
             &format!("analytics-stack-{label}-"),
             1,
@@ -492,30 +492,6 @@ impl Stack {
                 Err(e)
             }
         }
-    }
-
-    /// After a healthy apply: the clusters a major upgrade left behind go.
-    pub fn retire_upgraded_clusters(
-        &self,
-        state: &mut crate::state::RecordedState,
-    ) -> Result<(), StackError> {
-        if state.upgraded_postgres.is_empty() && state.pre_upgrade_backups.is_empty() {
-            return Ok(());
-        }
-        // The upgrade is done; its backup file stays in the backup directory.
-        state.pre_upgrade_backups.clear();
-        for (dir, to) in std::mem::take(&mut state.upgraded_postgres) {
-            tracing::info!("PostgreSQL {to} is healthy: removing the old cluster {dir}");
-            match std::fs::remove_dir_all(self.fs.path(Path::new(&dir))) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    state.upgraded_postgres.insert(dir.clone(), to);
-                    crate::exec::save_state(&self.fs, state).map_err(failed)?;
-                    return Err(failed(format!("{dir}: {e}")));
-                }
-                _ => {}
-            }
-        }
-        crate::exec::save_state(&self.fs, state).map_err(failed)
     }
 
     /// `analytics_stack_backup.prom` changed by `change`, when node_exporter's
@@ -565,11 +541,7 @@ impl Stack {
         progress: &dyn Progress,
     ) -> Result<RestoreReport, StackError> {
         let started = Instant::now();
-        let staging = self.fs.path(Path::new(STAGING));
-        let _stale = std::fs::remove_dir_all(&staging);
-        self.fs
-            .ensure_dir(Path::new(STAGING), 0o700, 0, 0)
-            .map_err(|e| failed(format!("{STAGING}: {e}")))?;
+        let staging = self.fresh_private_dir(STAGING)?;
         let result = self
             .restore_from_staging(input, name, cancel, progress)
             .await;
