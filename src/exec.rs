@@ -492,6 +492,9 @@ impl Executor<'_> {
                 ))
             }
             Step::BuildVenv { venv } => self.build_venv(venv).await?,
+            // apt installed the new version already; the plan restarts the units onto
+            // it and apply records the version once they are healthy.
+            Step::PackageChanged { .. } => {}
             Step::InstallPackages { packages } => host::apt::install(packages, &self.apt)
                 .await
                 .map_err(|e| e.to_string())?,

@@ -110,6 +110,7 @@ mod tests {
                 healthy: false,
                 version: "7.0".into(),
                 previous_version: None,
+                held_version: None,
                 units: vec![],
                 probes: vec![
                     ProbeResult {

@@ -61,6 +61,8 @@ pub struct PlanReport {
     /// Why apply would refuse before installing anything (e.g. an unsupported Python).
     pub problems: Vec<String>,
     pub conflicts: Vec<PortConflict>,
+    /// Upgrades apply leaves alone because they were rolled back.
+    pub held: Vec<String>,
     pub plan: Plan,
 }
 
@@ -87,6 +89,9 @@ pub struct ComponentStatus {
     /// The version an upgrade replaced, kept for `analytics-stack rollback`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<String>,
+    /// A version rolled back from, which apply does not try again until `unhold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_version: Option<String>,
     pub units: Vec<UnitStatusJson>,
     pub probes: Vec<ProbeResult>,
 }
@@ -170,7 +175,8 @@ impl Stack {
         &self,
     ) -> Result<(Config, Vec<ComponentSpec>, Option<budget::MemoryPlan>), StackError> {
         let platform = self.platform();
-        let config = self.config_for(&platform.names)?;
+        let mut config = self.config_for(&platform.names)?;
+        self.hold_postgres_major(&mut config, &platform);
         let fitted =
             budget::fit(&config, &platform).map_err(|e| StackError::Budget(e.to_string()))?;
         let (config, memory) = match fitted {
@@ -184,6 +190,29 @@ impl Stack {
         Ok((config, specs, memory))
     }
 
+    /// A PostgreSQL major upgrade that was rolled back: the cluster stays on the
+    /// major it is of until `unhold postgres` (or a configuration asking for another).
+    fn hold_postgres_major(&self, config: &mut Config, platform: &Platform) {
+        let state = exec::load_state(&self.fs);
+        let Some(held) = state
+            .held
+            .get("postgres")
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            return;
+        };
+        if components::postgres::major(config, platform) != held {
+            return;
+        }
+        let dir = PathBuf::from(paths::STATE).join("postgres");
+        if let Some((&older, _)) = gather::postgres_clusters(&self.fs, &dir)
+            .range(..held)
+            .next_back()
+        {
+            config.postgres.major = config::PostgresMajor::try_from(i64::from(older)).ok();
+        }
+    }
+
     pub async fn plan(&self) -> Result<PlanReport, StackError> {
         let (_, desired, memory) = self.desired_with_budget()?;
         let state = exec::load_state(&self.fs);
@@ -195,11 +224,36 @@ impl Stack {
             steps: plan.steps.iter().map(|s| s.describe()).collect(),
             problems: preflight_problems(&desired, &facts),
             conflicts: plan::port_conflicts(&desired, &facts),
+            held: plan::held_upgrades(&desired, &facts, &state),
             plan,
         })
     }
 
     pub async fn apply(
+        &self,
+        cancel: &AtomicBool,
+        progress: &dyn exec::Progress,
+        bundle: Option<BundleSource>,
+    ) -> Result<ApplyReport, StackError> {
+        // Half the backup's data and half the host's would look healthy.
+        if let Some(file) = exec::load_state(&self.fs).restore_in_progress {
+            return Err(StackError::Conflict(format!(
+                "a restore of {file} did not complete (the daemon stopped during it): run `analytics-stack restore {file}` again"
+            )));
+        }
+        self.apply_unchecked(cancel, progress, bundle).await
+    }
+
+    /// Apply within a restore, which brings the host to the backup's state.
+    pub(crate) async fn apply_restoring(
+        &self,
+        cancel: &AtomicBool,
+        progress: &dyn exec::Progress,
+    ) -> Result<ApplyReport, StackError> {
+        self.apply_unchecked(cancel, progress, None).await
+    }
+
+    async fn apply_unchecked(
         &self,
         cancel: &AtomicBool,
         progress: &dyn exec::Progress,
@@ -266,7 +320,7 @@ impl Stack {
                 .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
         }
         // Before a migration or a major upgrade touches the data: a backup of it.
-        if let Some(why) = upgrade_reason(&plan, &facts) {
+        if let Some(why) = upgrade_reason(&desired, &plan, &facts) {
             let taken = state
                 .pre_upgrade_backups
                 .get(&why)
@@ -291,11 +345,15 @@ impl Stack {
             }
         }
         // Application upgrades, with those a killed apply left unfinished.
-        let mut upgrades = crate::upgrade::upgrades(&plan, &facts);
+        let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
         for (component, (from, to)) in &state.upgrades_in_progress {
+            let Some(spec) = desired.iter().find(|s| s.name == component) else {
+                continue;
+            };
             if !upgrades.iter().any(|u| &u.component == component) {
                 upgrades.push(crate::upgrade::Upgrade {
                     component: component.clone(),
+                    kind: crate::upgrade::kind_of(spec),
                     from: from.clone(),
                     to: to.clone(),
                 });
@@ -311,35 +369,59 @@ impl Stack {
         }
         let backup_before = state.pre_upgrade_backups.values().next().cloned();
         let timeout = Duration::from_secs(config.stack.health_timeout_secs.into());
+        let executor = Executor {
+            fs: &self.fs,
+            mirror: config.archives.mirror.as_str().to_string(),
+            systemd: &self.systemd,
+            cancel,
+            apt,
+            bundle,
+        };
         let outcome = async {
             if !plan.is_empty() {
-                Executor {
-                    fs: &self.fs,
-                    mirror: config.archives.mirror.as_str().to_string(),
-                    systemd: &self.systemd,
-                    cancel,
-                    apt,
-                    bundle,
-                }
-                .run(&plan, &mut state, progress)
-                .await?;
+                executor.run(&plan, &mut state, progress).await?;
             }
             self.wait_healthy(&desired, timeout).await
         }
         .await;
-        // An upgraded application that is not healthy goes back to what it was.
+        // What an upgrade made unhealthy goes back to what it was: PostgreSQL first
+        // (the applications' rollbacks restore into it).
         let outcome = match outcome {
-            Err(e) if !upgrades.is_empty() => Err(self
-                .roll_back_upgrades(
-                    &desired,
-                    &upgrades,
-                    backup_before.as_deref(),
-                    timeout,
-                    e,
-                    &mut state,
-                )
-                .await),
-            other => other,
+            Err(e) => {
+                // Only when PostgreSQL itself is not healthy: another component's
+                // failure is no reason to leave the new major.
+                let postgres = desired.iter().find(|s| s.name == "postgres");
+                let postgres_sick = match postgres {
+                    Some(spec) => self
+                        .wait_healthy(std::slice::from_ref(spec), Duration::ZERO)
+                        .await
+                        .is_err(),
+                    None => false,
+                };
+                let upgrade =
+                    crate::upgrade::postgres_upgrade_of(&plan, &state).filter(|_| postgres_sick);
+                let e = match upgrade {
+                    Some(up) => {
+                        self.roll_back_postgres(&up, e, &mut state, &executor, progress, timeout)
+                            .await
+                    }
+                    None => e,
+                };
+                match upgrades.is_empty() {
+                    true => Err(e),
+                    false => Err(self
+                        .roll_back_upgrades(
+                            &desired,
+                            &upgrades,
+                            backup_before.as_deref(),
+                            timeout,
+                            e,
+                            &mut state,
+                        )
+                        .await),
+                }
+            }
+            ok => ok,
         };
         if !plan.is_empty() || outcome.is_err() {
             self.publish_apply_metrics(&config, &desired, started.elapsed(), outcome.is_ok());
@@ -361,10 +443,17 @@ impl Stack {
                     .map(|_| m.scheduled_since.unwrap_or_else(crate::util::now_secs));
             });
         }
-        if !upgrades.is_empty() {
-            state.upgrades_in_progress.clear();
-            self.record_upgrades(&mut state, &upgrades, backup_before.as_deref())?;
-        }
+        state.upgrades_in_progress.clear();
+        self.record_upgrades(&mut state, &desired, &upgrades, backup_before.as_deref())?;
+        let installed = match plan.is_empty() {
+            true => facts.packages.clone(),
+            false => {
+                let packages: Vec<String> =
+                    desired.iter().map(|s| s.version_package.clone()).collect();
+                crate::host::apt::installed_versions(&packages).await
+            }
+        };
+        self.record_package_versions(&mut state, &desired, &installed)?;
         Ok(ApplyReport {
             changed: !plan.is_empty(),
             steps,
@@ -497,6 +586,7 @@ impl Stack {
                         .unwrap_or_else(|| "not installed".into()),
                 },
                 previous_version: state.previous_versions.get(spec.name).map(|p| p.id.clone()),
+                held_version: state.held.get(spec.name).cloned(),
                 units,
                 probes,
             });
@@ -794,9 +884,13 @@ pub fn preflight_problems(
 
 /// What in `plan` changes data in a way a backup should precede: a PostgreSQL major
 /// upgrade, or an application's new version (its migrations run when it starts).
-fn upgrade_reason(plan: &Plan, facts: &crate::facts::HostFacts) -> Option<String> {
+fn upgrade_reason(
+    desired: &[ComponentSpec],
+    plan: &Plan,
+    facts: &crate::facts::HostFacts,
+) -> Option<String> {
     // Venvs are built before the PostgreSQL step in a plan: the first upgrade names it.
-    crate::upgrade::upgrades(plan, facts)
+    crate::upgrade::upgrades(desired, plan, facts)
         .first()
         .map(|u| format!("upgrading {} ({} → {})", u.component, u.from, u.to))
         .or_else(|| {
@@ -944,6 +1038,7 @@ mod tests {
                 healthy: true,
                 version: String::new(),
                 previous_version: None,
+                held_version: None,
                 units: vec![
                     unit("analytics-superset-web.service", Some(1 << 30)),
                     unit("analytics-superset-worker.service", None),

@@ -36,6 +36,19 @@ pub struct RecordedState {
     pub pending_restarts: BTreeMap<String, crate::model::OnChange>,
     /// Unit files written and systemd not yet reloaded.
     pub daemon_reload_pending: bool,
+    /// Each component's Debian package and the version an apply last saw healthy: a
+    /// different installed version (apt upgraded it) is an upgrade of the component.
+    pub package_versions: BTreeMap<String, String>,
+    /// Versions rolled back from (by apply or by hand): component → that venv id or
+    /// archive version. Apply does not try it again until `unhold` (a different
+    /// version is a new upgrade).
+    pub held: BTreeMap<String, String>,
+    /// Units a backup stopped to copy their data consistently and has not started
+    /// again: a daemon killed meanwhile starts them when it comes back.
+    pub stopped_for_backup: BTreeSet<String>,
+    /// The backup file a restore began to put back (after it verified it, before it
+    /// changed anything): until a restore of it completes, apply refuses.
+    pub restore_in_progress: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

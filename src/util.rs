@@ -109,6 +109,29 @@ pub fn failpoint_step_recorded() {
     }
 }
 
+/// A test failpoint for the phases of a long operation (`restore`, `backup`): with
+/// `ANALYTICS_STACK_KILL_AT=OPERATION:N` in the daemon's environment, the daemon
+/// kills itself with SIGKILL when that operation has ended its Nth phase (counted
+/// over the daemon's life). Unset (always, outside tests), this does nothing.
+pub fn failpoint_phase(operation: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static KILL_AT: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static ENDED: AtomicUsize = AtomicUsize::new(0);
+    let Some((op, n)) = KILL_AT.get_or_init(|| {
+        let v = std::env::var("ANALYTICS_STACK_KILL_AT").ok()?;
+        let (op, n) = v.split_once(':')?;
+        Some((op.to_string(), n.parse().ok()?))
+    }) else {
+        return;
+    };
+    if op == operation && ENDED.fetch_add(1, Ordering::SeqCst) + 1 >= *n {
+        tracing::warn!("failpoint: killed after {n} {operation} phases");
+        let _dying =
+            nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Seconds since the epoch (0 if the clock is before it).
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

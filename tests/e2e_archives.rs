@@ -312,4 +312,85 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
     // unless told otherwise).
     c.assert_only_nginx_beyond_loopback();
     assert!(c.ok("analytics-stack plan").contains("nothing to do"));
+
+    archive_upgrades_are_health_gated(&c);
+}
+
+fn statsd_status(c: &Container) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();
+    v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "statsd-exporter")
+        .cloned()
+        .unwrap_or_else(|| panic!("statsd-exporter in {v:#}"))
+}
+
+fn statsd_current(c: &Container) -> String {
+    c.ok("readlink /opt/analytics-stack/statsd-exporter/current")
+        .trim()
+        .to_string()
+}
+
+/// A new archive pin (what a newer package of the stack brings) is an upgrade, health
+/// gated. The host as an older package left it is simulated: the installed
+/// stand-in moved to 0.29.0 and made current; the "broken" 0.30.0 is the stand-in's
+/// program replaced by one that exits (a build that does not run on this host).
+fn archive_upgrades_are_health_gated(c: &Container) {
+    c.ok("printf '[stack]\\nhealth_timeout_secs = 20\\n' > /etc/analytics-stack/stack.d/40-timeout.toml");
+    c.ok("cd /opt/analytics-stack/statsd-exporter && mv 0.30.0 0.29.0 && ln -sfn 0.29.0 current && systemctl restart analytics-statsd-exporter.service");
+    let plan = c.ok("analytics-stack plan");
+    assert!(plan.contains("install statsd-exporter 0.30.0"), "{plan}");
+    c.ok("analytics-stack apply");
+    assert_eq!(statsd_current(c), "0.30.0");
+    let s = statsd_status(c);
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(s["previous_version"], "0.29.0", "{s:#}");
+
+    // Back by hand; the next apply leaves it there until unhold.
+    c.ok("analytics-stack rollback statsd-exporter");
+    assert_eq!(statsd_current(c), "0.29.0");
+    let s = statsd_status(c);
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(s["held_version"], "0.30.0", "{s:#}");
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains("nothing to do")
+            && plan.contains("held: statsd-exporter stays on 0.29.0: 0.30.0 was rolled back"),
+        "{plan}"
+    );
+    assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+    assert_eq!(statsd_current(c), "0.29.0");
+    let out = c.ok("analytics-stack unhold statsd-exporter");
+    assert!(
+        out.contains("statsd-exporter 0.30.0 is no longer held"),
+        "{out}"
+    );
+    assert_eq!(
+        c.sh("analytics-stack unhold statsd-exporter").status.code(),
+        Some(7)
+    );
+
+    // A 0.30.0 that does not start here: apply reports it with its journal and puts
+    // 0.29.0 back, healthy, and holds 0.30.0.
+    c.ok("f=$(find /opt/analytics-stack/statsd-exporter/0.30.0 -name statsd_exporter -type f) && printf '#!/bin/sh\\necho simulated broken build >&2\\nexit 1\\n' > \"$f\"");
+    let out = c.sh("analytics-stack apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--- last journal lines of analytics-statsd-exporter.service")
+            && stderr.contains("simulated broken build")
+            && stderr
+                .contains("statsd-exporter 0.30.0 did not become healthy: rolled back to 0.29.0"),
+        "{stderr}"
+    );
+    assert_eq!(statsd_current(c), "0.29.0");
+    let s = statsd_status(c);
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(s["held_version"], "0.30.0", "{s:#}");
+    assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+    c.ok("rm /etc/analytics-stack/stack.d/40-timeout.toml");
 }

@@ -2,7 +2,9 @@
 //! Redis, NGINX, Prometheus, node_exporter, postgres_exporter from Debian; real
 //! Airflow, Superset and dlt from PyPI), abused as an attacker would, then
 //! `uninstall --purge-data`, then a restore on a fresh container that brings back
-//! the rows, the logins, the DAG history and the saved query. On the restored host,
+//! the rows, the logins, the DAG history and the saved query. The first host ran
+//! the previous Airflow release (3.3.1) before it was upgraded to the package's. On
+//! the restored host,
 //! Airflow upgraded to a new build (`[python] lock_dir`), rolled back by hand, then
 //! upgraded to a broken build and rolled back automatically. The one STAND-IN is
 //! statsd_exporter (tests/standins/, from a local mirror); Grafana, Loki and Alloy
@@ -155,8 +157,43 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         c.without_release_archives();
         c.ok("mkdir -p /etc/analytics-stack/stack.d");
         c.ok(&config);
+        // The previous Airflow release first (the package's own requirements at
+        // 3.3.1, tests/data/locks/), so that the upgrade to the package's 3.3.2 below
+        // is one between two real releases.
+        c.ok("mkdir -p /etc/analytics-stack/locks && printf '[python]\\nlock_dir = \"/etc/analytics-stack/locks\"\\n' > /etc/analytics-stack/stack.d/30-locks.toml");
+        c.copy_in(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/locks/airflow-3.3.1.lock"),
+            "/etc/analytics-stack/locks/airflow.lock",
+        );
         c.ok("analytics-stack apply");
+        let previous = airflow_current(&c);
+        assert!(previous.starts_with("3.3.1-"), "{previous}");
         let made = make_things(&c);
+
+        // The package's own Airflow: a real upgrade, 3.3.1 to 3.3.2, backed up
+        // first, migrated, health-gated; every row, login, run and query kept.
+        c.ok("rm -r /etc/analytics-stack/locks /etc/analytics-stack/stack.d/30-locks.toml");
+        let plan = c.ok("analytics-stack plan");
+        assert!(plan.contains("build the airflow venv 3.3.2-"), "{plan}");
+        let started = Instant::now();
+        c.ok("analytics-stack apply");
+        eprintln!(
+            "[figure] Airflow upgraded from 3.3.1 to 3.3.2: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(airflow_current(&c).starts_with("3.3.2-"));
+        let status = airflow_status(&c);
+        assert_eq!(status["healthy"], true, "{status:#}");
+        assert_eq!(status["previous_version"], previous.as_str(), "{status:#}");
+        let version = c.ok("/opt/analytics-stack/airflow/current/bin/python -c 'import importlib.metadata as m; print(m.version(\"apache-airflow\"))'");
+        assert_eq!(version.trim(), "3.3.2");
+        found_again(&c, &made);
+        let pre = c.ok(&format!("ls {BACKUPS}"));
+        assert!(
+            pre.lines()
+                .any(|l| l.starts_with("analytics-stack-pre-upgrade-")),
+            "{pre}"
+        );
 
         // The timer is scheduled and its service is as sandboxed as it can be as root.
         let timers = c.ok("systemctl list-timers --all --no-legend analytics-backup.timer");
@@ -179,7 +216,10 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
             c.ok("systemctl start analytics-backup.service");
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
-        let kept = c.ok(&format!("ls {BACKUPS}"));
+        // (The backup taken before the upgrade is not one of the scheduled ones.)
+        let kept = c.ok(&format!(
+            "ls {BACKUPS} | grep -v '^analytics-stack-pre-upgrade-'"
+        ));
         assert_eq!(kept.lines().count(), 2, "{kept}");
         assert!(
             kept.lines()
@@ -213,6 +253,48 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         assert_eq!(c.ok("stat -c '%U %a' /root/stack.tar").trim(), "root 600");
         assert!(c.sh("ls /root/stack.tar.partial").status.code() != Some(0));
         c.copy_out("/root/stack.tar", &saved);
+
+        // A backup killed (SIGKILL) after each of its phases, one after another:
+        // the daemon, when it comes back, starts what the backup had stopped
+        // (Prometheus, for --with-telemetry); the CLI leaves no file, the daemon no
+        // spool; the next backup completes.
+        let started = Instant::now();
+        let mut kills = 0;
+        loop {
+            c.daemon_failpoint(Some(&format!(
+                "ANALYTICS_STACK_KILL_AT=backup:{}",
+                kills + 1
+            )));
+            let out = c.sh("analytics-stack backup --with-telemetry --output /root/killed.tar");
+            if out.status.code() == Some(0) {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("analytics-stackd exited during the backup"),
+                "{stderr}"
+            );
+            kills += 1;
+            assert!(kills < 40, "the backups never completed");
+            c.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
+            assert_eq!(
+                c.ok("systemctl is-active analytics-prometheus.service")
+                    .trim(),
+                "active"
+            );
+            assert_eq!(
+                c.ok("ls /root/killed.tar* /var/lib/analytics-stack/backup-spool 2>/dev/null | wc -l")
+                    .trim(),
+                "0"
+            );
+        }
+        c.daemon_failpoint(None);
+        eprintln!(
+            "[figure] kill-safety: a backup killed after each of its {kills} phases: {kills}/{kills} recovered ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(kills >= 5, "the backup had only {kills} phases");
+        c.ok("tar -tf /root/killed.tar | grep -q '^files/var/lib/analytics-stack/prometheus/' && rm /root/killed.tar");
 
         // Only root may ask for a backup or a restore, not even the admin group
         // (which may apply): a backup holds every secret.
@@ -275,7 +357,7 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         // Purge: the data goes, the backups stay.
         c.ok("analytics-stack uninstall --purge-data");
         assert!(c.sh("ls /var/lib/analytics-stack/postgres").status.code() != Some(0));
-        assert_eq!(c.ok(&format!("ls {BACKUPS} | wc -l")).trim(), "2");
+        assert_eq!(c.ok(&format!("ls {BACKUPS} | wc -l")).trim(), "3");
         made
     };
 
@@ -304,10 +386,44 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
     assert!(again.contains("nothing to do"), "{again}");
     upgrades_and_rollbacks(&c, &made);
 
-    // A restore over a running stack converges to the backup too.
+    // A restore over a running stack converges to the backup too, even killed
+    // (SIGKILL) after any of its phases: apply refuses the half-restored host, and
+    // the next restore starts over.
     psql(&c, "warehouse", "DELETE FROM mine WHERE id > 1000");
-    c.ok("analytics-stack restore /root/stack.tar");
+    let started = Instant::now();
+    let mut kills = 0;
+    loop {
+        c.daemon_failpoint(Some(&format!(
+            "ANALYTICS_STACK_KILL_AT=restore:{}",
+            kills + 1
+        )));
+        let out = c.sh("analytics-stack restore /root/stack.tar");
+        if out.status.code() == Some(0) {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("analytics-stackd exited during the restore"),
+            "{stderr}"
+        );
+        kills += 1;
+        assert!(kills < 40, "the restores never converged");
+        let refused = c.sh("analytics-stack apply");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(6), "{stderr}");
+        assert!(
+            stderr.contains("a restore of /root/stack.tar did not complete"),
+            "{stderr}"
+        );
+    }
+    c.daemon_failpoint(None);
+    eprintln!(
+        "[figure] kill-safety: a restore killed after each of its {kills} phases, restored again each time: {kills}/{kills} converged ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 8, "the restore had only {kills} phases");
     found_again(&c, &made);
+    assert!(c.ok("analytics-stack apply").contains("nothing to do"));
 }
 
 fn airflow_current(c: &Container) -> String {
@@ -363,11 +479,26 @@ fn upgrades_and_rollbacks(c: &Container, made: &Made) {
     );
     let plan = c.ok("analytics-stack plan");
     assert!(plan.contains("build the airflow venv 3.3.2-"), "{plan}");
+    // Killed (SIGKILL) after each step the upgrade records, one apply after another.
     let started = Instant::now();
-    c.ok("analytics-stack apply");
+    let kills = c.apply_killed_after_each_step(|_| {});
     eprintln!(
-        "[figure] Airflow upgraded to a new build: {:.1} s",
+        "[figure] kill-safety: an Airflow upgrade killed after each of its {kills} steps: {kills}/{kills} converged ({:.1} s)",
         started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 3, "the upgrade recorded only {kills} steps");
+    // Converged: no Airflow process of the old version runs (the files processes
+    // map are named by their real paths, the venv's own directory).
+    let mapped = c.ok(
+        "grep -ho '/opt/analytics-stack/airflow/[^/]*/' /proc/[0-9]*/maps 2>/dev/null | sort -u",
+    );
+    assert_eq!(
+        mapped.lines().collect::<Vec<_>>(),
+        [format!(
+            "/opt/analytics-stack/airflow/{}/",
+            airflow_current(c)
+        )],
+        "{mapped}"
     );
     let upgraded = airflow_current(c);
     assert_ne!(upgraded, installed);

@@ -473,6 +473,8 @@ fn data_tier_end_to_end() {
         Some(5)
     );
 
+    debian_package_upgrades_are_health_gated(&c, psql);
+
     // Uninstall keeps the data and the users that own it (so no new account can be
     // given their uids); units and generated files go; the distribution's units come
     // back; a second uninstall has nothing to do.
@@ -546,4 +548,127 @@ fn data_tier_end_to_end() {
             .trim(),
         ""
     );
+}
+
+fn redis_version(c: &Container) -> String {
+    c.ok("dpkg-query -W -f='${Version}' redis-server")
+        .trim()
+        .to_string()
+}
+
+fn component<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {v:#}"))
+}
+
+/// Debian packages apt upgrades under the stack: builds of the installed
+/// redis-server repacked with a higher version (what `apt upgrade` would install; a
+/// real newer build cannot be had here), one good, one whose program does not start.
+fn debian_package_upgrades_are_health_gated(c: &Container, psql: &str) {
+    let installed = redis_version(c);
+    let kept = c.ok("ls /var/lib/analytics-stack/packages");
+    assert!(
+        kept.contains(&format!("redis-server_{}_", installed.replace(':', "%3a"))),
+        "a copy of the healthy version is kept: {kept}"
+    );
+    c.ok("printf '[stack]\\nhealth_timeout_secs = 20\\n' > /etc/analytics-stack/stack.d/40-timeout.toml");
+    let repack = |suffix: &str, broken: bool| {
+        c.ok(&format!(
+            "set -e; rm -rf /tmp/rp && dpkg-deb -R /var/lib/analytics-stack/packages/redis-server_*.deb /tmp/rp \
+             && sed -i 's/^Version: .*/&{suffix}/' /tmp/rp/DEBIAN/control \
+             && {} dpkg-deb -b /tmp/rp /tmp/redis-{suffix}.deb >/dev/null \
+             && dpkg --force-confold -i /tmp/redis-{suffix}.deb >/dev/null 2>&1 || true; \
+             dpkg-query -W -f='${{Status}}' redis-server",
+            if broken {
+                "rm /tmp/rp/usr/bin/redis-server && printf '#!/bin/sh\\necho simulated broken build >&2\\nexit 1\\n' > /tmp/rp/usr/bin/redis-server && chmod 755 /tmp/rp/usr/bin/redis-server &&"
+            } else {
+                ""
+            }
+        ))
+    };
+    let good = format!("{installed}+stacktest1");
+    assert_eq!(repack("+stacktest1", false).trim(), "install ok installed");
+    assert_eq!(redis_version(c), good);
+    let plan = c.ok("analytics-stack plan");
+    assert!(
+        plan.contains(&format!(
+            "restart redis on its upgraded Debian package redis-server ({installed} → {good})"
+        )),
+        "{plan}"
+    );
+    let before = main_pids(&status(c, None));
+    c.ok("analytics-stack apply");
+    let after = status(c, None);
+    let restarted: Vec<String> = main_pids(&after)
+        .into_iter()
+        .filter(|(u, pid)| before.iter().any(|(b, old)| b == u && old != pid))
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        restarted.iter().all(|u| u.starts_with("analytics-redis-")) && restarted.len() == 2,
+        "only Redis's units restart: {restarted:?}"
+    );
+    let redis = component(&after, "redis");
+    assert_eq!(redis["healthy"], true, "{redis:#}");
+    assert_eq!(redis["version"], good.as_str(), "{redis:#}");
+    assert_eq!(redis["previous_version"], installed.as_str(), "{redis:#}");
+
+    // Back by hand, from the kept copy (not by anyone).
+    for denied in ["rollback redis", "unhold redis"] {
+        let out = c.sh(&format!("runuser -u alice -- analytics-stack {denied}"));
+        assert_eq!(out.status.code(), Some(5), "{denied}");
+    }
+    assert_eq!(redis_version(c), good);
+    c.ok("analytics-stack rollback redis");
+    assert_eq!(redis_version(c), installed);
+    let redis = status(c, None);
+    let redis = component(&redis, "redis");
+    assert_eq!(redis["healthy"], true, "{redis:#}");
+    assert!(redis["previous_version"].is_null(), "{redis:#}");
+    let again = c.ok("analytics-stack apply");
+    assert!(again.contains("nothing to do"), "{again}");
+
+    // A build whose program does not start: apply says so with its journal and puts
+    // the version that ran back.
+    let broken = format!("{installed}+stacktest2");
+    assert_eq!(repack("+stacktest2", true).trim(), "install ok installed");
+    assert_eq!(redis_version(c), broken);
+    let out = c.sh("analytics-stack apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--- last journal lines of analytics-redis-")
+            && stderr.contains("simulated broken build"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "redis {broken} did not become healthy: rolled back to {installed}"
+        )) && stderr.contains("`apt-mark hold`"),
+        "{stderr}"
+    );
+    assert_eq!(redis_version(c), installed);
+    let now = status(c, None);
+    assert!(
+        now["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["healthy"] == true),
+        "{now:#}"
+    );
+    assert_eq!(
+        c.ok(&format!("{psql} -c 'SELECT sum(n) FROM facts'"))
+            .trim(),
+        "42",
+        "the warehouse is untouched"
+    );
+    let again = c.ok("analytics-stack apply");
+    assert!(again.contains("nothing to do"), "{again}");
+    c.ok("rm /etc/analytics-stack/stack.d/40-timeout.toml");
 }

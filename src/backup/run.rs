@@ -381,6 +381,7 @@ impl Stack {
                         .map_err(|e| failed(format!("cannot write the backup: {e}")))?;
                     std::fs::remove_file(&path).map_err(failed)
                 })?;
+                crate::util::failpoint_phase("backup");
             }
         }
 
@@ -402,9 +403,12 @@ impl Stack {
                 _ => None,
             };
             if let Some(unit) = stop {
+                // Recorded first: a daemon killed while it is stopped starts it again.
+                self.record(|s| s.stopped_for_backup.insert(unit.to_string()))?;
                 self.systemd
                     .run_job("stop", unit, Duration::from_secs(120))
                     .await?;
+                crate::util::failpoint_phase("backup");
             }
             let copied = tokio::task::block_in_place(|| -> Result<(), StackError> {
                 for path in &files {
@@ -436,8 +440,10 @@ impl Stack {
                 self.systemd
                     .run_job("start", unit, Duration::from_secs(120))
                     .await?;
+                self.record(|s| s.stopped_for_backup.remove(unit))?;
             }
             copied?;
+            crate::util::failpoint_phase("backup");
         }
         progress.step(total, total, "write the manifest");
         tokio::task::block_in_place(|| {
@@ -452,6 +458,58 @@ impl Stack {
             let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
             Ok((bytes, entries.len()))
         })
+    }
+
+    /// The recorded state changed by `change`, saved.
+    pub(crate) fn record<T>(
+        &self,
+        change: impl FnOnce(&mut crate::state::RecordedState) -> T,
+    ) -> Result<T, StackError> {
+        let mut state = crate::exec::load_state(&self.fs);
+        let out = change(&mut state);
+        crate::exec::save_state(&self.fs, &state)
+            .map_err(|e| failed(format!("cannot record state: {e}")))?;
+        Ok(out)
+    }
+
+    /// When the daemon starts: what a killed backup left is put right (the services
+    /// it stopped started, its spool and a half-written file in the backup
+    /// directory removed), and a restore a kill interrupted is said in the journal.
+    pub async fn recover_interrupted(&self) {
+        let state = crate::exec::load_state(&self.fs);
+        for unit in &state.stopped_for_backup {
+            tracing::warn!("a backup was interrupted while {unit} was stopped: starting it");
+            if let Err(e) = self
+                .systemd
+                .run_job("start", unit, Duration::from_secs(120))
+                .await
+            {
+                tracing::warn!("cannot start {unit}: {e}");
+            }
+        }
+        if !state.stopped_for_backup.is_empty() {
+            if let Err(e) = self.record(|s| s.stopped_for_backup.clear()) {
+                tracing::warn!("{e}");
+            }
+        }
+        for dir in [SPOOL, STAGING] {
+            let _leftover_gone = std::fs::remove_dir_all(self.fs.path(Path::new(dir)));
+        }
+        if let Ok(config) = self.config() {
+            let dir = self.fs.path(Path::new(config.backup.directory.as_str()));
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("analytics-stack-") && name.ends_with(".tar.partial") {
+                    tracing::warn!("removing {name}, left by an interrupted backup");
+                    let _partial_gone = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if let Some(file) = &state.restore_in_progress {
+            tracing::warn!(
+                "a restore of {file} was interrupted: apply refuses until `analytics-stack restore {file}` completes"
+            );
+        }
     }
 
     /// A backup into `[backup] directory`, named `analytics-stack-LABEL-TIME.tar`
@@ -581,6 +639,9 @@ impl Stack {
                 "restore cancelled before any change".into(),
             ));
         }
+        // From here the host is between two states until a restore completes.
+        self.record(|s| s.restore_in_progress = Some(name.to_string()))?;
+        crate::util::failpoint_phase("restore");
 
         progress.step(1, 6, "restore the configuration, secrets and CA");
         let replaced_config = self.replace_config(&unpacked)?;
@@ -594,8 +655,11 @@ impl Stack {
             }
         }
 
+        crate::util::failpoint_phase("restore");
+
         progress.step(2, 6, "apply the restored configuration");
-        self.apply(cancel, progress, None).await?;
+        self.apply_restoring(cancel, progress).await?;
+        crate::util::failpoint_phase("restore");
 
         progress.step(3, 6, "stop the services that use the data");
         let (config, desired) = self.desired()?;
@@ -613,6 +677,7 @@ impl Stack {
                     .await?;
             }
         }
+        crate::util::failpoint_phase("restore");
 
         progress.step(4, 6, "restore the databases");
         if unpacked.header.postgres_major.is_some() {
@@ -633,6 +698,7 @@ impl Stack {
                 }
             }
         }
+        crate::util::failpoint_phase("restore");
 
         progress.step(5, 6, "start the services again");
         // Each component's units in order, its one-time setup first: Airflow's and
@@ -646,7 +712,9 @@ impl Stack {
                     .map_err(|e| failed(format!("{}: {e}", unit.name)))?;
             }
         }
-        self.apply(cancel, progress, None).await?;
+        crate::util::failpoint_phase("restore");
+        self.apply_restoring(cancel, progress).await?;
+        self.record(|s| s.restore_in_progress = None)?;
         Ok(RestoreReport {
             made_on: unpacked.header.hostname.clone(),
             made_at: unpacked.header.created,
@@ -744,7 +812,7 @@ impl Stack {
 
     /// Copies a verified staged file to `dest` atomically, with the recorded
     /// permission bits and owner where that user exists here (root otherwise).
-    fn install_file(
+    pub(crate) fn install_file(
         &self,
         staged: &Path,
         dest: &Path,
@@ -837,6 +905,7 @@ impl Stack {
                 )));
             };
             self.replace_database(db, staged, port).await?;
+            crate::util::failpoint_phase("restore");
         }
         Ok(())
     }

@@ -112,14 +112,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Put an upgraded application (airflow, superset, dlt) back on the version it
-    /// was upgraded from, its database as the backup before the upgrade had it (what
-    /// it wrote since is lost; the warehouse is not touched).
+    /// Put an upgraded component back on the version it was upgraded from (a venv
+    /// or archive kept on disk, or the kept copy of a Debian package), an
+    /// application's database as the backup before the upgrade had it (what it wrote
+    /// since is lost; the warehouse is not touched). Apply then leaves it there until
+    /// `unhold`.
     Rollback {
         component: String,
         #[arg(long)]
         json: bool,
     },
+    /// Let apply try again a version a component was rolled back from (apply leaves
+    /// a rolled-back component where it is until then).
+    Unhold { component: String },
     /// Print a shell completion script (bash, zsh, fish).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -273,6 +278,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             for p in v["problems"].as_array().into_iter().flatten() {
                 println!("apply would refuse: {}", p.as_str().unwrap_or(""));
             }
+            for h in v["held"].as_array().into_iter().flatten() {
+                println!("held: {}", h.as_str().unwrap_or(""));
+            }
             for c in v["conflicts"].as_array().into_iter().flatten() {
                 println!(
                     "conflict: port {} wanted by {} is held by {}",
@@ -309,6 +317,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             json,
         } => backup(output, with_telemetry, scheduled, json).await,
         Command::Restore { file, json } => restore(file, json).await,
+        Command::Unhold { component } => {
+            let version = manager().await?.unhold(&component).await?;
+            println!("{component} {version} is no longer held: the next apply tries it again");
+            Ok(())
+        }
         Command::Rollback { component, json } => {
             let m = manager().await?;
             let path = m.rollback(&component).await?;
@@ -322,9 +335,15 @@ async fn run(command: Command) -> Result<(), Failure> {
                     v["component"].as_str().unwrap_or(&component),
                     v["to"].as_str().unwrap_or("?"),
                     v["from"].as_str().unwrap_or("?"),
-                    match v["backup"].as_str() {
-                        Some(b) => format!(", its database restored from {b}"),
-                        None => String::new(),
+                    match (v["backup"].as_str(), v["databases_restored"].as_array()) {
+                        (Some(b), Some(what)) if !what.is_empty() => format!(
+                            ", {} restored from {b}",
+                            what.iter()
+                                .filter_map(|w| w.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        _ => String::new(),
                     },
                     v["seconds"].as_f64().unwrap_or(0.0)
                 );
@@ -355,9 +374,10 @@ async fn run(command: Command) -> Result<(), Failure> {
                     c["name"].as_str().unwrap_or(""),
                     if healthy { "healthy" } else { "UNHEALTHY" },
                     c["version"].as_str().unwrap_or(""),
-                    match c["previous_version"].as_str() {
-                        Some(p) => format!(" (previous {p} kept: analytics-stack rollback)"),
-                        None => String::new(),
+                    match (c["previous_version"].as_str(), c["held_version"].as_str()) {
+                        (Some(p), _) => format!(" (previous {p} kept: analytics-stack rollback)"),
+                        (None, Some(h)) => format!(" ({h} rolled back: analytics-stack unhold)"),
+                        (None, None) => String::new(),
                     }
                 );
                 for u in c["units"].as_array().into_iter().flatten() {

@@ -59,6 +59,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         systemd,
         etc_dir,
     });
+    stack.recover_interrupted().await;
     let manager = Manager::new(Some(stack.clone()));
     let busy = manager.busy.clone();
     let refreshing = manager.refreshing.clone();

@@ -451,6 +451,20 @@ impl Manager {
         .await
     }
 
+    /// Lets apply try again a version `component` was rolled back from; returns the
+    /// version that was held.
+    async fn unhold(
+        &self,
+        component: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<String, BusError> {
+        self.authorize(conn, &header, "unhold").await?;
+        let stack = self.stack()?;
+        let _guard = self.try_busy().await?;
+        Ok(stack.unhold(&component)?)
+    }
+
     /// Puts an upgraded application back on the version it was upgraded from (kept
     /// on disk), its database restored from the backup taken before the upgrade;
     /// waits until it is healthy. Returns the job.

@@ -133,22 +133,7 @@ pub async fn install(packages: &[String], sources: &AptSources) -> Result<(), Ap
         .flat_map(|o| ["-o".to_string(), o])
         .collect();
     }
-    // Keep services from starting during the install; leave an existing policy alone.
-    // A file with our marker was left by a daemon killed mid-install: it is ours.
-    let own_policy = std::fs::read_to_string(POLICY_RC_D)
-        .map_or(!Path::new(POLICY_RC_D).exists(), |t| {
-            t.contains(POLICY_MARKER)
-        });
-    if own_policy {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(
-            POLICY_RC_D,
-            format!("#!/bin/sh\n{POLICY_MARKER}\nexit 101\n"),
-        )
-        .map_err(|e| err(format!("cannot write {POLICY_RC_D}: {e}")))?;
-        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| err(e.to_string()))?;
-    }
+    let own_policy = hold_services().map_err(err)?;
     let with_sources = |rest: &[&str]| -> Vec<String> {
         source_args
             .iter()
@@ -188,10 +173,63 @@ pub async fn install(packages: &[String], sources: &AptSources) -> Result<(), Ap
             };
         }
     }
+    release_services(own_policy);
+    result.map_err(err)
+}
+
+/// Keeps services from starting while packages install (a policy-rc.d refusing
+/// them); leaves an operator's own policy alone. A file with our marker was left by
+/// a daemon killed mid-install: it is ours. Returns whether the policy is ours.
+fn hold_services() -> Result<bool, String> {
+    let own_policy = std::fs::read_to_string(POLICY_RC_D)
+        .map_or(!Path::new(POLICY_RC_D).exists(), |t| {
+            t.contains(POLICY_MARKER)
+        });
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            POLICY_RC_D,
+            format!("#!/bin/sh\n{POLICY_MARKER}\nexit 101\n"),
+        )
+        .map_err(|e| format!("cannot write {POLICY_RC_D}: {e}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{POLICY_RC_D}: {e}"))?;
+    }
+    Ok(own_policy)
+}
+
+fn release_services(own_policy: bool) {
     if own_policy {
         if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
             tracing::warn!("cannot remove {POLICY_RC_D}: {e}");
         }
     }
-    result.map_err(err)
+}
+
+/// Installs one `.deb` file (a kept copy, to go back to its version): dpkg only,
+/// so nothing is fetched; a downgrade is what it is for.
+pub async fn install_file(deb: &Path) -> Result<(), String> {
+    let own_policy = hold_services()?;
+    let mut result = dpkg_configure_pending().await;
+    if result.is_ok() {
+        result = match Command::new("dpkg")
+            .args(["--force-confdef", "--force-confold", "-i"])
+            .arg(deb)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C.UTF-8")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "dpkg -i {}: {}",
+                deb.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run dpkg: {e}")),
+        };
+    }
+    release_services(own_policy);
+    result
 }

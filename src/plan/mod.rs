@@ -22,6 +22,14 @@ pub enum Step {
     InstallArchive {
         pin: crate::artifact::catalog::ArchivePin,
     },
+    /// A component's Debian package is not the version the last healthy apply saw
+    /// (apt upgraded it): its units restart onto it, health-gated like any upgrade.
+    PackageChanged {
+        component: String,
+        package: String,
+        from: String,
+        to: String,
+    },
     /// Build the venv from its lock file with uv (or reuse a complete build of the
     /// same lock) and point `current` at it.
     BuildVenv {
@@ -131,6 +139,14 @@ impl Step {
                 pin.version,
                 crate::config::redact_url(&pin.url),
                 crate::artifact::trust::describe(pin, None)
+            ),
+            Step::PackageChanged {
+                component,
+                package,
+                from,
+                to,
+            } => format!(
+                "restart {component} on its upgraded Debian package {package} ({from} → {to})"
             ),
             Step::BuildVenv { venv } => format!(
                 "build the {} venv {} from its lock file with uv (hashes required)",
@@ -462,6 +478,74 @@ pub fn postgres_problems(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<St
     problems
 }
 
+/// Whether `version` of `component` was rolled back from (and a version to stay on
+/// is in place): apply leaves the component as it is until `unhold`.
+fn is_held(
+    component: &str,
+    version: &str,
+    running: Option<&String>,
+    state: &RecordedState,
+) -> bool {
+    running.is_some() && state.held.get(component).is_some_and(|h| h == version)
+}
+
+/// What apply leaves on an older version because the desired one was rolled back.
+pub fn held_upgrades(
+    desired: &[ComponentSpec],
+    facts: &HostFacts,
+    state: &RecordedState,
+) -> Vec<String> {
+    desired
+        .iter()
+        .filter_map(|spec| {
+            let (wanted, running) = match (&spec.venv, &spec.archive) {
+                (Some(v), _) => (&v.id, facts.venvs.get(&v.name)),
+                (None, Some(pin)) => (&pin.version, facts.current_archives.get(&pin.component)),
+                // PostgreSQL is rendered for the major its cluster is of while the
+                // newer major is held (see Stack::desired).
+                (None, None) => {
+                    let held = state.held.get(spec.name)?;
+                    let runs = spec.version_package.strip_prefix("postgresql-")?;
+                    return (runs != held).then(|| {
+                        format!(
+                            "postgres stays on PostgreSQL {runs}: the upgrade to {held} was rolled back (`analytics-stack unhold postgres` to try it again)"
+                        )
+                    });
+                }
+            };
+            let running = running?;
+            is_held(spec.name, wanted, Some(running), state).then(|| {
+                format!(
+                    "{} stays on {running}: {wanted} was rolled back (`analytics-stack unhold {}` to try it again)",
+                    spec.name, spec.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// The component's Debian package, when its installed version differs from the one
+/// the last healthy apply recorded (only components that are their package: an
+/// archive's or a venv's version is its own).
+pub fn package_change(
+    spec: &ComponentSpec,
+    facts: &HostFacts,
+    state: &RecordedState,
+) -> Option<Step> {
+    if spec.archive.is_some() || spec.venv.is_some() || spec.version_package.is_empty() {
+        return None;
+    }
+    let package = &spec.version_package;
+    let from = state.package_versions.get(package)?;
+    let to = facts.packages.get(package)?;
+    (from != to).then(|| Step::PackageChanged {
+        component: spec.name.to_string(),
+        package: package.clone(),
+        from: from.clone(),
+        to: to.clone(),
+    })
+}
+
 /// Plans the steps that bring the host from `facts` to `desired`.
 pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState) -> Plan {
     let mut steps = Vec::new();
@@ -570,6 +654,14 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     let mut notified: BTreeMap<String, OnChange> = state.pending_restarts.clone();
     for spec in desired {
         if let Some(pin) = &spec.archive {
+            if is_held(
+                spec.name,
+                &pin.version,
+                facts.current_archives.get(&pin.component),
+                state,
+            ) {
+                continue;
+            }
             let installed = facts
                 .archives
                 .contains(&(pin.component.clone(), pin.version.clone()));
@@ -584,12 +676,24 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
+    // Packages apt upgraded since the last healthy apply: the units still run the
+    // old programs until they restart.
+    for spec in desired {
+        if let Some(step) = package_change(spec, facts, state) {
+            for unit in &spec.units {
+                notified.insert(unit.name.clone(), OnChange::Restart);
+            }
+            steps.push(step);
+        }
+    }
+
     // Venvs: uv first (a verified artifact, fetched only when a venv must be built),
     // then each venv whose lock file is not the one in use.
     let stale_venvs: Vec<(&ComponentSpec, &VenvSpec)> = desired
         .iter()
         .filter_map(|s| s.venv.as_ref().map(|v| (s, v)))
         .filter(|(_, v)| facts.venvs.get(&v.name) != Some(&v.id))
+        .filter(|(s, v)| !is_held(s.name, &v.id, facts.venvs.get(&v.name), state))
         .collect();
     if let Some((_, first)) = stale_venvs.first() {
         let uv = &first.uv;

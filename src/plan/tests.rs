@@ -80,6 +80,7 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
                     .current_archives
                     .insert(pin.component.clone(), pin.version.clone());
             }
+            Step::PackageChanged { .. } => {}
             Step::BuildVenv { venv } => {
                 assert!(
                     facts
@@ -494,6 +495,89 @@ fn an_archive_component_is_installed_once_and_a_new_version_restarts_it() {
     assert_eq!(again.len(), 2, "{again:#?}");
     assert!(again[0].starts_with("install statsd-exporter"));
     assert_eq!(again[1], "restart analytics-statsd-exporter.service");
+    // It is an upgrade of the component (health-gated), from what `current` named.
+    let ups = crate::upgrade::upgrades(&desired(on), &plan(&desired(on), &facts, &state), &facts);
+    assert_eq!(ups.len(), 1, "{ups:#?}");
+    assert_eq!(ups[0].component, "statsd-exporter");
+    assert_eq!(ups[0].kind, crate::upgrade::UpgradeKind::Archive);
+    assert_eq!(ups[0].from, "0.0.1");
+}
+
+#[test]
+fn a_version_rolled_back_from_is_left_alone_until_unheld() {
+    let on = "[statsd_exporter]\nenabled = true\n";
+    let (mut facts, mut state) = converged(on);
+    facts
+        .current_archives
+        .insert("statsd-exporter".into(), "0.29.0".into());
+    state.held.insert("statsd-exporter".into(), "0.30.0".into());
+    assert!(plan(&desired(on), &facts, &state).is_empty());
+    assert_eq!(
+        held_upgrades(&desired(on), &facts, &state),
+        ["statsd-exporter stays on 0.29.0: 0.30.0 was rolled back (`analytics-stack unhold statsd-exporter` to try it again)"]
+    );
+    // Another version than the one rolled back from is a new upgrade.
+    state.held.insert("statsd-exporter".into(), "0.29.5".into());
+    assert!(
+        names(&plan(&desired(on), &facts, &state))[0].starts_with("install statsd-exporter 0.30.0")
+    );
+    assert!(held_upgrades(&desired(on), &facts, &state).is_empty());
+    // A held venv: no build, no restart.
+    let apps = with_apps(APPS_ONLY);
+    let mut facts = fresh_host();
+    let mut state = RecordedState::default();
+    simulate(&plan(&apps, &facts, &state), &mut facts, &mut state);
+    let wanted = apps
+        .iter()
+        .find_map(|s| s.venv.clone().filter(|v| v.name == "superset"))
+        .unwrap();
+    facts
+        .venvs
+        .insert("superset".into(), "6.0.0-000000000000".into());
+    state.held.insert("superset".into(), wanted.id.clone());
+    assert!(plan(&apps, &facts, &state).is_empty());
+}
+
+#[test]
+fn a_debian_package_apt_upgraded_restarts_its_units_alone_as_an_upgrade() {
+    let (mut facts, mut state) = converged("");
+    let desired = desired("");
+    // What the last healthy apply saw: nothing to do while it is what is installed.
+    for spec in &desired {
+        if let Some(v) = facts.packages.get(&spec.version_package) {
+            state
+                .package_versions
+                .insert(spec.version_package.clone(), v.clone());
+        }
+    }
+    assert!(plan(&desired, &facts, &state).is_empty());
+    facts
+        .packages
+        .insert("redis-server".into(), "5:7.0.16-1".into());
+    let p = plan(&desired, &facts, &state);
+    let steps = names(&p);
+    assert_eq!(
+        steps,
+        [
+            "restart redis on its upgraded Debian package redis-server (1.0 → 5:7.0.16-1)",
+            "restart analytics-redis-broker.service",
+            "restart analytics-redis-cache.service",
+        ],
+        "{steps:#?}"
+    );
+    let ups = crate::upgrade::upgrades(&desired, &p, &facts);
+    assert_eq!(
+        ups,
+        [crate::upgrade::Upgrade {
+            component: "redis".into(),
+            kind: crate::upgrade::UpgradeKind::DebianPackage,
+            from: "1.0".into(),
+            to: "5:7.0.16-1".into(),
+        }]
+    );
+    // A package never recorded (a host from before the stack recorded them) is not one.
+    state.package_versions.clear();
+    assert!(plan(&desired, &facts, &state).is_empty());
 }
 
 #[test]

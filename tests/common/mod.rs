@@ -353,6 +353,59 @@ impl Container {
                 .trim()
         );
     }
+
+    /// `kill -9` after every step an apply records: the daemon runs with the
+    /// failpoint ANALYTICS_STACK_KILL_AFTER_STEPS=1, so each apply is killed right
+    /// after its first recorded step and the next one replans what is left, until
+    /// one completes. `between` checks the host after each kill. Returns the kills,
+    /// checked against the daemon's journal; the daemon runs normally again after.
+    pub fn apply_killed_after_each_step(&self, between: impl Fn(&Container)) -> usize {
+        self.daemon_failpoint(Some("ANALYTICS_STACK_KILL_AFTER_STEPS=1"));
+        let journal_before = self.failpoint_kills();
+        let mut kills = 0;
+        loop {
+            self.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
+            let out = self.sh("analytics-stack apply");
+            if out.status.code() == Some(0) {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("analytics-stackd exited during the apply"),
+                "{stderr}"
+            );
+            kills += 1;
+            assert!(kills < 60, "the applies never converged");
+            between(self);
+        }
+        assert_eq!(self.failpoint_kills() - journal_before, kills);
+        self.daemon_failpoint(None);
+        kills
+    }
+
+    /// Restarts the daemon with a failpoint in its environment
+    /// (`ANALYTICS_STACK_KILL_AFTER_STEPS=N`: SIGKILL after its Nth recorded step;
+    /// `ANALYTICS_STACK_KILL_AT=restore:N`: after a restore's Nth phase), or without.
+    pub fn daemon_failpoint(&self, env: Option<&str>) {
+        let conf = "/run/systemd/system/analytics-stackd.service.d/kill.conf";
+        match env {
+            Some(env) => self.ok(&format!(
+                "mkdir -p $(dirname {conf}) && printf '[Service]\\nEnvironment={env}\\n' > {conf}"
+            )),
+            None => self.ok(&format!("rm -f {conf}")),
+        };
+        self.ok("systemctl daemon-reload && systemctl reset-failed analytics-stackd.service; systemctl restart analytics-stackd.service");
+    }
+
+    /// How many times the daemon's journal says the failpoint killed it.
+    pub fn failpoint_kills(&self) -> usize {
+        self.ok(
+            "journalctl -u analytics-stackd --no-pager | grep -c 'failpoint: killed after' || true",
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    }
 }
 
 /// Ports the stack's services listen on (the defaults).
