@@ -445,6 +445,9 @@ impl Stack {
         }
         state.upgrades_in_progress.clear();
         self.record_upgrades(&mut state, &desired, &upgrades, backup_before.as_deref())?;
+        if backup_before.is_some() {
+            self.prune_pre_upgrade_backups(&state);
+        }
         let installed = match plan.is_empty() {
             true => facts.packages.clone(),
             false => {

@@ -587,6 +587,38 @@ impl Stack {
         StackError::Failed(said.trim_end().to_string())
     }
 
+    /// After a healthy upgrade: the backups taken before upgrades, but the newest
+    /// `[backup] keep` and any a rollback may still restore from, are removed.
+    pub fn prune_pre_upgrade_backups(&self, state: &RecordedState) {
+        let Ok(config) = self.config() else {
+            return;
+        };
+        let dir = self.fs.path(Path::new(config.backup.directory.as_str()));
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let needed: Vec<&str> = state
+            .previous_versions
+            .values()
+            .filter_map(|p| p.backup.as_deref())
+            .chain(state.pre_upgrade_backups.values().map(String::as_str))
+            .collect();
+        let keep = config.backup.keep.get() as usize;
+        for old in crate::backup::to_prune_named(&names, crate::backup::PRE_UPGRADE_PREFIX, keep) {
+            let path = Path::new(config.backup.directory.as_str()).join(&old);
+            if needed.iter().any(|n| Path::new(n) == path) {
+                continue;
+            }
+            match std::fs::remove_file(self.fs.path(&path)) {
+                Ok(()) => tracing::info!("removed {}, an older pre-upgrade backup", path.display()),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+
     /// After a healthy apply: the clusters a major upgrade left behind go.
     pub fn retire_upgraded_clusters(
         &self,

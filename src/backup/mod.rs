@@ -134,6 +134,9 @@ const fn source(path: &'static str, kind: SourceKind) -> Source {
 pub const SOURCES: &[Source] = &[
     source("/etc/analytics-stack/stack.toml", SourceKind::Config),
     source("/etc/analytics-stack/stack.d/", SourceKind::Config),
+    // The operator's own lock files, where `[python] lock_dir` conventionally
+    // points: the application versions they pin are not reproducible otherwise.
+    source("/etc/analytics-stack/locks/", SourceKind::Config),
     source("/var/lib/analytics-stack/secrets/", SourceKind::Config),
     source("/var/lib/analytics-stack/tls/", SourceKind::Config),
     source("/var/lib/analytics-stack/dags/", SourceKind::Data),
@@ -234,10 +237,18 @@ pub fn file_name(created: u64) -> String {
 /// The backups retention removes from `names` (a directory's entries) to keep the
 /// newest `keep`: only complete backups named as [`file_name`] makes them.
 pub fn to_prune(names: &[String], keep: usize) -> Vec<String> {
+    to_prune_named(names, FILE_PREFIX, keep)
+}
+
+/// The backups taken before upgrades (`analytics-stack-pre-upgrade-TIME.tar`).
+pub const PRE_UPGRADE_PREFIX: &str = "analytics-stack-pre-upgrade-";
+
+/// Like [`to_prune`], for the backups whose names begin with `prefix`.
+pub fn to_prune_named(names: &[String], prefix: &str, keep: usize) -> Vec<String> {
     let mut backups: Vec<&String> = names
         .iter()
         .filter(|n| {
-            n.strip_prefix(FILE_PREFIX)
+            n.strip_prefix(prefix)
                 .and_then(|r| r.strip_suffix(FILE_SUFFIX))
                 .is_some_and(|stamp| {
                     stamp.len() == 16

@@ -315,6 +315,24 @@ fn retention_removes_only_the_oldest_complete_backups() {
 }
 
 #[test]
+fn pre_upgrade_backups_have_a_retention_of_their_own() {
+    let pre = |t: u64| file_name(t).replacen(FILE_PREFIX, PRE_UPGRADE_PREFIX, 1);
+    let names: Vec<String> = vec![
+        pre(1_700_000_000),
+        pre(1_800_000_000),
+        pre(1_750_000_000),
+        file_name(1_600_000_000),
+        format!("{}.partial", pre(1_600_000_000)),
+    ];
+    assert_eq!(
+        to_prune_named(&names, PRE_UPGRADE_PREFIX, 2),
+        vec![pre(1_700_000_000)]
+    );
+    // Each kind counts its own.
+    assert!(to_prune(&names, 1).is_empty());
+}
+
+#[test]
 fn a_backup_from_a_newer_package_or_postgres_is_refused() {
     let h = header();
     assert!(check_compatible(&h, "0.1.0", 15, "b").is_ok());

@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod desk;
 pub mod mirror;
+pub mod net;
 pub mod relabel;
 pub mod statsd;
 
@@ -50,6 +51,8 @@ struct Boot {
     /// A root directory of its own, booted as it is (writes persist in it); None =
     /// the cached test root under a volatile overlay.
     root: Option<PathBuf>,
+    /// On a private bridge (its veth's far end `host0` inside), with this address.
+    bridge: Option<(String, String)>,
 }
 
 fn find_leader(nspawn_pid: u32) -> Option<u32> {
@@ -149,6 +152,19 @@ impl Container {
         ]
     }
 
+    /// A container of this build on `bridge` (a private network of test containers,
+    /// no route out), with `address` (in the bridge's /24).
+    pub fn boot_on(name: &str, bridge: &net::Bridge, address: &str) -> Container {
+        Container::boot_full(
+            name,
+            &Container::own_build(),
+            Boot {
+                bridge: Some((bridge.name.clone(), address.to_string())),
+                ..Boot::default()
+            },
+        )
+    }
+
     /// A container with only `binds` (source on the host, path inside) added.
     pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
         Container::boot_inner(name, binds, false)
@@ -172,8 +188,9 @@ impl Container {
             private_network,
             memory_max,
             root,
+            bridge,
         } = boot;
-        if !private_network {
+        if !private_network && bridge.is_none() {
             // The host's network is shared: the previous test's container may still be
             // stopping its services.
             wait_for_stack_ports(name);
@@ -199,6 +216,9 @@ impl Container {
         }
         if private_network {
             cmd.arg("--private-network");
+        }
+        if let Some((name, _)) = &bridge {
+            cmd.arg(format!("--network-bridge={name}"));
         }
         if let Some(bytes) = memory_max {
             cmd.env("ANALYTICS_TEST_MEMORY_MAX", bytes.to_string());
@@ -254,6 +274,11 @@ impl Container {
             std::thread::sleep(Duration::from_millis(200));
         };
         eprintln!("[{name}] systemd is {state} (leader pid {leader})");
+        if let Some((_, address)) = &bridge {
+            c.ok(&format!(
+                "ip addr add {address}/24 dev host0 && ip link set host0 up"
+            ));
+        }
         c
     }
 
