@@ -25,6 +25,9 @@ pub trait Manager {
     fn restore(&self, backup: zbus::zvariant::Fd<'_>, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn rollback(&self, component: &str) -> zbus::Result<OwnedObjectPath>;
     fn unhold(&self, component: &str) -> zbus::Result<String>;
+    fn worker_add(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn worker_remove(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn worker_list(&self) -> zbus::Result<String>;
     fn status(&self) -> zbus::Result<String>;
     fn list_components(&self) -> zbus::Result<Vec<(String, String, bool, Vec<String>)>>;
     fn start(&self, component: &str) -> zbus::Result<()>;

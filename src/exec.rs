@@ -4,7 +4,7 @@
 use crate::artifact::catalog::ArchivePin;
 use crate::artifact::Fetcher;
 use crate::host::{self, fsroot::FsRoot, systemd::Systemd};
-use crate::model::{fill_secrets, paths, Provision, VenvSpec};
+use crate::model::{fill_secrets, paths, PostgresRole, Provision, VenvSpec};
 use crate::plan::{Plan, Step};
 use crate::state::RecordedState;
 use std::os::unix::fs::PermissionsExt;
@@ -635,6 +635,7 @@ impl Executor<'_> {
                 socket_dir,
                 port,
                 roles,
+                worker_group,
             } => {
                 let mut sql = String::from("\\set ON_ERROR_STOP on\n");
                 for r in roles {
@@ -656,9 +657,14 @@ impl Executor<'_> {
                         ));
                     }
                     for granted in &r.member_of {
+                        if Some(granted) == worker_group.as_ref().map(|g| &g.role) {
+                            // Created below, before the grants run.
+                            continue;
+                        }
                         sql.push_str(&format!("GRANT {} TO {role};\n", quote_ident(granted)));
                     }
                 }
+                sql.push_str(&worker_group_sql(roles, worker_group.as_ref()));
                 run_psql(socket_dir, *port, &sql).await
             }
         }
@@ -707,6 +713,55 @@ async fn run_uv(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ))
     }
+}
+
+/// The workers' group role, its members' grants, and the revocation of members no
+/// longer listed: their login and sessions at once, the role itself when it owns
+/// nothing (else it only leaves the group).
+fn worker_group_sql(roles: &[PostgresRole], group: Option<&crate::model::WorkerGroup>) -> String {
+    let name = crate::components::postgres::WORKERS_GROUP;
+    let mut sql = String::new();
+    if let Some(g) = group {
+        let role = quote_ident(&g.role);
+        sql.push_str(&format!(
+            "SELECT 'CREATE ROLE {role} NOLOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {rl})\\gexec\n",
+            rl = quote_literal(&g.role)
+        ));
+        for db in &g.databases {
+            sql.push_str(&format!(
+                "GRANT CONNECT ON DATABASE {} TO {role};\n",
+                quote_ident(db)
+            ));
+        }
+        for r in roles.iter().filter(|r| r.member_of.contains(&g.role)) {
+            sql.push_str(&format!("GRANT {role} TO {};\n", quote_ident(&r.role)));
+        }
+    }
+    let listed: Vec<String> = roles
+        .iter()
+        .filter(|r| r.member_of.iter().any(|m| m == name))
+        .map(|r| quote_literal(&r.role))
+        .collect();
+    sql.push_str(&format!(
+        "DO $revoke$\n\
+         DECLARE r record;\n\
+         BEGIN\n\
+         FOR r IN SELECT m.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member\n\
+         WHERE g.rolname = {gl} AND NOT (m.rolname = ANY (ARRAY[{list}]::text[])) LOOP\n\
+         EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL', r.rolname);\n\
+         PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = r.rolname;\n\
+         BEGIN\n\
+         EXECUTE format('DROP ROLE %I', r.rolname);\n\
+         EXCEPTION WHEN dependent_objects_still_exist THEN\n\
+         EXECUTE format('REVOKE %I FROM %I', {gl}, r.rolname);\n\
+         END;\n\
+         END LOOP;\n\
+         END\n\
+         $revoke$;\n",
+        gl = quote_literal(name),
+        list = listed.join(", "),
+    ));
+    sql
 }
 
 /// Feeds SQL to psql on stdin (passwords never appear in a process's arguments).

@@ -23,3 +23,4 @@ pub mod tls;
 pub mod units;
 pub mod upgrade;
 pub mod util;
+pub mod workers;

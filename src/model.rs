@@ -267,12 +267,23 @@ pub enum Provision {
         data_dir: PathBuf,
         user: String,
     },
-    /// Roles with their passwords, and databases owned by them.
+    /// Roles with their passwords, and databases owned by them. Members of the
+    /// workers' group role that `roles` no longer lists lose their login, their
+    /// sessions, and (when they own nothing) the role itself.
     PostgresRoles {
         socket_dir: PathBuf,
         port: u16,
         roles: Vec<PostgresRole>,
+        /// The workers' group role (no login) and the databases it may connect to;
+        /// None when this host has no workers.
+        worker_group: Option<WorkerGroup>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerGroup {
+    pub role: String,
+    pub databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -49,6 +49,10 @@ pub struct RecordedState {
     /// The backup file a restore began to put back (after it verified it, before it
     /// changed anything): until a restore of it completes, apply refuses.
     pub restore_in_progress: Option<String>,
+    /// The backup (its creation time and host) whose configuration an unfinished
+    /// restore has already applied: a restore of the same backup run again goes
+    /// straight to the data rather than start what it is about to stop.
+    pub restore_applied: Option<(u64, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

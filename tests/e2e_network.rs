@@ -1,9 +1,12 @@
 //! End-to-end, across hosts: the stack on one container and an outsider on another,
 //! on a private bridge with no route out (tests/common/net.rs). From the other host,
 //! only NGINX's door answers — every other port of the stack is closed to it — and
-//! the door serves the landing page by address, over HTTPS. The stack installs there
-//! with no network beyond the bridge (Debian packages from the image's apt cache).
-//! The multi-host tests of workers build on this network.
+//! the door serves the landing page by address, over HTTPS. Then the primary takes
+//! worker hosts (`[workers] address`, `worker add`): PostgreSQL and the broker's TLS
+//! door answer too, but only over TLS and only to a worker's logins (not to the
+//! stack's own roles, even with their passwords); `worker remove` ends a live session
+//! and every later login. The stack installs with no network beyond the bridge
+//! (Debian packages from the image's apt cache).
 
 mod common;
 
@@ -14,7 +17,7 @@ const OUTSIDER: &str = "10.231.0.9";
 
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
-fn from_another_host_only_the_door_answers() {
+fn from_another_host_only_the_doors_answer_and_only_to_worker_logins() {
     let bridge = Bridge::create("as-test-br0");
     let primary = Container::boot_on("as-e2e-net-primary", &bridge, PRIMARY);
     primary.start_daemon();
@@ -74,7 +77,191 @@ fn from_another_host_only_the_door_answers() {
         redirect.starts_with("30"),
         "plain HTTP redirects: {redirect}"
     );
+
+    workers(&primary, &outsider);
     drop(outsider);
     drop(primary);
     drop(bridge);
+}
+
+/// A libpq connection string to the primary.
+fn pg(user: &str, db: &str, ssl: &str) -> String {
+    format!("host={PRIMARY} port=5432 user={user} dbname={db} sslmode={ssl} sslrootcert=/root/stack-ca.crt connect_timeout=5")
+}
+
+fn workers(primary: &Container, outsider: &Container) {
+    // PostgreSQL's and Redis's clients on the other host, from the image's cache.
+    outsider.ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client-15 redis-tools >/dev/null");
+    primary.ok(&format!("printf '[workers]\\naddress = \"{PRIMARY}\"\\n' > /etc/analytics-stack/stack.d/20-workers.toml"));
+    let denied = primary.sh("runuser -u alice -- analytics-stack worker add w2");
+    assert_eq!(denied.status.code(), Some(5));
+    // The first worker's add applies the address too; a second apply does nothing.
+    let started = std::time::Instant::now();
+    let token = primary
+        .ok("analytics-stack worker add w1")
+        .trim()
+        .to_string();
+    eprintln!(
+        "[figure] worker add (the address applied with it): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(token.starts_with("asw1."), "{token}");
+    assert!(primary
+        .ok("analytics-stack apply")
+        .contains("nothing to do"));
+    let again = primary.sh("analytics-stack worker add w1");
+    assert_eq!(again.status.code(), Some(6), "a worker is added once");
+    let bad = primary.sh("analytics-stack worker add 'W1;drop'");
+    assert_eq!(bad.status.code(), Some(6));
+    let listed = primary.ok("analytics-stack worker list");
+    assert!(
+        listed.contains("w1") && listed.contains("worker_w1"),
+        "{listed}"
+    );
+    // The token, read as the worker will: JSON behind its version.
+    let json = outsider.ok(&format!(
+        "printf %s '{}' | tr '_-' '/+' | base64 -d",
+        &token["asw1.".len()..]
+    ));
+    let t: serde_json::Value = serde_json::from_str(&json).expect("the token is JSON");
+    assert_eq!(t["primary"], PRIMARY);
+    let fingerprint =
+        outsider.ok("openssl x509 -in /root/stack-ca.crt -outform der | sha256sum | cut -d' ' -f1");
+    assert_eq!(
+        t["ca_sha256"].as_str().unwrap(),
+        fingerprint.trim(),
+        "the token pins the CA"
+    );
+    let (role, pw) = (
+        t["postgres_role"].as_str().unwrap(),
+        t["postgres_password"].as_str().unwrap(),
+    );
+    let (user, bpw) = (
+        t["broker_user"].as_str().unwrap(),
+        t["broker_password"].as_str().unwrap(),
+    );
+
+    // Ports the other host now reaches: NGINX's, PostgreSQL's and the broker's door.
+    for port in [5432, 6390] {
+        outsider.ok(&format!("timeout 3 bash -c '</dev/tcp/{PRIMARY}/{port}'"));
+    }
+    for port in [6379, 6380] {
+        assert!(!outsider
+            .sh(&format!("timeout 3 bash -c '</dev/tcp/{PRIMARY}/{port}'"))
+            .status
+            .success());
+    }
+
+    // PostgreSQL: the worker's role over verified TLS, to its databases only.
+    let psql = |conn: String, password: &str| {
+        outsider.sh(&format!("PGPASSWORD='{password}' psql '{conn}' -XAtc 'SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"))
+    };
+    for db in ["airflow", "warehouse"] {
+        let out = psql(pg(role, db, "verify-full"), pw);
+        assert!(
+            out.status.success(),
+            "{db}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{role}|t")
+        );
+    }
+    for (conn, password, why) in [
+        (pg(role, "airflow", "disable"), pw.to_string(), "no TLS"),
+        (
+            pg(role, "superset", "verify-full"),
+            pw.to_string(),
+            "not its database",
+        ),
+        (
+            pg(role, "airflow", "verify-full"),
+            "wrong".to_string(),
+            "a wrong password",
+        ),
+        (
+            pg("warehouse", "warehouse", "verify-full"),
+            primary
+                .ok("cat /var/lib/analytics-stack/secrets/postgres-warehouse")
+                .trim()
+                .to_string(),
+            "the stack's own role, with its password",
+        ),
+    ] {
+        let out = psql(conn, &password);
+        assert!(
+            !out.status.success(),
+            "{why}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // The broker, through its TLS door, as the worker's user: what Celery needs,
+    // nothing of the administration.
+    let redis = |args: &str| {
+        outsider.sh(&format!(
+            "REDISCLI_AUTH='{bpw}' redis-cli -h {PRIMARY} -p 6390 --user {user} {args}"
+        ))
+    };
+    let tls = "--tls --cacert /root/stack-ca.crt";
+    let out = redis(&format!("{tls} LPUSH probe 1"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = redis(&format!("{tls} CONFIG GET requirepass"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOPERM"),
+        "{out:?}"
+    );
+    let out = redis(&format!("{tls} FLUSHALL"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOPERM"),
+        "{out:?}"
+    );
+    let out = redis("PING");
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "without TLS"
+    );
+    let out = outsider.sh(&format!(
+        "REDISCLI_AUTH=wrong redis-cli -h {PRIMARY} -p 6390 --user {user} {tls} PING"
+    ));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "a wrong password"
+    );
+    primary.ok("redis-cli -p 6379 --no-auth-warning -a \"$(cat /var/lib/analytics-stack/secrets/redis-broker)\" DEL probe");
+
+    // Removed: a session it has open ends, and it logs in nowhere any more.
+    outsider.ok(&format!("(PGPASSWORD='{pw}' psql '{}' -XAtc 'SELECT pg_sleep(120)' >/tmp/sleep.out 2>&1; echo $? >/tmp/sleep.rc) >/dev/null 2>&1 &", pg(role, "airflow", "verify-full")));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    primary.ok("analytics-stack worker remove w1");
+    eprintln!(
+        "[figure] worker remove: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    outsider.ok("for i in $(seq 1 50); do test -s /tmp/sleep.rc && break; sleep 0.2; done; test \"$(cat /tmp/sleep.rc)\" != 0");
+    let out = psql(pg(role, "airflow", "verify-full"), pw);
+    assert!(!out.status.success(), "a removed worker's role");
+    let out = redis(&format!("{tls} PING"));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "a removed worker's user"
+    );
+    assert!(primary.ok("analytics-stack worker list").trim().is_empty());
+    assert_eq!(
+        primary.sh("analytics-stack worker remove w1").status.code(),
+        Some(7)
+    );
+    assert!(primary
+        .ok("analytics-stack apply")
+        .contains("nothing to do"));
 }

@@ -640,7 +640,11 @@ impl Stack {
             ));
         }
         // From here the host is between two states until a restore completes.
-        self.record(|s| s.restore_in_progress = Some(name.to_string()))?;
+        let identity = (unpacked.header.created, unpacked.header.hostname.clone());
+        let applied_before = self.record(|s| {
+            s.restore_in_progress = Some(name.to_string());
+            s.restore_applied.as_ref() == Some(&identity)
+        })?;
         crate::util::failpoint_phase("restore");
 
         progress.step(1, 6, "restore the configuration, secrets and CA");
@@ -658,7 +662,12 @@ impl Stack {
         crate::util::failpoint_phase("restore");
 
         progress.step(2, 6, "apply the restored configuration");
-        self.apply_restoring(cancel, progress).await?;
+        // (PostgreSQL must run for the databases: if it does not, apply starts it.)
+        let postgres_runs = self.systemd.unit_fact(postgres::UNIT).await?.is_active();
+        if !(applied_before && postgres_runs) {
+            self.apply_restoring(cancel, progress).await?;
+            self.record(|s| s.restore_applied = Some(identity.clone()))?;
+        }
         crate::util::failpoint_phase("restore");
 
         progress.step(3, 6, "stop the services that use the data");
@@ -714,7 +723,10 @@ impl Stack {
         }
         crate::util::failpoint_phase("restore");
         self.apply_restoring(cancel, progress).await?;
-        self.record(|s| s.restore_in_progress = None)?;
+        self.record(|s| {
+            s.restore_in_progress = None;
+            s.restore_applied = None;
+        })?;
         Ok(RestoreReport {
             made_on: unpacked.header.hostname.clone(),
             made_at: unpacked.header.created,

@@ -20,6 +20,20 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum WorkerAction {
+    /// Give a worker host its logins on this primary (a PostgreSQL role and a Redis
+    /// user, TLS only) and print its token, once: what `join` on the worker takes.
+    Add { name: String },
+    /// The worker hosts of this primary.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a worker off: its logins stop working at once.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
 enum BundleAction {
     /// Download everything an install of the configured stack needs into one file
     /// (run on a connected machine; the configuration read is this machine's).
@@ -59,6 +73,11 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         action: BundleAction,
+    },
+    /// Worker hosts of this primary (root only): `[workers] address` must be set.
+    Worker {
+        #[command(subcommand)]
+        action: WorkerAction,
     },
     /// Each component with its units, health and version.
     Status {
@@ -317,6 +336,42 @@ async fn run(command: Command) -> Result<(), Failure> {
             json,
         } => backup(output, with_telemetry, scheduled, json).await,
         Command::Restore { file, json } => restore(file, json).await,
+        Command::Worker { action } => {
+            let m = manager().await?;
+            match action {
+                WorkerAction::Add { name } => {
+                    let path = m.worker_add(&name).await?;
+                    let result = follow_job(&m, path, "worker add").await?;
+                    let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+                    eprintln!(
+                        "{name} may reach this host; its token (shown this once; it holds its passwords):"
+                    );
+                    println!("{}", v["token"].as_str().unwrap_or(""));
+                }
+                WorkerAction::List { json } => {
+                    let text = m.worker_list().await?;
+                    if json {
+                        print_json(&text);
+                    } else {
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        for w in v.as_array().into_iter().flatten() {
+                            println!(
+                                "{:<24} PostgreSQL role {}, Redis user {}",
+                                w["name"].as_str().unwrap_or(""),
+                                w["postgres_role"].as_str().unwrap_or(""),
+                                w["broker_user"].as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                }
+                WorkerAction::Remove { name } => {
+                    let path = m.worker_remove(&name).await?;
+                    follow_job(&m, path, "worker remove").await?;
+                    println!("{name} is no longer a worker: its logins are revoked");
+                }
+            }
+            Ok(())
+        }
         Command::Unhold { component } => {
             let version = manager().await?.unhold(&component).await?;
             println!("{component} {version} is no longer held: the next apply tries it again");

@@ -191,11 +191,28 @@ pub fn render_conf(config: &Config) -> String {
         unit => UNIT,
         hostname_regex => crate::util::regex_literal(config.stack.hostname()),
         routes => routes(config),
+        broker_door => broker_door(config),
     };
     env.get_template("nginx.conf")
         .and_then(|t| t.render(context))
         .expect("templates/nginx.conf.j2 renders")
         + "\n"
+}
+
+/// The broker's TLS door for worker hosts: where it listens, where it leads.
+#[derive(serde::Serialize)]
+struct BrokerDoor {
+    listen: String,
+    upstream: u16,
+}
+
+fn broker_door(config: &Config) -> Option<BrokerDoor> {
+    let address = config.workers.address.get()?;
+    let port = config.workers.broker_port.get();
+    Some(BrokerDoor {
+        listen: std::net::SocketAddr::new(address, port).to_string(),
+        upstream: config.redis.broker.port.get(),
+    })
 }
 
 /// What NGINX serves over HTTPS, or None with TLS off.
@@ -256,6 +273,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         ];
     }
     let port = config.nginx.port.get();
+    let door = broker_door(config);
     let mut ports = vec![PortSpec {
         address: config.nginx.listen,
         port,
@@ -268,6 +286,13 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             unit: UNIT.into(),
         });
     }
+    if let Some(address) = config.workers.address.get() {
+        ports.push(PortSpec {
+            address,
+            port: config.workers.broker_port.get(),
+            unit: UNIT.into(),
+        });
+    }
     let mut dirs = vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)];
     if tls.is_some() {
         // The CA certificate is public (users fetch it to trust it); keys are 0600.
@@ -276,7 +301,10 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "nginx",
         description: "NGINX: the single entry point",
-        packages: vec!["nginx".into()],
+        packages: std::iter::once("nginx")
+            .chain(door.is_some().then_some("libnginx-mod-stream"))
+            .map(String::from)
+            .collect(),
         version_package: "nginx".into(),
         distro_units: vec!["nginx.service".into()],
         users: vec![UserSpec::service(USER, "/nonexistent")],

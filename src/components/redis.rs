@@ -39,6 +39,28 @@ fn instance_conf(instance: &str, cfg: &RedisInstanceConfig, policy: &str) -> Str
     )
 }
 
+/// The secret holding a worker's Redis password.
+pub fn worker_password_secret(worker: &crate::config::WorkerName) -> String {
+    format!("worker-{}-redis", worker.as_str())
+}
+
+/// The instance's password and, for the broker, one user per worker host: what
+/// Celery needs, no administration, no dangerous commands. A worker removed is gone
+/// from the file, and the restart that follows ends its connections.
+fn auth_conf(config: &Config, instance: &str) -> String {
+    let mut text = format!("requirepass {}\n", secret_ref(&password_secret(instance)));
+    if instance == "broker" && config.workers.address.get().is_some() {
+        for worker in config.workers.hosts.keys() {
+            text.push_str(&format!(
+                "user {} on >{} resetkeys ~* resetchannels &* +@all -@admin -@dangerous\n",
+                worker.redis_user(),
+                secret_ref(&worker_password_secret(worker)),
+            ));
+        }
+    }
+    text
+}
+
 pub fn render(config: &Config) -> ComponentSpec {
     let mut files = Vec::new();
     let mut units = Vec::new();
@@ -62,7 +84,7 @@ pub fn render(config: &Config) -> ComponentSpec {
         files.push(
             FileSpec::new(
                 format!("{CONF_DIR}/{instance}-auth.conf"),
-                format!("requirepass {}\n", secret_ref(&password_secret(instance))),
+                auth_conf(config, instance),
             )
             .mode(0o640)
             .group(USER)
@@ -111,7 +133,18 @@ pub fn render(config: &Config) -> ComponentSpec {
             groups: vec![],
         }],
         dirs,
-        secrets: vec![password_secret("broker"), password_secret("cache")],
+        secrets: [password_secret("broker"), password_secret("cache")]
+            .into_iter()
+            .chain(
+                config
+                    .workers
+                    .address
+                    .get()
+                    .map(|_| config.workers.hosts.keys().map(worker_password_secret))
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
         files,
         units,
         ports,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{secret_names, OnChange, Probe};
+use crate::model::{secret_names, OnChange, Probe, Provision};
 
 fn config(extra: &str) -> Config {
     crate::config::load_texts(&[("t.toml", extra)]).unwrap()
@@ -1064,4 +1064,76 @@ fn the_overview_has_superset_panels_only_when_its_metrics_reach_prometheus() {
         postgres(&panels("[postgres_exporter]\nenabled = false\n")),
         0
     );
+}
+
+#[test]
+fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_only() {
+    let file = |specs: &[ComponentSpec], path: &str| -> String {
+        specs
+            .iter()
+            .flat_map(|s| &s.files)
+            .find(|f| f.path == std::path::Path::new(path))
+            .map(|f| f.template.clone())
+            .unwrap_or_else(|| panic!("{path}"))
+    };
+    let alone = render_all(&config(""), &bookworm());
+    let conf = file(&alone, "/etc/analytics-stack/postgres/postgresql.conf");
+    assert!(conf.contains("listen_addresses = '127.0.0.1'\n") && !conf.contains("ssl"));
+    assert!(!file(&alone, "/etc/analytics-stack/postgres/pg_hba.conf").contains("hostssl"));
+    assert!(!file(&alone, "/etc/analytics-stack/nginx/nginx.conf").contains("ngx_stream_module"));
+
+    let with = render_all(
+        &config("[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\n"),
+        &bookworm(),
+    );
+    let conf = file(&with, "/etc/analytics-stack/postgres/postgresql.conf");
+    assert!(
+        conf.contains("listen_addresses = '127.0.0.1,10.0.0.1'\n"),
+        "{conf}"
+    );
+    assert!(conf.contains("ssl = on\n"), "{conf}");
+    let hba = file(&with, "/etc/analytics-stack/postgres/pg_hba.conf");
+    assert!(
+        hba.contains("hostssl airflow,warehouse   +analytics_workers   0.0.0.0/0   scram-sha-256"),
+        "{hba}"
+    );
+    assert!(
+        !hba.lines()
+            .any(|l| l.starts_with("host ") && !l.contains("127.0.0.1") && !l.contains("::1")),
+        "{hba}"
+    );
+    let nginx = file(&with, "/etc/analytics-stack/nginx/nginx.conf");
+    assert!(
+        nginx.contains("listen 10.0.0.1:6390 ssl;") && nginx.contains("proxy_pass 127.0.0.1:6379;"),
+        "{nginx}"
+    );
+    let auth = file(&with, "/etc/analytics-stack/redis/broker-auth.conf");
+    assert!(
+        auth.contains("user worker-w1 on >@@secret:worker-w1-redis@@ resetkeys ~* resetchannels &* +@all -@admin -@dangerous"),
+        "{auth}"
+    );
+    assert!(!file(&with, "/etc/analytics-stack/redis/cache-auth.conf").contains("user "));
+    let pg = with.iter().find(|s| s.name == "postgres").unwrap();
+    assert!(pg.secrets.contains(&"worker-w1-postgres".to_string()));
+    let Provision::PostgresRoles {
+        roles,
+        worker_group,
+        ..
+    } = &pg.provision[0]
+    else {
+        panic!()
+    };
+    assert!(worker_group.is_some());
+    let role = roles.iter().find(|r| r.role == "worker_w1").unwrap();
+    assert_eq!(role.member_of, ["analytics_workers"]);
+    let nginx = with.iter().find(|s| s.name == "nginx").unwrap();
+    assert!(nginx.packages.contains(&"libnginx-mod-stream".to_string()));
+    // What the workers reach is declared: the planner checks those ports too.
+    let ports: Vec<String> = with
+        .iter()
+        .flat_map(|s| &s.ports)
+        .filter(|p| !p.address.is_loopback() && !p.address.is_unspecified())
+        .map(|p| format!("{}:{}", p.address, p.port))
+        .collect();
+    assert_eq!(ports, ["10.0.0.1:5432", "10.0.0.1:6390"]);
 }

@@ -288,6 +288,39 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     if config.superset.enabled {
         ports.push((key_path("superset.port"), config.superset.port.get()));
     }
+    // Workers reach PostgreSQL and, through NGINX's TLS door, the broker; both
+    // present the stack CA's certificate, which the workers are given.
+    if config.workers.address.get().is_some() {
+        ports.push((
+            key_path("workers.broker_port"),
+            config.workers.broker_port.get(),
+        ));
+        for (needed, on) in [
+            ("postgres", config.postgres.enabled),
+            ("redis", config.redis.enabled),
+            ("nginx", config.nginx.enabled),
+        ] {
+            if !on {
+                problems.push((
+                    key_path("workers.address"),
+                    format!("worker hosts need {needed} here: enable it, or set address = \"\""),
+                ));
+            }
+        }
+        if config.nginx.tls != TlsMode::SelfSigned {
+            problems.push((
+                key_path("workers.address"),
+                "worker hosts need the stack CA's certificates: nginx.tls = \"self-signed\""
+                    .to_string(),
+            ));
+        }
+    } else if !config.workers.hosts.is_empty() {
+        problems.push((
+            key_path("workers.hosts"),
+            "workers are listed but workers.address is \"\": they could not reach this host"
+                .to_string(),
+        ));
+    }
     // The applications keep their metadata in PostgreSQL and queue work on Redis.
     // Reported where the needed component was turned off: that is the user's line.
     let enabled = |name: &str| match name {

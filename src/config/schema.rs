@@ -28,6 +28,7 @@ pub struct Config {
     pub apt: AptConfig,
     pub bundle: BundleConfig,
     pub backup: BackupConfig,
+    pub workers: WorkersConfig,
     /// Set by the memory budget ([`crate::budget::fit`]), never read from a file:
     /// smaller allocator arenas for the Python processes, smaller query limits and
     /// caches for Prometheus and Loki, no separate health server for Airflow's
@@ -605,6 +606,110 @@ pub struct NodeExporterConfig {
 pub struct PostgresExporterConfig {
     pub enabled: bool,
     pub port: Port,
+}
+
+/// Worker hosts (on the primary): where they reach it, and who they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// The primary's address the workers reach it on; "" = no workers. PostgreSQL
+    /// (TLS and the workers' roles only) and a TLS door to the Celery broker listen
+    /// there besides loopback.
+    pub address: ListenAddress,
+    /// The TLS door to the Celery broker's Redis (NGINX's stream proxy).
+    pub broker_port: Port,
+    /// The workers added (`analytics-stack worker add NAME`, which writes them to
+    /// `stack.d/90-workers.toml`): each has its own PostgreSQL role and Redis user.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<WorkerName, WorkerHost>,
+}
+
+/// One worker host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerHost {
+    /// When it was added (seconds since the epoch).
+    pub added: u64,
+}
+
+/// "" or an IP address (v4 or v6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListenAddress(Option<std::net::IpAddr>);
+
+impl ListenAddress {
+    pub fn get(&self) -> Option<std::net::IpAddr> {
+        self.0
+    }
+}
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(ListenAddress(None));
+        }
+        match s.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() || ip.is_unspecified() => Err(format!(
+                "{s}: the address the workers reach, not loopback or every address"
+            )),
+            Ok(ip) => Ok(ListenAddress(Some(ip))),
+            Err(_) => Err(format!(
+                "{:?} is not an IP address",
+                crate::util::printable(&s)
+            )),
+        }
+    }
+}
+
+impl From<ListenAddress> for String {
+    fn from(a: ListenAddress) -> String {
+        a.0.map(|ip| ip.to_string()).unwrap_or_default()
+    }
+}
+
+/// A worker's name: a lower-case letter, then up to 30 lower-case letters, digits
+/// and hyphens (it names a PostgreSQL role and a Redis user).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkerName(String);
+
+impl WorkerName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Its PostgreSQL role (hyphens are not plain in SQL identifiers).
+    pub fn postgres_role(&self) -> String {
+        format!("worker_{}", self.0.replace('-', "_"))
+    }
+    /// Its Redis ACL user.
+    pub fn redis_user(&self) -> String {
+        format!("worker-{}", self.0)
+    }
+}
+
+impl TryFrom<String> for WorkerName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() <= 31
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(WorkerName(s))
+        } else {
+            Err(format!(
+                "{:?} is not a worker name (a lower-case letter, then up to 30 lower-case letters, digits and hyphens)",
+                crate::util::printable(&s)
+            ))
+        }
+    }
+}
+
+impl From<WorkerName> for String {
+    fn from(n: WorkerName) -> String {
+        n.0
+    }
 }
 
 /// Scheduled backups (`analytics-backup.timer`) and where backups go.

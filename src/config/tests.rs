@@ -384,3 +384,21 @@ fn tls_files_need_both_paths_and_the_paths_need_tls_files() {
     .unwrap();
     assert_eq!(ok.nginx.tls, crate::config::TlsMode::Files);
 }
+
+#[test]
+fn workers_need_an_address_of_this_host_and_the_stack_ca() {
+    let err = |text: &str| load_texts(&[("stack.toml", text)]).unwrap_err().to_string();
+    assert!(err("[workers]\naddress = \"127.0.0.1\"\n").contains("not loopback"));
+    assert!(err("[workers]\naddress = \"0.0.0.0\"\n").contains("not loopback"));
+    assert!(err("[workers]\naddress = \"db.example\"\n").contains("is not an IP address"));
+    assert!(err("[workers.hosts.w1]\nadded = 1\n").contains("workers.address is \"\""));
+    assert!(err("[workers.hosts.W1]\nadded = 1\n").contains("is not a worker name"));
+    let files = err("[workers]\naddress = \"10.0.0.1\"\n[nginx]\ntls = \"off\"\n");
+    assert!(files.contains("nginx.tls = \"self-signed\""), "{files}");
+    let no_pg = err("[workers]\naddress = \"10.0.0.1\"\n[postgres]\nenabled = false\n[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n[postgres_exporter]\nenabled = false\n");
+    assert!(no_pg.contains("worker hosts need postgres here"), "{no_pg}");
+    let clash = err("[workers]\naddress = \"10.0.0.1\"\nbroker_port = 6379\n");
+    assert!(clash.contains("port 6379 is already used"), "{clash}");
+    let ok = load_texts(&[("stack.toml", "[workers]\naddress = \"10.0.0.1\"\n")]).unwrap();
+    assert_eq!(ok.workers.address.get(), Some([10, 0, 0, 1].into()));
+}

@@ -451,6 +451,75 @@ impl Manager {
         .await
     }
 
+    /// Lists `name` as a worker host and applies (its PostgreSQL role and Redis user
+    /// with new passwords); the job's result holds its token, printed once. Root only.
+    async fn worker_add(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self.authorize_root(conn, &header, "add a worker").await?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        self.start_job(
+            conn,
+            caller,
+            "worker add",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .worker_add(&name, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|added| to_json(&added))
+            },
+        )
+        .await
+    }
+
+    /// Takes `name` off the worker hosts and applies: its logins stop working.
+    /// Root only.
+    async fn worker_remove(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self
+            .authorize_root(conn, &header, "remove a worker")
+            .await?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        self.start_job(
+            conn,
+            caller,
+            "worker remove",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .worker_remove(&name, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .map(|()| "{}".to_string())
+            },
+        )
+        .await
+    }
+
+    /// The worker hosts (JSON): names, when added, their logins' names. Root only.
+    async fn worker_list(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<String, BusError> {
+        self.authorize_root(conn, &header, "list the workers")
+            .await?;
+        to_json(&self.stack()?.worker_list()?)
+    }
+
     /// Lets apply try again a version `component` was rolled back from; returns the
     /// version that was held.
     async fn unhold(

@@ -330,11 +330,16 @@ fn check_pair(cert_path: &Path, cert: &[u8], key_path: &Path, key: &[u8]) -> Res
     Ok(ends)
 }
 
-/// The CA's SHA-256 fingerprint (colon-separated hex), for `credentials`.
-pub fn ca_fingerprint(fs: &FsRoot) -> Option<String> {
+/// The sha256 of the CA's certificate (DER), in lower-case hex.
+pub fn ca_sha256(fs: &FsRoot) -> Option<String> {
     let pem = fs.read(Path::new(CA_CERT)).ok()?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let hex = crate::util::sha256_hex(&pem.contents);
+    Some(crate::util::sha256_hex(&pem.contents))
+}
+
+/// The CA's SHA-256 fingerprint (colon-separated hex), for `credentials`.
+pub fn ca_fingerprint(fs: &FsRoot) -> Option<String> {
+    let hex = ca_sha256(fs)?;
     let pairs: Vec<String> = hex
         .as_bytes()
         .chunks(2)
