@@ -259,36 +259,22 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         // (Prometheus, for --with-telemetry); the CLI leaves no file, the daemon no
         // spool; the next backup completes.
         let started = Instant::now();
-        let mut kills = 0;
-        loop {
-            c.daemon_failpoint(Some(&format!(
-                "ANALYTICS_STACK_KILL_AT=backup:{}",
-                kills + 1
-            )));
-            let out = c.sh("analytics-stack backup --with-telemetry --output /root/killed.tar");
-            if out.status.code() == Some(0) {
-                break;
-            }
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains("analytics-stackd exited during the backup"),
-                "{stderr}"
-            );
-            kills += 1;
-            assert!(kills < 40, "the backups never completed");
-            c.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
-            assert_eq!(
-                c.ok("systemctl is-active analytics-prometheus.service")
-                    .trim(),
-                "active"
-            );
-            assert_eq!(
-                c.ok("ls /root/killed.tar* /var/lib/analytics-stack/backup-spool 2>/dev/null | wc -l")
-                    .trim(),
-                "0"
-            );
-        }
-        c.daemon_failpoint(None);
+        let kills = c.killed_after_each_phase(
+            "backup",
+            "analytics-stack backup --with-telemetry --output /root/killed.tar",
+            |c| {
+                assert_eq!(
+                    c.ok("systemctl is-active analytics-prometheus.service")
+                        .trim(),
+                    "active"
+                );
+                assert_eq!(
+                    c.ok("ls /root/killed.tar* /var/lib/analytics-stack/backup-spool 2>/dev/null | wc -l")
+                        .trim(),
+                    "0"
+                );
+            },
+        );
         eprintln!(
             "[figure] kill-safety: a backup killed after each of its {kills} phases: {kills}/{kills} recovered ({:.1} s)",
             started.elapsed().as_secs_f64()
@@ -391,33 +377,16 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
     // the next restore starts over.
     psql(&c, "warehouse", "DELETE FROM mine WHERE id > 1000");
     let started = Instant::now();
-    let mut kills = 0;
-    loop {
-        c.daemon_failpoint(Some(&format!(
-            "ANALYTICS_STACK_KILL_AT=restore:{}",
-            kills + 1
-        )));
-        let out = c.sh("analytics-stack restore /root/stack.tar");
-        if out.status.code() == Some(0) {
-            break;
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("analytics-stackd exited during the restore"),
-            "{stderr}"
-        );
-        kills += 1;
-        assert!(kills < 40, "the restores never converged");
-        c.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
-        let refused = c.sh("analytics-stack apply");
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert_eq!(refused.status.code(), Some(6), "{stderr}");
-        assert!(
-            stderr.contains("a restore of /root/stack.tar did not complete"),
-            "{stderr}"
-        );
-    }
-    c.daemon_failpoint(None);
+    let kills =
+        c.killed_after_each_phase("restore", "analytics-stack restore /root/stack.tar", |c| {
+            let refused = c.sh("analytics-stack apply");
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert_eq!(refused.status.code(), Some(6), "{stderr}");
+            assert!(
+                stderr.contains("a restore of /root/stack.tar did not complete"),
+                "{stderr}"
+            );
+        });
     eprintln!(
         "[figure] kill-safety: a restore killed after each of its {kills} phases, restored again each time: {kills}/{kills} converged ({:.1} s)",
         started.elapsed().as_secs_f64()

@@ -479,9 +479,11 @@ impl Stack {
         let state = crate::exec::load_state(&self.fs);
         for unit in &state.stopped_for_backup {
             tracing::warn!("a backup was interrupted while {unit} was stopped: starting it");
+            // Before the daemon says it is ready (so nothing races it), within its
+            // unit's start timeout.
             if let Err(e) = self
                 .systemd
-                .run_job("start", unit, Duration::from_secs(120))
+                .run_job("start", unit, Duration::from_secs(30))
                 .await
             {
                 tracing::warn!("cannot start {unit}: {e}");

@@ -408,6 +408,41 @@ impl Container {
         kills
     }
 
+    /// `command` (an `analytics-stack OPERATION …` line) with the daemon killed
+    /// (`ANALYTICS_STACK_KILL_AT=OPERATION:N`) after its first phase, then, run again
+    /// from the start, after its second, and so on until it completes; `between`
+    /// checks the host after each kill, with the daemon started again. Returns the
+    /// kills; the daemon runs normally again after.
+    pub fn killed_after_each_phase(
+        &self,
+        operation: &str,
+        command: &str,
+        between: impl Fn(&Container),
+    ) -> usize {
+        let mut kills = 0;
+        loop {
+            self.daemon_failpoint(Some(&format!(
+                "ANALYTICS_STACK_KILL_AT={operation}:{}",
+                kills + 1
+            )));
+            let out = self.sh(command);
+            if out.status.code() == Some(0) {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("analytics-stackd exited during the {operation}")),
+                "{stderr}"
+            );
+            kills += 1;
+            assert!(kills < 40, "{command} never completed");
+            self.ok("systemctl reset-failed analytics-stackd.service; systemctl start analytics-stackd.service");
+            between(self);
+        }
+        self.daemon_failpoint(None);
+        kills
+    }
+
     /// Restarts the daemon with a failpoint in its environment
     /// (`ANALYTICS_STACK_KILL_AFTER_STEPS=N`: SIGKILL after its Nth recorded step;
     /// `ANALYTICS_STACK_KILL_AT=restore:N`: after a restore's Nth phase), or without.
