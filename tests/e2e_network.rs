@@ -125,6 +125,16 @@ fn workers(primary: &Container, outsider: &Container) {
     ));
     let t: serde_json::Value = serde_json::from_str(&json).expect("the token is JSON");
     assert_eq!(t["primary"], PRIMARY);
+    // The door serves the CA (over plain HTTP too, for a host that has nothing to
+    // trust yet): what the token pins.
+    let served = outsider.ok(&format!(
+        "curl -fsS http://{PRIMARY}/stack-ca.crt | openssl x509 -outform der | sha256sum | cut -d' ' -f1"
+    ));
+    assert_eq!(
+        t["ca_sha256"].as_str().unwrap(),
+        served.trim(),
+        "the CA the door serves"
+    );
     let fingerprint =
         outsider.ok("openssl x509 -in /root/stack-ca.crt -outform der | sha256sum | cut -d' ' -f1");
     assert_eq!(

@@ -192,6 +192,7 @@ pub fn render_conf(config: &Config) -> String {
         hostname_regex => crate::util::regex_literal(config.stack.hostname()),
         routes => routes(config),
         broker_door => broker_door(config),
+        ca_cert => (n.tls == TlsMode::SelfSigned).then_some(crate::tls::CA_CERT),
     };
     env.get_template("nginx.conf")
         .and_then(|t| t.render(context))

@@ -1137,3 +1137,20 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
         .collect();
     assert_eq!(ports, ["10.0.0.1:5432", "10.0.0.1:6390"]);
 }
+
+#[test]
+fn the_stack_ca_is_served_on_both_doors_only_when_it_is_the_stacks() {
+    let conf = |extra: &str| crate::components::nginx::render_conf(&config(extra));
+    let served = conf("");
+    assert_eq!(
+        served.matches("location = /stack-ca.crt {").count(),
+        2,
+        "{served}"
+    );
+    assert!(served.contains("alias /var/lib/analytics-stack/tls/ca.crt;"));
+    assert!(!conf("[nginx]\ntls = \"off\"\n").contains("stack-ca.crt"));
+    assert!(!conf(
+        "[nginx]\ntls = \"files\"\ncertificate = \"/etc/ssl/a.crt\"\nkey = \"/etc/ssl/a.key\"\n"
+    )
+    .contains("stack-ca.crt"));
+}
