@@ -320,7 +320,8 @@ impl Stack {
                 .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
         }
         // Before a migration or a major upgrade touches the data: a backup of it.
-        if let Some(why) = upgrade_reason(&desired, &plan, &facts) {
+        let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
+        if let Some(why) = upgrade_reason(&upgrades, &plan) {
             let taken = state
                 .pre_upgrade_backups
                 .get(&why)
@@ -345,7 +346,6 @@ impl Stack {
             }
         }
         // Application upgrades, with those a killed apply left unfinished.
-        let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
         for (component, (from, to)) in &state.upgrades_in_progress {
             let Some(spec) = desired.iter().find(|s| s.name == component) else {
                 continue;
@@ -887,13 +887,9 @@ pub fn preflight_problems(
 
 /// What in `plan` changes data in a way a backup should precede: a PostgreSQL major
 /// upgrade, or an application's new version (its migrations run when it starts).
-fn upgrade_reason(
-    desired: &[ComponentSpec],
-    plan: &Plan,
-    facts: &crate::facts::HostFacts,
-) -> Option<String> {
+fn upgrade_reason(upgrades: &[crate::upgrade::Upgrade], plan: &Plan) -> Option<String> {
     // Venvs are built before the PostgreSQL step in a plan: the first upgrade names it.
-    crate::upgrade::upgrades(desired, plan, facts)
+    upgrades
         .first()
         .map(|u| format!("upgrading {} ({} → {})", u.component, u.from, u.to))
         .or_else(|| {

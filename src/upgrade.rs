@@ -269,7 +269,9 @@ impl Stack {
             (None, Some(pin)) => PathBuf::from(paths::OPT).join(&pin.component),
             (None, None) => PathBuf::from(KEPT_PACKAGES),
         };
-        let kept_deb = self.kept_package(&spec.version_package, to);
+        let kept_deb = (kind == UpgradeKind::DebianPackage)
+            .then(|| self.kept_package(&spec.version_package, to))
+            .flatten();
         let there = match kind {
             UpgradeKind::Venv => self
                 .fs
@@ -296,7 +298,7 @@ impl Stack {
                 .await?;
         }
         match kept_deb {
-            Some(deb) if kind == UpgradeKind::DebianPackage => {
+            Some(deb) => {
                 crate::host::apt::install_file(&self.fs.path(&deb))
                     .await
                     .map_err(failed)?;

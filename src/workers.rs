@@ -93,8 +93,7 @@ impl Stack {
     }
 
     fn workers_config(&self) -> Result<WorkersConfig, StackError> {
-        let (config, _) = self.desired()?;
-        Ok(config.workers)
+        Ok(self.config()?.workers)
     }
 
     /// Lists `name` as a worker and applies; returns its token. On a failed apply
@@ -106,7 +105,8 @@ impl Stack {
         progress: &dyn Progress,
     ) -> Result<WorkerAdded, StackError> {
         let name = WorkerName::try_from(name.to_string()).map_err(StackError::Conflict)?;
-        let workers = self.workers_config()?;
+        let config = self.config()?;
+        let workers = &config.workers;
         let Some(address) = workers.address.get() else {
             return Err(StackError::Conflict(
                 "this host has no [workers] address: set the address worker hosts reach it on first".into(),
@@ -132,7 +132,6 @@ impl Stack {
             let _revoked = self.apply(cancel, progress, None).await;
             return Err(e);
         }
-        let (config, _) = self.desired()?;
         let secret = |n: String| {
             crate::host::gather::read_secret(&self.fs, &n)
                 .ok_or_else(|| failed(format!("secret {n} is missing after apply")))

@@ -78,10 +78,12 @@ async fn apt_get(args: &[&str]) -> Result<(), String> {
     Err(tail.join("\n"))
 }
 
-async fn dpkg_configure_pending() -> Result<(), String> {
+/// dpkg with `args`, non-interactive; its stderr is the error.
+async fn dpkg(args: &[&std::ffi::OsStr]) -> Result<(), String> {
     let out = Command::new("dpkg")
-        .args(["--configure", "-a", "--force-confdef", "--force-confold"])
+        .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C.UTF-8")
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -89,11 +91,21 @@ async fn dpkg_configure_pending() -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
+        let words: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         Err(format!(
-            "dpkg --configure -a: {}",
+            "dpkg {}: {}",
+            words.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+async fn dpkg_configure_pending() -> Result<(), String> {
+    dpkg(&["--configure", "-a", "--force-confdef", "--force-confold"].map(std::ffi::OsStr::new))
+        .await
 }
 
 /// Where packages come from.
@@ -212,23 +224,8 @@ pub async fn install_file(deb: &Path) -> Result<(), String> {
     let own_policy = hold_services()?;
     let mut result = dpkg_configure_pending().await;
     if result.is_ok() {
-        result = match Command::new("dpkg")
-            .args(["--force-confdef", "--force-confold", "-i"])
-            .arg(deb)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C.UTF-8")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-        {
-            Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(format!(
-                "dpkg -i {}: {}",
-                deb.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => Err(format!("cannot run dpkg: {e}")),
-        };
+        let options = ["--force-confdef", "--force-confold", "-i"].map(std::ffi::OsStr::new);
+        result = dpkg(&[&options[..], &[deb.as_os_str()]].concat()).await;
     }
     release_services(own_policy);
     result
