@@ -25,7 +25,8 @@ pub trait Manager {
     fn restore(&self, backup: zbus::zvariant::Fd<'_>, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn rollback(&self, component: &str) -> zbus::Result<OwnedObjectPath>;
     fn unhold(&self, component: &str) -> zbus::Result<String>;
-    fn worker_add(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn worker_add(&self, name: &str, address: &str) -> zbus::Result<OwnedObjectPath>;
+    fn join(&self, primary: &str, token: &str) -> zbus::Result<String>;
     fn worker_remove(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn worker_list(&self) -> zbus::Result<String>;
     fn status(&self) -> zbus::Result<String>;

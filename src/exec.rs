@@ -736,6 +736,11 @@ fn worker_group_sql(roles: &[PostgresRole], group: Option<&crate::model::WorkerG
         for r in roles.iter().filter(|r| r.member_of.contains(&g.role)) {
             sql.push_str(&format!("GRANT {role} TO {};\n", quote_ident(&r.role)));
         }
+        // The warehouse: a worker's pipelines load as that role (their connection
+        // sets `role`), so what they create is the warehouse's, as on the primary.
+        for other in &g.acts_as {
+            sql.push_str(&format!("GRANT {} TO {role};\n", quote_ident(other)));
+        }
     }
     let listed: Vec<String> = roles
         .iter()

@@ -22,6 +22,17 @@ pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> Prob
             format!("http://127.0.0.1:{port}{path}"),
             tokio::time::timeout(TIMEOUT, http_get(*port, path)).await,
         ),
+        Probe::HttpAt {
+            address,
+            port,
+            path,
+        } => (
+            format!(
+                "http://{}{path}",
+                std::net::SocketAddr::new(*address, *port)
+            ),
+            tokio::time::timeout(TIMEOUT, http_get_at(*address, *port, path)).await,
+        ),
         Probe::Redis {
             port,
             password_secret,
@@ -92,7 +103,16 @@ async fn connect(port: u16) -> Result<TcpStream, String> {
 
 /// GET over HTTP/1.1; healthy on 2xx/3xx.
 pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    let (status, _) = http_request(port, path).await?;
+    http_get_at(std::net::Ipv4Addr::LOCALHOST.into(), port, path).await
+}
+
+/// GET over HTTP/1.1 from `address`; healthy on 2xx/3xx.
+pub async fn http_get_at(
+    address: std::net::IpAddr,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    let (status, _) = http_request_at(address, port, path).await?;
     if (200..400).contains(&status) {
         Ok(format!("HTTP {status}"))
     } else {
@@ -102,7 +122,17 @@ pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
 
 /// A minimal HTTP/1.1 GET returning status and body.
 pub async fn http_request(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut s = connect(port).await?;
+    http_request_at(std::net::Ipv4Addr::LOCALHOST.into(), port, path).await
+}
+
+async fn http_request_at(
+    address: std::net::IpAddr,
+    port: u16,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect((address, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: analytics-stackd\r\nConnection: close\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;

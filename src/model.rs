@@ -284,6 +284,9 @@ pub enum Provision {
 pub struct WorkerGroup {
     pub role: String,
     pub databases: Vec<String>,
+    /// Roles the group is a member of, to act as with `SET ROLE` (the warehouse:
+    /// what a worker's pipelines load is the warehouse role's, as on the primary).
+    pub acts_as: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -332,6 +335,13 @@ impl PortSpec {
 pub enum Probe {
     /// GET `path` over HTTP; healthy on a 2xx or 3xx answer.
     Http { port: u16, path: String },
+    /// GET `path` over HTTP from a listener on another of this host's addresses (a
+    /// worker host's node_exporter, on the address the primary scrapes).
+    HttpAt {
+        address: std::net::IpAddr,
+        port: u16,
+        path: String,
+    },
     /// AUTH (when a secret is named) and PING; healthy on +PONG.
     Redis {
         port: u16,

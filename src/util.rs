@@ -54,6 +54,33 @@ pub fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes [`base64_url`]'s output (padding optional); None for anything else.
+pub fn base64_url_decode(text: &str) -> Option<Vec<u8>> {
+    let digits = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in digits.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // A lone digit (6 bits) cannot end a valid encoding.
+    (bits < 6).then_some(out)
+}
+
 /// `text` with control characters escaped and cut to 256 characters, for a name a
 /// caller supplied that ends up in a message or a log line.
 pub fn printable(text: &str) -> String {
@@ -142,6 +169,22 @@ pub fn now_secs() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn base64_url_round_trips_and_refuses_other_text() {
+        for len in 0..40 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = super::base64_url(&bytes);
+            assert_eq!(super::base64_url_decode(&text), Some(bytes.clone()));
+            assert_eq!(
+                super::base64_url_decode(text.trim_end_matches('=')),
+                Some(bytes)
+            );
+        }
+        for bad in ["a", "ab+c", "ab/c", "a b", "é"] {
+            assert_eq!(super::base64_url_decode(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -6,7 +6,7 @@
 //! token `worker add` returns carries what the worker needs to reach the primary:
 //! its address, the ports, the two logins, and the stack CA's fingerprint to pin.
 
-use crate::config::{WorkerName, WorkersConfig};
+use crate::config::{ListenAddress, WorkerHost, WorkerName, WorkersConfig};
 use crate::exec::Progress;
 use crate::model::paths;
 use crate::stack::{Stack, StackError};
@@ -23,7 +23,11 @@ pub const TOKEN_PREFIX: &str = "asw1.";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
     pub primary: String,
+    /// The primary's HTTPS door: the CA, the execution API, the log push, the DAGs.
+    pub https_port: u16,
     pub name: String,
+    /// The worker's own address, as the primary allows and scrapes it.
+    pub address: String,
     /// sha256 of the stack CA's certificate (DER), to pin when fetching it.
     pub ca_sha256: String,
     pub postgres_port: u16,
@@ -39,6 +43,57 @@ impl JoinToken {
         let json = serde_json::to_vec(self).unwrap_or_default();
         format!("{TOKEN_PREFIX}{}", crate::util::base64_url(&json))
     }
+
+    /// Reads a token, checking every field it carries before anything uses it: the
+    /// values end up in configuration files, URLs and SQL-free connection strings.
+    pub fn decode(text: &str) -> Result<JoinToken, String> {
+        let bad = |why: &str| format!("not a join token from `analytics-stack worker add`: {why}");
+        let body = text
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| bad("it does not begin with asw1."))?;
+        if body.len() > 4096 {
+            return Err(bad("too long"));
+        }
+        let json = crate::util::base64_url_decode(body).ok_or_else(|| bad("not base64url"))?;
+        let token: JoinToken = serde_json::from_slice(&json).map_err(|e| bad(&format!("{e}")))?;
+        let ip = |s: &str| {
+            s.parse::<std::net::IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        };
+        let secret = |s: &str| {
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        let name = WorkerName::try_from(token.name.clone()).map_err(|e| bad(&e))?;
+        let checks = [
+            (ip(&token.primary).is_some(), "primary is not an address"),
+            (ip(&token.address).is_some(), "address is not an address"),
+            (
+                token.ca_sha256.len() == 64
+                    && token.ca_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "ca_sha256 is not a sha256",
+            ),
+            (
+                token.postgres_role == name.postgres_role(),
+                "postgres_role does not match name",
+            ),
+            (
+                token.broker_user == name.redis_user(),
+                "broker_user does not match name",
+            ),
+            (secret(&token.postgres_password), "postgres_password"),
+            (secret(&token.broker_password), "broker_password"),
+            (
+                token.https_port > 0 && token.postgres_port > 0 && token.broker_port > 0,
+                "a port is 0",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(bad(why)),
+            None => Ok(token),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,9 +102,37 @@ pub struct WorkerAdded {
     pub token: String,
 }
 
+/// What `join` did: whose worker this host became, and the CA it now trusts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Joined {
+    pub name: String,
+    pub primary: String,
+    pub ca_fingerprint: String,
+}
+
+/// The file of the configuration `join` writes on a worker host.
+pub const JOIN_FILE: &str = "stack.d/10-join.toml";
+/// The worker's logins on the primary, as secrets (0600, root's).
+pub const PRIMARY_POSTGRES_SECRET: &str = "primary-postgres";
+pub const PRIMARY_BROKER_SECRET: &str = "primary-broker";
+/// The components a worker host runs; a host that has any other installed is a
+/// primary (or a standalone stack) and is not turned into a worker.
+const WORKER_COMPONENTS: &[&str] = &[
+    "node-exporter",
+    "promtail",
+    "alloy",
+    "airflow",
+    "dlt",
+    "dag-sync",
+];
+
+/// The largest certificate `join` reads from the primary.
+const CA_MAX_BYTES: usize = 64 << 10;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerEntry {
     pub name: String,
+    pub address: String,
     pub added: u64,
     pub postgres_role: String,
     pub broker_user: String,
@@ -59,18 +142,26 @@ fn failed(what: impl std::fmt::Display) -> StackError {
     StackError::Failed(what.to_string())
 }
 
-/// The file's text for `hosts` (names → when added).
-fn render_file(hosts: &std::collections::BTreeMap<WorkerName, u64>) -> String {
-    let mut text = String::from(
-        "# Managed by `analytics-stack worker add|remove`: this primary's worker hosts.\n",
-    );
-    for (name, added) in hosts {
-        text.push_str(&format!(
-            "\n[workers.hosts.{}]\nadded = {added}\n",
-            name.as_str()
-        ));
+type Hosts = std::collections::BTreeMap<WorkerName, WorkerHost>;
+
+/// The file's text for `hosts` (serialized by toml: the names are validated, the
+/// addresses typed).
+fn render_file(hosts: &Hosts) -> String {
+    #[derive(Serialize)]
+    struct File<'a> {
+        workers: Workers<'a>,
     }
-    text
+    #[derive(Serialize)]
+    struct Workers<'a> {
+        hosts: &'a Hosts,
+    }
+    let body = toml::to_string(&File {
+        workers: Workers { hosts },
+    })
+    .unwrap_or_default();
+    format!(
+        "# Managed by `analytics-stack worker add|remove`: this primary's worker hosts.\n{body}"
+    )
 }
 
 impl Stack {
@@ -78,10 +169,7 @@ impl Stack {
         self.etc_dir.join(WORKERS_FILE)
     }
 
-    fn write_workers(
-        &self,
-        hosts: &std::collections::BTreeMap<WorkerName, u64>,
-    ) -> Result<(), StackError> {
+    fn write_workers(&self, hosts: &Hosts) -> Result<(), StackError> {
         let path = self.workers_file();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(self.fs.path(dir))
@@ -101,10 +189,20 @@ impl Stack {
     pub async fn worker_add(
         &self,
         name: &str,
+        worker_address: &str,
         cancel: &AtomicBool,
         progress: &dyn Progress,
     ) -> Result<WorkerAdded, StackError> {
         let name = WorkerName::try_from(name.to_string()).map_err(StackError::Conflict)?;
+        let worker_address = ListenAddress::try_from(worker_address.to_string())
+            .ok()
+            .filter(|a| a.get().is_some())
+            .ok_or_else(|| {
+                StackError::Conflict(format!(
+                    "{:?} is not the worker's address (the IP address it connects from, not loopback)",
+                    crate::util::printable(worker_address)
+                ))
+            })?;
         let config = self.config()?;
         let workers = &config.workers;
         let Some(address) = workers.address.get() else {
@@ -119,13 +217,26 @@ impl Stack {
                 name.as_str()
             )));
         }
-        let before: std::collections::BTreeMap<WorkerName, u64> = workers
+        if let Some((other, _)) = workers
             .hosts
             .iter()
-            .map(|(n, h)| (n.clone(), h.added))
-            .collect();
+            .find(|(_, h)| h.address == worker_address)
+        {
+            return Err(StackError::Conflict(format!(
+                "{} is worker {}'s address already",
+                String::from(worker_address.clone()),
+                other.as_str()
+            )));
+        }
+        let before = workers.hosts.clone();
         let mut after = before.clone();
-        after.insert(name.clone(), crate::util::now_secs());
+        after.insert(
+            name.clone(),
+            WorkerHost {
+                added: crate::util::now_secs(),
+                address: worker_address.clone(),
+            },
+        );
         self.write_workers(&after)?;
         if let Err(e) = self.apply(cancel, progress, None).await {
             let _put_back = self.write_workers(&before);
@@ -138,7 +249,9 @@ impl Stack {
         };
         let token = JoinToken {
             primary: address.to_string(),
+            https_port: config.nginx.https_port.get(),
             name: name.as_str().into(),
+            address: String::from(worker_address),
             ca_sha256: crate::tls::ca_sha256(&self.fs)
                 .ok_or_else(|| failed("the stack CA is missing after apply"))?,
             postgres_port: config.postgres.port.get(),
@@ -161,6 +274,7 @@ impl Stack {
             .iter()
             .map(|(name, host)| WorkerEntry {
                 name: name.as_str().into(),
+                address: String::from(host.address.clone()),
                 added: host.added,
                 postgres_role: name.postgres_role(),
                 broker_user: name.redis_user(),
@@ -183,11 +297,11 @@ impl Stack {
                 "{name} is not a worker of this host"
             )));
         };
-        let rest: std::collections::BTreeMap<WorkerName, u64> = workers
+        let rest: Hosts = workers
             .hosts
             .iter()
             .filter(|(n, _)| *n != name)
-            .map(|(n, h)| (n.clone(), h.added))
+            .map(|(n, h)| (n.clone(), h.clone()))
             .collect();
         self.write_workers(&rest)?;
         self.apply(cancel, progress, None).await?;
@@ -207,20 +321,165 @@ impl Stack {
     }
 }
 
+/// The join file's text (serialized by toml from checked values).
+fn render_join_file(token: &JoinToken) -> String {
+    #[derive(Serialize)]
+    struct File<'a> {
+        stack: StackPart,
+        worker: WorkerPart<'a>,
+    }
+    #[derive(Serialize)]
+    struct StackPart {
+        role: crate::config::Role,
+    }
+    #[derive(Serialize)]
+    struct WorkerPart<'a> {
+        name: &'a str,
+        address: &'a str,
+        primary: &'a str,
+        primary_https_port: u16,
+        primary_postgres_port: u16,
+        primary_broker_port: u16,
+    }
+    let body = toml::to_string(&File {
+        stack: StackPart {
+            role: crate::config::Role::Worker,
+        },
+        worker: WorkerPart {
+            name: &token.name,
+            address: &token.address,
+            primary: &token.primary,
+            primary_https_port: token.https_port,
+            primary_postgres_port: token.postgres_port,
+            primary_broker_port: token.broker_port,
+        },
+    })
+    .unwrap_or_default();
+    format!(
+        "# Written by `analytics-stack join`: this host is worker {} of {}.\n{body}",
+        token.name, token.primary
+    )
+}
+
+/// The stack CA's certificate from the primary's door, accepted only if its DER
+/// hashes to `pin` (the door's own certificate is not trusted yet: the pin is what
+/// makes this channel authentic). Returns the PEM.
+async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<String, StackError> {
+    let host = match primary.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => primary.to_string(),
+    };
+    let url = format!("https://{host}:{https_port}/stack-ca.crt");
+    let unreachable = |e: &dyn std::fmt::Display| {
+        StackError::Failed(format!("cannot fetch the stack CA from {url}: {e}"))
+    };
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(15))
+        .no_proxy()
+        .build()
+        .map_err(|e| unreachable(&e))?;
+    let mut response = client.get(&url).send().await.map_err(|e| unreachable(&e))?;
+    if !response.status().is_success() {
+        return Err(unreachable(&response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&e))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > CA_MAX_BYTES {
+            return Err(unreachable(&"the answer is larger than a certificate"));
+        }
+    }
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&body)
+        .map_err(|_| unreachable(&"the answer is not a PEM certificate"))?;
+    let got = crate::util::sha256_hex(&pem.contents);
+    if !got.eq_ignore_ascii_case(pin) {
+        return Err(StackError::Integrity(format!(
+            "{url} served a CA certificate with sha256 {got}, not the token's {pin}: not the primary that issued the token (or someone in between); nothing was written"
+        )));
+    }
+    x509_parser::parse_x509_certificate(&pem.contents)
+        .map_err(|_| unreachable(&"the certificate does not parse"))?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+impl Stack {
+    /// Makes this host a worker of `primary` (see the D-Bus method `Join`).
+    pub async fn join(&self, primary: &str, token: &str) -> Result<Joined, StackError> {
+        let token = JoinToken::decode(token).map_err(StackError::Conflict)?;
+        if primary.trim() != token.primary {
+            return Err(StackError::Conflict(format!(
+                "the token is for primary {}, not {:?}",
+                token.primary,
+                crate::util::printable(primary)
+            )));
+        }
+        let state = crate::exec::load_state(&self.fs);
+        if let Some(other) = state
+            .components
+            .iter()
+            .find(|c| !WORKER_COMPONENTS.contains(&c.as_str()))
+        {
+            return Err(StackError::Conflict(format!(
+                "this host runs {other}: a primary (or a stack of its own) does not become a worker; `analytics-stack uninstall` first"
+            )));
+        }
+        let ca = fetch_pinned_ca(&token.primary, token.https_port, &token.ca_sha256).await?;
+        let write = |path: &Path, text: &str, mode: u32| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(self.fs.path(dir))
+                    .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+            }
+            self.fs
+                .write_atomic(path, text.as_bytes(), mode, 0, 0)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))
+        };
+        // The logins and the CA first; the join file last: until it exists this host
+        // is not a worker, and a failure leaves nothing that changes what apply does.
+        let secrets = Path::new(paths::SECRETS);
+        write(
+            &secrets.join(PRIMARY_POSTGRES_SECRET),
+            &format!("{}\n", token.postgres_password),
+            0o600,
+        )?;
+        write(
+            &secrets.join(PRIMARY_BROKER_SECRET),
+            &format!("{}\n", token.broker_password),
+            0o600,
+        )?;
+        write(Path::new(crate::tls::CA_CERT), &ca, 0o644)?;
+        write(
+            &self.etc_dir.join(JOIN_FILE),
+            &render_join_file(&token),
+            0o644,
+        )?;
+        Ok(Joined {
+            name: token.name,
+            primary: token.primary,
+            ca_fingerprint: crate::tls::ca_fingerprint(&self.fs).unwrap_or_default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_workers_file_loads_as_the_configuration_it_lists() {
-        let mut hosts = std::collections::BTreeMap::new();
+        let host = |added, ip: &str| WorkerHost {
+            added,
+            address: ListenAddress::try_from(ip.to_string()).unwrap(),
+        };
+        let mut hosts = Hosts::new();
         hosts.insert(
             WorkerName::try_from("w-1".to_string()).unwrap(),
-            1_796_000_000,
+            host(1_796_000_000, "10.0.0.2"),
         );
         hosts.insert(
             WorkerName::try_from("b2".to_string()).unwrap(),
-            1_796_000_001,
+            host(1_796_000_001, "fd00::3"),
         );
         let text = render_file(&hosts);
         let config = crate::config::load_texts(&[
@@ -230,10 +489,7 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = config.workers.hosts.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["b2", "w-1"]);
-        assert_eq!(
-            config.workers.hosts.values().next().unwrap().added,
-            1_796_000_001
-        );
+        assert_eq!(config.workers.hosts, hosts);
         let first = config.workers.hosts.keys().nth(1).unwrap();
         assert_eq!(first.postgres_role(), "worker_w_1");
         assert_eq!(first.redis_user(), "worker-w-1");
@@ -243,10 +499,40 @@ mod tests {
     }
 
     #[test]
+    fn the_join_file_loads_as_a_worker_configuration() {
+        let token = JoinToken {
+            primary: "10.0.0.1".into(),
+            https_port: 8443,
+            name: "w1".into(),
+            address: "10.0.0.2".into(),
+            ca_sha256: "ab".repeat(32),
+            postgres_port: 5433,
+            postgres_role: "worker_w1".into(),
+            postgres_password: "p".into(),
+            broker_port: 6390,
+            broker_user: "worker-w1".into(),
+            broker_password: "r".into(),
+        };
+        let text = render_join_file(&token);
+        assert!(
+            !text.contains("p\"") && !text.contains("ab".repeat(32).as_str()),
+            "no secrets, no pin: {text}"
+        );
+        let config = crate::config::load_texts(&[("10-join.toml", &text)]).unwrap();
+        assert_eq!(config.stack.role, crate::config::Role::Worker);
+        assert_eq!(config.worker.name.as_ref().unwrap().as_str(), "w1");
+        assert_eq!(config.worker.primary_https_port.get(), 8443);
+        assert_eq!(config.worker.primary_postgres_port.get(), 5433);
+        assert!(!config.postgres.enabled && !config.nginx.enabled && !config.grafana.enabled);
+    }
+
+    #[test]
     fn a_token_is_json_behind_its_version() {
         let token = JoinToken {
             primary: "10.0.0.1".into(),
+            https_port: 443,
             name: "w1".into(),
+            address: "10.0.0.2".into(),
             ca_sha256: "ab".repeat(32),
             postgres_port: 5432,
             postgres_role: "worker_w1".into(),
@@ -258,5 +544,33 @@ mod tests {
         let encoded = token.encode();
         assert!(encoded.starts_with(TOKEN_PREFIX));
         assert!(!encoded.contains(['+', '/', ' ', '\n']));
+        assert_eq!(JoinToken::decode(&encoded).unwrap(), token);
+        // Every field is checked before anything uses it.
+        let forged = |f: &dyn Fn(&mut JoinToken)| {
+            let mut t = token.clone();
+            f(&mut t);
+            JoinToken::decode(&t.encode())
+        };
+        for (why, change) in [
+            (
+                "primary",
+                &(|t: &mut JoinToken| t.primary = "127.0.0.1".into()) as &dyn Fn(&mut JoinToken),
+            ),
+            ("address", &|t| t.address = "evil.example".into()),
+            ("ca_sha256", &|t| t.ca_sha256 = "zz".into()),
+            ("postgres_role", &|t| t.postgres_role = "postgres".into()),
+            ("broker_user", &|t| t.broker_user = "default".into()),
+            ("postgres_password", &|t| {
+                t.postgres_password = "a@b/c".into()
+            }),
+            ("broker_password", &|t| t.broker_password = "x\ny".into()),
+            ("name", &|t| t.name = "W;drop".into()),
+        ] {
+            let e = forged(change).unwrap_err();
+            assert!(e.contains("not a join token"), "{why}: {e}");
+        }
+        assert!(JoinToken::decode("asw2.e30").is_err());
+        assert!(JoinToken::decode("asw1.!!!").is_err());
+        assert!(JoinToken::decode(&format!("asw1.{}", "A".repeat(5000))).is_err());
     }
 }

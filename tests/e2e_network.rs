@@ -3,8 +3,9 @@
 //! only NGINX's door answers — every other port of the stack is closed to it — and
 //! the door serves the landing page by address, over HTTPS. Then the primary takes
 //! worker hosts (`[workers] address`, `worker add`): PostgreSQL and the broker's TLS
-//! door answer too, but only over TLS and only to a worker's logins (not to the
-//! stack's own roles, even with their passwords); `worker remove` ends a live session
+//! door answer too, but only over TLS, only to a worker's logins (not to the stack's
+//! own roles, even with their passwords) and only from that worker's address;
+//! `worker remove` ends a live session
 //! and every later login. The stack installs with no network beyond the bridge
 //! (Debian packages from the image's apt cache).
 
@@ -93,12 +94,15 @@ fn workers(primary: &Container, outsider: &Container) {
     // PostgreSQL's and Redis's clients on the other host, from the image's cache.
     outsider.ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client-15 redis-tools >/dev/null");
     primary.ok(&format!("printf '[workers]\\naddress = \"{PRIMARY}\"\\n' > /etc/analytics-stack/stack.d/20-workers.toml"));
-    let denied = primary.sh("runuser -u alice -- analytics-stack worker add w2");
+    let denied =
+        primary.sh("runuser -u alice -- analytics-stack worker add w2 --address 10.231.0.8");
     assert_eq!(denied.status.code(), Some(5));
     // The first worker's add applies the address too; a second apply does nothing.
     let started = std::time::Instant::now();
     let token = primary
-        .ok("analytics-stack worker add w1")
+        .ok(&format!(
+            "analytics-stack worker add w1 --address {OUTSIDER}"
+        ))
         .trim()
         .to_string();
     eprintln!(
@@ -109,9 +113,9 @@ fn workers(primary: &Container, outsider: &Container) {
     assert!(primary
         .ok("analytics-stack apply")
         .contains("nothing to do"));
-    let again = primary.sh("analytics-stack worker add w1");
+    let again = primary.sh("analytics-stack worker add w1 --address 10.231.0.8");
     assert_eq!(again.status.code(), Some(6), "a worker is added once");
-    let bad = primary.sh("analytics-stack worker add 'W1;drop'");
+    let bad = primary.sh("analytics-stack worker add 'W1;drop' --address 10.231.0.8");
     assert_eq!(bad.status.code(), Some(6));
     let listed = primary.ok("analytics-stack worker list");
     assert!(
@@ -206,6 +210,26 @@ fn workers(primary: &Container, outsider: &Container) {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+
+    // From another address (the primary's own, on the bridge: neither loopback nor
+    // the worker's), the worker's logins are refused, TLS and password or not.
+    primary.ok("cp /var/lib/analytics-stack/tls/ca.crt /root/stack-ca.crt");
+    let out = primary.sh(&format!(
+        "PGPASSWORD='{pw}' psql '{}' -XAtc 'SELECT 1'",
+        pg(role, "airflow", "verify-full")
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pg_hba.conf entry"),
+        "{out:?}"
+    );
+    let out = primary.sh(&format!(
+        "REDISCLI_AUTH='{bpw}' redis-cli -h {PRIMARY} -p 6390 --user {user} --tls --cacert /root/stack-ca.crt PING"
+    ));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
 
     // The broker, through its TLS door, as the worker's user: what Celery needs,
     // nothing of the administration.

@@ -23,7 +23,13 @@ struct Cli {
 enum WorkerAction {
     /// Give a worker host its logins on this primary (a PostgreSQL role and a Redis
     /// user, TLS only) and print its token, once: what `join` on the worker takes.
-    Add { name: String },
+    Add {
+        name: String,
+        /// The worker's IP address on the network it shares with this host: its
+        /// logins are allowed from there only, and Prometheus scrapes it there.
+        #[arg(long)]
+        address: String,
+    },
     /// The worker hosts of this primary.
     List {
         #[arg(long)]
@@ -73,6 +79,17 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         action: BundleAction,
+    },
+    /// Make this host a worker of PRIMARY (its address), with the token `worker add`
+    /// printed there; then install it (from an offline bundle with --bundle).
+    Join {
+        primary: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
     },
     /// Worker hosts of this primary (root only): `[workers] address` must be set.
     Worker {
@@ -339,8 +356,8 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Worker { action } => {
             let m = manager().await?;
             match action {
-                WorkerAction::Add { name } => {
-                    let path = m.worker_add(&name).await?;
+                WorkerAction::Add { name, address } => {
+                    let path = m.worker_add(&name, &address).await?;
                     let result = follow_job(&m, path, "worker add").await?;
                     let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
                     eprintln!(
@@ -356,8 +373,9 @@ async fn run(command: Command) -> Result<(), Failure> {
                         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                         for w in v.as_array().into_iter().flatten() {
                             println!(
-                                "{:<24} PostgreSQL role {}, Redis user {}",
+                                "{:<24} {:<16} PostgreSQL role {}, Redis user {}",
                                 w["name"].as_str().unwrap_or(""),
+                                w["address"].as_str().unwrap_or(""),
                                 w["postgres_role"].as_str().unwrap_or(""),
                                 w["broker_user"].as_str().unwrap_or("")
                             );
@@ -371,6 +389,22 @@ async fn run(command: Command) -> Result<(), Failure> {
                 }
             }
             Ok(())
+        }
+        Command::Join {
+            primary,
+            token,
+            json,
+            bundle,
+        } => {
+            let joined = manager().await?.join(&primary, &token).await?;
+            let v: serde_json::Value = serde_json::from_str(&joined).unwrap_or_default();
+            eprintln!(
+                "joined {} as {} (its CA {}); installing the worker",
+                v["primary"].as_str().unwrap_or(""),
+                v["name"].as_str().unwrap_or(""),
+                v["ca_fingerprint"].as_str().unwrap_or("")
+            );
+            apply(json, bundle).await
         }
         Command::Unhold { component } => {
             let version = manager().await?.unhold(&component).await?;

@@ -56,7 +56,17 @@ pub async fn create(
         arch: opts.arch.clone(),
         ..Default::default()
     };
-    let specs = render_all(config, &platform);
+    let mut specs = render_all(config, &platform);
+    // A primary's bundle installs its worker hosts too (`join --bundle`): what a
+    // worker host runs that this host does not is added (its DAG sync's curl).
+    if config.workers.address.get().is_some() {
+        let worker = crate::components::as_worker_host(config);
+        let extra: Vec<_> = render_all(&worker, &platform)
+            .into_iter()
+            .filter(|s| !specs.iter().any(|p| p.name == s.name))
+            .collect();
+        specs.extend(extra);
+    }
     let problems = crate::stack::python_problems(
         &specs,
         &crate::facts::HostFacts {

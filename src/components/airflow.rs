@@ -91,7 +91,7 @@ pub fn render_env(config: &Config) -> String {
         ("AIRFLOW__CELERY__BROKER_URL", broker),
         (
             "AIRFLOW__CELERY__RESULT_BACKEND",
-            format!("db+postgresql://{db}"),
+            result_backend(config, &db),
         ),
         ("AIRFLOW__API__BASE_URL", public),
         // The FAB login pages learn the browser's scheme and host from NGINX's
@@ -139,6 +139,15 @@ pub fn render_env(config: &Config) -> String {
         ("ANALYTICS_STACK_PIPELINES", PIPELINES_DIR.into()),
         ("PYTHONDONTWRITEBYTECODE", "1".into()),
     ];
+    if config.workers.address.get().is_some() {
+        // A worker host that dies takes its running tasks' heartbeats with it: after
+        // 60 s without one (Airflow's default is 5 minutes) the scheduler fails them,
+        // and their retries run on the hosts that are left.
+        vars.push((
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+            "60".into(),
+        ));
+    }
     if config.statsd_exporter.enabled {
         vars.extend([
             ("AIRFLOW__METRICS__STATSD_ON", "True".into()),
@@ -158,6 +167,156 @@ pub fn render_env(config: &Config) -> String {
         text.push_str(&format!("{k}={v}\n"));
     }
     text
+}
+
+/// Celery's task results: in PostgreSQL (Airflow's recommendation) on a stack of one
+/// host. With worker hosts, in the broker's Redis (database 1): the workers reach it
+/// already, through the TLS door with their own users, while Celery's result tables
+/// in Airflow's database would need every worker to write into that database. The
+/// broker's Redis never evicts, and Celery expires each result after a day.
+fn result_backend(config: &Config, db: &str) -> String {
+    if config.workers.address.get().is_some() {
+        format!(
+            "redis://:{}@127.0.0.1:{}/1",
+            secret_ref(&redis::password_secret("broker")),
+            config.redis.broker.port.get()
+        )
+    } else {
+        format!("db+postgresql://{db}")
+    }
+}
+
+/// The environment of a worker host's Celery worker: everything it reaches is the
+/// primary's, over TLS to the stack CA, with this worker's own logins. It holds no
+/// Fernet key, JWT secret or admin password: tasks get connections and variables
+/// from the execution API, each with the token the scheduler signed for it.
+pub fn render_worker_env(config: &Config) -> String {
+    let w = &config.worker;
+    let name = w.name.clone().unwrap_or_else(|| {
+        crate::config::WorkerName::try_from("unnamed".to_string()).expect("a valid name")
+    });
+    let primary = match w.primary.get() {
+        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(ip) => ip.to_string(),
+        None => String::new(),
+    };
+    let ca = crate::tls::CA_CERT;
+    let pg_login = format!(
+        "{}:{}@{primary}:{}",
+        name.postgres_role(),
+        secret_ref(crate::workers::PRIMARY_POSTGRES_SECRET),
+        w.primary_postgres_port.get()
+    );
+    let pg_tls = format!("sslmode=verify-full&sslrootcert={ca}");
+    let broker_login = format!(
+        "{}:{}@{primary}:{}",
+        name.redis_user(),
+        secret_ref(crate::workers::PRIMARY_BROKER_SECRET),
+        w.primary_broker_port.get()
+    );
+    let vars: Vec<(&str, String)> = vec![
+        ("AIRFLOW_HOME", HOME.into()),
+        ("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor".into()),
+        (
+            "AIRFLOW__CORE__DAGS_FOLDER",
+            super::dag_bundle::worker_dags_dir(),
+        ),
+        ("AIRFLOW__CORE__LOAD_EXAMPLES", "False".into()),
+        (
+            "AIRFLOW__CORE__AUTH_MANAGER",
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager".into(),
+        ),
+        (
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+            format!(
+                "{}/airflow/execution/",
+                super::dag_bundle::primary_origin(config)
+            ),
+        ),
+        // The execution API's certificate is checked against the stack CA alone.
+        ("AIRFLOW__API__SSL_CA_FILE", ca.into()),
+        ("AIRFLOW__API__CLIENT_USE_PUBLIC_CERTS", "False".into()),
+        // Airflow's CLI still builds its database engine at start (and logs the
+        // command there): this worker's role may connect, and reads no table.
+        (
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            format!("postgresql+psycopg2://{pg_login}/airflow?{pg_tls}"),
+        ),
+        (
+            "AIRFLOW__CELERY__BROKER_URL",
+            format!("rediss://{broker_login}/0"),
+        ),
+        ("AIRFLOW__CELERY__SSL_ACTIVE", "True".into()),
+        ("AIRFLOW__CELERY__SSL_MUTUAL_TLS", "False".into()),
+        ("AIRFLOW__CELERY__SSL_CACERT", ca.into()),
+        (
+            "AIRFLOW__CELERY__RESULT_BACKEND",
+            format!("rediss://{broker_login}/1?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+        ),
+        ("AIRFLOW__LOGGING__BASE_LOG_FOLDER", format!("{HOME}/logs")),
+        (
+            "AIRFLOW__DAG_PROCESSOR__STALE_BUNDLE_CLEANUP_INTERVAL",
+            "0".into(),
+        ),
+        // dlt loads into the warehouse as this worker's role, acting as the
+        // warehouse role (its member): the tables are the warehouse's, as on the
+        // primary, for Superset to read.
+        (
+            "DESTINATION__POSTGRES__CREDENTIALS",
+            format!("postgresql://{pg_login}/warehouse?{pg_tls}&options=-c%20role%3Dwarehouse"),
+        ),
+        ("RUNTIME__DLTHUB_TELEMETRY", "false".into()),
+        ("DLT_DATA_DIR", format!("{HOME}/dlt")),
+        (
+            "ANALYTICS_STACK_PIPELINES",
+            super::dag_bundle::worker_pipelines_dir(),
+        ),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+    ];
+    let mut text = String::from(
+        "# Generated by analytics-stackd; edit the stack config instead.\n\
+         # Read by systemd for this worker host's analytics-airflow-worker.service.\n",
+    );
+    for (k, v) in vars {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    text
+}
+
+/// On a worker host: the Celery worker alone, after the first DAG sync.
+fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
+    let mut worker = super::python::app_unit(
+        config,
+        WORKER_UNIT,
+        "analytics-stack: Airflow Celery worker (worker host)",
+        USER,
+        format!(
+            "{} celery worker --skip-serve-logs --concurrency {}",
+            AIRFLOW.bin("airflow"),
+            config.airflow.worker_concurrency.get()
+        ),
+        HOME,
+        super::dag_bundle::SYNC_SERVICE,
+    );
+    worker.environment_file = Some(env_path());
+    worker.sees_nondumpable_children = true;
+    ComponentSpec {
+        name: "airflow",
+        description: "Airflow: the Celery worker of a worker host",
+        packages: AIRFLOW.packages(config),
+        venv: AIRFLOW.venv(config, platform),
+        users: vec![UserSpec::service(USER, HOME)],
+        dirs: vec![
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::private(HOME, USER),
+            DirSpec::public(crate::tls::DIR),
+        ],
+        files: vec![FileSpec::new(env_path(), render_worker_env(config))
+            .mode(0o600)
+            .notify(WORKER_UNIT, OnChange::Restart)],
+        units: vec![worker.render()],
+        ..Default::default()
+    }
 }
 
 fn python_bool(b: bool) -> String {
@@ -203,6 +362,9 @@ fn airflow_unit(config: &Config, name: &str, description: &str, args: &str) -> S
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
+    if config.stack.role == crate::config::Role::Worker {
+        return render_worker_host(config, platform);
+    }
     let port = config.airflow.port.get();
     let health_port = config.airflow.scheduler_health_port.get();
     let airflow = AIRFLOW.bin("airflow");
@@ -271,7 +433,9 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     if config.airflow.triggerer {
         units.push(triggerer);
     }
-    units.push(worker);
+    if config.airflow.local_worker {
+        units.push(worker);
+    }
     let env = units.iter().fold(
         FileSpec::new(env_path(), render_env(config)).mode(0o600),
         |file, unit| file.notify(&unit.name, OnChange::Restart),

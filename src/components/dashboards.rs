@@ -93,13 +93,21 @@ fn host() -> Value {
         "analytics-host",
         "Host (node_exporter)",
         vec![
-            panel(1, "CPU busy", "timeseries", "percent", p, &[("100 * (1 - avg(rate(node_cpu_seconds_total{job=\"node\",mode=\"idle\"}[5m])))", "busy")]),
-            panel(2, "Memory used", "timeseries", "bytes", p, &[("node_memory_MemTotal_bytes{job=\"node\"} - node_memory_MemAvailable_bytes{job=\"node\"}", "used"), ("node_memory_MemTotal_bytes{job=\"node\"}", "total")]),
-            panel(3, "Load", "timeseries", "short", p, &[("node_load1{job=\"node\"}", "1m"), ("node_load5{job=\"node\"}", "5m")]),
-            panel(4, "Disk space free", "timeseries", "bytes", p, &[("node_filesystem_avail_bytes{job=\"node\",fstype!~\"tmpfs|overlay|squashfs\"}", "{{mountpoint}}")]),
-            panel(5, "Network traffic", "timeseries", "Bps", p, &[("rate(node_network_receive_bytes_total{job=\"node\"}[5m])", "{{device}} in"), ("rate(node_network_transmit_bytes_total{job=\"node\"}[5m])", "{{device}} out")]),
+            panel(1, "CPU busy", "timeseries", "percent", p, &[("100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{job=\"node\",instance=~\"$host\",mode=\"idle\"}[5m])))", "{{instance}}")]),
+            panel(2, "Memory used", "timeseries", "bytes", p, &[("node_memory_MemTotal_bytes{job=\"node\",instance=~\"$host\"} - node_memory_MemAvailable_bytes{job=\"node\",instance=~\"$host\"}", "{{instance}} used"), ("node_memory_MemTotal_bytes{job=\"node\",instance=~\"$host\"}", "{{instance}} total")]),
+            panel(3, "Load", "timeseries", "short", p, &[("node_load1{job=\"node\",instance=~\"$host\"}", "{{instance}} 1m"), ("node_load5{job=\"node\",instance=~\"$host\"}", "{{instance}} 5m")]),
+            panel(4, "Disk space free", "timeseries", "bytes", p, &[("node_filesystem_avail_bytes{job=\"node\",instance=~\"$host\",fstype!~\"tmpfs|overlay|squashfs\"}", "{{instance}} {{mountpoint}}")]),
+            panel(5, "Network traffic", "timeseries", "Bps", p, &[("rate(node_network_receive_bytes_total{job=\"node\",instance=~\"$host\"}[5m])", "{{instance}} {{device}} in"), ("rate(node_network_transmit_bytes_total{job=\"node\",instance=~\"$host\"}[5m])", "{{instance}} {{device}} out")]),
         ],
-        json!([]),
+        // One host or several: the primary's and each worker host's node_exporter.
+        json!([{
+            "name": "host", "type": "query", "label": "host",
+            "datasource": { "type": "prometheus", "uid": PROMETHEUS_UID },
+            "query": { "query": "label_values(node_uname_info{job=\"node\"}, instance)", "refId": "host" },
+            "definition": "label_values(node_uname_info{job=\"node\"}, instance)",
+            "includeAll": true, "multi": true, "refresh": 1,
+            "current": { "text": "All", "value": "$__all" }, "allValue": ".*",
+        }]),
     )
 }
 
@@ -304,8 +312,8 @@ fn logs() -> Value {
                 "short",
                 LOKI_UID,
                 &[(
-                    "sum by (unit) (count_over_time({unit=~\"$unit\"}[5m]))",
-                    "{{unit}}",
+                    "sum by (host, unit) (count_over_time({host=~\"$host\", unit=~\"$unit\"}[5m]))",
+                    "{{host}} {{unit}}",
                 )],
             ),
             json!({
@@ -313,10 +321,15 @@ fn logs() -> Value {
                 "datasource": { "type": "loki", "uid": LOKI_UID },
                 "gridPos": { "h": 16, "w": 24, "x": 0, "y": 8 },
                 "options": { "showTime": true, "sortOrder": "Descending" },
-                "targets": [{ "refId": "A", "datasource": { "type": "loki", "uid": LOKI_UID }, "expr": "{unit=~\"$unit\"}" }],
+                "targets": [{ "refId": "A", "datasource": { "type": "loki", "uid": LOKI_UID }, "expr": "{host=~\"$host\", unit=~\"$unit\"}" }],
             }),
         ],
         json!([{
+            "name": "host", "type": "query", "label": "host",
+            "datasource": { "type": "loki", "uid": LOKI_UID },
+            "query": "label_values(host)", "includeAll": true, "multi": true, "refresh": 1,
+            "current": { "text": "All", "value": "$__all" }, "allValue": ".+",
+        }, {
             "name": "unit", "type": "query", "label": "unit",
             "datasource": { "type": "loki", "uid": LOKI_UID },
             "query": "label_values(unit)", "includeAll": true, "multi": true,

@@ -81,7 +81,9 @@ with DAG(
 ) as dag:
     BashOperator(
         task_id="load_sample_readings",
-        bash_command="{python} {PIPELINES_DIR}/sample_pipeline.py",
+        # The pipeline folder is named by the environment: on a worker host it is the
+        # synced copy of this host's.
+        bash_command='{python} "$ANALYTICS_STACK_PIPELINES/sample_pipeline.py"',
     )
 "#,
         python = DLT.bin("python"),
@@ -89,6 +91,17 @@ with DAG(
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
+    if config.stack.role == crate::config::Role::Worker {
+        // The venv the tasks run pipelines with; the DAG and the pipeline arrive
+        // with the primary's folders (dag-sync).
+        return ComponentSpec {
+            name: "dlt",
+            description: "dlt: the venv a worker host's tasks run pipelines with",
+            packages: DLT.packages(config),
+            venv: DLT.venv(config, platform),
+            ..Default::default()
+        };
+    }
     let readable =
         |path: String, text: String| FileSpec::new(path, text).mode(0o640).group(AIRFLOW_USER);
     ComponentSpec {

@@ -6,6 +6,7 @@ pub mod airflow;
 pub mod airflow_metrics;
 pub mod alerts;
 pub mod backup;
+pub mod dag_bundle;
 pub mod dashboards;
 pub mod dlt;
 pub mod grafana;
@@ -98,6 +99,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "dlt",
         "dlt: ingestion pipelines, run by Airflow into the warehouse",
     ),
+    (
+        "dag-bundle",
+        "The DAG and pipeline folders, published for the worker hosts",
+    ),
+    (
+        "dag-sync",
+        "The primary's DAG and pipeline folders, kept current here",
+    ),
     ("backup", "Scheduled backups (analytics-backup.timer)"),
 ];
 
@@ -150,12 +159,35 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     if config.dlt.enabled {
         specs.push(dlt::render(config, platform));
     }
+    let worker_host = config.stack.role == crate::config::Role::Worker;
+    if worker_host {
+        specs.push(dag_bundle::render_sync(config));
+    } else if config.airflow.enabled && !config.workers.hosts.is_empty() {
+        specs.push(dag_bundle::render_publisher());
+    }
     if !config.backup.schedule.as_str().is_empty() {
         specs.push(backup::render(config));
     }
     pin_operator_digests(&mut specs, config);
     add_build_user(&mut specs);
     specs
+}
+
+/// `config` as one of its worker hosts would have it (names and addresses are
+/// placeholders): what a worker host installs, for a bundle that serves both.
+pub fn as_worker_host(config: &Config) -> Config {
+    use crate::config::{ListenAddress, Role, WorkerName};
+    let mut worker = config.clone();
+    worker.stack.role = Role::Worker;
+    worker.workers.address = ListenAddress::default();
+    worker.workers.hosts.clear();
+    worker.worker.name = WorkerName::try_from("bundle".to_string()).ok();
+    worker.worker.address = ListenAddress::try_from("192.0.2.2".to_string()).unwrap_or_default();
+    worker.worker.primary = ListenAddress::try_from("192.0.2.1".to_string()).unwrap_or_default();
+    for (_, on) in crate::config::primary_only_flags(&mut worker) {
+        *on = false;
+    }
+    worker
 }
 
 /// Venvs are built by uv as an unprivileged user of their own, never as root: a
@@ -249,6 +281,14 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "airflow" => airflow::unit_names(),
         "superset" => superset::unit_names(),
         "backup" => backup::unit_names(),
+        "dag-bundle" => vec![
+            dag_bundle::PUBLISH_TIMER.into(),
+            dag_bundle::PUBLISH_SERVICE.into(),
+        ],
+        "dag-sync" => vec![
+            dag_bundle::SYNC_TIMER.into(),
+            dag_bundle::SYNC_SERVICE.into(),
+        ],
         _ => Vec::new(),
     }
 }

@@ -23,6 +23,8 @@ pub struct Route {
     pub upstream: Option<u16>,
     /// Locations under the prefix that answer loopback clients only (NGINX syntax).
     pub loopback_only: Vec<&'static str>,
+    /// Locations that answer loopback clients and the worker hosts' addresses only.
+    pub workers_only: Vec<&'static str>,
     /// Answers the proxy corrects on their way out.
     pub rewrites: Vec<Rewrite>,
     /// The page `prefix` answers (503) while the component is not installed.
@@ -99,6 +101,7 @@ pub fn routes(config: &Config) -> Vec<Route> {
         component,
         upstream,
         loopback_only: Vec::new(),
+        workers_only: Vec::new(),
         rewrites: Vec::new(),
         not_installed: not_installed(title, component),
         login: None,
@@ -114,8 +117,9 @@ pub fn routes(config: &Config) -> Vec<Route> {
             )
         },
         Route {
-            // The task execution API is for the stack's own workers.
-            loopback_only: vec!["/airflow/execution/"],
+            // The task execution API is for the stack's own workers: this host's and
+            // the worker hosts' (each task also carries its own signed token).
+            workers_only: vec!["/airflow/execution/"],
             rewrites: airflow_rewrites(),
             login: Some(Login {
                 why: "Without a session, Airflow's UI loads, its first call answers 401 and it then\n        # moves to the login page: the door sends the browser there at once.",
@@ -192,12 +196,26 @@ pub fn render_conf(config: &Config) -> String {
         hostname_regex => crate::util::regex_literal(config.stack.hostname()),
         routes => routes(config),
         broker_door => broker_door(config),
+        worker_addresses => worker_addresses(config),
+        loki_push => (config.loki.enabled && !config.workers.hosts.is_empty()).then(|| config.loki.port.get()),
+        dag_bundle => (!config.workers.hosts.is_empty()).then_some(super::dag_bundle::DIR),
         ca_cert => (n.tls == TlsMode::SelfSigned).then_some(crate::tls::CA_CERT),
     };
     env.get_template("nginx.conf")
         .and_then(|t| t.render(context))
         .expect("templates/nginx.conf.j2 renders")
         + "\n"
+}
+
+/// The addresses of the worker hosts (NGINX's `allow`), in name order.
+fn worker_addresses(config: &Config) -> Vec<String> {
+    config
+        .workers
+        .hosts
+        .values()
+        .filter_map(|h| h.address.get())
+        .map(|ip| ip.to_string())
+        .collect()
 }
 
 /// The broker's TLS door for worker hosts: where it listens, where it leads.

@@ -12,6 +12,16 @@ pub const TEXTFILE_DIR: &str = "/var/lib/analytics-stack/node-exporter/textfile"
 
 pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
     let port = config.node_exporter.port.get();
+    // On a worker host the primary's Prometheus scrapes it, on the worker's address
+    // (and nowhere else: not every address).
+    let worker_address = match config.stack.role {
+        crate::config::Role::Worker => config.worker.address.get(),
+        crate::config::Role::Primary => None,
+    };
+    let listen = match worker_address {
+        Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        None => format!("127.0.0.1:{port}"),
+    };
     let (binary, archive, packages) = super::software(
         config.node_exporter.source,
         "node-exporter",
@@ -25,7 +35,7 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
         "analytics-stack: node_exporter",
         USER,
         format!(
-            "{binary} --web.listen-address=127.0.0.1:{port} --collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target) --collector.textfile.directory={TEXTFILE_DIR}"
+            "{binary} --web.listen-address={listen} --collector.systemd --collector.systemd.unit-include=analytics-.+\\.(service|target) --collector.textfile.directory={TEXTFILE_DIR}"
         ),
     );
     unit.needs_host_proc = true;
@@ -48,10 +58,24 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
             DirSpec::public(TEXTFILE_DIR),
         ],
         units: vec![unit.render()],
-        ports: vec![PortSpec::loopback(port, UNIT)],
-        probes: vec![Probe::Http {
-            port,
-            path: "/metrics".into(),
+        ports: vec![match worker_address {
+            Some(address) => PortSpec {
+                address,
+                port,
+                unit: UNIT.into(),
+            },
+            None => PortSpec::loopback(port, UNIT),
+        }],
+        probes: vec![match worker_address {
+            Some(address) => Probe::HttpAt {
+                address,
+                port,
+                path: "/metrics".into(),
+            },
+            None => Probe::Http {
+                port,
+                path: "/metrics".into(),
+            },
         }],
         ..Default::default()
     }

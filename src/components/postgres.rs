@@ -112,10 +112,16 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
          host    all   all        ::1/128       scram-sha-256\n"
         .to_string();
     if worker_address.is_some() {
-        for net in ["0.0.0.0/0", "::/0"] {
+        // Each worker's role from its own address only.
+        for (name, host) in &config.workers.hosts {
+            let Some(ip) = host.address.get() else {
+                continue;
+            };
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
             pg_hba.push_str(&format!(
-                "hostssl {}   +{WORKERS_GROUP}   {net}   scram-sha-256\n",
-                WORKER_DATABASES.join(",")
+                "hostssl {}   {}   {ip}/{bits}   scram-sha-256\n",
+                WORKER_DATABASES.join(","),
+                name.postgres_role()
             ));
         }
     }
@@ -165,6 +171,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     let worker_group = worker_address.map(|_| WorkerGroup {
         role: WORKERS_GROUP.into(),
         databases: WORKER_DATABASES.iter().map(|d| d.to_string()).collect(),
+        acts_as: vec!["warehouse".into()],
     });
     if worker_group.is_some() {
         for worker in config.workers.hosts.keys() {

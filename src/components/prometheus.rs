@@ -83,8 +83,30 @@ pub fn render_config(config: &Config) -> String {
             port = t.port,
             host = config.stack.hostname(),
         ));
+        if t.job == "node" {
+            y.push_str(&worker_node_targets(config));
+        }
     }
     y
+}
+
+/// The worker hosts' node_exporters (host metrics, their units, their daemon's own
+/// figures), on the addresses they were added with and this host's node_exporter
+/// port, each named by its worker name.
+fn worker_node_targets(config: &Config) -> String {
+    let port = config.node_exporter.port.get();
+    config
+        .workers
+        .hosts
+        .iter()
+        .filter_map(|(name, host)| {
+            let target = std::net::SocketAddr::new(host.address.get()?, port);
+            Some(format!(
+                "      - targets: ['{target}']\n        labels:\n          instance: '{}'\n",
+                name.as_str()
+            ))
+        })
+        .collect()
 }
 
 pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {

@@ -80,11 +80,16 @@ fn default_renders_the_whole_stack_in_start_order() {
             "analytics-backup.service"
         ]
     );
-    let mut everything = render_all(&config(ALL_ON), &bookworm());
+    let mut everything = render_all(&config(&format!("{ALL_ON}{WITH_WORKERS}")), &bookworm());
     everything.extend(
         render_all(&with_promtail(), &bookworm())
             .into_iter()
             .filter(|s| s.name == "promtail"),
+    );
+    everything.extend(
+        render_all(&config(WORKER_HOST), &bookworm())
+            .into_iter()
+            .filter(|s| s.name == "dag-sync"),
     );
     assert_eq!(
         everything.len(),
@@ -825,7 +830,7 @@ fn venvs_are_named_by_version_and_lock_hash_and_the_sample_dag_uses_the_dlt_venv
     );
     assert_eq!(venv.uv.component, "uv");
     let dag = dlt::render_sample_dag();
-    assert!(dag.contains("/opt/analytics-stack/dlt/current/bin/python /var/lib/analytics-stack/pipelines/sample_pipeline.py"));
+    assert!(dag.contains(r#"/opt/analytics-stack/dlt/current/bin/python "$ANALYTICS_STACK_PIPELINES/sample_pipeline.py""#));
     assert!(dag.contains("is_paused_upon_creation=False"));
     assert!(dlt::SAMPLE_PIPELINE_PY.contains("write_disposition=\"merge\""));
 }
@@ -1066,6 +1071,12 @@ fn the_overview_has_superset_panels_only_when_its_metrics_reach_prometheus() {
     );
 }
 
+/// A primary with two worker hosts.
+const WITH_WORKERS: &str = "[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\n[workers.hosts.w2]\nadded = 2\naddress = \"fd00::3\"\n";
+
+/// What `join` writes on worker host w1.
+const WORKER_HOST: &str = "[stack]\nrole = \"worker\"\n[worker]\nname = \"w1\"\naddress = \"10.0.0.2\"\nprimary = \"10.0.0.1\"\n";
+
 #[test]
 fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_only() {
     let file = |specs: &[ComponentSpec], path: &str| -> String {
@@ -1082,10 +1093,7 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
     assert!(!file(&alone, "/etc/analytics-stack/postgres/pg_hba.conf").contains("hostssl"));
     assert!(!file(&alone, "/etc/analytics-stack/nginx/nginx.conf").contains("ngx_stream_module"));
 
-    let with = render_all(
-        &config("[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\n"),
-        &bookworm(),
-    );
+    let with = render_all(&config(WITH_WORKERS), &bookworm());
     let conf = file(&with, "/etc/analytics-stack/postgres/postgresql.conf");
     assert!(
         conf.contains("listen_addresses = '127.0.0.1,10.0.0.1'\n"),
@@ -1093,10 +1101,14 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
     );
     assert!(conf.contains("ssl = on\n"), "{conf}");
     let hba = file(&with, "/etc/analytics-stack/postgres/pg_hba.conf");
+    // Each worker's role from its own address only.
     assert!(
-        hba.contains("hostssl airflow,warehouse   +analytics_workers   0.0.0.0/0   scram-sha-256"),
+        hba.contains("hostssl airflow,warehouse   worker_w1   10.0.0.2/32   scram-sha-256\n")
+            && hba
+                .contains("hostssl airflow,warehouse   worker_w2   fd00::3/128   scram-sha-256\n"),
         "{hba}"
     );
+    assert_eq!(hba.matches("hostssl").count(), 2, "{hba}");
     assert!(
         !hba.lines()
             .any(|l| l.starts_with("host ") && !l.contains("127.0.0.1") && !l.contains("::1")),
@@ -1104,7 +1116,8 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
     );
     let nginx = file(&with, "/etc/analytics-stack/nginx/nginx.conf");
     assert!(
-        nginx.contains("listen 10.0.0.1:6390 ssl;") && nginx.contains("proxy_pass 127.0.0.1:6379;"),
+        nginx.contains("listen 10.0.0.1:6390 ssl;")
+            && nginx.contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass 127.0.0.1:6379;"),
         "{nginx}"
     );
     let auth = file(&with, "/etc/analytics-stack/redis/broker-auth.conf");
@@ -1153,4 +1166,154 @@ fn the_stack_ca_is_served_on_both_doors_only_when_it_is_the_stacks() {
         "[nginx]\ntls = \"files\"\ncertificate = \"/etc/ssl/a.crt\"\nkey = \"/etc/ssl/a.key\"\n"
     )
     .contains("stack-ca.crt"));
+}
+
+#[test]
+fn a_worker_host_runs_its_celery_worker_node_exporter_and_log_shipper_only() {
+    let specs = render_all(&config(WORKER_HOST), &bookworm());
+    let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        ["node-exporter", "alloy", "airflow", "dlt", "dag-sync"]
+    );
+    let units: Vec<String> = specs
+        .iter()
+        .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
+        .collect();
+    assert_eq!(
+        units,
+        [
+            "analytics-node-exporter.service",
+            "analytics-alloy.service",
+            "analytics-airflow-worker.service",
+            "analytics-dag-sync.timer",
+            "analytics-dag-sync.service"
+        ]
+    );
+    // Nothing is generated here: the two logins come from the join, the rest of
+    // Airflow's secrets (Fernet key, JWT secret, admin) stay on the primary.
+    assert!(specs.iter().all(|s| s.secrets.is_empty()));
+    let env = crate::components::airflow::render_worker_env(&config(WORKER_HOST));
+    let names = crate::model::secret_names(&env);
+    assert_eq!(
+        names.iter().collect::<std::collections::BTreeSet<_>>(),
+        ["primary-broker", "primary-postgres"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect(),
+        "{env}"
+    );
+    for want in [
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL=https://10.0.0.1:443/airflow/execution/\n",
+        "AIRFLOW__API__SSL_CA_FILE=/var/lib/analytics-stack/tls/ca.crt\n",
+        "AIRFLOW__API__CLIENT_USE_PUBLIC_CERTS=False\n",
+        "AIRFLOW__CELERY__BROKER_URL=rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390/0\n",
+        "AIRFLOW__CELERY__SSL_ACTIVE=True\n",
+        "AIRFLOW__CELERY__RESULT_BACKEND=rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390/1?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt\n",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://worker_w1:@@secret:primary-postgres@@@10.0.0.1:5432/airflow?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt\n",
+        "AIRFLOW__CORE__DAGS_FOLDER=/var/lib/analytics-stack/dag-sync/current/dags\n",
+        "ANALYTICS_STACK_PIPELINES=/var/lib/analytics-stack/dag-sync/current/pipelines\n",
+    ] {
+        assert!(env.contains(want), "{want} in {env}");
+    }
+    assert!(
+        !env.contains("FERNET") && !env.contains("JWT") && !env.contains("127.0.0.1"),
+        "{env}"
+    );
+    // node_exporter on the worker's address (the primary scrapes it there).
+    let node = specs.iter().find(|s| s.name == "node-exporter").unwrap();
+    assert!(node.units[0]
+        .content
+        .contains("--web.listen-address=10.0.0.2:9100 "));
+    assert_eq!(node.ports[0].address.to_string(), "10.0.0.2");
+    // The journal to the primary's Loki through its door, labelled with the name.
+    let alloy = specs.iter().find(|s| s.name == "alloy").unwrap();
+    let text = &alloy.files[0].template;
+    assert!(
+        text.contains("url = \"https://10.0.0.1:443/loki/api/v1/push\"")
+            && text.contains("ca_file = \"/var/lib/analytics-stack/tls/ca.crt\"")
+            && text.contains("host = \"w1\""),
+        "{text}"
+    );
+    let promtail = crate::components::log_shipper::render_promtail(&config(&format!(
+        "{WORKER_HOST}[log_shipper]\nkind = \"promtail\"\n"
+    )));
+    assert!(promtail.contains("  - url: https://10.0.0.1:443/loki/api/v1/push\n    tls_config:\n      ca_file: /var/lib/analytics-stack/tls/ca.crt\n") && promtail.contains("host: w1\n"), "{promtail}");
+    // The worker unit starts after the first sync of the DAGs.
+    let worker = &specs.iter().find(|s| s.name == "airflow").unwrap().units[0];
+    assert!(
+        worker
+            .content
+            .contains("After=network.target analytics-dag-sync.service\n"),
+        "{}",
+        worker.content
+    );
+}
+
+#[test]
+fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_only() {
+    let conf = crate::components::nginx::render_conf(&config(WITH_WORKERS));
+    let allowed = "allow 127.0.0.0/8;\n            allow ::1;\n            allow 10.0.0.2;\n            allow fd00::3;\n            deny all;";
+    let execution = &conf[conf.find("location /airflow/execution/ {").expect(&conf)..];
+    assert!(execution[..300].contains(allowed), "{execution}");
+    let push = &conf[conf.find("location = /loki/api/v1/push {").expect(&conf)..];
+    assert!(
+        push[..200].contains("allow 10.0.0.2;\n            allow fd00::3;\n            deny all;"),
+        "{push}"
+    );
+    assert!(
+        push[..400].contains("proxy_pass http://127.0.0.1:3100;"),
+        "{push}"
+    );
+    let dags = &conf[conf.find("location ^~ /stack-dags/ {").expect(&conf)..];
+    assert!(
+        dags[..400].contains("alias /var/lib/analytics-stack/dag-bundle/;"),
+        "{dags}"
+    );
+    // Without workers: no push door, no DAGs, the execution API for loopback only.
+    let alone = crate::components::nginx::render_conf(&config(""));
+    assert!(!alone.contains("/loki/api/v1/push") && !alone.contains("stack-dags"));
+    let execution = &alone[alone.find("location /airflow/execution/ {").unwrap()..];
+    assert!(execution[..200]
+        .contains("allow 127.0.0.0/8;\n            allow ::1;\n            deny all;"));
+    // Prometheus scrapes each worker's node_exporter, named by its worker name.
+    let prom = crate::components::prometheus::render_config(&config(WITH_WORKERS));
+    assert!(
+        prom.contains(
+            "      - targets: ['10.0.0.2:9100']\n        labels:\n          instance: 'w1'\n"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "      - targets: ['[fd00::3]:9100']\n        labels:\n          instance: 'w2'\n"
+        ),
+        "{prom}"
+    );
+    // Celery results go where the workers reach: the broker's Redis.
+    let env = crate::components::airflow::render_env(&config(WITH_WORKERS));
+    assert!(
+        env.contains(
+            "AIRFLOW__CELERY__RESULT_BACKEND=redis://:@@secret:redis-broker@@@127.0.0.1:6379/1\n"
+        ),
+        "{env}"
+    );
+    assert!(crate::components::airflow::render_env(&config(""))
+        .contains("AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql://"));
+    // The DAG folders are published for them.
+    let specs = render_all(&config(WITH_WORKERS), &bookworm());
+    let bundle = specs.iter().find(|s| s.name == "dag-bundle").unwrap();
+    assert_eq!(bundle.dirs[1].mode, 0o2750);
+    assert_eq!(bundle.dirs[1].group, "analytics-nginx");
+    // Without its local worker, the primary's tasks run on the worker hosts only.
+    let off = render_all(
+        &config(&format!("{WITH_WORKERS}[airflow]\nlocal_worker = false\n")),
+        &bookworm(),
+    );
+    assert!(!off
+        .iter()
+        .flat_map(|s| &s.units)
+        .any(|u| u.name == "analytics-airflow-worker.service"));
 }

@@ -198,6 +198,12 @@ pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let mut config = config;
+    if let Some(config) = config.as_mut().filter(|c| c.stack.role == Role::Worker) {
+        for (path, message) in take_worker_role(config, &origin_of) {
+            diagnostics.push(diagnostic_at(sources, &origin_of, &path, &message));
+        }
+    }
     if let Some(config) = &config {
         for (path, message) in cross_checks(config) {
             diagnostics.push(diagnostic_at(sources, &origin_of, &path, &message));
@@ -207,6 +213,73 @@ pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
         Some(config) if diagnostics.is_empty() => Ok(config),
         _ => Err(ConfigErrors(diagnostics)),
     }
+}
+
+/// What a worker host does not run: the primary's components, by the key that
+/// turns each on.
+pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 9] {
+    [
+        ("nginx", &mut config.nginx.enabled),
+        ("postgres", &mut config.postgres.enabled),
+        ("redis", &mut config.redis.enabled),
+        ("prometheus", &mut config.prometheus.enabled),
+        ("postgres_exporter", &mut config.postgres_exporter.enabled),
+        ("statsd_exporter", &mut config.statsd_exporter.enabled),
+        ("loki", &mut config.loki.enabled),
+        ("grafana", &mut config.grafana.enabled),
+        ("superset", &mut config.superset.enabled),
+    ]
+}
+
+/// A worker host runs the Airflow Celery worker, node_exporter and the log shipper:
+/// the primary's components are turned off here, and one that a file of the user's
+/// turns on is an error at that line (a silently ignored setting would mislead).
+/// Scheduled backups are off too: a worker holds nothing `join` cannot give it again.
+fn take_worker_role(
+    config: &mut Config,
+    origin_of: &BTreeMap<KeyPath, usize>,
+) -> Vec<(KeyPath, String)> {
+    let mut problems = Vec::new();
+    for (name, flag) in primary_only_flags(config) {
+        let path = key_path(&format!("{name}.enabled"));
+        let set_by_user = origin_of.get(&path).is_some_and(|&origin| origin > 0);
+        if *flag && set_by_user {
+            problems.push((
+                path,
+                format!(
+                    "a worker host (stack.role = \"worker\") runs no {name}: it is the primary's"
+                ),
+            ));
+        }
+        *flag = false;
+    }
+    config.backup.schedule = CalendarSpec::none();
+    let w = &config.worker;
+    for (key, missing) in [
+        ("worker.name", w.name.is_none()),
+        ("worker.address", w.address.get().is_none()),
+        ("worker.primary", w.primary.get().is_none()),
+    ] {
+        if missing {
+            problems.push((
+                key_path(key),
+                "a worker host needs it: run `analytics-stack join PRIMARY --token TOKEN`".into(),
+            ));
+        }
+    }
+    if !config.airflow.enabled {
+        problems.push((
+            key_path("airflow.enabled"),
+            "a worker host runs Airflow's Celery worker: it cannot be off".into(),
+        ));
+    }
+    if config.workers.address.get().is_some() {
+        problems.push((
+            key_path("workers.address"),
+            "a worker host has no workers of its own".into(),
+        ));
+    }
+    problems
 }
 
 /// Checks that span several keys.
@@ -314,6 +387,14 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
                     .to_string(),
             ));
         }
+        for (name, host) in &config.workers.hosts {
+            if host.address.get().is_none() {
+                problems.push((
+                    key_path(&format!("workers.hosts.{}.address", name.as_str())),
+                    "a worker needs the address it connects from".to_string(),
+                ));
+            }
+        }
     } else if !config.workers.hosts.is_empty() {
         problems.push((
             key_path("workers.hosts"),
@@ -323,9 +404,11 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     }
     // The applications keep their metadata in PostgreSQL and queue work on Redis.
     // Reported where the needed component was turned off: that is the user's line.
+    // On a worker host PostgreSQL and Redis are the primary's.
+    let worker = config.stack.role == Role::Worker;
     let enabled = |name: &str| match name {
-        "postgres" => config.postgres.enabled,
-        "redis" => config.redis.enabled,
+        "postgres" => config.postgres.enabled || worker,
+        "redis" => config.redis.enabled || worker,
         "airflow" => config.airflow.enabled,
         "superset" => config.superset.enabled,
         "dlt" => config.dlt.enabled,

@@ -29,6 +29,7 @@ pub struct Config {
     pub bundle: BundleConfig,
     pub backup: BackupConfig,
     pub workers: WorkersConfig,
+    pub worker: WorkerRoleConfig,
     /// Set by the memory budget ([`crate::budget::fit`]), never read from a file:
     /// smaller allocator arenas for the Python processes, smaller query limits and
     /// caches for Prometheus and Loki, no separate health server for Airflow's
@@ -86,6 +87,9 @@ pub struct AirflowConfig {
     /// The triggerer: runs deferred tasks (deferrable operators and sensors). Without
     /// it a task that defers never resumes.
     pub triggerer: bool,
+    /// This host's own Celery worker. Off on a primary whose tasks run on worker hosts
+    /// only.
+    pub local_worker: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +407,17 @@ pub struct StackConfig {
     /// The memory every stack process together may use; "" = none (each component
     /// at the sizes configured, no limits written).
     pub memory_budget: MemoryBudget,
+    /// "primary" (the whole stack) or "worker" (a host that joined a primary: its
+    /// Celery worker, node_exporter and log shipper only; see `[worker]`).
+    pub role: Role,
+}
+
+/// What a host is in the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Worker,
 }
 
 /// The budget `profile = "edge"` sets when `memory_budget` is "": 1.5 GiB.
@@ -630,10 +645,33 @@ pub struct WorkersConfig {
 pub struct WorkerHost {
     /// When it was added (seconds since the epoch).
     pub added: u64,
+    /// The address the worker connects from and Prometheus scrapes it on: its
+    /// logins, the execution API and the log push are allowed from there only.
+    pub address: ListenAddress,
+}
+
+/// A worker host's side (`[stack] role = "worker"`): which primary it joined, as
+/// `analytics-stack join` wrote it (`stack.d/10-join.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRoleConfig {
+    /// This worker's name on the primary (`worker add NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<WorkerName>,
+    /// This host's address on the workers' network: node_exporter listens there for
+    /// the primary's Prometheus.
+    pub address: ListenAddress,
+    /// The primary's address on that network.
+    pub primary: ListenAddress,
+    /// The primary's HTTPS door (execution API, log push, DAG bundle).
+    pub primary_https_port: Port,
+    pub primary_postgres_port: Port,
+    /// The primary's TLS door to the Celery broker.
+    pub primary_broker_port: Port,
 }
 
 /// "" or an IP address (v4 or v6).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ListenAddress(Option<std::net::IpAddr>);
 
@@ -736,6 +774,10 @@ pub struct CalendarSpec(String);
 impl CalendarSpec {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+    /// No schedule.
+    pub fn none() -> Self {
+        CalendarSpec(String::new())
     }
 }
 

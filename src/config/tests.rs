@@ -391,8 +391,21 @@ fn workers_need_an_address_of_this_host_and_the_stack_ca() {
     assert!(err("[workers]\naddress = \"127.0.0.1\"\n").contains("not loopback"));
     assert!(err("[workers]\naddress = \"0.0.0.0\"\n").contains("not loopback"));
     assert!(err("[workers]\naddress = \"db.example\"\n").contains("is not an IP address"));
-    assert!(err("[workers.hosts.w1]\nadded = 1\n").contains("workers.address is \"\""));
-    assert!(err("[workers.hosts.W1]\nadded = 1\n").contains("is not a worker name"));
+    assert!(
+        err("[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\n")
+            .contains("workers.address is \"\"")
+    );
+    assert!(
+        err("[workers.hosts.W1]\nadded = 1\naddress = \"10.0.0.2\"\n")
+            .contains("is not a worker name")
+    );
+    let no_address =
+        err("[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\naddress = \"\"\n");
+    assert!(
+        no_address
+            .contains("workers.hosts.w1.address: a worker needs the address it connects from"),
+        "{no_address}"
+    );
     let files = err("[workers]\naddress = \"10.0.0.1\"\n[nginx]\ntls = \"off\"\n");
     assert!(files.contains("nginx.tls = \"self-signed\""), "{files}");
     let no_pg = err("[workers]\naddress = \"10.0.0.1\"\n[postgres]\nenabled = false\n[airflow]\nenabled = false\n[superset]\nenabled = false\n[dlt]\nenabled = false\n[postgres_exporter]\nenabled = false\n");
@@ -401,4 +414,42 @@ fn workers_need_an_address_of_this_host_and_the_stack_ca() {
     assert!(clash.contains("port 6379 is already used"), "{clash}");
     let ok = load_texts(&[("stack.toml", "[workers]\naddress = \"10.0.0.1\"\n")]).unwrap();
     assert_eq!(ok.workers.address.get(), Some([10, 0, 0, 1].into()));
+}
+
+#[test]
+fn a_worker_host_runs_none_of_the_primarys_components_and_says_so_at_the_line() {
+    let join = "[stack]\nrole = \"worker\"\n[worker]\nname = \"w1\"\naddress = \"10.0.0.2\"\nprimary = \"10.0.0.1\"\n";
+    let config = load_texts(&[("10-join.toml", join)]).unwrap();
+    assert!(!config.postgres.enabled && !config.redis.enabled && !config.nginx.enabled);
+    assert!(!config.grafana.enabled && !config.loki.enabled && !config.superset.enabled);
+    assert!(config.airflow.enabled && config.node_exporter.enabled && config.log_shipper.enabled);
+    assert_eq!(config.backup.schedule.as_str(), "");
+    // A user's file that turns one on is an error at its line, not silently ignored.
+    let err = load_texts(&[
+        ("stack.toml", "[grafana]\nenabled = true\n"),
+        ("10-join.toml", join),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("stack.toml:2:11: grafana.enabled: a worker host"),
+        "{err}"
+    );
+    // What a worker needs, named.
+    let missing = load_texts(&[("s.toml", "[stack]\nrole = \"worker\"\n")])
+        .unwrap_err()
+        .to_string();
+    for key in ["worker.name", "worker.address", "worker.primary"] {
+        assert!(
+            missing.contains(&format!("{key}: a worker host needs it")),
+            "{missing}"
+        );
+    }
+    let no_airflow = load_texts(&[("a.toml", join), ("b.toml", "[airflow]\nenabled = false\n")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        no_airflow.contains("airflow.enabled: a worker host runs Airflow"),
+        "{no_airflow}"
+    );
 }

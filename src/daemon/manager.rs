@@ -456,6 +456,7 @@ impl Manager {
     async fn worker_add(
         &self,
         name: String,
+        address: String,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) -> Result<OwnedObjectPath, BusError> {
@@ -470,7 +471,7 @@ impl Manager {
             stack,
             move |stack, cancel, progress| async move {
                 stack
-                    .worker_add(&name, &cancel, &progress)
+                    .worker_add(&name, &address, &cancel, &progress)
                     .await
                     .map_err(BusError::from)
                     .and_then(|added| to_json(&added))
@@ -518,6 +519,25 @@ impl Manager {
         self.authorize_root(conn, &header, "list the workers")
             .await?;
         to_json(&self.stack()?.worker_list()?)
+    }
+
+    /// On a worker host: takes the token `worker add` printed on the primary, fetches
+    /// the stack CA's certificate from `primary` and checks it against the token's
+    /// pin, then stores the CA, the two logins (0600) and `stack.d/10-join.toml`.
+    /// Nothing is written unless all of that succeeded; `Apply` then installs the
+    /// worker. Returns JSON: name, primary, the CA's fingerprint. Root only.
+    async fn join(
+        &self,
+        primary: String,
+        token: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<String, BusError> {
+        self.authorize_root(conn, &header, "join a primary").await?;
+        let stack = self.stack()?;
+        let _guard = self.try_busy().await?;
+        let joined = stack.join(&primary, &token).await?;
+        to_json(&joined)
     }
 
     /// Lets apply try again a version `component` was rolled back from; returns the

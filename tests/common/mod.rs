@@ -155,9 +155,21 @@ impl Container {
     /// A container of this build on `bridge` (a private network of test containers,
     /// no route out), with `address` (in the bridge's /24).
     pub fn boot_on(name: &str, bridge: &net::Bridge, address: &str) -> Container {
+        Container::boot_on_with(name, bridge, address, &[])
+    }
+
+    /// Like `boot_on`, with `binds` (source on the host, path inside) added.
+    pub fn boot_on_with(
+        name: &str,
+        bridge: &net::Bridge,
+        address: &str,
+        binds: &[(PathBuf, &str)],
+    ) -> Container {
+        let mut all: Vec<(PathBuf, &str)> = Container::own_build();
+        all.extend(binds.iter().cloned());
         Container::boot_full(
             name,
-            &Container::own_build(),
+            &all,
             Boot {
                 bridge: Some((bridge.name.clone(), address.to_string())),
                 ..Boot::default()

@@ -1,0 +1,504 @@
+//! End-to-end, three hosts and an outsider on a private bridge with no route out
+//! (tests/common/net.rs): a primary and two worker hosts, every one installed from
+//! the same offline bundle (made first on a connected container). `worker add` on
+//! the primary, `join --bundle` on each worker; the primary's own Celery worker is
+//! off, so every task runs on a worker host. A DAG of 20 parallel tasks is delivered
+//! by the stack's DAG sync and runs on both workers; one worker's Celery worker is
+//! killed (SIGKILL, every task process with it) mid-run and the run still succeeds,
+//! its lost tasks retried on the other; the same DAG on one worker host and on two is
+//! the benchmark. Prometheus scrapes three node_exporters; Loki's push door takes the
+//! workers' journals (Loki and Alloy are STAND-INS, tests/standins/: the push goes
+//! through the real NGINX door, TLS and allow-list). From the outsider PostgreSQL,
+//! the broker door, the execution API, the log push and the DAGs all refuse; after
+//! `worker remove`, the removed worker's logins fail from its own host.
+
+mod common;
+
+use common::apps::{airflow, airflow_token};
+use common::{mirror::Mirror, net::Bridge, Container};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const PRIMARY: &str = "10.232.0.1";
+const W1: &str = "10.232.0.2";
+const W2: &str = "10.232.0.3";
+const OUTSIDER: &str = "10.232.0.9";
+const DAG_ID: &str = "fan_out";
+/// Seconds each of the DAG's tasks sleeps.
+const TASK_SECONDS: u32 = 8;
+
+/// The primary: worker hosts on PRIMARY, its own Celery worker off; Superset and
+/// Grafana are not needed here.
+fn primary_config() -> String {
+    format!(
+        "[workers]\\naddress = \\\"{PRIMARY}\\\"\\n[airflow]\\nlocal_worker = false\\n[superset]\\nenabled = false\\n[grafana]\\nenabled = false\\n"
+    )
+}
+
+/// 20 tasks with no dependencies between them, each recording where it ran.
+fn fan_out_dag() -> String {
+    format!(
+        r#"import socket
+import time
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG(
+    dag_id="{DAG_ID}",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    is_paused_upon_creation=False,
+    max_active_tasks=20,
+    default_args={{"retries": 2, "retry_delay": timedelta(seconds=2)}},
+) as dag:
+
+    @task
+    def work(i):
+        time.sleep({TASK_SECONDS})
+        return socket.gethostname()
+
+    for i in range(20):
+        work.override(task_id=f"t{{i:02d}}")(i)
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn, Debian's mirror and PyPI: run through tests/run-all.sh"]
+fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
+    let mirror = Mirror::start();
+    mirror.put_release_archives();
+    let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
+    mirror.put_from(&uv.url);
+    let bundles = tempfile::tempdir_in("/var/tmp").unwrap();
+
+    // The bundle, on a connected machine with the primary's configuration: it holds
+    // what the primary and its worker hosts install.
+    {
+        let c = Container::boot("as-e2e-workers-make");
+        c.ok(&format!(
+            "mkdir -p /etc/analytics-stack && printf '{}[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+            primary_config(),
+            mirror.url
+        ));
+        let started = Instant::now();
+        c.ok("analytics-stack bundle create --output /var/lib/stack-bundle.tar");
+        eprintln!(
+            "[figure] bundle create (primary and workers): {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        c.copy_out(
+            "/var/lib/stack-bundle.tar",
+            &bundles.path().join("stack-bundle.tar"),
+        );
+    }
+    let bundle = "/srv/bundles/stack-bundle.tar";
+    let binds = [(bundles.path().to_path_buf(), "/srv/bundles")];
+
+    let bridge = Bridge::create("as-test-br1");
+    let primary = Container::boot_on_with("as-e2e-wk-primary", &bridge, PRIMARY, &binds);
+    primary.start_daemon();
+    primary.ok(&format!(
+        "printf '{}' > /etc/analytics-stack/stack.toml",
+        primary_config()
+    ));
+    let started = Instant::now();
+    primary.ok(&format!("analytics-stack apply --bundle {bundle}"));
+    eprintln!(
+        "[figure] primary from the bundle: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let bad = primary.sh("analytics-stack worker add w1 --address 127.0.0.1");
+    assert_eq!(bad.status.code(), Some(6), "a loopback worker address");
+    let token = |name: &str, address: &str| {
+        primary
+            .ok(&format!(
+                "analytics-stack worker add {name} --address {address}"
+            ))
+            .trim()
+            .to_string()
+    };
+    let (t1, t2) = (token("w1", W1), token("w2", W2));
+    let clash = primary.sh(&format!("analytics-stack worker add w3 --address {W1}"));
+    assert_eq!(clash.status.code(), Some(6), "one address, one worker");
+
+    let w1 = Container::boot_on_with("as-e2e-wk-w1", &bridge, W1, &binds);
+    let w2 = Container::boot_on_with("as-e2e-wk-w2", &bridge, W2, &binds);
+    for w in [&w1, &w2] {
+        w.start_daemon();
+    }
+    // A token for another primary, and a forged pin, are refused with nothing
+    // written.
+    let wrong = w1.sh(&format!("analytics-stack join 10.232.0.7 --token {t1}"));
+    assert_eq!(wrong.status.code(), Some(6), "{wrong:?}");
+    let forged = forge_pin(&t1);
+    let refused = w1.sh(&format!("analytics-stack join {PRIMARY} --token {forged}"));
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(10), "{err}");
+    assert!(err.contains("not the token's"), "{err}");
+    w1.ok("test ! -e /etc/analytics-stack/stack.d/10-join.toml && test ! -e /var/lib/analytics-stack/secrets/primary-postgres");
+
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (w, t) in [(&w1, &t1), (&w2, &t2)] {
+            s.spawn(move || {
+                w.ok(&format!(
+                    "analytics-stack join {PRIMARY} --token {t} --bundle {bundle}"
+                ))
+            });
+        }
+    });
+    eprintln!(
+        "[figure] two worker hosts joined from the bundle (in parallel): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for w in [&w1, &w2] {
+        let status: Value = serde_json::from_str(&w.ok("analytics-stack status --json")).unwrap();
+        let names: Vec<&str> = status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["node-exporter", "alloy", "airflow", "dlt", "dag-sync"],
+            "a worker host runs these only"
+        );
+        assert!(
+            status["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["healthy"] == true),
+            "{status:#}"
+        );
+        assert_eq!(
+            w.ok("stat -c '%a %U' /var/lib/analytics-stack/secrets/primary-postgres /var/lib/analytics-stack/secrets/primary-broker").trim(),
+            "600 root\n600 root"
+        );
+        // What a worker holds of the primary's secrets: its two logins, no more.
+        assert_eq!(
+            w.ok("ls /var/lib/analytics-stack/secrets")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["primary-broker", "primary-postgres"]
+        );
+        assert!(w.ok("analytics-stack apply").contains("nothing to do"));
+    }
+    let listed = primary.ok("analytics-stack worker list");
+    assert!(listed.contains(W1) && listed.contains(W2), "{listed}");
+
+    observability(&primary);
+
+    // The DAG, put where users put DAGs on the primary, reaches both workers.
+    primary.ok(&format!(
+        "cat > /var/lib/analytics-stack/dags/{DAG_ID}.py <<'EOF'\n{}EOF",
+        fan_out_dag()
+    ));
+    primary.ok("systemctl start analytics-dag-bundle.service");
+    let version = primary.ok("cat /var/lib/analytics-stack/dag-bundle/current");
+    for w in [&w1, &w2] {
+        w.ok("systemctl start analytics-dag-sync.service");
+        assert_eq!(
+            w.ok("readlink /var/lib/analytics-stack/dag-sync/current")
+                .trim(),
+            format!("versions/{}", version.trim())
+        );
+        w.ok(&format!(
+            "test -f /var/lib/analytics-stack/dag-sync/current/dags/{DAG_ID}.py"
+        ));
+    }
+    primary.trust_stack_ca();
+    let token = airflow_token(&primary);
+    wait_for_dag(&primary, &token);
+
+    // Both workers: every task on a worker host, none on the primary.
+    let (took_two, run) = run_dag(&primary, &token, |_| {});
+    let hosts = task_hosts(&primary, &token, &run);
+    let hostnames: std::collections::BTreeSet<&str> =
+        hosts.iter().map(|(_, h, _)| h.as_str()).collect();
+    assert_eq!(
+        hostnames.into_iter().collect::<Vec<_>>(),
+        ["as-e2e-wk-w1", "as-e2e-wk-w2"],
+        "{hosts:?}"
+    );
+
+    // One worker killed mid-run (its task processes with it) and kept down: its
+    // tasks are retried on the other, and the run succeeds.
+    let (took_killed, run) = run_dag(&primary, &token, |t| {
+        wait_until_running_on(&primary, t, "as-e2e-wk-w2");
+        w2.ok("systemctl kill --signal=SIGKILL analytics-airflow-worker.service; systemctl stop analytics-airflow-worker.service");
+    });
+    let hosts = task_hosts(&primary, &token, &run);
+    let retried: Vec<_> = hosts
+        .iter()
+        .filter(|(_, _, try_number)| *try_number > 1)
+        .collect();
+    assert!(!retried.is_empty(), "{hosts:?}");
+    assert!(
+        retried.iter().all(|(_, h, _)| h == "as-e2e-wk-w1"),
+        "retried on the worker that is left: {hosts:?}"
+    );
+    eprintln!(
+        "[figure] the run that lost a worker mid-run: {:.1} s ({} tasks retried)",
+        took_killed.as_secs_f64(),
+        retried.len()
+    );
+
+    // The benchmark: the same DAG on one worker host.
+    let (took_one, run) = run_dag(&primary, &token, |_| {});
+    assert!(task_hosts(&primary, &token, &run)
+        .iter()
+        .all(|(_, h, _)| h == "as-e2e-wk-w1"));
+    eprintln!(
+        "[figure] 20 tasks of {TASK_SECONDS} s: one worker host {:.1} s, two worker hosts {:.1} s ({:.2}x)",
+        took_one.as_secs_f64(),
+        took_two.as_secs_f64(),
+        took_one.as_secs_f64() / took_two.as_secs_f64()
+    );
+
+    let outsider = Container::boot_on("as-e2e-wk-outsider", &bridge, OUTSIDER);
+    refused_from_outside(&primary, &outsider);
+
+    // Removed: the worker's own logins stop working, from its own host.
+    let logins = |w: &Container| {
+        w.sh(&format!(
+            "/opt/analytics-stack/airflow/current/bin/python - <<'EOF'\n\
+import psycopg2, redis\n\
+pg = open('/var/lib/analytics-stack/secrets/primary-postgres').read().strip()\n\
+rb = open('/var/lib/analytics-stack/secrets/primary-broker').read().strip()\n\
+psycopg2.connect(host='{PRIMARY}', user='worker_w1', password=pg, dbname='airflow', sslmode='verify-full', sslrootcert='/var/lib/analytics-stack/tls/ca.crt', connect_timeout=5).close()\n\
+redis.Redis(host='{PRIMARY}', port=6390, username='worker-w1', password=rb, ssl=True, ssl_ca_certs='/var/lib/analytics-stack/tls/ca.crt', socket_timeout=5).ping()\n\
+EOF"
+        ))
+    };
+    let before = logins(&w1);
+    assert!(before.status.success(), "{before:?}");
+    primary.ok("analytics-stack worker remove w1");
+    let after = logins(&w1);
+    assert!(!after.status.success(), "a removed worker's logins");
+    let prometheus = primary.ok("cat /etc/analytics-stack/prometheus/prometheus.yml");
+    assert!(!prometheus.contains(W1) && prometheus.contains(W2));
+    drop(outsider);
+    drop(w2);
+    drop(w1);
+    drop(primary);
+    drop(bridge);
+}
+
+/// Prometheus scrapes three node_exporters; Loki has lines from three hosts.
+fn observability(primary: &Container) {
+    let query = |promql: &str| -> Value {
+        serde_json::from_str(&primary.ok(&format!(
+            "curl -fsS --get --data-urlencode 'query={promql}' http://127.0.0.1:9090/api/v1/query"
+        )))
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let up = loop {
+        let up = query("up{job=\"node\"} == 1");
+        let instances: Vec<String> = up["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["metric"]["instance"].as_str().map(String::from))
+            .collect();
+        if instances.len() == 3 || Instant::now() > deadline {
+            break instances;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        up.len() == 3 && up.contains(&"w1".to_string()) && up.contains(&"w2".to_string()),
+        "three node targets up: {up:?}"
+    );
+    // The workers' daemon metrics too, through their node_exporter.
+    let components = query("analytics_stack_components{instance=\"w1\"}");
+    assert!(
+        !components["data"]["result"].as_array().unwrap().is_empty(),
+        "{components}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let hosts = loop {
+        let values: Value = serde_json::from_str(
+            &primary.ok("curl -fsS http://127.0.0.1:3100/loki/api/v1/label/host/values"),
+        )
+        .unwrap();
+        let hosts: Vec<String> = values["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(String::from))
+            .collect();
+        if hosts.len() >= 3 || Instant::now() > deadline {
+            break hosts;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        hosts.len() == 3 && hosts.contains(&"w1".to_string()) && hosts.contains(&"w2".to_string()),
+        "journal lines from three hosts (stand-in Loki): {hosts:?}"
+    );
+}
+
+/// Waits until the primary's DAG processor has read the DAG (it looks every 30 s).
+fn wait_for_dag(primary: &Container, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let dag = airflow(primary, token, "GET", &format!("/dags/{DAG_ID}"), None);
+        if dag["dag_id"] == DAG_ID {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the DAG never appeared: {dag}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Triggers the DAG, calls `during` with the run's id once, and waits for success.
+fn run_dag(primary: &Container, token: &str, during: impl FnOnce(&str)) -> (Duration, String) {
+    let started = Instant::now();
+    let run = airflow(
+        primary,
+        token,
+        "POST",
+        &format!("/dags/{DAG_ID}/dagRuns"),
+        Some(r#"{"logical_date": null}"#),
+    );
+    let run_id = run["dag_run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dag_run_id: {run}"))
+        .to_string();
+    during(&run_id);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let state = airflow(
+            primary,
+            token,
+            "GET",
+            &format!("/dags/{DAG_ID}/dagRuns/{run_id}"),
+            None,
+        );
+        match state["state"].as_str() {
+            Some("success") => return (started.elapsed(), run_id),
+            Some("failed") => panic!(
+                "the run failed: {state}\n{:?}\n{}",
+                task_hosts(primary, token, &run_id),
+                primary.ok("journalctl -u analytics-airflow-scheduler.service -n 60 --no-pager")
+            ),
+            _ if Instant::now() > deadline => panic!("the run did not finish: {state}"),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// (task, hostname, try number) of every task instance of a run.
+fn task_hosts(primary: &Container, token: &str, run_id: &str) -> Vec<(String, String, u64)> {
+    let tis = airflow(
+        primary,
+        token,
+        "GET",
+        &format!("/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100"),
+        None,
+    );
+    tis["task_instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tis}"))
+        .iter()
+        .map(|ti| {
+            (
+                ti["task_id"].as_str().unwrap_or("").to_string(),
+                ti["hostname"].as_str().unwrap_or("").to_string(),
+                ti["try_number"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn wait_until_running_on(primary: &Container, run_id: &str, host: &str) {
+    let token = airflow_token(primary);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let tis = airflow(
+            primary,
+            &token,
+            "GET",
+            &format!("/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100"),
+            None,
+        );
+        let running = tis["task_instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|ti| ti["state"] == "running" && ti["hostname"] == host);
+        if running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing ran on {host}: {tis}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// From a host that is no worker: every door the workers use refuses.
+fn refused_from_outside(primary: &Container, outsider: &Container) {
+    outsider.ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client-15 redis-tools >/dev/null");
+    let ca = primary.ok("cat /var/lib/analytics-stack/tls/ca.crt");
+    outsider.ok(&format!("cat > /root/stack-ca.crt <<'EOF'\n{ca}EOF"));
+    // PostgreSQL: no line of pg_hba.conf for this address, TLS or not, even with a
+    // worker's own password.
+    let pw = primary.ok("cat /var/lib/analytics-stack/secrets/worker-w2-postgres");
+    for ssl in ["verify-full", "disable"] {
+        let out = outsider.sh(&format!(
+            "PGPASSWORD='{}' psql 'host={PRIMARY} user=worker_w2 dbname=airflow sslmode={ssl} sslrootcert=/root/stack-ca.crt connect_timeout=5' -XAtc 'SELECT 1'",
+            pw.trim()
+        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no pg_hba.conf entry"),
+            "{ssl}: {err}"
+        );
+    }
+    // The broker's door closes at once, even with a worker's password.
+    let bpw = primary.ok("cat /var/lib/analytics-stack/secrets/worker-w2-redis");
+    let out = outsider.sh(&format!(
+        "REDISCLI_AUTH='{}' redis-cli -h {PRIMARY} -p 6390 --user worker-w2 --tls --cacert /root/stack-ca.crt PING",
+        bpw.trim()
+    ));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PONG",
+        "{out:?}"
+    );
+    // The execution API, the log push and the DAGs: 403 at the door.
+    for path in [
+        "/airflow/execution/health",
+        "/loki/api/v1/push",
+        "/stack-dags/current",
+    ] {
+        let code = outsider.ok(&format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt https://{PRIMARY}{path}"
+        ));
+        assert_eq!(code.trim(), "403", "{path}");
+    }
+    // The landing page still answers: the door itself is open.
+    let code = outsider.ok(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt https://{PRIMARY}/"
+    ));
+    assert_eq!(code.trim(), "200");
+}
+
+/// `token` with its CA pin replaced: what someone who intercepted the token and
+/// stands between the worker and the primary would need the worker to accept.
+fn forge_pin(token: &str) -> String {
+    let body = token.strip_prefix("asw1.").unwrap();
+    let json = analytics_stack::util::base64_url_decode(body).unwrap();
+    let mut t: Value = serde_json::from_slice(&json).unwrap();
+    t["ca_sha256"] = "00".repeat(32).into();
+    format!(
+        "asw1.{}",
+        analytics_stack::util::base64_url(&serde_json::to_vec(&t).unwrap())
+    )
+}
