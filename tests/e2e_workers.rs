@@ -102,7 +102,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     let primary = Container::boot_on_with("as-e2e-wk-primary", &bridge, PRIMARY, &binds);
     primary.start_daemon();
     primary.ok(&format!(
-        "printf '{}' > /etc/analytics-stack/stack.toml",
+        "mkdir -p /etc/analytics-stack && printf '{}' > /etc/analytics-stack/stack.toml",
         primary_config()
     ));
     let started = Instant::now();
@@ -187,7 +187,9 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
                 .collect::<Vec<_>>(),
             ["primary-broker", "primary-postgres"]
         );
-        assert!(w.ok("analytics-stack apply").contains("nothing to do"));
+        let plan = w.ok("analytics-stack plan");
+        let again = w.ok("analytics-stack apply");
+        assert!(again.contains("nothing to do"), "{plan}\n{again}");
     }
     let listed = primary.ok("analytics-stack worker list");
     assert!(listed.contains(W1) && listed.contains(W2), "{listed}");

@@ -92,9 +92,20 @@ pub async fn gather(
             );
         }
     }
-    for name in desired.iter().flat_map(|s| &s.secrets) {
-        if let Some(v) = read_secret(fs, name) {
-            facts.secrets.insert(name.clone(), v);
+    // The secrets the stack generates, and those its files name that it is given
+    // (a worker host's logins on its primary, from `join`).
+    let named = desired.iter().flat_map(|s| {
+        s.secrets
+            .iter()
+            .cloned()
+            .chain(s.files.iter().flat_map(|f| f.secret_names()))
+    });
+    for name in named {
+        if facts.secrets.contains_key(&name) {
+            continue;
+        }
+        if let Some(v) = read_secret(fs, &name) {
+            facts.secrets.insert(name, v);
         }
     }
     let mut units: Vec<String> = vec![paths::TARGET.into()];

@@ -167,14 +167,17 @@ impl Container {
     ) -> Container {
         let mut all: Vec<(PathBuf, &str)> = Container::own_build();
         all.extend(binds.iter().cloned());
-        Container::boot_full(
+        let c = Container::boot_full(
             name,
             &all,
             Boot {
                 bridge: Some((bridge.name.clone(), address.to_string())),
                 ..Boot::default()
             },
-        )
+        );
+        // Hosts of one network have names of their own (the image's is shared).
+        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
+        c
     }
 
     /// A container with only `binds` (source on the host, path inside) added.
@@ -229,8 +232,8 @@ impl Container {
         if private_network {
             cmd.arg("--private-network");
         }
-        if let Some((name, _)) = &bridge {
-            cmd.arg(format!("--network-bridge={name}"));
+        if let Some((bridge_name, _)) = &bridge {
+            cmd.arg(format!("--network-bridge={bridge_name}"));
         }
         if let Some(bytes) = memory_max {
             cmd.env("ANALYTICS_TEST_MEMORY_MAX", bytes.to_string());
