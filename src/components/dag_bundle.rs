@@ -175,3 +175,227 @@ pub fn render_sync(config: &Config) -> ComponentSpec {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The two scripts, run here against directories of a temporary tree: curl is a
+    //! stand-in on PATH serving the publisher's output directory, so the version,
+    //! checksum, link and switch logic of the real scripts is what is tested.
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const FAKE_CURL: &str = r#"#!/bin/sh
+out=""; url=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o) out=$2; shift 2 ;;
+        --max-time|--cacert|--max-filesize|--proto) shift 2 ;;
+        -*) shift ;;
+        *) url=$1; shift ;;
+    esac
+done
+file="$SERVE/${url##*/}"
+[ -f "$file" ] || { echo "404 $url" >&2; exit 22; }
+if [ -n "$out" ]; then cp "$file" "$out"; else cat "$file"; fi
+"#;
+
+    struct Sides {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        out: PathBuf,
+        sync: PathBuf,
+        bin: PathBuf,
+    }
+
+    fn sides() -> Sides {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().to_path_buf();
+        for d in ["root/dags", "root/pipelines", "out", "sync", "bin"] {
+            std::fs::create_dir_all(p.join(d)).unwrap();
+        }
+        std::fs::write(p.join("root/dags/a.py"), "a = 1\n").unwrap();
+        std::fs::write(p.join("root/pipelines/p.py"), "p = 1\n").unwrap();
+        let curl = p.join("bin/curl");
+        std::fs::write(&curl, FAKE_CURL).unwrap();
+        std::fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        Sides {
+            root: p.join("root"),
+            out: p.join("out"),
+            sync: p.join("sync"),
+            bin: p.join("bin"),
+            _tmp: tmp,
+        }
+    }
+
+    fn run(script: &str, env: &[(&str, &Path)], bin: &Path) -> (bool, String) {
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).env("PATH", path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    impl Sides {
+        fn publish(&self) -> String {
+            let (ok, log) = run(
+                super::PUBLISH_SH,
+                &[("ROOT", &self.root), ("OUT", &self.out)],
+                &self.bin,
+            );
+            assert!(ok, "{log}");
+            std::fs::read_to_string(self.out.join("current"))
+                .unwrap()
+                .trim()
+                .to_string()
+        }
+        fn sync(&self) -> (bool, String) {
+            run(
+                super::SYNC_SH,
+                &[
+                    ("BASE", Path::new("https://primary/stack-dags")),
+                    ("CA", Path::new("/nonexistent")),
+                    ("DIR", &self.sync),
+                    ("SERVE", &self.out),
+                ],
+                &self.bin,
+            )
+        }
+        fn current(&self) -> String {
+            std::fs::read_link(self.sync.join("current"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        }
+        fn serve(&self, version: &str, tar: &[u8]) {
+            std::fs::write(self.out.join(format!("dags-{version}.tar")), tar).unwrap();
+            std::fs::write(self.out.join("current"), format!("{version}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn versions_are_content_addressed_and_switched_whole() {
+        let s = sides();
+        let v1 = s.publish();
+        assert_eq!(v1.len(), 64);
+        assert_eq!(s.publish(), v1, "unchanged folders, the same version");
+        let (ok, log) = s.sync();
+        assert!(ok, "{log}");
+        assert_eq!(s.current(), format!("versions/{v1}"));
+        assert_eq!(
+            std::fs::read_to_string(s.sync.join("current/dags/a.py")).unwrap(),
+            "a = 1\n"
+        );
+        assert!(s.sync().0, "nothing new: nothing to do");
+
+        std::fs::write(s.root.join("dags/a.py"), "a = 2\n").unwrap();
+        let v2 = s.publish();
+        assert_ne!(v2, v1);
+        assert!(s.sync().0);
+        assert_eq!(s.current(), format!("versions/{v2}"));
+        assert_eq!(
+            std::fs::read_to_string(s.sync.join("current/dags/a.py")).unwrap(),
+            "a = 2\n"
+        );
+        // Three versions stay on either side.
+        for i in 3..=5 {
+            std::fs::write(s.root.join("dags/a.py"), format!("a = {i}\n")).unwrap();
+            s.publish();
+            assert!(s.sync().0);
+        }
+        let tars = std::fs::read_dir(&s.out)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tar")
+            })
+            .count();
+        assert_eq!(tars, 3);
+        assert_eq!(
+            std::fs::read_dir(s.sync.join("versions")).unwrap().count(),
+            3
+        );
+    }
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for dir in ["dags/", "pipelines/"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(dir).unwrap();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        for (name, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            // Raw names: the tar crate would refuse '..' itself.
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name(link).unwrap();
+                h.set_size(0);
+                h.set_cksum();
+                b.append(&h, &[][..]).unwrap();
+            } else {
+                h.set_size(5);
+                h.set_cksum();
+                b.append(&h, &b"evil\n"[..]).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_bad_version_a_wrong_checksum_or_a_hostile_archive_changes_nothing() {
+        let s = sides();
+        let good = s.publish();
+        assert!(s.sync().0);
+        let before = s.current();
+        let sha = |b: &[u8]| crate::util::sha256_hex(b);
+
+        // Not a sha256: never used in a path.
+        std::fs::write(s.out.join("current"), "../../etc\n").unwrap();
+        let (ok, log) = s.sync();
+        assert!(!ok && log.contains("not a sha256"), "{log}");
+        // An archive that is not the version it is named by.
+        let other = tar_with(&[("dags/x.py", tar::EntryType::Regular, "")]);
+        s.serve(&"ab".repeat(32), &other);
+        let (ok, log) = s.sync();
+        assert!(!ok, "{log}");
+        // Members with '..', and links (into the system or not), even with a good sum.
+        for hostile in [
+            tar_with(&[("dags/../../escaped", tar::EntryType::Regular, "")]),
+            tar_with(&[("dags/etc", tar::EntryType::Symlink, "/etc")]),
+            tar_with(&[("dags/near", tar::EntryType::Symlink, "a.py")]),
+        ] {
+            s.serve(&sha(&hostile), &hostile);
+            let (ok, log) = s.sync();
+            assert!(!ok, "{log}");
+            assert!(!s.sync.join(format!("versions/{}", sha(&hostile))).exists());
+        }
+        assert_eq!(s.current(), before, "the version in force stays");
+        assert!(!s.sync.parent().unwrap().join("escaped").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(&s.sync)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // The primary's own bundle again: back in force.
+        std::fs::write(s.out.join("current"), format!("{good}\n")).unwrap();
+        assert!(s.sync().0);
+    }
+}

@@ -8,7 +8,9 @@
 set -eu
 tmp=$(mktemp "$OUT/.publish.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
-tar --create --file="$tmp" --directory="$ROOT" \
+# --dereference: a link in the folders ships as what it points to (a worker host
+# takes no links).
+tar --create --file="$tmp" --directory="$ROOT" --dereference \
     --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' \
     --exclude=__pycache__ --exclude='*.pyc' \
     dags pipelines

@@ -25,8 +25,14 @@ if [ ! -d "$DIR/versions/$want" ]; then
     curl_ --max-time 300 --max-filesize 1073741824 -o "$tmp/bundle.tar" "$BASE/dags-$want.tar"
     echo "$want  $tmp/bundle.tar" | sha256sum --check --quiet --strict
     mkdir "$tmp/tree"
+    # GNU tar refuses members with '..' and writes nothing through a link it made;
+    # a bundle with links at all is refused (the primary's has none).
     tar --extract --file="$tmp/bundle.tar" --directory="$tmp/tree" \
         --no-same-owner --no-same-permissions
+    if [ -n "$(find "$tmp/tree" ! -type d ! -type f -print -quit)" ]; then
+        echo "the primary's DAG bundle $want holds something other than files and folders" >&2
+        exit 1
+    fi
     if [ ! -d "$tmp/tree/dags" ] || [ ! -d "$tmp/tree/pipelines" ]; then
         echo "the primary's DAG bundle $want has no dags/ and pipelines/" >&2
         exit 1
