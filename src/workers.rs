@@ -36,6 +36,8 @@ pub struct JoinToken {
     pub broker_port: u16,
     pub broker_user: String,
     pub broker_password: String,
+    /// The primary's Airflow venv (`VERSION-LOCKHASH`): a worker runs the same one.
+    pub airflow_venv: String,
 }
 
 impl JoinToken {
@@ -87,6 +89,15 @@ impl JoinToken {
             (
                 token.https_port > 0 && token.postgres_port > 0 && token.broker_port > 0,
                 "a port is 0",
+            ),
+            (
+                !token.airflow_venv.is_empty()
+                    && token.airflow_venv.len() <= 64
+                    && token
+                        .airflow_venv
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)),
+                "airflow_venv",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -260,6 +271,7 @@ impl Stack {
             broker_port: config.workers.broker_port.get(),
             broker_user: name.redis_user(),
             broker_password: secret(crate::components::redis::worker_password_secret(&name))?,
+            airflow_venv: crate::components::python::AIRFLOW.locked_for(&config).0,
         };
         Ok(WorkerAdded {
             name: name.as_str().into(),
@@ -415,6 +427,17 @@ impl Stack {
                 crate::util::printable(primary)
             )));
         }
+        // Tasks are run by the primary's Airflow on one side and this host's on the
+        // other: the same version and lock, or a worker would run them differently.
+        let own = crate::components::python::AIRFLOW
+            .locked_for(&self.config()?)
+            .0;
+        if own != token.airflow_venv {
+            return Err(StackError::Conflict(format!(
+                "the primary runs Airflow {}, this host would install {own}: give both the same analytics-stack version and [python] lock_dir",
+                token.airflow_venv
+            )));
+        }
         let state = crate::exec::load_state(&self.fs);
         if let Some(other) = state
             .components
@@ -512,6 +535,7 @@ mod tests {
             broker_port: 6390,
             broker_user: "worker-w1".into(),
             broker_password: "r".into(),
+            airflow_venv: "3.3.2-0123456789ab".into(),
         };
         let text = render_join_file(&token);
         assert!(
@@ -540,6 +564,7 @@ mod tests {
             broker_port: 6390,
             broker_user: "worker-w1".into(),
             broker_password: "r".into(),
+            airflow_venv: "3.3.2-0123456789ab".into(),
         };
         let encoded = token.encode();
         assert!(encoded.starts_with(TOKEN_PREFIX));
@@ -565,6 +590,7 @@ mod tests {
             }),
             ("broker_password", &|t| t.broker_password = "x\ny".into()),
             ("name", &|t| t.name = "W;drop".into()),
+            ("airflow_venv", &|t| t.airflow_venv = "3.3.2\n[x]".into()),
         ] {
             let e = forged(change).unwrap_err();
             assert!(e.contains("not a join token"), "{why}: {e}");

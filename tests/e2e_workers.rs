@@ -134,7 +134,12 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     // written.
     let wrong = w1.sh(&format!("analytics-stack join 10.232.0.7 --token {t1}"));
     assert_eq!(wrong.status.code(), Some(6), "{wrong:?}");
-    let forged = forge_pin(&t1);
+    let skewed = forge(&t1, "airflow_venv", "3.2.0-000000000000");
+    let refused = w1.sh(&format!("analytics-stack join {PRIMARY} --token {skewed}"));
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(6), "{err}");
+    assert!(err.contains("the primary runs Airflow 3.2.0"), "{err}");
+    let forged = forge(&t1, "ca_sha256", &"00".repeat(32));
     let refused = w1.sh(&format!("analytics-stack join {PRIMARY} --token {forged}"));
     let err = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(refused.status.code(), Some(10), "{err}");
@@ -190,6 +195,28 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
         let plan = w.ok("analytics-stack plan");
         let again = w.ok("analytics-stack apply");
         assert!(again.contains("nothing to do"), "{plan}\n{again}");
+    }
+    // The units a worker host and the DAG publisher run: valid, and as sandboxed as
+    // every other unit of the stack.
+    let units = [
+        (&w1, "analytics-airflow-worker.service"),
+        (&w1, "analytics-dag-sync.service"),
+        (&w1, "analytics-node-exporter.service"),
+        (&w1, "analytics-alloy.service"),
+        (&primary, "analytics-dag-bundle.service"),
+    ];
+    w1.ok("systemd-analyze verify /etc/systemd/system/analytics-*.service /etc/systemd/system/analytics-*.timer");
+    primary.ok("systemd-analyze verify /etc/systemd/system/analytics-dag-bundle.service /etc/systemd/system/analytics-dag-bundle.timer");
+    for (c, unit) in units {
+        let score = c.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | tail -n 1"
+        ));
+        eprintln!("[figure] {unit}: {}", score.trim());
+        let exposure: f64 = score
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or(10.0);
+        assert!(exposure <= 1.6, "{unit}: {score}");
     }
     let listed = primary.ok("analytics-stack worker list");
     assert!(listed.contains(W1) && listed.contains(W2), "{listed}");
@@ -492,13 +519,14 @@ fn refused_from_outside(primary: &Container, outsider: &Container) {
     assert_eq!(code.trim(), "200");
 }
 
-/// `token` with its CA pin replaced: what someone who intercepted the token and
-/// stands between the worker and the primary would need the worker to accept.
-fn forge_pin(token: &str) -> String {
+/// `token` with one field replaced: a CA pin is what someone who intercepted the
+/// token and stands between the worker and the primary would need the worker to
+/// accept; another Airflow is a primary this host's package does not match.
+fn forge(token: &str, field: &str, value: &str) -> String {
     let body = token.strip_prefix("asw1.").unwrap();
     let json = analytics_stack::util::base64_url_decode(body).unwrap();
     let mut t: Value = serde_json::from_slice(&json).unwrap();
-    t["ca_sha256"] = "00".repeat(32).into();
+    t[field] = value.into();
     format!(
         "asw1.{}",
         analytics_stack::util::base64_url(&serde_json::to_vec(&t).unwrap())

@@ -75,19 +75,23 @@ impl LockedApp {
         (self.python_minors.0..=self.python_minors.1).contains(&minor)
     }
 
-    pub fn venv(&self, config: &Config, platform: &Platform) -> Option<VenvSpec> {
-        let uv =
-            crate::artifact::catalog::pin("uv", &platform.arch, config.archives.mirror.as_str())?;
-        // The operator's lock, when `[python] lock_dir` has one: its own version
-        // (what it pins the application to) and hash.
-        let (id, lock) = match config.lock_overrides.get(self.name) {
+    /// The venv `config` asks for: (its id, its lock) — the operator's lock, when
+    /// `[python] lock_dir` has one (its own version and hash), else the package's.
+    pub fn locked_for(&self, config: &Config) -> (String, std::sync::Arc<str>) {
+        match config.lock_overrides.get(self.name) {
             Some(lock) => {
                 let hash = crate::util::sha256_hex(lock.as_bytes());
                 let version = self.version_in(lock).unwrap_or(self.version);
                 (format!("{version}-{}", &hash[..12]), lock.clone())
             }
             None => (self.venv_id(), std::sync::Arc::from(self.lock)),
-        };
+        }
+    }
+
+    pub fn venv(&self, config: &Config, platform: &Platform) -> Option<VenvSpec> {
+        let uv =
+            crate::artifact::catalog::pin("uv", &platform.arch, config.archives.mirror.as_str())?;
+        let (id, lock) = self.locked_for(config);
         Some(VenvSpec {
             name: self.name.into(),
             id,

@@ -1317,3 +1317,28 @@ fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_onl
         .flat_map(|s| &s.units)
         .any(|u| u.name == "analytics-airflow-worker.service"));
 }
+
+#[test]
+fn the_host_and_logs_dashboards_select_hosts() {
+    let all = crate::components::dashboards::all();
+    for (file, label) in [
+        ("host.json", "instance=~\"$host\""),
+        ("logs.json", "host=~\"$host\""),
+    ] {
+        let (_, dashboard) = all.iter().find(|(f, _)| *f == file).unwrap();
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        assert_eq!(variables[0]["name"], "host", "{file}");
+        assert_eq!(variables[0]["includeAll"], true, "{file}");
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap())
+            .map(|t| t["expr"].as_str().unwrap())
+            .collect();
+        assert!(!exprs.is_empty());
+        for expr in exprs {
+            assert!(expr.contains(label), "{file}: {expr}");
+        }
+    }
+}
