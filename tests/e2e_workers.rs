@@ -6,7 +6,8 @@
 //! by the stack's DAG sync and runs on both workers; one worker's Celery worker is
 //! killed (SIGKILL, every task process with it) mid-run and the run still succeeds,
 //! its lost tasks retried on the other; the same DAG on one worker host and on two is
-//! the benchmark. Prometheus scrapes three node_exporters; Loki's push door takes the
+//! the benchmark; the stack's dlt sample runs on a worker into the primary's warehouse
+//! (as the warehouse role). Prometheus scrapes three node_exporters; Loki's push door takes the
 //! workers' journals (Loki and Alloy are STAND-INS, tests/standins/: the push goes
 //! through the real NGINX door, TLS and allow-list). From the outsider PostgreSQL,
 //! the broker door, the execution API, the log push and the DAGs all refuse; after
@@ -288,6 +289,37 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
         took_one.as_secs_f64(),
         took_two.as_secs_f64(),
         took_one.as_secs_f64() / took_two.as_secs_f64()
+    );
+
+    // The stack's own dlt sample, run on the worker host: it loads into the warehouse
+    // as this worker's role acting as `warehouse`, so the table is the warehouse's.
+    let sample = common::apps::run_sample_dag(&primary);
+    let where_ran = airflow(
+        &primary,
+        &sample.token,
+        "GET",
+        &format!(
+            "/dags/{}/dagRuns/{}/taskInstances/load_sample_readings",
+            common::apps::DAG,
+            sample.run_id
+        ),
+        None,
+    );
+    assert_eq!(where_ran["hostname"], "as-e2e-wk-w1", "{where_ran}");
+    let psql = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -tAX";
+    assert_eq!(
+        primary
+            .ok(&format!(
+                "{psql} -c 'SELECT count(*) FROM sample_data.readings'"
+            ))
+            .trim(),
+        "150"
+    );
+    assert_eq!(
+        primary
+            .ok(&format!("{psql} -c \"SELECT tableowner FROM pg_tables WHERE schemaname = 'sample_data' AND tablename = 'readings'\""))
+            .trim(),
+        "warehouse"
     );
 
     let outsider = Container::boot_on("as-e2e-wk-outsider", &bridge, OUTSIDER);
