@@ -377,11 +377,12 @@ fn render_join_file(token: &JoinToken) -> String {
 /// hashes to `pin` (the door's own certificate is not trusted yet: the pin is what
 /// makes this channel authentic). Returns the PEM.
 async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<String, StackError> {
-    let host = match primary.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => primary.to_string(),
-    };
-    let url = format!("https://{host}:{https_port}/stack-ca.crt");
+    // `primary` is an address the token's check parsed.
+    let door = primary
+        .parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, https_port).to_string())
+        .unwrap_or_default();
+    let url = format!("https://{door}/stack-ca.crt");
     let unreachable = |e: &dyn std::fmt::Display| {
         StackError::Failed(format!("cannot fetch the stack CA from {url}: {e}"))
     };
@@ -489,6 +490,24 @@ impl Stack {
 mod tests {
     use super::*;
 
+    /// A token as `worker add` makes one.
+    fn token() -> JoinToken {
+        JoinToken {
+            primary: "10.0.0.1".into(),
+            https_port: 443,
+            name: "w1".into(),
+            address: "10.0.0.2".into(),
+            ca_sha256: "ab".repeat(32),
+            postgres_port: 5432,
+            postgres_role: "worker_w1".into(),
+            postgres_password: "p".into(),
+            broker_port: 6390,
+            broker_user: "worker-w1".into(),
+            broker_password: "r".into(),
+            airflow_venv: "3.3.2-0123456789ab".into(),
+        }
+    }
+
     #[test]
     fn the_workers_file_loads_as_the_configuration_it_lists() {
         let host = |added, ip: &str| WorkerHost {
@@ -524,18 +543,9 @@ mod tests {
     #[test]
     fn the_join_file_loads_as_a_worker_configuration() {
         let token = JoinToken {
-            primary: "10.0.0.1".into(),
             https_port: 8443,
-            name: "w1".into(),
-            address: "10.0.0.2".into(),
-            ca_sha256: "ab".repeat(32),
             postgres_port: 5433,
-            postgres_role: "worker_w1".into(),
-            postgres_password: "p".into(),
-            broker_port: 6390,
-            broker_user: "worker-w1".into(),
-            broker_password: "r".into(),
-            airflow_venv: "3.3.2-0123456789ab".into(),
+            ..token()
         };
         let text = render_join_file(&token);
         assert!(
@@ -552,20 +562,7 @@ mod tests {
 
     #[test]
     fn a_token_is_json_behind_its_version() {
-        let token = JoinToken {
-            primary: "10.0.0.1".into(),
-            https_port: 443,
-            name: "w1".into(),
-            address: "10.0.0.2".into(),
-            ca_sha256: "ab".repeat(32),
-            postgres_port: 5432,
-            postgres_role: "worker_w1".into(),
-            postgres_password: "p".into(),
-            broker_port: 6390,
-            broker_user: "worker-w1".into(),
-            broker_password: "r".into(),
-            airflow_venv: "3.3.2-0123456789ab".into(),
-        };
+        let token = token();
         let encoded = token.encode();
         assert!(encoded.starts_with(TOKEN_PREFIX));
         assert!(!encoded.contains(['+', '/', ' ', '\n']));

@@ -195,24 +195,25 @@ pub fn render_worker_env(config: &Config) -> String {
     let name = w.name.clone().unwrap_or_else(|| {
         crate::config::WorkerName::try_from("unnamed".to_string()).expect("a valid name")
     });
-    let primary = match w.primary.get() {
-        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        Some(ip) => ip.to_string(),
-        None => String::new(),
+    let at = |port| {
+        config
+            .primary_at(port)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
     };
     let ca = crate::tls::CA_CERT;
     let pg_login = format!(
-        "{}:{}@{primary}:{}",
+        "{}:{}@{}",
         name.postgres_role(),
         secret_ref(crate::workers::PRIMARY_POSTGRES_SECRET),
-        w.primary_postgres_port.get()
+        at(w.primary_postgres_port)
     );
     let pg_tls = format!("sslmode=verify-full&sslrootcert={ca}");
     let broker_login = format!(
-        "{}:{}@{primary}:{}",
+        "{}:{}@{}",
         name.redis_user(),
         secret_ref(crate::workers::PRIMARY_BROKER_SECRET),
-        w.primary_broker_port.get()
+        at(w.primary_broker_port)
     );
     let vars: Vec<(&str, String)> = vec![
         ("AIRFLOW_HOME", HOME.into()),
@@ -362,7 +363,7 @@ fn airflow_unit(config: &Config, name: &str, description: &str, args: &str) -> S
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
-    if config.stack.role == crate::config::Role::Worker {
+    if config.is_worker_host() {
         return render_worker_host(config, platform);
     }
     let port = config.airflow.port.get();

@@ -116,13 +116,11 @@ pub fn render_publisher() -> ComponentSpec {
 
 /// The primary's HTTPS origin as a worker host reaches it.
 pub fn primary_origin(config: &Config) -> String {
-    let w = &config.worker;
-    let host = match w.primary.get() {
-        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        Some(ip) => ip.to_string(),
-        None => String::new(),
-    };
-    format!("https://{host}:{}", w.primary_https_port.get())
+    let door = config
+        .primary_at(config.worker.primary_https_port)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    format!("https://{door}")
 }
 
 /// On a worker host: keeps the primary's folders current.

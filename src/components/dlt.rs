@@ -91,7 +91,7 @@ with DAG(
 }
 
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
-    if config.stack.role == crate::config::Role::Worker {
+    if config.is_worker_host() {
         // The venv the tasks run pipelines with; the DAG and the pipeline arrive
         // with the primary's folders (dag-sync).
         return ComponentSpec {

@@ -134,7 +134,7 @@ fn promtail_rules() -> String {
 /// through its door (TLS to the stack CA; NGINX lets the worker hosts' addresses
 /// push and nobody else).
 fn loki_push(config: &Config) -> String {
-    if config.stack.role == crate::config::Role::Worker {
+    if config.is_worker_host() {
         return format!(
             "{}/loki/api/v1/push",
             super::dag_bundle::primary_origin(config)
@@ -144,10 +144,6 @@ fn loki_push(config: &Config) -> String {
         "http://127.0.0.1:{}/loki/api/v1/push",
         config.loki.port.get()
     )
-}
-
-fn pushes_to_primary(config: &Config) -> bool {
-    config.stack.role == crate::config::Role::Worker
 }
 
 /// The `host` label of every line: a worker host's name on the primary, or this
@@ -171,7 +167,7 @@ pub fn render_promtail(config: &Config) -> String {
         port = config.log_shipper.port.get(),
         state = paths::STATE,
         push = loki_push(config),
-        tls = if pushes_to_primary(config) {
+        tls = if config.is_worker_host() {
             format!("    tls_config:\n      ca_file: {}\n", crate::tls::CA_CERT)
         } else {
             String::new()
@@ -188,7 +184,7 @@ pub fn render_alloy(config: &Config) -> String {
          loki.write \"local\" {{\n  endpoint {{\n    url = \"{push}\"\n{tls}  }}\n}}\n",
         host = host_label(config),
         push = loki_push(config),
-        tls = if pushes_to_primary(config) {
+        tls = if config.is_worker_host() {
             format!("    tls_config {{\n      ca_file = \"{}\"\n    }}\n", crate::tls::CA_CERT)
         } else {
             String::new()

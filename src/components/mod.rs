@@ -159,8 +159,7 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     if config.dlt.enabled {
         specs.push(dlt::render(config, platform));
     }
-    let worker_host = config.stack.role == crate::config::Role::Worker;
-    if worker_host {
+    if config.is_worker_host() {
         specs.push(dag_bundle::render_sync(config));
     } else if config.airflow.enabled && !config.workers.hosts.is_empty() {
         specs.push(dag_bundle::render_publisher());

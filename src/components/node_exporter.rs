@@ -14,10 +14,11 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
     let port = config.node_exporter.port.get();
     // On a worker host the primary's Prometheus scrapes it, on the worker's address
     // (and nowhere else: not every address).
-    let worker_address = match config.stack.role {
-        crate::config::Role::Worker => config.worker.address.get(),
-        crate::config::Role::Primary => None,
-    };
+    let worker_address = config
+        .worker
+        .address
+        .get()
+        .filter(|_| config.is_worker_host());
     let listen = match worker_address {
         Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
         None => format!("127.0.0.1:{port}"),

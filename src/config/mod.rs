@@ -199,7 +199,7 @@ pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
     };
 
     let mut config = config;
-    if let Some(config) = config.as_mut().filter(|c| c.stack.role == Role::Worker) {
+    if let Some(config) = config.as_mut().filter(|c| c.is_worker_host()) {
         for (path, message) in take_worker_role(config, &origin_of) {
             diagnostics.push(diagnostic_at(sources, &origin_of, &path, &message));
         }
@@ -405,7 +405,7 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     // The applications keep their metadata in PostgreSQL and queue work on Redis.
     // Reported where the needed component was turned off: that is the user's line.
     // On a worker host PostgreSQL and Redis are the primary's.
-    let worker = config.stack.role == Role::Worker;
+    let worker = config.is_worker_host();
     let enabled = |name: &str| match name {
         "postgres" => config.postgres.enabled || worker,
         "redis" => config.redis.enabled || worker,

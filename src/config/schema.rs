@@ -831,6 +831,22 @@ impl From<BackupCount> for u32 {
 }
 
 impl Config {
+    /// A host that joined a primary (`[stack] role = "worker"`).
+    pub fn is_worker_host(&self) -> bool {
+        self.stack.role == Role::Worker
+    }
+
+    /// The primary's `port` as a worker host reaches it (`[v6]:port` for IPv6), or
+    /// None on a primary.
+    pub fn primary_at(&self, port: Port) -> Option<std::net::SocketAddr> {
+        let ip = self
+            .worker
+            .primary
+            .get()
+            .filter(|_| self.is_worker_host())?;
+        Some(std::net::SocketAddr::new(ip, port.get()))
+    }
+
     /// postgres_exporter runs only beside the stack's PostgreSQL and only when
     /// Prometheus reads it.
     pub fn postgres_exporter_on(&self) -> bool {
