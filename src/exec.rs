@@ -741,6 +741,33 @@ fn worker_group_sql(roles: &[PostgresRole], group: Option<&crate::model::WorkerG
         for other in &g.acts_as {
             sql.push_str(&format!("GRANT {} TO {role};\n", quote_ident(other)));
         }
+        // What the group no longer needs (Superset's worker turned off for worker
+        // hosts): the roles it acted as and the databases it connected to.
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|i| quote_literal(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        sql.push_str(&format!(
+            "DO $narrow$\n\
+             DECLARE r record;\n\
+             BEGIN\n\
+             FOR r IN SELECT g.rolname FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member\n\
+             WHERE m.rolname = {gl} AND NOT (g.rolname = ANY (ARRAY[{acts}]::text[])) LOOP\n\
+             EXECUTE format('REVOKE %I FROM %I', r.rolname, {gl});\n\
+             END LOOP;\n\
+             FOR r IN SELECT d.datname FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a JOIN pg_roles g ON g.oid = a.grantee\n\
+             WHERE g.rolname = {gl} AND a.privilege_type = 'CONNECT' AND NOT (d.datname = ANY (ARRAY[{dbs}]::text[])) LOOP\n\
+             EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM %I', r.datname, {gl});\n\
+             END LOOP;\n\
+             END\n\
+             $narrow$;\n",
+            gl = quote_literal(&g.role),
+            acts = list(&g.acts_as),
+            dbs = list(&g.databases),
+        ));
     }
     let listed: Vec<String> = roles
         .iter()
@@ -815,4 +842,32 @@ pub fn quote_ident(s: &str) -> String {
 
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+#[cfg(test)]
+mod worker_group_tests {
+    /// What the group may act as and connect to is granted, and what it no longer
+    /// may is revoked (checked on PostgreSQL 15 by hand: a group granted `superset`
+    /// and CONNECT on its database loses both when neither is listed).
+    #[test]
+    fn the_workers_group_is_narrowed_to_what_is_listed() {
+        let roles = vec![crate::model::PostgresRole {
+            role: "worker_w1".into(),
+            password_secret: "x".into(),
+            database: None,
+            member_of: vec!["analytics_workers".into()],
+        }];
+        let group = crate::model::WorkerGroup {
+            role: "analytics_workers".into(),
+            databases: vec!["airflow".into(), "warehouse".into()],
+            acts_as: vec!["warehouse".into()],
+        };
+        let sql = super::worker_group_sql(&roles, Some(&group));
+        for want in [
+            "GRANT \"warehouse\" TO \"analytics_workers\";\n",
+            "NOT (g.rolname = ANY (ARRAY['warehouse']::text[])) LOOP\nEXECUTE format('REVOKE %I FROM %I', r.rolname, 'analytics_workers');",
+            "NOT (d.datname = ANY (ARRAY['airflow', 'warehouse']::text[])) LOOP\nEXECUTE format('REVOKE CONNECT ON DATABASE %I FROM %I', r.datname, 'analytics_workers');",
+        ] {
+            assert!(sql.contains(want), "{want} in {sql}");
+        }
+    }
 }

@@ -882,6 +882,7 @@ pub fn preflight_problems(
 ) -> Vec<String> {
     let mut problems = python_problems(desired, facts);
     problems.extend(plan::postgres_problems(desired, facts));
+    problems.extend(plan::missing_secrets(desired, facts));
     problems
 }
 

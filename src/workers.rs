@@ -38,6 +38,20 @@ pub struct JoinToken {
     pub broker_password: String,
     /// The primary's Airflow venv (`VERSION-LOCKHASH`): a worker runs the same one.
     pub airflow_venv: String,
+    /// What Superset's Celery worker needs, when the primary lets worker hosts run
+    /// it (`[workers] superset`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superset: Option<SupersetGrant>,
+}
+
+/// Superset's part of a token: the key its metadata is encrypted with (the worker's
+/// Redis user and PostgreSQL role are the token's own), the cache's TLS door, and the
+/// primary's Superset venv, which the worker must run too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupersetGrant {
+    pub secret_key: String,
+    pub cache_port: u16,
+    pub venv: String,
 }
 
 impl JoinToken {
@@ -67,6 +81,19 @@ impl JoinToken {
         let secret = |s: &str| {
             !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
         };
+        let venv = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        };
+        let superset_ok = token.superset.as_ref().is_none_or(|g| {
+            g.secret_key.len() >= 16
+                && g.secret_key.len() <= 256
+                && g.secret_key.bytes().all(|b| b.is_ascii_graphic())
+                && g.cache_port > 0
+                && venv(&g.venv)
+        });
         let name = WorkerName::try_from(token.name.clone()).map_err(|e| bad(&e))?;
         let checks = [
             (ip(&token.primary).is_some(), "primary is not an address"),
@@ -90,15 +117,8 @@ impl JoinToken {
                 token.https_port > 0 && token.postgres_port > 0 && token.broker_port > 0,
                 "a port is 0",
             ),
-            (
-                !token.airflow_venv.is_empty()
-                    && token.airflow_venv.len() <= 64
-                    && token
-                        .airflow_venv
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)),
-                "airflow_venv",
-            ),
+            (venv(&token.airflow_venv), "airflow_venv"),
+            (superset_ok, "superset"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, why)) => Err(bad(why)),
@@ -123,7 +143,8 @@ pub struct Joined {
 
 /// The file of the configuration `join` writes on a worker host.
 pub const JOIN_FILE: &str = "stack.d/10-join.toml";
-/// The worker's logins on the primary, as secrets (0600, root's).
+/// The worker's logins on the primary, as secrets (0600, root's). The Redis one
+/// opens the cache's door too, when the primary grants Superset.
 pub const PRIMARY_POSTGRES_SECRET: &str = "primary-postgres";
 pub const PRIMARY_BROKER_SECRET: &str = "primary-broker";
 /// The components a worker host runs; a host that has any other installed is a
@@ -135,6 +156,7 @@ const WORKER_COMPONENTS: &[&str] = &[
     "airflow",
     "dlt",
     "dag-sync",
+    "superset",
 ];
 
 /// The largest certificate `join` reads from the primary.
@@ -272,6 +294,14 @@ impl Stack {
             broker_user: name.redis_user(),
             broker_password: secret(crate::components::redis::worker_password_secret(&name))?,
             airflow_venv: crate::components::python::AIRFLOW.locked_for(&config).0,
+            superset: match config.workers.superset {
+                false => None,
+                true => Some(SupersetGrant {
+                    secret_key: secret(crate::components::superset::SECRET_KEY.into())?,
+                    cache_port: config.workers.cache_port.get(),
+                    venv: crate::components::python::SUPERSET.locked_for(&config).0,
+                }),
+            },
         };
         Ok(WorkerAdded {
             name: name.as_str().into(),
@@ -339,6 +369,12 @@ fn render_join_file(token: &JoinToken) -> String {
     struct File<'a> {
         stack: StackPart,
         worker: WorkerPart<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        superset: Option<SupersetPart>,
+    }
+    #[derive(Serialize)]
+    struct SupersetPart {
+        enabled: bool,
     }
     #[derive(Serialize)]
     struct StackPart {
@@ -352,6 +388,8 @@ fn render_join_file(token: &JoinToken) -> String {
         primary_https_port: u16,
         primary_postgres_port: u16,
         primary_broker_port: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        primary_cache_port: Option<u16>,
     }
     let body = toml::to_string(&File {
         stack: StackPart {
@@ -364,7 +402,14 @@ fn render_join_file(token: &JoinToken) -> String {
             primary_https_port: token.https_port,
             primary_postgres_port: token.postgres_port,
             primary_broker_port: token.broker_port,
+            primary_cache_port: token.superset.as_ref().map(|g| g.cache_port),
         },
+        // The primary lets its workers run Superset's worker: this one does (a
+        // later file of the user's may turn it off).
+        superset: token
+            .superset
+            .as_ref()
+            .map(|_| SupersetPart { enabled: true }),
     })
     .unwrap_or_default();
     format!(
@@ -439,6 +484,17 @@ impl Stack {
                 token.airflow_venv
             )));
         }
+        if let Some(grant) = &token.superset {
+            let own = crate::components::python::SUPERSET
+                .locked_for(&self.config()?)
+                .0;
+            if own != grant.venv {
+                return Err(StackError::Conflict(format!(
+                    "the primary runs Superset {}, this host would install {own}: give both the same analytics-stack version and [python] lock_dir",
+                    grant.venv
+                )));
+            }
+        }
         let state = crate::exec::load_state(&self.fs);
         if let Some(other) = state
             .components
@@ -472,6 +528,13 @@ impl Stack {
             &format!("{}\n", token.broker_password),
             0o600,
         )?;
+        if let Some(grant) = &token.superset {
+            write(
+                &secrets.join(crate::components::superset::SECRET_KEY),
+                &format!("{}\n", grant.secret_key),
+                0o600,
+            )?;
+        }
         write(Path::new(crate::tls::CA_CERT), &ca, 0o644)?;
         write(
             &self.etc_dir.join(JOIN_FILE),
@@ -505,6 +568,7 @@ mod tests {
             broker_user: "worker-w1".into(),
             broker_password: "r".into(),
             airflow_venv: "3.3.2-0123456789ab".into(),
+            superset: None,
         }
     }
 
@@ -558,6 +622,22 @@ mod tests {
         assert_eq!(config.worker.primary_https_port.get(), 8443);
         assert_eq!(config.worker.primary_postgres_port.get(), 5433);
         assert!(!config.postgres.enabled && !config.nginx.enabled && !config.grafana.enabled);
+        assert!(!config.superset.enabled);
+        // A primary that grants Superset: its worker runs here, on the cache's door;
+        // the key is a secret, never in the file.
+        let token = JoinToken {
+            superset: Some(SupersetGrant {
+                secret_key: "k".repeat(64),
+                cache_port: 6392,
+                venv: "6.1.0-0123456789ab".into(),
+            }),
+            ..token
+        };
+        let text = render_join_file(&token);
+        assert!(!text.contains(&"k".repeat(64)), "{text}");
+        let config = crate::config::load_texts(&[("10-join.toml", &text)]).unwrap();
+        assert!(config.superset.enabled && !config.postgres.enabled);
+        assert_eq!(config.worker.primary_cache_port.get(), 6392);
     }
 
     #[test]
@@ -588,10 +668,46 @@ mod tests {
             ("broker_password", &|t| t.broker_password = "x\ny".into()),
             ("name", &|t| t.name = "W;drop".into()),
             ("airflow_venv", &|t| t.airflow_venv = "3.3.2\n[x]".into()),
+            ("superset.secret_key", &|t| {
+                t.superset = Some(SupersetGrant {
+                    secret_key: "short".into(),
+                    cache_port: 6391,
+                    venv: "6.1.0-0123456789ab".into(),
+                })
+            }),
+            ("superset.venv", &|t| {
+                t.superset = Some(SupersetGrant {
+                    secret_key: "k".repeat(64),
+                    cache_port: 6391,
+                    venv: "6.1.0\n[superset]".into(),
+                })
+            }),
+            ("superset.cache_port", &|t| {
+                t.superset = Some(SupersetGrant {
+                    secret_key: "k".repeat(64),
+                    cache_port: 0,
+                    venv: "6.1.0-0123456789ab".into(),
+                })
+            }),
         ] {
             let e = forged(change).unwrap_err();
             assert!(e.contains("not a join token"), "{why}: {e}");
         }
+        // A token with Superset's grant reads back whole; one without it (as before
+        // the grant existed) still reads.
+        let granted = JoinToken {
+            superset: Some(SupersetGrant {
+                secret_key: "0123abcd".repeat(8),
+                cache_port: 6391,
+                venv: "6.1.0-0123456789ab".into(),
+            }),
+            ..token.clone()
+        };
+        assert_eq!(JoinToken::decode(&granted.encode()).unwrap(), granted);
+        assert!(
+            !token.encode().is_empty()
+                && !serde_json::to_string(&token).unwrap().contains("superset")
+        );
         assert!(JoinToken::decode("asw2.e30").is_err());
         assert!(JoinToken::decode("asw1.!!!").is_err());
         assert!(JoinToken::decode(&format!("asw1.{}", "A".repeat(5000))).is_err());

@@ -9,9 +9,12 @@
 //! the benchmark; the stack's dlt sample runs on a worker into the primary's warehouse
 //! (as the warehouse role). Prometheus scrapes three node_exporters; Loki's push door takes the
 //! workers' journals (Loki and Alloy are STAND-INS, tests/standins/: the push goes
-//! through the real NGINX door, TLS and allow-list). From the outsider PostgreSQL,
-//! the broker door, the execution API, the log push and the DAGs all refuse; after
-//! `worker remove`, the removed worker's logins fail from its own host.
+//! through the real NGINX door, TLS and allow-list). The primary lets its workers run
+//! Superset's Celery worker too, and its own is off: an asynchronous SQL Lab query
+//! runs on a worker host (the warehouse sees it connect from there) and its result
+//! comes back through the cache's door. From the outsider PostgreSQL, the broker's
+//! and the cache's doors, the execution API, the log push and the DAGs all refuse;
+//! after `worker remove`, each of the removed worker's logins fails from its own host.
 
 mod common;
 
@@ -28,11 +31,12 @@ const DAG_ID: &str = "fan_out";
 /// Seconds each of the DAG's tasks sleeps.
 const TASK_SECONDS: u32 = 8;
 
-/// The primary: worker hosts on PRIMARY, its own Celery worker off; Superset and
-/// Grafana are not needed here.
+/// The primary: worker hosts on PRIMARY, running Superset's Celery worker too; its
+/// own Celery workers (Airflow's and Superset's) off, so every task and every
+/// asynchronous query runs on a worker host. Grafana is not needed here.
 fn primary_config() -> String {
     format!(
-        "[workers]\\naddress = \\\"{PRIMARY}\\\"\\n[airflow]\\nlocal_worker = false\\n[superset]\\nenabled = false\\n[grafana]\\nenabled = false\\n"
+        "[workers]\\naddress = \\\"{PRIMARY}\\\"\\nsuperset = true\\n[airflow]\\nlocal_worker = false\\n[superset]\\ncelery_worker = false\\n[grafana]\\nenabled = false\\n"
     )
 }
 
@@ -171,7 +175,14 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
             .collect();
         assert_eq!(
             names,
-            ["node-exporter", "alloy", "airflow", "dlt", "dag-sync"],
+            [
+                "node-exporter",
+                "alloy",
+                "airflow",
+                "superset",
+                "dlt",
+                "dag-sync"
+            ],
             "a worker host runs these only"
         );
         assert!(
@@ -183,16 +194,23 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
             "{status:#}"
         );
         assert_eq!(
-            w.ok("stat -c '%a %U' /var/lib/analytics-stack/secrets/primary-postgres /var/lib/analytics-stack/secrets/primary-broker").trim(),
-            "600 root\n600 root"
+            w.ok("stat -c '%a %U' /var/lib/analytics-stack/secrets/*")
+                .trim(),
+            "600 root\n600 root\n600 root"
         );
-        // What a worker holds of the primary's secrets: its two logins, no more.
+        // What a worker holds of the primary's secrets: its two logins and, as the
+        // primary grants Superset, Superset's key; no more.
         assert_eq!(
             w.ok("ls /var/lib/analytics-stack/secrets")
                 .split_whitespace()
                 .collect::<Vec<_>>(),
-            ["primary-broker", "primary-postgres"]
+            ["primary-broker", "primary-postgres", "superset-secret-key"]
         );
+        assert_eq!(
+            w.ok("cat /var/lib/analytics-stack/secrets/superset-secret-key"),
+            primary.ok("cat /var/lib/analytics-stack/secrets/superset-secret-key")
+        );
+        w.ok("systemctl is-active analytics-superset-worker.service && ! systemctl cat analytics-superset-web.service analytics-superset-init.service 2>/dev/null");
         let plan = w.ok("analytics-stack plan");
         let again = w.ok("analytics-stack apply");
         assert!(again.contains("nothing to do"), "{plan}\n{again}");
@@ -201,6 +219,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     // every other unit of the stack.
     let units = [
         (&w1, "analytics-airflow-worker.service"),
+        (&w1, "analytics-superset-worker.service"),
         (&w1, "analytics-dag-sync.service"),
         (&w1, "analytics-node-exporter.service"),
         (&w1, "analytics-alloy.service"),
@@ -243,6 +262,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
         ));
     }
     primary.trust_stack_ca();
+    async_queries_run_on_worker_hosts(&primary);
     let token = airflow_token(&primary);
     wait_for_dag(&primary, &token);
 
@@ -326,22 +346,45 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     refused_from_outside(&primary, &outsider);
 
     // Removed: the worker's own logins stop working, from its own host.
+    // Each of the worker's logins, tried on its own: those that work are printed.
     let logins = |w: &Container| {
-        w.sh(&format!(
-            "/opt/analytics-stack/airflow/current/bin/python - <<'EOF'\n\
-import psycopg2, redis\n\
-pg = open('/var/lib/analytics-stack/secrets/primary-postgres').read().strip()\n\
-rb = open('/var/lib/analytics-stack/secrets/primary-broker').read().strip()\n\
-psycopg2.connect(host='{PRIMARY}', user='worker_w1', password=pg, dbname='airflow', sslmode='verify-full', sslrootcert='/var/lib/analytics-stack/tls/ca.crt', connect_timeout=5).close()\n\
-redis.Redis(host='{PRIMARY}', port=6390, username='worker-w1', password=rb, ssl=True, ssl_ca_certs='/var/lib/analytics-stack/tls/ca.crt', socket_timeout=5).ping()\n\
-EOF"
+        let script = format!(
+            r#"
+import psycopg2, redis
+pg = open("/var/lib/analytics-stack/secrets/primary-postgres").read().strip()
+rb = open("/var/lib/analytics-stack/secrets/primary-broker").read().strip()
+ca = "/var/lib/analytics-stack/tls/ca.crt"
+def postgres(db, **kw):
+    psycopg2.connect(host="{PRIMARY}", user="worker_w1", password=pg, dbname=db, sslmode="verify-full", sslrootcert=ca, connect_timeout=5, **kw).close()
+def redis_door(port):
+    redis.Redis(host="{PRIMARY}", port=port, username="worker-w1", password=rb, ssl=True, ssl_ca_certs=ca, socket_timeout=5).ping()
+for name, login in [
+    ("airflow", lambda: postgres("airflow")),
+    ("superset", lambda: postgres("superset", options="-c role=superset")),
+    ("broker", lambda: redis_door(6390)),
+    ("cache", lambda: redis_door(6391)),
+]:
+    try:
+        login()
+        print(name)
+    except Exception:
+        pass
+"#
+        );
+        w.ok(&format!(
+            "/opt/analytics-stack/airflow/current/bin/python - <<'EOF'\n{script}EOF"
         ))
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>()
     };
-    let before = logins(&w1);
-    assert!(before.status.success(), "{before:?}");
+    assert_eq!(logins(&w1), ["airflow", "superset", "broker", "cache"]);
     primary.ok("analytics-stack worker remove w1");
-    let after = logins(&w1);
-    assert!(!after.status.success(), "a removed worker's logins");
+    assert_eq!(
+        logins(&w1),
+        Vec::<String>::new(),
+        "a removed worker's logins"
+    );
     let prometheus = primary.ok("cat /etc/analytics-stack/prometheus/prometheus.yml");
     assert!(!prometheus.contains(W1) && prometheus.contains(W2));
     drop(outsider);
@@ -403,6 +446,114 @@ fn observability(primary: &Container) {
     assert!(
         hosts.len() == 3 && hosts.contains(&"w1".to_string()) && hosts.contains(&"w2".to_string()),
         "journal lines from three hosts (stand-in Loki): {hosts:?}"
+    );
+}
+
+/// SQL Lab's asynchronous queries, with the primary's own Superset worker off: the
+/// query is queued on the broker and run by a worker host's Superset worker against
+/// the warehouse, and its result, left in the cache Redis through the door, is read
+/// back by the primary's web process. Where it ran is seen from PostgreSQL's side
+/// (Superset refuses the functions and views a query could ask itself with): a lock
+/// held on the table keeps the query waiting, and the waiting session's client
+/// address is a worker host's.
+fn async_queries_run_on_worker_hosts(primary: &Container) {
+    assert!(!primary
+        .sh("systemctl cat analytics-superset-worker.service")
+        .status
+        .success());
+    let psql = "PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -tAX";
+    primary.ok(&format!(
+        "{psql} -c 'CREATE TABLE IF NOT EXISTS public.async_probe (n int); TRUNCATE public.async_probe; INSERT INTO public.async_probe VALUES (1), (2), (3)'"
+    ));
+    primary.ok(&format!(
+        "systemd-run --unit=as-probe-lock --setenv=PGAPPNAME=as-probe-lock sh -c \"{psql} -c 'BEGIN; LOCK TABLE public.async_probe IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120); COMMIT;'\""
+    ));
+    let session = common::apps::superset_login(primary);
+    let warehouse = session.warehouse_id(primary);
+    let database = session.call(primary, "GET", &format!("/database/{warehouse}"), None);
+    assert_eq!(database["result"]["allow_run_async"], true, "{database}");
+    let execute = |sql: &str| -> u64 {
+        let queued = session.call(
+            primary,
+            "POST",
+            "/sqllab/execute/",
+            Some(&format!(
+                r#"{{"database_id": {warehouse}, "sql": "{sql}", "runAsync": true, "schema": "public"}}"#
+            )),
+        );
+        assert_eq!(queued["query"]["state"], "pending", "{queued}");
+        queued["query"]["queryId"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("not queued: {queued}"))
+    };
+    // Waits for the query's success; returns its result, read through the web.
+    let result = |id: u64| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let key = loop {
+            let changed = session.call(
+                primary,
+                "GET",
+                "/query/updated_since?q=%28last_updated_ms%3A0%29",
+                None,
+            );
+            let query = changed["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|q| q["queryId"] == id)
+                .cloned()
+                .unwrap_or_default();
+            match query["state"].as_str() {
+                Some("success") => break query["resultsKey"].as_str().unwrap().to_string(),
+                Some("failed") => panic!("the query failed: {query}"),
+                _ if Instant::now() > deadline => panic!(
+                    "the query did not finish: {query}\n{}",
+                    primary.ok("journalctl -u analytics-superset-web.service -n 40 --no-pager")
+                ),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        session.call(
+            primary,
+            "GET",
+            &format!("/sqllab/results/?q=%28key%3A%27{key}%27%29"),
+            None,
+        )
+    };
+    let id = execute("SELECT count(*) AS n FROM public.async_probe");
+    // The query's session, waiting for the lock: from which host?
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let client = loop {
+        let waiting = primary.ok(&format!(
+            "{psql} -c \"SELECT host(client_addr) FROM pg_stat_activity WHERE usename = 'warehouse' AND wait_event_type = 'Lock' AND query LIKE '%async_probe%'\""
+        ));
+        if let Some(addr) = waiting.lines().next().filter(|l| !l.is_empty()) {
+            break addr.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session waits for the lock: {}",
+            primary.ok(&format!("{psql} -c 'SELECT usename, host(client_addr), state, wait_event_type, query FROM pg_stat_activity'"))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        client == W1 || client == W2,
+        "the query ran from {client}, not a worker host"
+    );
+    eprintln!("[figure] the asynchronous query ran from {client}");
+    primary.ok(&format!(
+        "{psql} -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'as-probe-lock'\""
+    ));
+    let results = result(id);
+    assert_eq!(results["data"][0]["n"], 3, "{results}");
+    // The round trip of one more, unhindered: queue, a worker host, the cache, back.
+    let started = Instant::now();
+    let results = result(execute("SELECT max(n) AS top FROM public.async_probe"));
+    assert_eq!(results["data"][0]["top"], 3, "{results}");
+    eprintln!(
+        "[figure] an asynchronous SQL Lab query through a worker host: {:.2} s (SQL Lab's API, polled every 0.2 s)",
+        started.elapsed().as_secs_f64()
     );
 }
 
@@ -522,17 +673,20 @@ fn refused_from_outside(primary: &Container, outsider: &Container) {
             "{ssl}: {err}"
         );
     }
-    // The broker's door closes at once, even with a worker's password.
+    // The broker's and the cache's doors close at once, even with a worker's
+    // password.
     let bpw = primary.ok("cat /var/lib/analytics-stack/secrets/worker-w2-redis");
-    let out = outsider.sh(&format!(
-        "REDISCLI_AUTH='{}' redis-cli -h {PRIMARY} -p 6390 --user worker-w2 --tls --cacert /root/stack-ca.crt PING",
-        bpw.trim()
-    ));
-    assert_ne!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PONG",
-        "{out:?}"
-    );
+    for port in [6390, 6391] {
+        let out = outsider.sh(&format!(
+            "REDISCLI_AUTH='{}' redis-cli -h {PRIMARY} -p {port} --user worker-w2 --tls --cacert /root/stack-ca.crt PING",
+            bpw.trim()
+        ));
+        assert_ne!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "PONG",
+            "{port}: {out:?}"
+        );
+    }
     // The execution API, the log push and the DAGs: 403 at the door.
     for path in [
         "/airflow/execution/health",

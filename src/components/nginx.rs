@@ -195,7 +195,7 @@ pub fn render_conf(config: &Config) -> String {
         unit => UNIT,
         hostname_regex => crate::util::regex_literal(config.stack.hostname()),
         routes => routes(config),
-        broker_door => broker_door(config),
+        redis_doors => redis_doors(config),
         worker_addresses => worker_addresses(config),
         loki_push => (config.loki.enabled && !config.workers.hosts.is_empty()).then(|| config.loki.port.get()),
         dag_bundle => (!config.workers.hosts.is_empty()).then_some(super::dag_bundle::DIR),
@@ -218,20 +218,43 @@ fn worker_addresses(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The broker's TLS door for worker hosts: where it listens, where it leads.
+/// A TLS door for worker hosts to one Redis instance: where it listens, where it
+/// leads.
 #[derive(serde::Serialize)]
-struct BrokerDoor {
+struct RedisDoor {
+    instance: &'static str,
+    port: u16,
     listen: String,
     upstream: u16,
 }
 
-fn broker_door(config: &Config) -> Option<BrokerDoor> {
-    let address = config.workers.address.get()?;
-    let port = config.workers.broker_port.get();
-    Some(BrokerDoor {
+/// The broker's door whenever there are workers; the cache's when they run
+/// Superset's worker too.
+fn redis_doors(config: &Config) -> Vec<RedisDoor> {
+    let Some(address) = config.workers.address.get() else {
+        return Vec::new();
+    };
+    [
+        (
+            "broker",
+            config.workers.broker_port.get(),
+            config.redis.broker.port.get(),
+        ),
+        (
+            "cache",
+            config.workers.cache_port.get(),
+            config.redis.cache.port.get(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(instance, _, _)| super::redis::has_worker_users(config, instance))
+    .map(|(instance, port, upstream)| RedisDoor {
+        instance,
+        port,
         listen: std::net::SocketAddr::new(address, port).to_string(),
-        upstream: config.redis.broker.port.get(),
+        upstream,
     })
+    .collect()
 }
 
 /// What NGINX serves over HTTPS, or None with TLS off.
@@ -292,7 +315,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         ];
     }
     let port = config.nginx.port.get();
-    let door = broker_door(config);
+    let doors = redis_doors(config);
     let mut ports = vec![PortSpec {
         address: config.nginx.listen,
         port,
@@ -306,11 +329,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         });
     }
     if let Some(address) = config.workers.address.get() {
-        ports.push(PortSpec {
+        ports.extend(doors.iter().map(|door| PortSpec {
             address,
-            port: config.workers.broker_port.get(),
+            port: door.port,
             unit: UNIT.into(),
-        });
+        }));
     }
     let mut dirs = vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)];
     if tls.is_some() {
@@ -321,7 +344,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         name: "nginx",
         description: "NGINX: the single entry point",
         packages: std::iter::once("nginx")
-            .chain(door.is_some().then_some("libnginx-mod-stream"))
+            .chain((!doors.is_empty()).then_some("libnginx-mod-stream"))
             .map(String::from)
             .collect(),
         version_package: "nginx".into(),

@@ -39,9 +39,26 @@ pub fn bin_dir(major: u32) -> PathBuf {
 
 /// The group role every worker's role is a member of (no login of its own).
 pub const WORKERS_GROUP: &str = "analytics_workers";
-/// The databases worker hosts reach: Airflow's (Celery's results) and the warehouse
-/// (the pipelines their tasks run).
-pub const WORKER_DATABASES: &[&str] = &["airflow", "warehouse"];
+/// The databases worker hosts reach: Airflow's (its CLI connects at start) and the
+/// warehouse (the pipelines their tasks run); Superset's when they run its worker.
+pub fn worker_databases(config: &Config) -> Vec<&'static str> {
+    let mut databases = vec!["airflow", "warehouse"];
+    if config.workers.superset {
+        databases.push("superset");
+    }
+    databases
+}
+
+/// The roles the workers' group may act as (`SET ROLE`, the connection's `role`
+/// option): the warehouse (what a worker's pipelines load is the warehouse's, as
+/// on the primary), and Superset's (its worker writes Superset's tables as it).
+fn worker_acts_as(config: &Config) -> Vec<String> {
+    let mut roles = vec!["warehouse".to_string()];
+    if config.workers.superset {
+        roles.push("superset".into());
+    }
+    roles
+}
 
 /// The secret holding a worker's PostgreSQL password.
 pub fn worker_password_secret(worker: &crate::config::WorkerName) -> String {
@@ -111,18 +128,34 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
          host    all   all        127.0.0.1/32  scram-sha-256\n\
          host    all   all        ::1/128       scram-sha-256\n"
         .to_string();
-    if worker_address.is_some() {
+    if let Some(primary) = worker_address {
+        let cidr = |ip: std::net::IpAddr| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
         // Each worker's role from its own address only.
         for (name, host) in &config.workers.hosts {
             let Some(ip) = host.address.get() else {
                 continue;
             };
-            let bits = if ip.is_ipv4() { 32 } else { 128 };
             pg_hba.push_str(&format!(
-                "hostssl {}   {}   {ip}/{bits}   scram-sha-256\n",
-                WORKER_DATABASES.join(","),
-                name.postgres_role()
+                "hostssl {}   {}   {}   scram-sha-256\n",
+                worker_databases(config).join(","),
+                name.postgres_role(),
+                cidr(ip)
             ));
+        }
+        // Superset's registered warehouse is this host's worker address (a query may
+        // run on any host): the warehouse role over TLS, from here and each worker.
+        if config.workers.superset {
+            let hosts = config
+                .workers
+                .hosts
+                .values()
+                .filter_map(|h| h.address.get());
+            for ip in std::iter::once(primary).chain(hosts) {
+                pg_hba.push_str(&format!(
+                    "hostssl warehouse   warehouse   {}   scram-sha-256\n",
+                    cidr(ip)
+                ));
+            }
         }
     }
     let pg_ident = format!(
@@ -170,8 +203,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         .collect();
     let worker_group = worker_address.map(|_| WorkerGroup {
         role: WORKERS_GROUP.into(),
-        databases: WORKER_DATABASES.iter().map(|d| d.to_string()).collect(),
-        acts_as: vec!["warehouse".into()],
+        databases: worker_databases(config)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        acts_as: worker_acts_as(config),
     });
     if worker_group.is_some() {
         for worker in config.workers.hosts.keys() {

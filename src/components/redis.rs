@@ -44,12 +44,20 @@ pub fn worker_password_secret(worker: &crate::config::WorkerName) -> String {
     format!("worker-{}-redis", worker.as_str())
 }
 
-/// The instance's password and, for the broker, one user per worker host: what
-/// Celery needs, no administration, no dangerous commands. A worker removed is gone
-/// from the file, and the restart that follows ends its connections.
+/// Whether worker hosts log in to `instance` (through NGINX's TLS door): the broker
+/// whenever there are workers, the cache when they run Superset's worker too.
+pub fn has_worker_users(config: &Config, instance: &str) -> bool {
+    config.workers.address.get().is_some()
+        && (instance == "broker" || (instance == "cache" && config.workers.superset))
+}
+
+/// The instance's password and one user per worker host where workers log in: what
+/// Celery (and Superset's caches) need, no administration, no dangerous commands. A
+/// worker has one Redis password for both instances. A worker removed is gone from
+/// the file, and the restart that follows ends its connections.
 fn auth_conf(config: &Config, instance: &str) -> String {
     let mut text = format!("requirepass {}\n", secret_ref(&password_secret(instance)));
-    if instance == "broker" && config.workers.address.get().is_some() {
+    if has_worker_users(config, instance) {
         for worker in config.workers.hosts.keys() {
             text.push_str(&format!(
                 "user {} on >{} resetkeys ~* resetchannels &* +@all -@admin -@dangerous\n",

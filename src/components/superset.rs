@@ -28,37 +28,118 @@ fn config_path() -> String {
     format!("{CONF_DIR}/superset_config.py")
 }
 
-/// `superset_config.py`; secrets as references.
-pub fn render_config(config: &Config) -> String {
+/// Where Superset reaches its databases and Redis from, as URLs (secrets as
+/// references): this host's loopback, or on a worker host the primary's TLS doors,
+/// with this worker's logins.
+struct Endpoints {
+    metadata_uri: String,
+    /// The warehouse as Superset registers it (the init unit, on the primary only).
+    warehouse_uri: String,
+    /// The cache Redis without its database number; `redis_query` follows the number.
+    cache_url: String,
+    broker_url: String,
+    redis_query: String,
+    /// The CA the Celery broker's TLS is checked against, on a worker host.
+    ca: Option<&'static str>,
+}
+
+fn primary_endpoints(config: &Config) -> Endpoints {
     let pg = config.postgres.port.get();
-    let cache_port = config.redis.cache.port.get();
-    let broker_port = config.redis.broker.port.get();
     let cache_pw = secret_ref(&redis::password_secret("cache"));
     let broker_pw = secret_ref(&redis::password_secret("broker"));
+    let warehouse_pw = secret_ref(&postgres::password_secret("warehouse"));
+    // With Superset's worker on worker hosts, a query on the warehouse may run on
+    // any host: the registered URI is the primary's worker address, over TLS.
+    let warehouse_uri = match config.workers.address.get() {
+        Some(ip) if config.workers.superset => format!(
+            "postgresql+psycopg2://warehouse:{warehouse_pw}@{}/warehouse?sslmode=verify-full&sslrootcert={}",
+            std::net::SocketAddr::new(ip, pg),
+            crate::tls::CA_CERT
+        ),
+        _ => format!("postgresql+psycopg2://warehouse:{warehouse_pw}@127.0.0.1:{pg}/warehouse"),
+    };
+    Endpoints {
+        metadata_uri: format!(
+            "postgresql+psycopg2://superset:{}@127.0.0.1:{pg}/superset",
+            secret_ref(&postgres::password_secret("superset"))
+        ),
+        warehouse_uri,
+        cache_url: format!(
+            "redis://:{cache_pw}@127.0.0.1:{}/",
+            config.redis.cache.port.get()
+        ),
+        broker_url: format!(
+            "redis://:{broker_pw}@127.0.0.1:{}",
+            config.redis.broker.port.get()
+        ),
+        redis_query: String::new(),
+        ca: None,
+    }
+}
+
+/// On a worker host: the metadata database as this worker's role acting as
+/// `superset` (its group's grant), both Redis instances through the primary's TLS
+/// doors as this worker's Redis user; every certificate checked against the CA.
+fn worker_endpoints(config: &Config) -> Endpoints {
+    let w = &config.worker;
+    let ca = crate::tls::CA_CERT;
+    let at = |port| {
+        config
+            .primary_at(port)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    let (role, redis_user) = w
+        .name
+        .as_ref()
+        .map(|n| (n.postgres_role(), n.redis_user()))
+        .unwrap_or_default();
+    let redis_login = format!(
+        "{redis_user}:{}",
+        secret_ref(crate::workers::PRIMARY_BROKER_SECRET)
+    );
+    Endpoints {
+        metadata_uri: format!(
+            "postgresql+psycopg2://{role}:{}@{}/superset?sslmode=verify-full&sslrootcert={ca}&options=-c%20role%3Dsuperset",
+            secret_ref(crate::workers::PRIMARY_POSTGRES_SECRET),
+            at(w.primary_postgres_port)
+        ),
+        warehouse_uri: String::new(),
+        cache_url: format!("rediss://{redis_login}@{}/", at(w.primary_cache_port)),
+        broker_url: format!("rediss://{redis_login}@{}", at(w.primary_broker_port)),
+        redis_query: format!("?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+        ca: Some(ca),
+    }
+}
+
+/// `superset_config.py`; secrets as references.
+pub fn render_config(config: &Config) -> String {
     let tls = super::nginx::tls_on(config);
     let statsd = &config.statsd_exporter;
+    let worker_host = config.is_worker_host();
+    let at = if worker_host {
+        worker_endpoints(config)
+    } else {
+        primary_endpoints(config)
+    };
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.add_filter("py", python_literal);
     env.add_template("superset_config.py", CONFIG_TEMPLATE)
         .expect("templates/superset/superset_config.py.j2 parses");
     let context = minijinja::context! {
+        worker_host,
         secret => secret_ref(SECRET_KEY),
-        metadata_uri => format!(
-            "postgresql+psycopg2://superset:{}@127.0.0.1:{pg}/superset",
-            secret_ref(&postgres::password_secret("superset"))
-        ),
-        warehouse_uri => format!(
-            "postgresql+psycopg2://warehouse:{}@127.0.0.1:{pg}/warehouse",
-            secret_ref(&postgres::password_secret("warehouse"))
-        ),
+        metadata_uri => at.metadata_uri,
+        warehouse_uri => at.warehouse_uri,
         sample => config.dlt.enabled,
+        run_async => config.workers.superset && config.workers.address.get().is_some(),
         secure => tls,
         scheme => if tls { "https" } else { "http" },
-        cache_url => format!("redis://:{cache_pw}@127.0.0.1:{cache_port}/"),
-        cache_port,
-        cache_pw,
-        broker_url => format!("redis://:{broker_pw}@127.0.0.1:{broker_port}"),
+        cache_url => at.cache_url,
+        broker_url => at.broker_url,
+        redis_query => at.redis_query,
+        ca => at.ca,
         statsd_port => statsd.enabled.then(|| statsd.statsd_port.get()),
         statsd_prefix => super::superset_metrics::PREFIX,
     };
@@ -124,7 +205,49 @@ fn gunicorn_statsd(config: &Config) -> String {
     }
 }
 
+fn worker_unit(config: &Config) -> ServiceUnit {
+    superset_unit(
+        config,
+        WORKER_UNIT,
+        "analytics-stack: Superset Celery worker",
+        format!(
+            "{} --app=superset.tasks.celery_app:app worker --pool=prefork -O fair --concurrency={}",
+            SUPERSET.bin("celery"),
+            config.superset.worker_concurrency.get()
+        ),
+    )
+}
+
+/// On a worker host: the Celery worker alone, on the primary's databases and Redis.
+/// Its secrets are the ones `join` wrote (this worker's logins and the primary's
+/// `SECRET_KEY`): none is generated here, as one made up would not be the primary's.
+fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
+    let mut worker = worker_unit(config);
+    worker.after.clear();
+    worker.description = "analytics-stack: Superset Celery worker (worker host)".into();
+    ComponentSpec {
+        name: "superset",
+        description: "Superset: the Celery worker of a worker host",
+        packages: SUPERSET.packages(config),
+        venv: SUPERSET.venv(config, platform),
+        users: vec![UserSpec::service(USER, HOME)],
+        dirs: vec![
+            DirSpec::config(CONF_DIR, USER),
+            DirSpec::private(HOME, USER),
+        ],
+        files: vec![FileSpec::new(config_path(), render_config(config))
+            .mode(0o640)
+            .group(USER)
+            .notify(WORKER_UNIT, OnChange::Restart)],
+        units: vec![worker.render()],
+        ..Default::default()
+    }
+}
+
 pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
+    if config.is_worker_host() {
+        return render_worker_host(config, platform);
+    }
     let port = config.superset.port.get();
     let superset = SUPERSET.bin("superset");
     let init = super::python::into_init(
@@ -154,16 +277,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             gunicorn_statsd(config)
         ),
     );
-    let worker = superset_unit(
-        config,
-        WORKER_UNIT,
-        "analytics-stack: Superset Celery worker",
-        format!(
-            "{} --app=superset.tasks.celery_app:app worker --pool=prefork -O fair --concurrency={}",
-            SUPERSET.bin("celery"),
-            config.superset.worker_concurrency.get()
-        ),
-    );
+    let worker = worker_unit(config);
     let mut units = vec![init, web];
     if config.superset.celery_worker {
         units.push(worker);

@@ -722,9 +722,9 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
     let conf = &spec.files[0];
     assert_eq!((conf.mode, conf.group.as_str()), (0o640, superset::USER));
     let text = &conf.template;
-    assert!(text.contains(
-        "\"CACHE_REDIS_URL\": \"redis://:@@secret:redis-cache@@@127.0.0.1:6380/\" + str(db),"
-    ));
+    assert!(text
+        .contains("return \"redis://:@@secret:redis-cache@@@127.0.0.1:6380/\" + str(db) + \"\"\n"));
+    assert!(text.contains("RESULTS_BACKEND = RedisCache(host=Redis.from_url(_cache_url(4)), key_prefix=\"superset_results_\")"));
     assert!(
         text.contains("broker_url = \"redis://:@@secret:redis-broker@@@127.0.0.1:6379\" + \"/1\"")
     );
@@ -759,19 +759,7 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
         "\nSTATS_LOGGER = StatsdStatsLogger(host=\"127.0.0.1\", port=9125, prefix=\"superset\")\n"
     ));
     // The file is Python: CPython compiles it (secrets as their references).
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("superset_config.py");
-    std::fs::write(&path, &with_statsd.files[0].template).unwrap();
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "py_compile"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_compiles_as_python(&with_statsd.files[0].template);
     assert_eq!(
         spec.probes,
         [Probe::Http {
@@ -1079,14 +1067,7 @@ const WORKER_HOST: &str = "[stack]\nrole = \"worker\"\n[worker]\nname = \"w1\"\n
 
 #[test]
 fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_only() {
-    let file = |specs: &[ComponentSpec], path: &str| -> String {
-        specs
-            .iter()
-            .flat_map(|s| &s.files)
-            .find(|f| f.path == std::path::Path::new(path))
-            .map(|f| f.template.clone())
-            .unwrap_or_else(|| panic!("{path}"))
-    };
+    let file = file_of;
     let alone = render_all(&config(""), &bookworm());
     let conf = file(&alone, "/etc/analytics-stack/postgres/postgresql.conf");
     assert!(conf.contains("listen_addresses = '127.0.0.1'\n") && !conf.contains("ssl"));
@@ -1367,4 +1348,180 @@ fn the_stacks_timers_are_part_of_its_target_and_start_their_service() {
         publish.contains("[Timer]\nOnActiveSec=0\nOnUnitInactiveSec=30s\nAccuracySec=1s\nUnit=analytics-dag-bundle.service\n"),
         "{publish}"
     );
+}
+
+/// A primary whose worker hosts run Superset's Celery worker too.
+const WITH_SUPERSET_WORKERS: &str = "[workers]\naddress = \"10.0.0.1\"\nsuperset = true\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\n[workers.hosts.w2]\nadded = 2\naddress = \"fd00::3\"\n";
+
+/// CPython compiles `text` (a rendered Python file, secrets as their references).
+fn assert_compiles_as_python(text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("superset_config.py");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "py_compile"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn file_of(specs: &[ComponentSpec], path: &str) -> String {
+    specs
+        .iter()
+        .flat_map(|s| &s.files)
+        .find(|f| f.path == std::path::Path::new(path))
+        .map(|f| f.template.clone())
+        .unwrap_or_else(|| panic!("{path}"))
+}
+
+#[test]
+fn superset_on_worker_hosts_opens_the_cache_door_and_registers_the_warehouse_by_address() {
+    let specs = render_all(&config(WITH_SUPERSET_WORKERS), &bookworm());
+    let nginx = file_of(&specs, "/etc/analytics-stack/nginx/nginx.conf");
+    let cache_door = &nginx[nginx.find("listen 10.0.0.1:6391 ssl;").expect(&nginx)..];
+    assert!(
+        cache_door[..cache_door.len().min(600)].contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass 127.0.0.1:6380;"),
+        "{cache_door}"
+    );
+    assert!(nginx.contains("listen 10.0.0.1:6390 ssl;"));
+    // The workers' Redis users on the cache too (one password for both doors).
+    let auth = file_of(&specs, "/etc/analytics-stack/redis/cache-auth.conf");
+    assert!(
+        auth.contains("user worker-w2 on >@@secret:worker-w2-redis@@ resetkeys ~* resetchannels &* +@all -@admin -@dangerous"),
+        "{auth}"
+    );
+    // Superset's database for the workers' roles; the warehouse role over TLS from
+    // the primary's own worker address and the workers' (the registered URI).
+    let hba = file_of(&specs, "/etc/analytics-stack/postgres/pg_hba.conf");
+    for line in [
+        "hostssl airflow,warehouse,superset   worker_w1   10.0.0.2/32   scram-sha-256\n",
+        "hostssl warehouse   warehouse   10.0.0.1/32   scram-sha-256\n",
+        "hostssl warehouse   warehouse   10.0.0.2/32   scram-sha-256\n",
+        "hostssl warehouse   warehouse   fd00::3/128   scram-sha-256\n",
+    ] {
+        assert!(hba.contains(line), "{line} in {hba}");
+    }
+    assert_eq!(hba.matches("hostssl").count(), 5, "{hba}");
+    let pg = specs.iter().find(|s| s.name == "postgres").unwrap();
+    let Provision::PostgresRoles { worker_group, .. } = &pg.provision[0] else {
+        panic!()
+    };
+    let group = worker_group.as_ref().unwrap();
+    assert_eq!(group.acts_as, ["warehouse", "superset"]);
+    assert_eq!(group.databases, ["airflow", "warehouse", "superset"]);
+    let superset = file_of(&specs, "/etc/analytics-stack/superset/superset_config.py");
+    assert!(
+        superset.contains("ANALYTICS_STACK_WAREHOUSE_URI = \"postgresql+psycopg2://warehouse:@@secret:postgres-warehouse@@@10.0.0.1:5432/warehouse?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt\"")
+            && superset.contains("ANALYTICS_STACK_RUN_ASYNC = True"),
+        "{superset}"
+    );
+    let ports: Vec<String> = specs
+        .iter()
+        .flat_map(|s| &s.ports)
+        .filter(|p| !p.address.is_loopback() && !p.address.is_unspecified())
+        .map(|p| format!("{}:{}", p.address, p.port))
+        .collect();
+    assert_eq!(ports, ["10.0.0.1:5432", "10.0.0.1:6390", "10.0.0.1:6391"]);
+
+    // Without it: no cache door, the warehouse on loopback, no Superset grant.
+    let specs = render_all(&config(WITH_WORKERS), &bookworm());
+    let nginx = file_of(&specs, "/etc/analytics-stack/nginx/nginx.conf");
+    assert!(!nginx.contains(":6391"), "{nginx}");
+    let superset = file_of(&specs, "/etc/analytics-stack/superset/superset_config.py");
+    assert!(
+        superset.contains("@127.0.0.1:5432/warehouse\"")
+            && superset.contains("ANALYTICS_STACK_RUN_ASYNC = False"),
+        "{superset}"
+    );
+}
+
+#[test]
+fn a_worker_host_granted_superset_runs_its_celery_worker_on_the_primarys_doors() {
+    let text = format!("{WORKER_HOST}primary_cache_port = 6391\n[superset]\nenabled = true\n");
+    let specs = render_all(&config(&text), &bookworm());
+    let superset = specs
+        .iter()
+        .find(|s| s.name == "superset")
+        .expect("superset");
+    let units: Vec<&str> = superset.units.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(units, ["analytics-superset-worker.service"]);
+    assert!(
+        superset.units[0].content.contains("After=network.target\n")
+            && !superset.units[0].content.contains("superset-init"),
+        "{}",
+        superset.units[0].content
+    );
+    assert!(superset.secrets.is_empty() && superset.ports.is_empty() && superset.probes.is_empty());
+    let conf = &superset.files[0].template;
+    let names = crate::model::secret_names(conf);
+    assert_eq!(
+        names
+            .iter()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["primary-broker", "primary-postgres", "superset-secret-key"].into(),
+        "{conf}"
+    );
+    for want in [
+        "SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://worker_w1:@@secret:primary-postgres@@@10.0.0.1:5432/superset?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt&options=-c%20role%3Dsuperset\"",
+        "return \"rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6391/\" + str(db) + \"?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt\"",
+        "broker_url = \"rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390\" + \"/1\"",
+        "broker_use_ssl = {\"ssl_cert_reqs\": ssl.CERT_REQUIRED, \"ssl_ca_certs\": \"/var/lib/analytics-stack/tls/ca.crt\"}",
+    ] {
+        assert!(conf.contains(want), "{want} in {conf}");
+    }
+    assert!(
+        !conf.contains("127.0.0.1") && !conf.contains("ANALYTICS_STACK_WAREHOUSE_URI"),
+        "{conf}"
+    );
+    assert_compiles_as_python(conf);
+    // Not granted (no file of the user's turns it on): no Superset at all.
+    let specs = render_all(&config(WORKER_HOST), &bookworm());
+    assert!(specs.iter().all(|s| s.name != "superset"));
+}
+
+#[test]
+fn every_secret_a_file_names_is_generated_or_comes_from_join() {
+    let facts = crate::facts::HostFacts::default();
+    for text in [
+        "",
+        ALL_ON,
+        NO_APPS,
+        WITH_WORKERS,
+        WITH_SUPERSET_WORKERS,
+        "[log_shipper]\nkind = \"promtail\"\n[loki]\nenabled = true\n",
+    ] {
+        let specs = render_all(&config(text), &bookworm());
+        let missing = crate::plan::missing_secrets(&specs, &facts);
+        assert!(missing.is_empty(), "{text}: {missing:?}");
+    }
+    // A worker host: its logins and Superset's key exist once `join` wrote them.
+    let worker = format!("{WORKER_HOST}[superset]\nenabled = true\n");
+    let specs = render_all(&config(&worker), &bookworm());
+    let missing = crate::plan::missing_secrets(&specs, &facts).join("\n");
+    for name in ["primary-postgres", "primary-broker", "superset-secret-key"] {
+        assert!(
+            missing.contains(&format!("the secret {name},")),
+            "{missing}"
+        );
+    }
+    let mut joined = facts.clone();
+    for name in ["primary-postgres", "primary-broker"] {
+        joined.secrets.insert(name.into(), "x".into());
+    }
+    let missing = crate::plan::missing_secrets(&specs, &joined);
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(
+        missing[0].starts_with("/etc/analytics-stack/superset/superset_config.py needs the secret superset-secret-key,"),
+        "{missing:?}"
+    );
+    joined
+        .secrets
+        .insert("superset-secret-key".into(), "x".into());
+    assert!(crate::plan::missing_secrets(&specs, &joined).is_empty());
 }

@@ -217,7 +217,7 @@ pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
 
 /// What a worker host does not run: the primary's components, by the key that
 /// turns each on.
-pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 9] {
+pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 8] {
     [
         ("nginx", &mut config.nginx.enabled),
         ("postgres", &mut config.postgres.enabled),
@@ -227,13 +227,14 @@ pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 9]
         ("statsd_exporter", &mut config.statsd_exporter.enabled),
         ("loki", &mut config.loki.enabled),
         ("grafana", &mut config.grafana.enabled),
-        ("superset", &mut config.superset.enabled),
     ]
 }
 
 /// A worker host runs the Airflow Celery worker, node_exporter and the log shipper:
 /// the primary's components are turned off here, and one that a file of the user's
 /// turns on is an error at that line (a silently ignored setting would mislead).
+/// Superset is off unless a file turns it on (`join` does, when the primary grants
+/// it): then this host runs Superset's Celery worker alone, no web, no migrations.
 /// Scheduled backups are off too: a worker holds nothing `join` cannot give it again.
 fn take_worker_role(
     config: &mut Config,
@@ -253,6 +254,10 @@ fn take_worker_role(
         }
         *flag = false;
     }
+    let superset_by_user = origin_of
+        .get(&key_path("superset.enabled"))
+        .is_some_and(|&origin| origin > 0);
+    config.superset.enabled &= superset_by_user;
     config.backup.schedule = CalendarSpec::none();
     let w = &config.worker;
     for (key, missing) in [
@@ -368,6 +373,18 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
             key_path("workers.broker_port"),
             config.workers.broker_port.get(),
         ));
+        if config.workers.superset {
+            ports.push((
+                key_path("workers.cache_port"),
+                config.workers.cache_port.get(),
+            ));
+            if !config.superset.enabled {
+                problems.push((
+                    key_path("workers.superset"),
+                    "Superset's worker on worker hosts needs Superset here: enable it, or set superset = false".into(),
+                ));
+            }
+        }
         for (needed, on) in [
             ("postgres", config.postgres.enabled),
             ("redis", config.redis.enabled),

@@ -633,6 +633,14 @@ pub struct WorkersConfig {
     pub address: ListenAddress,
     /// The TLS door to the Celery broker's Redis (NGINX's stream proxy).
     pub broker_port: Port,
+    /// Superset's Celery worker may run on worker hosts: the cache Redis gets a TLS
+    /// door too (`cache_port`), the workers' group may act as Superset's database
+    /// role, the warehouse is registered in Superset by this address (over TLS, so
+    /// a query runs the same wherever it runs), and new tokens carry Superset's
+    /// `SECRET_KEY`.
+    pub superset: bool,
+    /// The TLS door to the cache Redis (with `superset`).
+    pub cache_port: Port,
     /// The workers added (`analytics-stack worker add NAME`, which writes them to
     /// `stack.d/90-workers.toml`): each has its own PostgreSQL role and Redis user.
     #[serde(default)]
@@ -668,6 +676,8 @@ pub struct WorkerRoleConfig {
     pub primary_postgres_port: Port,
     /// The primary's TLS door to the Celery broker.
     pub primary_broker_port: Port,
+    /// The primary's TLS door to the cache Redis (for Superset's Celery worker).
+    pub primary_cache_port: Port,
 }
 
 /// "" or an IP address (v4 or v6).

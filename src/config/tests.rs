@@ -412,6 +412,20 @@ fn workers_need_an_address_of_this_host_and_the_stack_ca() {
     assert!(no_pg.contains("worker hosts need postgres here"), "{no_pg}");
     let clash = err("[workers]\naddress = \"10.0.0.1\"\nbroker_port = 6379\n");
     assert!(clash.contains("port 6379 is already used"), "{clash}");
+    // Superset's worker on worker hosts: its door's port is checked, and it needs
+    // Superset here.
+    let clash = err("[workers]\naddress = \"10.0.0.1\"\nsuperset = true\ncache_port = 6390\n");
+    assert!(
+        clash.contains("workers.cache_port: port 6390 is already used by workers.broker_port"),
+        "{clash}"
+    );
+    let no_superset =
+        err("[workers]\naddress = \"10.0.0.1\"\nsuperset = true\n[superset]\nenabled = false\n");
+    assert!(
+        no_superset
+            .contains("workers.superset: Superset's worker on worker hosts needs Superset here"),
+        "{no_superset}"
+    );
     let ok = load_texts(&[("stack.toml", "[workers]\naddress = \"10.0.0.1\"\n")]).unwrap();
     assert_eq!(ok.workers.address.get(), Some([10, 0, 0, 1].into()));
 }
@@ -445,6 +459,14 @@ fn a_worker_host_runs_none_of_the_primarys_components_and_says_so_at_the_line() 
             "{missing}"
         );
     }
+    // Superset is the one the user (or `join`, when the primary grants it) may turn
+    // on: its Celery worker alone runs here.
+    let granted = load_texts(&[
+        ("10-join.toml", join),
+        ("b.toml", "[superset]\nenabled = true\n"),
+    ])
+    .unwrap();
+    assert!(granted.superset.enabled && !granted.postgres.enabled);
     let no_airflow = load_texts(&[("a.toml", join), ("b.toml", "[airflow]\nenabled = false\n")])
         .unwrap_err()
         .to_string();

@@ -283,6 +283,29 @@ fn is_stack_unit(unit: &str) -> bool {
     })
 }
 
+/// Secrets a file names that the host does not have and no component generates:
+/// a worker host's logins and Superset's key, which only `join` gives. Named before
+/// anything is installed, rather than by a failed write halfway through an apply.
+pub fn missing_secrets(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<String> {
+    let generated: BTreeSet<&String> = desired.iter().flat_map(|s| &s.secrets).collect();
+    let mut problems = Vec::new();
+    for file in desired
+        .iter()
+        .flat_map(|s| s.pre_install_files.iter().chain(&s.files))
+    {
+        for name in file.secret_names() {
+            if !generated.contains(&name) && !facts.secrets.contains_key(&name) {
+                problems.push(format!(
+                    "{} needs the secret {name}, which this host does not have and the stack does not generate: a worker host gets its secrets from `analytics-stack join` (Superset's key only with a token from a primary with [workers] superset = true)",
+                    file.path.display()
+                ));
+            }
+        }
+    }
+    problems.dedup();
+    problems
+}
+
 /// Ports wanted by the stack that a process outside the unit meant to own them holds.
 pub fn port_conflicts(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<PortConflict> {
     let mut conflicts = Vec::new();

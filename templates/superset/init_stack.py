@@ -49,6 +49,10 @@ with app.app_context():
 
     warehouse = get_or_create_db("warehouse", app.config["ANALYTICS_STACK_WAREHOUSE_URI"])
     warehouse.expose_in_sqllab = True
+    # With Superset's worker on worker hosts, SQL Lab sends queries to Celery (set,
+    # never unset here: a user may have turned it on themselves).
+    if app.config.get("ANALYTICS_STACK_RUN_ASYNC"):
+        warehouse.allow_run_async = True
     db.session.commit()
     print("registered the warehouse database (id %d)" % warehouse.id)
 
