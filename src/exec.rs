@@ -843,6 +843,7 @@ pub fn quote_ident(s: &str) -> String {
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
+
 #[cfg(test)]
 mod worker_group_tests {
     /// What the group may act as and connect to is granted, and what it no longer

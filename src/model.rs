@@ -54,6 +54,11 @@ pub struct ComponentSpec {
 }
 
 impl ComponentSpec {
+    /// Every file it writes: those that shape how packages install, then the rest.
+    pub fn all_files(&self) -> impl Iterator<Item = &FileSpec> {
+        self.pre_install_files.iter().chain(&self.files)
+    }
+
     /// Every release archive the component needs: its own, and uv for its venv.
     pub fn archive_pins(&self) -> impl Iterator<Item = &crate::artifact::catalog::ArchivePin> {
         self.archive.iter().chain(self.venv.as_ref().map(|v| &v.uv))

@@ -294,7 +294,7 @@ impl Stack {
             broker_user: name.redis_user(),
             broker_password: secret(crate::components::redis::worker_password_secret(&name))?,
             airflow_venv: crate::components::python::AIRFLOW.locked_for(&config).0,
-            superset: match config.workers.superset {
+            superset: match config.superset_on_workers() {
                 false => None,
                 true => Some(SupersetGrant {
                     secret_key: secret(crate::components::superset::SECRET_KEY.into())?,
@@ -473,25 +473,27 @@ impl Stack {
                 crate::util::printable(primary)
             )));
         }
-        // Tasks are run by the primary's Airflow on one side and this host's on the
-        // other: the same version and lock, or a worker would run them differently.
-        let own = crate::components::python::AIRFLOW
-            .locked_for(&self.config()?)
-            .0;
-        if own != token.airflow_venv {
-            return Err(StackError::Conflict(format!(
-                "the primary runs Airflow {}, this host would install {own}: give both the same analytics-stack version and [python] lock_dir",
-                token.airflow_venv
-            )));
-        }
-        if let Some(grant) = &token.superset {
-            let own = crate::components::python::SUPERSET
-                .locked_for(&self.config()?)
-                .0;
-            if own != grant.venv {
+        // Tasks (and queries) are run by the primary's Airflow (and Superset) on one
+        // side and this host's on the other: the same version and lock, or a worker
+        // would run them differently.
+        let config = self.config()?;
+        use crate::components::python::{AIRFLOW, SUPERSET};
+        let venvs = [
+            (&AIRFLOW, "Airflow", Some(&token.airflow_venv)),
+            (
+                &SUPERSET,
+                "Superset",
+                token.superset.as_ref().map(|g| &g.venv),
+            ),
+        ];
+        for (app, title, primary_venv) in venvs {
+            let Some(primary_venv) = primary_venv else {
+                continue;
+            };
+            let own = app.locked_for(&config).0;
+            if &own != primary_venv {
                 return Err(StackError::Conflict(format!(
-                    "the primary runs Superset {}, this host would install {own}: give both the same analytics-stack version and [python] lock_dir",
-                    grant.venv
+                    "the primary runs {title} {primary_venv}, this host would install {own}: give both the same analytics-stack version and [python] lock_dir"
                 )));
             }
         }
@@ -517,23 +519,22 @@ impl Stack {
         };
         // The logins and the CA first; the join file last: until it exists this host
         // is not a worker, and a failure leaves nothing that changes what apply does.
-        let secrets = Path::new(paths::SECRETS);
-        write(
-            &secrets.join(PRIMARY_POSTGRES_SECRET),
-            &format!("{}\n", token.postgres_password),
-            0o600,
-        )?;
-        write(
-            &secrets.join(PRIMARY_BROKER_SECRET),
-            &format!("{}\n", token.broker_password),
-            0o600,
-        )?;
-        if let Some(grant) = &token.superset {
-            write(
-                &secrets.join(crate::components::superset::SECRET_KEY),
-                &format!("{}\n", grant.secret_key),
-                0o600,
-            )?;
+        let secrets = [
+            (PRIMARY_POSTGRES_SECRET, Some(&token.postgres_password)),
+            (PRIMARY_BROKER_SECRET, Some(&token.broker_password)),
+            (
+                crate::components::superset::SECRET_KEY,
+                token.superset.as_ref().map(|g| &g.secret_key),
+            ),
+        ];
+        for (name, value) in secrets {
+            if let Some(value) = value {
+                write(
+                    &Path::new(paths::SECRETS).join(name),
+                    &format!("{value}\n"),
+                    0o600,
+                )?;
+            }
         }
         write(Path::new(crate::tls::CA_CERT), &ca, 0o644)?;
         write(

@@ -210,7 +210,14 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
             w.ok("cat /var/lib/analytics-stack/secrets/superset-secret-key"),
             primary.ok("cat /var/lib/analytics-stack/secrets/superset-secret-key")
         );
-        w.ok("systemctl is-active analytics-superset-worker.service && ! systemctl cat analytics-superset-web.service analytics-superset-init.service 2>/dev/null");
+        w.ok("systemctl is-active analytics-superset-worker.service");
+        for absent in [
+            "analytics-superset-web.service",
+            "analytics-superset-init.service",
+        ] {
+            let cat = w.sh(&format!("systemctl cat {absent}"));
+            assert!(!cat.status.success(), "{absent} on a worker host");
+        }
         let plan = w.ok("analytics-stack plan");
         let again = w.ok("analytics-stack apply");
         assert!(again.contains("nothing to do"), "{plan}\n{again}");

@@ -186,7 +186,7 @@ pub fn as_worker_host(config: &Config) -> Config {
     for (_, on) in crate::config::primary_only_flags(&mut worker) {
         *on = false;
     }
-    worker.superset.enabled = config.superset.enabled && config.workers.superset;
+    worker.superset.enabled = config.superset.enabled && config.superset_on_workers();
     worker
 }
 

@@ -223,7 +223,9 @@ fn worker_addresses(config: &Config) -> Vec<String> {
 #[derive(serde::Serialize)]
 struct RedisDoor {
     instance: &'static str,
-    port: u16,
+    /// Where it listens, as `PortSpec` declares it and as the template writes it.
+    #[serde(skip)]
+    declared: PortSpec,
     listen: String,
     upstream: u16,
 }
@@ -250,7 +252,11 @@ fn redis_doors(config: &Config) -> Vec<RedisDoor> {
     .filter(|(instance, _, _)| super::redis::has_worker_users(config, instance))
     .map(|(instance, port, upstream)| RedisDoor {
         instance,
-        port,
+        declared: PortSpec {
+            address,
+            port,
+            unit: UNIT.into(),
+        },
         listen: std::net::SocketAddr::new(address, port).to_string(),
         upstream,
     })
@@ -328,13 +334,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             unit: UNIT.into(),
         });
     }
-    if let Some(address) = config.workers.address.get() {
-        ports.extend(doors.iter().map(|door| PortSpec {
-            address,
-            port: door.port,
-            unit: UNIT.into(),
-        }));
-    }
+    ports.extend(doors.iter().map(|door| door.declared.clone()));
     let mut dirs = vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)];
     if tls.is_some() {
         // The CA certificate is public (users fetch it to trust it); keys are 0600.

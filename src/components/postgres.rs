@@ -43,7 +43,7 @@ pub const WORKERS_GROUP: &str = "analytics_workers";
 /// warehouse (the pipelines their tasks run); Superset's when they run its worker.
 pub fn worker_databases(config: &Config) -> Vec<&'static str> {
     let mut databases = vec!["airflow", "warehouse"];
-    if config.workers.superset {
+    if config.superset_on_workers() {
         databases.push("superset");
     }
     databases
@@ -54,7 +54,7 @@ pub fn worker_databases(config: &Config) -> Vec<&'static str> {
 /// on the primary), and Superset's (its worker writes Superset's tables as it).
 fn worker_acts_as(config: &Config) -> Vec<String> {
     let mut roles = vec!["warehouse".to_string()];
-    if config.workers.superset {
+    if config.superset_on_workers() {
         roles.push("superset".into());
     }
     roles
@@ -144,7 +144,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         }
         // Superset's registered warehouse is this host's worker address (a query may
         // run on any host): the warehouse role over TLS, from here and each worker.
-        if config.workers.superset {
+        if config.superset_on_workers() {
             let hosts = config
                 .workers
                 .hosts

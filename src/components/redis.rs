@@ -47,8 +47,11 @@ pub fn worker_password_secret(worker: &crate::config::WorkerName) -> String {
 /// Whether worker hosts log in to `instance` (through NGINX's TLS door): the broker
 /// whenever there are workers, the cache when they run Superset's worker too.
 pub fn has_worker_users(config: &Config, instance: &str) -> bool {
-    config.workers.address.get().is_some()
-        && (instance == "broker" || (instance == "cache" && config.workers.superset))
+    match instance {
+        "broker" => config.workers.address.get().is_some(),
+        "cache" => config.superset_on_workers(),
+        _ => false,
+    }
 }
 
 /// The instance's password and one user per worker host where workers log in: what

@@ -51,7 +51,7 @@ fn primary_endpoints(config: &Config) -> Endpoints {
     // With Superset's worker on worker hosts, a query on the warehouse may run on
     // any host: the registered URI is the primary's worker address, over TLS.
     let warehouse_uri = match config.workers.address.get() {
-        Some(ip) if config.workers.superset => format!(
+        Some(ip) if config.superset_on_workers() => format!(
             "postgresql+psycopg2://warehouse:{warehouse_pw}@{}/warehouse?sslmode=verify-full&sslrootcert={}",
             std::net::SocketAddr::new(ip, pg),
             crate::tls::CA_CERT
@@ -133,7 +133,7 @@ pub fn render_config(config: &Config) -> String {
         metadata_uri => at.metadata_uri,
         warehouse_uri => at.warehouse_uri,
         sample => config.dlt.enabled,
-        run_async => config.workers.superset && config.workers.address.get().is_some(),
+        run_async => config.superset_on_workers(),
         secure => tls,
         scheme => if tls { "https" } else { "http" },
         cache_url => at.cache_url,

@@ -241,10 +241,10 @@ fn take_worker_role(
     origin_of: &BTreeMap<KeyPath, usize>,
 ) -> Vec<(KeyPath, String)> {
     let mut problems = Vec::new();
+    let set_by_user = |path: &KeyPath| origin_of.get(path).is_some_and(|&origin| origin > 0);
     for (name, flag) in primary_only_flags(config) {
         let path = key_path(&format!("{name}.enabled"));
-        let set_by_user = origin_of.get(&path).is_some_and(|&origin| origin > 0);
-        if *flag && set_by_user {
+        if *flag && set_by_user(&path) {
             problems.push((
                 path,
                 format!(
@@ -254,10 +254,7 @@ fn take_worker_role(
         }
         *flag = false;
     }
-    let superset_by_user = origin_of
-        .get(&key_path("superset.enabled"))
-        .is_some_and(|&origin| origin > 0);
-    config.superset.enabled &= superset_by_user;
+    config.superset.enabled &= set_by_user(&key_path("superset.enabled"));
     config.backup.schedule = CalendarSpec::none();
     let w = &config.worker;
     for (key, missing) in [

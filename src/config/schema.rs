@@ -857,6 +857,12 @@ impl Config {
         Some(std::net::SocketAddr::new(ip, port.get()))
     }
 
+    /// Worker hosts run Superset's Celery worker too: `[workers] superset` on a
+    /// primary that has an address for workers.
+    pub fn superset_on_workers(&self) -> bool {
+        self.workers.superset && self.workers.address.get().is_some()
+    }
+
     /// postgres_exporter runs only beside the stack's PostgreSQL and only when
     /// Prometheus reads it.
     pub fn postgres_exporter_on(&self) -> bool {

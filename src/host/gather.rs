@@ -61,12 +61,7 @@ pub async fn gather(
     }
     let mut files: Vec<PathBuf> = desired
         .iter()
-        .flat_map(|s| {
-            s.files
-                .iter()
-                .chain(&s.pre_install_files)
-                .map(|f| f.path.clone())
-        })
+        .flat_map(|s| s.all_files().map(|f| f.path.clone()))
         .collect();
     files.push(crate::units::stack_target().path());
     files.extend(
@@ -98,7 +93,7 @@ pub async fn gather(
         s.secrets
             .iter()
             .cloned()
-            .chain(s.files.iter().flat_map(|f| f.secret_names()))
+            .chain(s.all_files().flat_map(|f| f.secret_names()))
     });
     for name in named {
         if facts.secrets.contains_key(&name) {

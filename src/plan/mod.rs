@@ -289,11 +289,9 @@ fn is_stack_unit(unit: &str) -> bool {
 pub fn missing_secrets(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<String> {
     let generated: BTreeSet<&String> = desired.iter().flat_map(|s| &s.secrets).collect();
     let mut problems = Vec::new();
-    for file in desired
-        .iter()
-        .flat_map(|s| s.pre_install_files.iter().chain(&s.files))
-    {
-        for name in file.secret_names() {
+    for file in desired.iter().flat_map(|s| s.all_files()) {
+        let named: BTreeSet<String> = file.secret_names().into_iter().collect();
+        for name in named {
             if !generated.contains(&name) && !facts.secrets.contains_key(&name) {
                 problems.push(format!(
                     "{} needs the secret {name}, which this host does not have and the stack does not generate: a worker host gets its secrets from `analytics-stack join` (Superset's key only with a token from a primary with [workers] superset = true)",
@@ -302,7 +300,6 @@ pub fn missing_secrets(desired: &[ComponentSpec], facts: &HostFacts) -> Vec<Stri
             }
         }
     }
-    problems.dedup();
     problems
 }
 
