@@ -55,6 +55,14 @@ pub fn load_state(fs: &FsRoot) -> RecordedState {
         .unwrap_or_default()
 }
 
+/// The archive digests this host verified and installed (trust on first use).
+pub fn recorded_digests(fs: &FsRoot) -> crate::artifact::trust::RecordedDigests {
+    fs.read(Path::new(crate::artifact::trust::DIGESTS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 pub fn save_state(fs: &FsRoot, state: &RecordedState) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     fs.write_atomic(Path::new(paths::STATE_FILE), &json, 0o600, 0, 0)
@@ -173,24 +181,26 @@ impl Executor<'_> {
             Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
         use crate::artifact::trust;
         let digests_file = Path::new(trust::DIGESTS_FILE);
-        let mut recorded: trust::RecordedDigests = self
-            .fs
-            .read(digests_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut recorded = recorded_digests(self.fs);
         // (archive, the digest to record once it installed)
         let (archive, first_use) = match &self.bundle {
-            // The bundle was verified whole against its manifest when it was opened.
-            Some(bundle) => bundle
-                .archive(&pin.component, &pin.version)
-                .map(|(path, _)| (path, None))
-                .ok_or_else(|| {
-                    failed(format!(
-                        "the bundle holds no {} {} archive",
-                        pin.component, pin.version
-                    ))
-                })?,
+            // The bundle was verified whole against its manifest when it was opened,
+            // and its archives against the digests this host trusts (or root chose
+            // it): what it brings first is recorded like a first download.
+            Some(bundle) => {
+                let (path, sha256) =
+                    bundle
+                        .archive(&pin.component, &pin.version)
+                        .ok_or_else(|| {
+                            failed(format!(
+                                "the bundle holds no {} {} archive",
+                                pin.component, pin.version
+                            ))
+                        })?;
+                trust::check_learned(pin, recorded.get(pin), &sha256).map_err(integrity)?;
+                let first_use = recorded.get(pin).is_none().then_some(sha256);
+                (path, first_use)
+            }
             None => {
                 let (path, sha256) = crate::artifact::obtain(
                     &fetcher,

@@ -266,12 +266,22 @@ impl Stack {
             (!config.bundle.path.is_empty())
                 .then(|| BundleSource::Path(PathBuf::from(config.bundle.path.as_str())))
         }) {
-            Some(source) => Some(self.open_bundle(source)?),
+            Some(source) => {
+                let by_root = source.chosen_by_root();
+                Some((self.open_bundle(source)?, by_root))
+            }
             None => None,
         };
-        if let Some(b) = &bundle {
-            check_bundle_fits(b, &desired)?;
+        if let Some((b, by_root)) = &bundle {
+            let recorded = exec::recorded_digests(&self.fs);
+            check_bundle_fits(b, &desired, &recorded, *by_root).inspect_err(|e| {
+                // A bundle refused for what it holds does not stay extracted.
+                if matches!(e, StackError::Integrity(_)) {
+                    let _best_effort = std::fs::remove_dir_all(&b.root);
+                }
+            })?;
         }
+        let bundle = bundle.map(|(b, _)| b);
         let apt = apt_sources(&config, &gather::os_codename(&self.fs), bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
@@ -648,7 +658,7 @@ impl Stack {
         let root = self.fs.path(Path::new(crate::bundle::EXTRACT_ROOT));
         let opened = match source {
             BundleSource::Path(path) => crate::bundle::open(&path, &root, &codename, arch),
-            BundleSource::File(file, name) => {
+            BundleSource::File { file, name, .. } => {
                 crate::bundle::open_file(file, &name, &root, &codename, arch)
             }
         };
@@ -924,13 +934,16 @@ pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFact
 }
 
 /// A bundle must hold everything this host's configuration asks for, and its
-/// archives must be the ones the catalog pins; both are checked before any change.
+/// archives must be ones this host trusts (or root's choice); both are checked
+/// before any change.
 fn check_bundle_fits(
     bundle: &crate::bundle::Bundle,
     desired: &[ComponentSpec],
+    recorded: &crate::artifact::trust::RecordedDigests,
+    chosen_by_root: bool,
 ) -> Result<(), StackError> {
     bundle
-        .check_pins(desired)
+        .check_trusted(desired, recorded, chosen_by_root)
         .map_err(|e| StackError::Integrity(e.to_string()))?;
     let missing = bundle.missing_for(desired);
     if missing.is_empty() {
@@ -959,8 +972,25 @@ pub enum BundleSource {
     /// `[bundle] path` of the configuration, which only root writes: the daemon opens it.
     Path(PathBuf),
     /// A file the caller opened with its own permissions and passed over the bus,
-    /// named in messages as the caller named it.
-    File(std::fs::File, String),
+    /// named in messages as the caller named it; `caller_uid` decides whether it may
+    /// bring release archives this host does not trust yet (root only).
+    File {
+        file: std::fs::File,
+        name: String,
+        caller_uid: u32,
+    },
+}
+
+impl BundleSource {
+    /// Whether root chose this bundle: root's own configuration names it, or root
+    /// passed it. Only then may it bring an archive whose digest the host does not
+    /// know yet (see [`crate::bundle::Bundle::check_trusted`]).
+    pub fn chosen_by_root(&self) -> bool {
+        match self {
+            BundleSource::Path(_) => true,
+            BundleSource::File { caller_uid, .. } => *caller_uid == 0,
+        }
+    }
 }
 
 /// Where Debian packages come from: the bundle's repository, else the configured

@@ -418,9 +418,10 @@ fn render_join_file(token: &JoinToken) -> String {
     )
 }
 
-/// The stack CA's certificate from the primary's door, accepted only if its DER
-/// hashes to `pin` (the door's own certificate is not trusted yet: the pin is what
-/// makes this channel authentic). Returns the PEM.
+/// The stack CA's certificate from the primary's door, accepted only if the answer
+/// is that one certificate and its DER hashes to `pin` (the door's own certificate
+/// is not trusted yet: the pin is what makes this channel authentic). Returns the
+/// PEM to store, re-encoded from the verified DER.
 async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<String, StackError> {
     // `primary` is an address the token's check parsed.
     let door = primary
@@ -449,17 +450,44 @@ async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<St
             return Err(unreachable(&"the answer is larger than a certificate"));
         }
     }
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&body)
-        .map_err(|_| unreachable(&"the answer is not a PEM certificate"))?;
-    let got = crate::util::sha256_hex(&pem.contents);
-    if !got.eq_ignore_ascii_case(pin) {
-        return Err(StackError::Integrity(format!(
-            "{url} served a CA certificate with sha256 {got}, not the token's {pin}: not the primary that issued the token (or someone in between); nothing was written"
+    pinned_ca_pem(&body, pin).map_err(|why| {
+        StackError::Integrity(format!(
+            "{url} {why}: not the primary that issued the token (or someone in between); nothing was written"
+        ))
+    })
+}
+
+/// The answer of the CA door, checked against the token's pin: it must be exactly
+/// one PEM certificate (whitespace around it at most) whose DER hashes to `pin`, and
+/// what is returned is that DER encoded again, so that nothing else the answer held
+/// (a second certificate after the pinned one, headers, text) can reach `ca.crt`,
+/// where it would be trusted for every door between the hosts.
+fn pinned_ca_pem(answer: &[u8], pin: &str) -> Result<String, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let not_one = |why: &str| format!("served {why}, not the one stack CA certificate");
+    let text = std::str::from_utf8(answer).map_err(|_| not_one("bytes that are not text"))?;
+    let text = text.trim();
+    let blocks = text.matches("-----BEGIN ").count();
+    if blocks != 1 || !text.starts_with(BEGIN) || !text.ends_with(END) {
+        return Err(not_one(&format!(
+            "{blocks} PEM blocks, or text around the certificate"
         )));
     }
-    x509_parser::parse_x509_certificate(&pem.contents)
-        .map_err(|_| unreachable(&"the certificate does not parse"))?;
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    let block = pem::parse(text).map_err(|_| not_one("a malformed PEM block"))?;
+    let got = crate::util::sha256_hex(block.contents());
+    if !got.eq_ignore_ascii_case(pin) {
+        return Err(format!(
+            "served a CA certificate with sha256 {got}, not the token's {pin}"
+        ));
+    }
+    x509_parser::parse_x509_certificate(block.contents())
+        .map_err(|_| not_one("a certificate that does not parse"))?;
+    let der = pem::Pem::new("CERTIFICATE", block.into_contents());
+    Ok(pem::encode_config(
+        &der,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    ))
 }
 
 impl Stack {
@@ -639,6 +667,50 @@ mod tests {
         let config = crate::config::load_texts(&[("10-join.toml", &text)]).unwrap();
         assert!(config.superset.enabled && !config.postgres.enabled);
         assert_eq!(config.worker.primary_cache_port.get(), 6392);
+    }
+
+    /// A self-signed CA certificate as PEM, and the sha256 of its DER.
+    fn ca(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), crate::util::sha256_hex(cert.der()))
+    }
+
+    #[test]
+    fn only_the_one_pinned_certificate_is_taken_from_the_ca_door() {
+        let (real, pin) = ca("analytics-stack CA");
+        let (other, other_pin) = ca("someone else's CA");
+        // What the primary serves: taken, and stored as that certificate alone.
+        let stored = pinned_ca_pem(real.as_bytes(), &pin).unwrap();
+        let der = pem::parse(&stored).unwrap();
+        assert_eq!(crate::util::sha256_hex(der.contents()), pin);
+        assert_eq!(stored.matches("BEGIN").count(), 1);
+        let crlf = real.replace('\n', "\r\n");
+        assert_eq!(pinned_ca_pem(crlf.as_bytes(), &pin).unwrap(), stored);
+        // A host in the primary's place serving the real (public) CA followed by its
+        // own, or its own first, or anything around it: refused, naming the cause.
+        for (answer, why) in [
+            (format!("{real}{other}"), "PEM blocks"),
+            (format!("{other}{real}"), "PEM blocks"),
+            (
+                format!("{real}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+                "PEM blocks",
+            ),
+            (format!("# the CA\n{real}"), "text around"),
+            (format!("{real}trailing"), "text around"),
+            (other.clone(), other_pin.as_str()),
+            (String::new(), "PEM blocks"),
+            ("garbage".into(), "PEM blocks"),
+        ] {
+            let err = pinned_ca_pem(answer.as_bytes(), &pin).unwrap_err();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        assert!(pinned_ca_pem(&[0xff, 0xfe, 0x00], &pin).is_err());
     }
 
     #[test]

@@ -343,7 +343,8 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     std::fs::write(format!("/proc/{}/root/srv/uv-bundle.tar", c.leader), &b).unwrap();
     let err = refused(&c, "analytics-stack apply --bundle /srv/uv-bundle.tar", 10);
     assert!(
-        err.contains("is not the archive this version pins"),
+        err.contains("is not the archive this host trusts for this version")
+            && err.contains("the pin (catalog or [archives] sha256)"),
         "{err}"
     );
     assert!(!c.sh("test -e /opt/analytics-stack/uv").status.success());
@@ -382,10 +383,63 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
         dpkg_before
     );
     statsd_untouched(&c);
-    c.ok("rm /etc/analytics-stack/stack.d/10-statsd.toml");
     tally.refused(
         &c,
         "bundle that lacks components the configuration asks for",
+    );
+
+    // 8b. An admin-group member's bundle carrying its own statsd_exporter (a
+    //     self-consistent manifest; the catalog pins no digest for it and this host
+    //     never installed it): its binary would run with the service's credentials.
+    //     Refused before any change, naming the file and its digest; root may bring
+    //     the same archive (the bundle is then refused only for what it lacks).
+    let evil = hostile_tarball(&[]);
+    let evil_path = format!("archives/statsd-exporter/{STATSD_TGZ}");
+    let b = bundle(
+        &[("statsd-exporter", "0.30.0", &evil_path)],
+        &[(&evil_path, &evil)],
+    );
+    std::fs::write(
+        format!("/proc/{}/root/home/alice/own-bundle.tar", c.leader),
+        &b,
+    )
+    .unwrap();
+    c.ok("chown alice /home/alice/own-bundle.tar");
+    let extracted = "ls -A /var/cache/analytics-stack/bundles 2>/dev/null || true";
+    let extracted_before = c.ok(extracted);
+    let err = refused(
+        &c,
+        "runuser -u alice -- analytics-stack apply --bundle /home/alice/own-bundle.tar",
+        10,
+    );
+    assert!(
+        err.contains(&evil_path)
+            && err.contains(&analytics_stack::util::sha256_hex(&evil))
+            && err.contains("does not trust yet")
+            && err.contains("only root may"),
+        "{err}"
+    );
+    assert_eq!(
+        c.ok("ls -l --time-style=+%s /var/lib/dpkg/status"),
+        dpkg_before
+    );
+    statsd_untouched(&c);
+    c.ok("test ! -e /var/lib/analytics-stack/archive-digests.json");
+    assert_eq!(c.ok(extracted), extracted_before, "nothing left extracted");
+    let err = refused(
+        &c,
+        "analytics-stack apply --bundle /home/alice/own-bundle.tar",
+        6,
+    );
+    assert!(
+        err.contains("the bundle lacks") && !err.contains("trust"),
+        "{err}"
+    );
+    statsd_untouched(&c);
+    c.ok("rm /etc/analytics-stack/stack.d/10-statsd.toml");
+    tally.refused(
+        &c,
+        "admin-group member's bundle bringing an archive this host does not trust",
     );
 
     // 9. Job objects: root's last job is readable by root, not by bob (outside the

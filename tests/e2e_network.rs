@@ -155,6 +155,8 @@ fn workers(primary: &Container, outsider: &Container) {
         t["broker_password"].as_str().unwrap(),
     );
 
+    hostile_door_at_join(outsider, &token);
+
     // Ports the other host now reaches: NGINX's, PostgreSQL's and the broker's door.
     for port in [5432, 6390] {
         outsider.ok(&format!("timeout 3 bash -c '</dev/tcp/{PRIMARY}/{port}'"));
@@ -272,16 +274,33 @@ fn workers(primary: &Container, outsider: &Container) {
     );
     primary.ok("redis-cli -p 6379 --no-auth-warning -a \"$(cat /var/lib/analytics-stack/secrets/redis-broker)\" DEL probe");
 
-    // Removed: a session it has open ends, and it logs in nowhere any more.
+    // Removed: a session it has open ends, and it logs in nowhere any more. The
+    // session is seen connected (and running its sleep) from the primary first, and
+    // still running just before the removal.
     outsider.ok(&format!("(PGPASSWORD='{pw}' psql '{}' -XAtc 'SELECT pg_sleep(120)' >/tmp/sleep.out 2>&1; echo $? >/tmp/sleep.rc) >/dev/null 2>&1 &", pg(role, "airflow", "verify-full")));
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sessions = format!(
+        "psql -h /run/analytics-postgres -p 5432 -U postgres -d postgres -XAtc \"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' AND query LIKE '%pg_sleep%' AND state = 'active'\""
+    );
+    primary.ok(&format!(
+        "for i in $(seq 100); do test \"$({sessions})\" = 1 && exit 0; sleep 0.1; done; exit 1"
+    ));
+    outsider.ok("test ! -e /tmp/sleep.rc");
     let started = std::time::Instant::now();
     primary.ok("analytics-stack worker remove w1");
     eprintln!(
         "[figure] worker remove: {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    outsider.ok("for i in $(seq 1 50); do test -s /tmp/sleep.rc && break; sleep 0.2; done; test \"$(cat /tmp/sleep.rc)\" != 0");
+    // It ended (well before its 120 s), because the server terminated it.
+    outsider.ok("for i in $(seq 1 50); do test -s /tmp/sleep.rc && break; sleep 0.2; done; test -s /tmp/sleep.rc");
+    let rc = outsider.ok("cat /tmp/sleep.rc");
+    let said = outsider.ok("cat /tmp/sleep.out");
+    assert_ne!(rc.trim(), "0", "the session ended in error: {said}");
+    assert!(
+        said.contains("terminating connection due to administrator command"),
+        "ended by the server: {said}"
+    );
+    assert_eq!(primary.ok(&sessions).trim(), "0");
     let out = psql(pg(role, "airflow", "verify-full"), pw);
     assert!(!out.status.success(), "a removed worker's role");
     let out = redis(&format!("{tls} PING"));
@@ -298,4 +317,60 @@ fn workers(primary: &Container, outsider: &Container) {
     assert!(primary
         .ok("analytics-stack apply")
         .contains("nothing to do"));
+}
+
+/// A host on the LAN answers `join` in the primary's place (here: the primary's
+/// address on the worker itself, as ARP or DNS spoofing would make it) and serves the
+/// real CA certificate (public at /stack-ca.crt) followed by its own. The pin matches
+/// the first block; the join is refused all the same, and nothing is written. The
+/// token is given in a file (on standard input here), and no command line on the
+/// worker ever holds it or its passwords.
+fn hostile_door_at_join(worker: &Container, token: &str) {
+    worker.start_daemon();
+    worker.ok(&format!(
+        "ip addr add {PRIMARY}/32 dev lo
+         mkdir -p /root/hostile && cd /root/hostile
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -subj /CN=hostile -days 1 -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+         cat /root/stack-ca.crt cert.pem > stack-ca.crt
+         systemd-run --unit=hostile-door --working-directory=/root/hostile openssl s_server -accept {PRIMARY}:443 -cert cert.pem -key key.pem -WWW -quiet
+         for i in $(seq 50); do timeout 1 bash -c '</dev/tcp/{PRIMARY}/443' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+    ));
+    // What the hostile door answers: both certificates, the real one first.
+    let served = worker.ok(&format!(
+        "curl -ksS https://{PRIMARY}/stack-ca.crt | grep -c 'BEGIN CERTIFICATE'"
+    ));
+    assert_eq!(served.trim(), "2");
+    worker.put_secret("/root/w1.token", &format!("{token}\n"));
+    let on_the_line = worker.sh(&format!("analytics-stack join {PRIMARY} --token {token}"));
+    assert_eq!(on_the_line.status.code(), Some(2), "{on_the_line:?}");
+    assert!(String::from_utf8_lossy(&on_the_line.stderr).contains("--token-file"));
+    // The token reaches the CLI a second late, so the join is seen running.
+    let (refused, cmdlines) = worker.sh_watching_cmdlines(&format!(
+        "(sleep 1; cat /root/w1.token) | analytics-stack join {PRIMARY} --token-file -"
+    ));
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(10), "{err}");
+    assert!(
+        err.contains("PEM blocks") && err.contains("nothing was written"),
+        "{err}"
+    );
+    worker.ok("test ! -e /var/lib/analytics-stack/tls/ca.crt && test ! -e /etc/analytics-stack/stack.d/10-join.toml && test -z \"$(ls -A /var/lib/analytics-stack/secrets 2>/dev/null)\"");
+    assert!(
+        cmdlines.contains("--token-file"),
+        "the scan saw the join: {cmdlines}"
+    );
+    let t: serde_json::Value = serde_json::from_slice(
+        &analytics_stack::util::base64_url_decode(&token["asw1.".len()..]).unwrap(),
+    )
+    .unwrap();
+    for secret in [
+        token,
+        t["postgres_password"].as_str().unwrap(),
+        t["broker_password"].as_str().unwrap(),
+    ] {
+        assert!(!cmdlines.contains(secret), "a secret on a command line");
+    }
+    worker.ok(&format!(
+        "systemctl stop hostile-door; ip addr del {PRIMARY}/32 dev lo"
+    ));
 }

@@ -121,6 +121,37 @@ fn cancelled_and_killed_applies_converge() {
             .trim(),
         "active"
     );
+    // ... but an admin cancels only its own jobs: root's is not its to cut short.
+    let start_job = |who: &str| {
+        let reply = c.ok(&format!("{who} busctl call {BUS} Apply"));
+        reply
+            .trim()
+            .trim_start_matches("o ")
+            .trim_matches('"')
+            .to_string()
+    };
+    let cancel = |who: &str, job: &str| {
+        c.sh(&format!(
+            "{who} busctl call org.analyticsstack.Stack1 {job} org.analyticsstack.Stack1.Job Cancel"
+        ))
+    };
+    let roots = start_job("");
+    let refused = cancel("runuser -u alice --", &roots);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr)
+                .contains("only root and the one who started it"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    c.ok(&format!("for i in $(seq 600); do busctl get-property org.analyticsstack.Stack1 {roots} org.analyticsstack.Stack1.Job State | grep -q running || exit 0; sleep 0.2; done; exit 1"));
+    assert_eq!(job_property(&c, &roots, "State"), "succeeded");
+    let alices = start_job("runuser -u alice --");
+    assert!(
+        cancel("runuser -u alice --", &alices).status.success(),
+        "the caller cancels its own job"
+    );
+    c.ok(&format!("for i in $(seq 600); do busctl get-property org.analyticsstack.Stack1 {alices} org.analyticsstack.Stack1.Job State | grep -q running || exit 0; sleep 0.2; done; exit 1"));
 
     // The provisioned roles work after the interrupted run.
     c.ok("PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-warehouse) psql -h 127.0.0.1 -U warehouse -d warehouse -c 'SELECT 1'");

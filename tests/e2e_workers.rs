@@ -137,15 +137,22 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     }
     // A token for another primary, and a forged pin, are refused with nothing
     // written.
-    let wrong = w1.sh(&format!("analytics-stack join 10.232.0.7 --token {t1}"));
+    // Tokens travel in files (root's, 0600), never on a command line.
+    let join = |w: &Container, primary: &str, token: &str| {
+        w.put_secret("/root/join.token", token);
+        w.sh(&format!(
+            "analytics-stack join {primary} --token-file /root/join.token"
+        ))
+    };
+    let wrong = join(&w1, "10.232.0.7", &t1);
     assert_eq!(wrong.status.code(), Some(6), "{wrong:?}");
     let skewed = forge(&t1, "airflow_venv", "3.2.0-000000000000");
-    let refused = w1.sh(&format!("analytics-stack join {PRIMARY} --token {skewed}"));
+    let refused = join(&w1, PRIMARY, &skewed);
     let err = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(refused.status.code(), Some(6), "{err}");
     assert!(err.contains("the primary runs Airflow 3.2.0"), "{err}");
     let forged = forge(&t1, "ca_sha256", &"00".repeat(32));
-    let refused = w1.sh(&format!("analytics-stack join {PRIMARY} --token {forged}"));
+    let refused = join(&w1, PRIMARY, &forged);
     let err = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(refused.status.code(), Some(10), "{err}");
     assert!(err.contains("not the token's"), "{err}");
@@ -155,9 +162,27 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     std::thread::scope(|s| {
         for (w, t) in [(&w1, &t1), (&w2, &t2)] {
             s.spawn(move || {
-                w.ok(&format!(
-                    "analytics-stack join {PRIMARY} --token {t} --bundle {bundle}"
-                ))
+                w.put_secret("/root/join.token", t);
+                // Every command line on the worker, as any local account reads them,
+                // through the whole join and apply: none holds a secret of the token.
+                let (out, cmdlines) = w.sh_watching_cmdlines(&format!(
+                    "analytics-stack join {PRIMARY} --token-file /root/join.token --bundle {bundle}"
+                ));
+                assert!(out.status.success(), "{out:?}");
+                assert!(cmdlines.contains("--token-file"), "the scan saw the join");
+                let fields: Value = serde_json::from_slice(
+                    &analytics_stack::util::base64_url_decode(&t["asw1.".len()..]).unwrap(),
+                )
+                .unwrap();
+                for secret in [
+                    t.as_str(),
+                    fields["postgres_password"].as_str().unwrap(),
+                    fields["broker_password"].as_str().unwrap(),
+                    fields["superset"]["secret_key"].as_str().unwrap(),
+                ] {
+                    assert!(!cmdlines.contains(secret), "a secret on a command line");
+                }
+                w.ok("rm /root/join.token");
             });
         }
     });
@@ -268,6 +293,18 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
             "test -f /var/lib/analytics-stack/dag-sync/current/dags/{DAG_ID}.py"
         ));
     }
+    // Code running as the Airflow user plants a link in the published folder, to a
+    // file NGINX can read: the door serves regular files only (the link is refused,
+    // the version beside it is served).
+    primary.ok("runuser -u analytics-airflow -- ln -s /etc/hostname /var/lib/analytics-stack/dag-bundle/leak");
+    let fetch = |path: &str| {
+        w1.ok(&format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /var/lib/analytics-stack/tls/ca.crt https://{PRIMARY}/stack-dags/{path}"
+        ))
+    };
+    assert_eq!(fetch("leak").trim(), "403", "a link in the DAG door");
+    assert_eq!(fetch("current").trim(), "200");
+    primary.ok("rm /var/lib/analytics-stack/dag-bundle/leak");
     primary.trust_stack_ca();
     async_queries_run_on_worker_hosts(&primary);
     let token = airflow_token(&primary);

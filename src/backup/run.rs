@@ -849,13 +849,7 @@ impl Stack {
         ));
         let result = (|| -> std::io::Result<()> {
             let mut from = File::open(staged)?;
-            let mut to = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(&tmp)?;
+            let mut to = crate::host::fsroot::create_exclusive(&tmp, 0o600)?;
             std::os::unix::fs::fchown(&to, Some(uid), Some(gid))?;
             std::io::copy(&mut from, &mut to)?;
             to.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o777))?;

@@ -29,6 +29,10 @@ enum WorkerAction {
         /// logins are allowed from there only, and Prometheus scrapes it there.
         #[arg(long)]
         address: String,
+        /// Write the token to FILE (created, 0600; never overwritten) instead of
+        /// printing it.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// The worker hosts of this primary.
     List {
@@ -84,8 +88,14 @@ enum Command {
     /// printed there; then install it (from an offline bundle with --bundle).
     Join {
         primary: String,
-        #[arg(long)]
-        token: String,
+        /// The file holding the token (`-`: standard input). Never the token itself on
+        /// the command line: every local account reads command lines in /proc.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Refused: the token would be readable by every local account for the whole
+        /// join (see --token-file).
+        #[arg(long, hide = true)]
+        token: Option<String>,
         #[arg(long)]
         json: bool,
         #[arg(long, value_name = "FILE")]
@@ -356,14 +366,39 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Worker { action } => {
             let m = manager().await?;
             match action {
-                WorkerAction::Add { name, address } => {
+                WorkerAction::Add {
+                    name,
+                    address,
+                    token_file,
+                } => {
+                    // Created before the worker is added: a file that cannot be
+                    // written must not cost a token shown nowhere.
+                    let out = token_file.as_deref().map(create_secret_file).transpose()?;
                     let path = m.worker_add(&name, &address).await?;
                     let result = follow_job(&m, path, "worker add").await?;
                     let v: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
-                    eprintln!(
-                        "{name} may reach this host; its token (shown this once; it holds its passwords):"
-                    );
-                    println!("{}", v["token"].as_str().unwrap_or(""));
+                    let token = v["token"].as_str().unwrap_or("");
+                    match (out, token_file) {
+                        (Some(mut file), Some(path)) => {
+                            use std::io::Write;
+                            file.write_all(format!("{token}\n").as_bytes())
+                                .and_then(|()| file.sync_all())
+                                .map_err(|e| Failure {
+                                    code: 1,
+                                    message: format!("{}: {e}", path.display()),
+                                })?;
+                            eprintln!(
+                                "{name} may reach this host; its token (it holds its passwords) is in {} (0600): copy it to the worker and run `analytics-stack join PRIMARY --token-file FILE` there",
+                                path.display()
+                            );
+                        }
+                        _ => {
+                            eprintln!(
+                                "{name} may reach this host; its token (shown this once; it holds its passwords):"
+                            );
+                            println!("{token}");
+                        }
+                    }
                 }
                 WorkerAction::List { json } => {
                     let text = m.worker_list().await?;
@@ -392,10 +427,25 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Join {
             primary,
+            token_file,
             token,
             json,
             bundle,
         } => {
+            if token.is_some() {
+                return Err(Failure {
+                    code: 2,
+                    message: "--token puts the token (the worker's passwords) where every local account reads it (/proc/PID/cmdline): pass it with --token-file FILE, or --token-file - on standard input".into(),
+                });
+            }
+            let Some(token_file) = token_file else {
+                return Err(Failure {
+                    code: 2,
+                    message: "join needs the token: --token-file FILE (or - for standard input)"
+                        .into(),
+                });
+            };
+            let token = read_token(&token_file)?;
             let joined = manager().await?.join(&primary, &token).await?;
             let v: serde_json::Value = serde_json::from_str(&joined).unwrap_or_default();
             eprintln!(
@@ -825,6 +875,48 @@ async fn backup(
         println!("  removed the older {p}");
     }
     Ok(())
+}
+
+/// The largest token file `join` reads (a token is under 4 KiB).
+const TOKEN_FILE_MAX: u64 = 8 << 10;
+
+/// The join token from `path` (`-`: standard input), trimmed.
+fn read_token(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let failed = |e: &dyn std::fmt::Display| Failure {
+        code: 1,
+        message: format!("{}: {e}", path.display()),
+    };
+    let mut text = String::new();
+    let reader: Box<dyn Read> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| failed(&e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(failed(&"not a regular file"));
+        }
+        Box::new(file)
+    };
+    reader
+        .take(TOKEN_FILE_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| failed(&e))?;
+    Ok(text.trim().to_string())
+}
+
+/// A new file for a secret: 0600 from its creation, never an existing file or a
+/// link (`O_EXCL` refuses both).
+fn create_secret_file(path: &std::path::Path) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("{}: {e}", path.display()),
+        })
 }
 
 async fn restore(file: PathBuf, json: bool) -> Result<(), Failure> {

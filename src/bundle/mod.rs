@@ -102,12 +102,23 @@ pub enum BundleError {
         file: String,
         reason: String,
     },
-    #[error("{file} in {bundle} is not the archive this version pins: sha256 {actual}, the catalog says {pinned}")]
+    #[error("{file} in {bundle} is not the archive this host trusts for this version: sha256 {actual}, {trusted_by} says {pinned}")]
     NotAsPinned {
         bundle: String,
         file: String,
         actual: String,
         pinned: String,
+        /// Where the trusted digest comes from (the catalog's or the operator's pin,
+        /// or the digest recorded when the version was first installed here).
+        trusted_by: String,
+    },
+    #[error("{file} in {bundle} is {component} {version} with sha256 {actual}, a digest this host does not trust yet (no pin in the catalog or in [archives] sha256, and this version was never installed here): only root may apply a bundle that brings it (its digest is then recorded), or pin it in [archives] sha256; nothing was changed")]
+    Untrusted {
+        bundle: String,
+        file: String,
+        component: String,
+        version: String,
+        actual: String,
     },
 }
 
@@ -185,27 +196,60 @@ impl Bundle {
         missing
     }
 
-    /// Each bundled archive whose digest the catalog pins must be that very file: a
-    /// bundle is trusted no more than the network would be.
-    pub fn check_pins(&self, desired: &[crate::model::ComponentSpec]) -> Result<(), BundleError> {
+    /// A bundled release archive is trusted as much as a downloaded one, never on the
+    /// bundle's own word: it must be the very file the catalog or the operator pins,
+    /// or the one this host recorded when it first installed that version (trust on
+    /// first use, kept across uninstall). An archive the host knows nothing of is
+    /// accepted only from root (`introduced_by_root`), and the executor then records
+    /// its digest; from a member of `admin_group` it is refused, since whatever binary
+    /// it carries would run with its service's credentials.
+    pub fn check_trusted(
+        &self,
+        desired: &[crate::model::ComponentSpec],
+        recorded: &crate::artifact::trust::RecordedDigests,
+        introduced_by_root: bool,
+    ) -> Result<(), BundleError> {
         use crate::artifact::catalog::DigestSource;
         for pin in desired.iter().flat_map(|s| s.archive_pins()) {
-            let (DigestSource::Pinned(pinned), Some((path, actual))) =
-                (&pin.digest, self.archive(&pin.component, &pin.version))
-            else {
+            let Some((path, actual)) = self.archive(&pin.component, &pin.version) else {
                 continue;
             };
-            if !actual.eq_ignore_ascii_case(pinned) {
-                return Err(BundleError::NotAsPinned {
-                    bundle: self.root.display().to_string(),
-                    file: path
-                        .strip_prefix(&self.root)
-                        .unwrap_or(&path)
-                        .display()
-                        .to_string(),
-                    actual,
-                    pinned: pinned.clone(),
-                });
+            let file = path
+                .strip_prefix(&self.root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            let trusted = match (&pin.digest, recorded.get(pin)) {
+                (DigestSource::Pinned(pinned), _) => {
+                    Some((pinned.clone(), "the pin (catalog or [archives] sha256)"))
+                }
+                (_, Some(first)) => Some((
+                    first.to_string(),
+                    "the digest recorded when this version was first installed here",
+                )),
+                _ => None,
+            };
+            match trusted {
+                Some((pinned, _)) if actual.eq_ignore_ascii_case(&pinned) => {}
+                Some((pinned, trusted_by)) => {
+                    return Err(BundleError::NotAsPinned {
+                        bundle: self.root.display().to_string(),
+                        file,
+                        actual,
+                        pinned,
+                        trusted_by: trusted_by.into(),
+                    })
+                }
+                None if introduced_by_root => {}
+                None => {
+                    return Err(BundleError::Untrusted {
+                        bundle: self.root.display().to_string(),
+                        file,
+                        component: pin.component.clone(),
+                        version: pin.version.clone(),
+                        actual,
+                    })
+                }
             }
         }
         Ok(())

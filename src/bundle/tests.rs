@@ -236,7 +236,74 @@ fn a_bundled_archive_must_be_the_one_the_catalog_pins() {
         root: src,
         manifest,
     };
-    let err = b.check_pins(&desired).unwrap_err();
-    assert!(matches!(err, BundleError::NotAsPinned { .. }), "{err}");
-    assert!(err.to_string().contains("archives/uv/uv.whl"), "{err}");
+    let none = crate::artifact::trust::RecordedDigests::default();
+    // Not even root's choice overrides a pin.
+    for by_root in [false, true] {
+        let err = b.check_trusted(&desired, &none, by_root).unwrap_err();
+        assert!(matches!(err, BundleError::NotAsPinned { .. }), "{err}");
+        assert!(err.to_string().contains("archives/uv/uv.whl"), "{err}");
+    }
+}
+
+#[test]
+fn an_unpinned_bundled_archive_needs_a_recorded_digest_or_root() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut manifest = sample(&src);
+    let desired = default_stack();
+    let statsd = desired
+        .iter()
+        .find(|s| s.name == "statsd-exporter")
+        .and_then(|s| s.archive.clone())
+        .expect("statsd_exporter comes from its release archive by default");
+    assert!(
+        !matches!(
+            statsd.digest,
+            crate::artifact::catalog::DigestSource::Pinned(_)
+        ),
+        "the catalog does not pin it (the test needs an unpinned archive)"
+    );
+    std::fs::create_dir_all(src.join("archives/statsd-exporter")).unwrap();
+    std::fs::write(
+        src.join("archives/statsd-exporter/s.tar.gz"),
+        b"whatever binary",
+    )
+    .unwrap();
+    manifest.archives = vec![BundledArchive {
+        component: "statsd-exporter".into(),
+        version: statsd.version.clone(),
+        path: "archives/statsd-exporter/s.tar.gz".into(),
+    }];
+    manifest.files = list_files(&src).unwrap();
+    let b = Bundle {
+        root: src,
+        manifest,
+    };
+    let actual = crate::util::sha256_hex(b"whatever binary");
+    let mut recorded = crate::artifact::trust::RecordedDigests::default();
+    // Nothing known of it: root may bring it (and the executor records it) ...
+    b.check_trusted(&desired, &recorded, true).unwrap();
+    // ... an admin-group member may not, and is told why and what to do.
+    let err = b.check_trusted(&desired, &recorded, false).unwrap_err();
+    assert!(matches!(err, BundleError::Untrusted { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("archives/statsd-exporter/s.tar.gz")
+            && text.contains(&actual)
+            && text.contains("only root")
+            && text.contains("[archives] sha256"),
+        "{text}"
+    );
+    // Once this version was installed here, the recorded digest decides, for both.
+    recorded.record(&statsd, &actual);
+    b.check_trusted(&desired, &recorded, false).unwrap();
+    recorded.record(&statsd, &"0".repeat(64));
+    for by_root in [false, true] {
+        let err = b.check_trusted(&desired, &recorded, by_root).unwrap_err();
+        assert!(
+            matches!(err, BundleError::NotAsPinned { .. })
+                && err.to_string().contains("first installed here"),
+            "{err}"
+        );
+    }
 }

@@ -1248,9 +1248,10 @@ fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_onl
         push[..400].contains("proxy_pass http://127.0.0.1:3100;"),
         "{push}"
     );
-    let dags = &conf[conf.find("location ^~ /stack-dags/ {").expect(&conf)..];
+    let dags = block(&conf, "location ^~ /stack-dags/ {");
     assert!(
-        dags[..400].contains("alias /var/lib/analytics-stack/dag-bundle/;"),
+        dags.contains("alias /var/lib/analytics-stack/dag-bundle/;")
+            && dags.contains("disable_symlinks on;"),
         "{dags}"
     );
     // Without workers: no push door, no DAGs, the execution API for loopback only.

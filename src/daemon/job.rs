@@ -26,6 +26,11 @@ pub struct Job {
     pub caller_uid: u32,
 }
 
+/// Whether `uid` may cancel a job `caller_uid` started.
+fn may_cancel(uid: u32, caller_uid: u32) -> bool {
+    uid == 0 || uid == caller_uid
+}
+
 impl Job {
     async fn readable(
         &self,
@@ -51,13 +56,21 @@ impl Job {
 
 #[interface(name = "org.analyticsstack.Stack1.Job")]
 impl Job {
-    /// Asks the job to stop before its next step.
+    /// Asks the job to stop before its next step. Only its caller and root may: a
+    /// member of `admin_group` cannot cut short root's restore or `worker remove`
+    /// (left half-done, or written but not applied).
     async fn cancel(
         &self,
         #[zbus(connection)] conn: &zbus::Connection,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) -> Result<(), BusError> {
-        super::auth::require_admin(conn, &header, &self.admin_group, "cancel a job").await?;
+        let uid =
+            super::auth::require_admin(conn, &header, &self.admin_group, "cancel a job").await?;
+        if !may_cancel(uid, self.caller_uid) {
+            return Err(BusError::AccessDenied(format!(
+                "uid {uid} may not cancel this job: only root and the one who started it may"
+            )));
+        }
         self.cancel.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -215,5 +228,19 @@ impl Job {
                 self.error_message = e.message();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_job_is_cancelled_by_its_caller_or_root_only() {
+        assert!(super::may_cancel(0, 1000));
+        assert!(super::may_cancel(1000, 1000));
+        assert!(!super::may_cancel(1001, 1000));
+        assert!(
+            !super::may_cancel(1000, 0),
+            "an admin cannot cancel root's job"
+        );
     }
 }

@@ -27,9 +27,14 @@ impl Manager {
         &self,
         conn: &zbus::Connection,
         header: &zbus::message::Header<'_>,
-        bundle: Option<BundleSource>,
+        bundle: Option<(std::fs::File, String)>,
     ) -> Result<OwnedObjectPath, BusError> {
         let caller = self.authorize(conn, header, "apply").await?;
+        let bundle = bundle.map(|(file, name)| BundleSource::File {
+            file,
+            name,
+            caller_uid: caller.uid,
+        });
         let stack = self.stack()?;
         // Refuse a bad configuration at once rather than through the job.
         stack.config()?;
@@ -346,12 +351,8 @@ impl Manager {
         name: String,
     ) -> Result<OwnedObjectPath, BusError> {
         let file = regular_file(bundle, &name, "a bundle")?;
-        self.apply_from(
-            conn,
-            &header,
-            Some(BundleSource::File(file, crate::util::printable(&name))),
-        )
-        .await
+        self.apply_from(conn, &header, Some((file, crate::util::printable(&name))))
+            .await
     }
 
     /// Removes every unit, user, directory and file the stack created and restores

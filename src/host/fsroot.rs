@@ -56,12 +56,7 @@ impl FsRoot {
             .unwrap_or("file");
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = create_exclusive(&tmp, 0o600)?;
             // Ownership before contents reach their final mode: a secret is never
             // readable by anyone but root and its owner, even for an instant.
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
@@ -186,6 +181,24 @@ pub fn group_name(gid: u32) -> String {
         .unwrap_or_else(|| gid.to_string())
 }
 
+/// A new file at `path` for the daemon to fill, created by this call alone:
+/// whatever stands at the name first (a stale temporary file, or a link, FIFO or
+/// hard link that the owner of a service's directory planted at a name it can
+/// predict) is unlinked, never opened, and the file is then created with `O_EXCL`,
+/// which follows no link and fails if anything was put back in between.
+pub fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
 pub fn uid_of(name: &str) -> Option<u32> {
     nix::unistd::User::from_name(name)
         .ok()
@@ -203,6 +216,49 @@ pub fn gid_of(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temporary_name_planted_beforehand_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = FsRoot::new(dir.path());
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"root's file").unwrap();
+        let served = root.path(Path::new("/var/lib/grafana"));
+        fs::create_dir_all(&served).unwrap();
+        let tmp = served.join(format!(".grafana.db.tmp-{}", std::process::id()));
+        // What the owner of the directory can put at the name it predicts: a link,
+        // a hard link and a FIFO (which would block an open for writing).
+        for plant in [
+            &(|t: &Path, v: &Path| std::os::unix::fs::symlink(v, t).unwrap())
+                as &dyn Fn(&Path, &Path),
+            &|t, v| fs::hard_link(v, t).unwrap(),
+            &|t, _| {
+                nix::unistd::mkfifo(t, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+            },
+        ] {
+            plant(&tmp, &victim);
+            root.write_atomic(
+                Path::new("/var/lib/grafana/grafana.db"),
+                b"restored",
+                0o640,
+                0,
+                0,
+            )
+            .unwrap();
+            assert_eq!(fs::read(&victim).unwrap(), b"root's file");
+            assert_eq!(fs::read(served.join("grafana.db")).unwrap(), b"restored");
+            assert!(!tmp.exists());
+        }
+        // Created once only: a name that is there again is not opened either.
+        let f = create_exclusive(&tmp, 0o600).unwrap();
+        drop(f);
+        let again = create_exclusive(&tmp, 0o600);
+        assert!(again.is_ok(), "a stale file of ours is replaced");
+        assert_eq!(
+            fs::metadata(&tmp).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 
     #[test]
     fn a_directory_whose_owner_changed_is_reowned_inside() {

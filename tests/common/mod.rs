@@ -319,6 +319,36 @@ impl Container {
             .expect("nsenter")
     }
 
+    /// Writes `text` to `inside` (root's, 0600) from the host, through PID 1's root:
+    /// a secret that no command line inside ever carries.
+    pub fn put_secret(&self, inside: &str, text: &str) {
+        let to = format!("/proc/{}/root{inside}", self.leader);
+        std::fs::write(&to, text).unwrap_or_else(|e| panic!("write {to}: {e}"));
+        self.ok(&format!("chown root:root {inside} && chmod 0600 {inside}"));
+    }
+
+    /// Runs `cmd` while reading every process's command line inside, as any local
+    /// account can (`/proc/*/cmdline` is world-readable), every 50 ms until `cmd`
+    /// ends. Returns its output and each distinct argument seen.
+    pub fn sh_watching_cmdlines(&self, cmd: &str) -> (Output, String) {
+        let tag = std::process::id();
+        let (log, stop) = (
+            format!("/tmp/cmdlines-{tag}.log"),
+            format!("/tmp/cmdlines-{tag}.stop"),
+        );
+        let out = self.sh(&format!(
+            "rm -f {stop}
+             (while [ ! -e {stop} ]; do
+                setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'cat /proc/[0-9]*/cmdline' 2>/dev/null | tr '\\0' '\\n'
+                sleep 0.05
+              done | awk '!seen[$0]++' > {log}) & scanner=$!
+             {cmd}
+             rc=$?; touch {stop}; wait $scanner; exit $rc"
+        ));
+        let seen = self.ok(&format!("cat {log}; rm -f {log} {stop}"));
+        (out, seen)
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, cmd: &str) -> String {
         let out = self.sh(cmd);
