@@ -282,6 +282,9 @@ impl Stack {
             })?;
         }
         let bundle = bundle.map(|(b, _)| b);
+        if let Some(b) = &bundle {
+            self.record_suite_dates(b)?;
+        }
         let apt = apt_sources(&config, &gather::os_codename(&self.fs), bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
@@ -671,11 +674,16 @@ impl Stack {
                 &b.manifest,
                 Path::new(crate::bundle::debian::KEYRING),
                 &name,
-            );
+            )
+            .and_then(|dates| {
+                // Not older than what this host installed from before.
+                crate::bundle::debian::check_not_older(&name, &dates, &self.suite_dates())
+                    .map(|()| dates)
+            });
             if verified.is_err() {
                 let _best_effort = std::fs::remove_dir_all(&b.root);
             }
-            verified.map(|()| b)
+            verified.map(|suite_dates| crate::bundle::Bundle { suite_dates, ..b })
         });
         opened.map_err(|e| {
             let text = e.to_string();
@@ -685,6 +693,31 @@ impl Stack {
                 StackError::Failed(text)
             }
         })
+    }
+
+    /// The newest date of each Debian suite this host installed from a bundle.
+    fn suite_dates(&self) -> std::collections::BTreeMap<String, u64> {
+        self.fs
+            .read(Path::new(crate::bundle::debian::SUITE_DATES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records the bundle's suite dates (each suite at its newest) before apt
+    /// installs from it.
+    fn record_suite_dates(&self, bundle: &crate::bundle::Bundle) -> Result<(), StackError> {
+        let seen = self.suite_dates();
+        let merged = crate::bundle::debian::newest_dates(&seen, &bundle.suite_dates);
+        if merged == seen {
+            return Ok(());
+        }
+        let path = Path::new(crate::bundle::debian::SUITE_DATES_FILE);
+        let json =
+            serde_json::to_vec_pretty(&merged).map_err(|e| StackError::Failed(e.to_string()))?;
+        self.fs
+            .write_atomic(path, &json, 0o644, 0, 0)
+            .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))
     }
 
     pub fn credentials(&self, name: Option<&str>) -> Result<serde_json::Value, StackError> {
@@ -1119,6 +1152,7 @@ mod tests {
                 components: vec![],
                 files: vec![],
             },
+            suite_dates: Default::default(),
         };
         assert_eq!(
             apt_sources(&mirrored, "bookworm", Some(&bundle)),

@@ -59,6 +59,22 @@ fn make_things(c: &Container) -> Made {
     );
     psql(c, "warehouse", "GRANT SELECT ON mine TO reader");
     assert_eq!(reader_count(c), "1234");
+    // A DAG author (the `airflow` role, whose password Airflow's tasks hold) leaves
+    // a table whose CHECK calls its own function: run as a superuser, as a restore
+    // loads the table's rows, it would make `airflow` one.
+    c.ok("PGPASSWORD=$(cat /var/lib/analytics-stack/secrets/postgres-airflow) psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U airflow -d airflow <<'EOF'
+CREATE FUNCTION trap_escalate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'ALTER ROLE airflow SUPERUSER';
+  END IF;
+  RETURN true;
+EXCEPTION WHEN others THEN RETURN true;
+END $$;
+CREATE TABLE trap (n int CHECK (trap_escalate()));
+INSERT INTO trap VALUES (1);
+EOF");
+    assert_eq!(airflow_is_superuser(c), "f|1");
     // A saved query in Superset.
     let session = superset_login(c);
     let db = session.warehouse_id(c);
@@ -83,7 +99,20 @@ fn make_things(c: &Container) -> Made {
     }
 }
 
+/// Whether the `airflow` role is a superuser, and the rows of the DAG author's trap
+/// table (restored as its owner: its function ran, as `airflow`).
+fn airflow_is_superuser(c: &Container) -> String {
+    c.ok("psql -X -A -t -h /run/analytics-postgres -U postgres -d airflow -c \"SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = 'airflow') || '|' || (SELECT count(*) FROM public.trap)\"")
+        .trim()
+        .to_string()
+}
+
 fn found_again(c: &Container, made: &Made) {
+    assert_eq!(
+        airflow_is_superuser(c),
+        "f|1",
+        "the trap's function ran as the superuser"
+    );
     assert_eq!(
         psql(c, "warehouse", "SELECT count(*) FROM sample_data.readings"),
         "150"
@@ -542,6 +571,11 @@ fn upgrades_and_rollbacks(c: &Container, made: &Made) {
     let status = airflow_status(c);
     assert_eq!(status["healthy"], true, "{status:#}");
     run_history_kept(c, made);
+    assert_eq!(
+        airflow_is_superuser(c),
+        "f|1",
+        "after the rollback's restore"
+    );
     assert_eq!(
         psql(c, "warehouse", "SELECT count(*) FROM sample_data.readings"),
         "150"

@@ -168,6 +168,33 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
     )
     .unwrap();
     assert_eq!(again["changed"], false, "{again}");
+
+    // The suites it installed from are recorded with Debian's dates; a bundle whose
+    // suites are older than those (a replayed one: still validly signed) is refused.
+    let recorded: Value =
+        serde_json::from_str(&c.ok("cat /var/lib/analytics-stack/apt-suite-dates.json")).unwrap();
+    let suites = recorded.as_object().unwrap();
+    assert!(
+        suites.contains_key("debian/bookworm")
+            && suites.contains_key("debian-security/bookworm-security"),
+        "{recorded}"
+    );
+    let newer: serde_json::Map<String, Value> = suites
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.as_u64().unwrap() + 90 * 86_400).into()))
+        .collect();
+    c.ok(&format!(
+        "cp /var/lib/analytics-stack/apt-suite-dates.json /root/dates && printf '%s' '{}' > /var/lib/analytics-stack/apt-suite-dates.json",
+        Value::Object(newer)
+    ));
+    let refused = c.sh("analytics-stack apply --bundle /srv/bundles/stack-bundle.tar");
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(10), "{err}");
+    assert!(
+        err.contains("/InRelease") && err.contains("90 days before"),
+        "{err}"
+    );
+    c.ok("mv /root/dates /var/lib/analytics-stack/apt-suite-dates.json");
 }
 
 /// `bundle` with its first `.deb` replaced by other bytes and the manifest's entry

@@ -126,6 +126,37 @@ async fn pg_command(
     }
 }
 
+/// A dump's table of contents (`pg_restore --create --list`) split in two: the
+/// entries of the database itself (`DATABASE`, its `ACL` and `DATABASE PROPERTIES`),
+/// which only the superuser can restore, and every other entry. Comment lines go to
+/// both.
+fn split_toc(list: &str) -> (String, String) {
+    let of_database = |line: &str| {
+        // `ID; CLASS OID DESC SCHEMA NAME OWNER`; the database's entries have no
+        // schema (`-`).
+        let mut fields = line.splitn(4, ' ');
+        let rest = fields.nth(3).unwrap_or("");
+        ["DATABASE - ", "ACL - DATABASE ", "DATABASE PROPERTIES - "]
+            .iter()
+            .any(|kind| rest.starts_with(kind))
+    };
+    let (mut database, mut objects) = (String::new(), String::new());
+    for line in list.lines() {
+        let to = if line.starts_with(';') || line.trim().is_empty() {
+            database.push_str(line);
+            database.push('\n');
+            &mut objects
+        } else if of_database(line) {
+            &mut database
+        } else {
+            &mut objects
+        };
+        to.push_str(line);
+        to.push('\n');
+    }
+    (database, objects)
+}
+
 /// Regular files below `root` (or `root` itself), in name order; links and other
 /// kinds are reported, not followed.
 fn walk(root: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<String>) {
@@ -884,12 +915,50 @@ impl Stack {
             &["-X", "-v", "ON_ERROR_STOP=1", "-c", &drop, "postgres"],
         )
         .await?;
+        // Two passes over the dump's table of contents. The database itself (its
+        // owner, settings and grants) as the superuser; then every object as its own
+        // owner (`SET SESSION AUTHORIZATION`), so that code a less trusted role left
+        // in the dump — a CHECK constraint or a default calling its own function,
+        // run while its rows are loaded — runs as that role, never as the superuser.
         let file = dump.display().to_string();
+        let toc = pg_command(&bin, "pg_restore", port, &["--create", "--list", &file]).await?;
+        let (database, objects) = split_toc(&String::from_utf8_lossy(&toc.stdout));
+        let lists = [
+            (dump.with_extension("database.list"), database),
+            (dump.with_extension("objects.list"), objects),
+        ];
+        for (path, text) in &lists {
+            std::fs::write(path, text).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        }
+        let list = |i: usize| lists[i].0.display().to_string();
         pg_command(
             &bin,
             "pg_restore",
             port,
-            &["--create", "--exit-on-error", "-d", "postgres", &file],
+            &[
+                "--create",
+                "--exit-on-error",
+                "-L",
+                &list(0),
+                "-d",
+                "postgres",
+                &file,
+            ],
+        )
+        .await?;
+        pg_command(
+            &bin,
+            "pg_restore",
+            port,
+            &[
+                "--exit-on-error",
+                "--use-set-session-authorization",
+                "-L",
+                &list(1),
+                "-d",
+                db,
+                &file,
+            ],
         )
         .await?;
         Ok(())
@@ -916,5 +985,54 @@ impl Stack {
             crate::util::failpoint_phase("restore");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_database_is_restored_apart_from_its_objects() {
+        // `pg_restore --create --list` of a dump in which the owner of `airflow`
+        // left a table whose CHECK calls its own function.
+        let list = "\
+;
+; Archive created at 2026-12-06 18:30:00 UTC
+;     dbname: airflow
+;
+3346; 1262 16398 DATABASE - airflow airflow
+3347; 0 0 ACL - DATABASE airflow airflow
+3348; 0 0 DATABASE PROPERTIES - airflow airflow
+215; 1255 16399 FUNCTION public trap_escalate() airflow
+214; 1259 16400 TABLE public trap airflow
+216; 1259 16401 TABLE public DATABASE - x airflow
+3349; 0 0 ACL public TABLE trap airflow
+3340; 0 16400 TABLE DATA public trap airflow
+";
+        let (database, objects) = super::split_toc(list);
+        let entries = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with(';'))
+                .map(|l| l.split_once(' ').unwrap().1.to_string())
+                .collect()
+        };
+        assert_eq!(
+            entries(&database),
+            [
+                "1262 16398 DATABASE - airflow airflow",
+                "0 0 ACL - DATABASE airflow airflow",
+                "0 0 DATABASE PROPERTIES - airflow airflow"
+            ]
+        );
+        assert_eq!(
+            entries(&objects),
+            [
+                "1255 16399 FUNCTION public trap_escalate() airflow",
+                "1259 16400 TABLE public trap airflow",
+                "1259 16401 TABLE public DATABASE - x airflow",
+                "0 0 ACL public TABLE trap airflow",
+                "0 16400 TABLE DATA public trap airflow"
+            ]
+        );
+        assert!(database.starts_with(";\n; Archive created") && objects.starts_with(";\n"));
     }
 }

@@ -25,6 +25,10 @@ pub struct AptSuite {
 }
 
 impl AptSuite {
+    /// `ROOT/SUITE`, e.g. `debian-security/bookworm-security`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.root, self.suite)
+    }
     pub fn dir(&self) -> String {
         format!("debs/{}/dists/{}", self.root, self.suite)
     }
@@ -159,21 +163,70 @@ pub fn package_hashes(
     out
 }
 
+/// When the suite was signed: the signed Release's `Date:` (`Sat, 08 Nov 2025
+/// 09:43:20 UTC`), in seconds since the epoch.
+pub fn release_date(release: &str) -> Option<u64> {
+    let value = release
+        .lines()
+        .find_map(|l| l.strip_prefix("Date:"))?
+        .trim();
+    // `Day, DD Mon YYYY HH:MM:SS UTC` (Debian writes UTC; `+0000` and GMT are the same).
+    let rest = value.split_once(", ").map_or(value, |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let [day, month, year, time, zone] = fields.as_slice() else {
+        return None;
+    };
+    if !["UTC", "GMT", "+0000", "Z"].contains(zone) {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day)
+        || !(0..24).contains(h)
+        || !(0..60).contains(m)
+        || !(0..61).contains(sec)
+    {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+    // days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
+}
+
 /// Checks every Debian file of the bundle extracted at `root` against Debian's
-/// signatures with `keyring`; `bundle` names it in errors.
+/// signatures with `keyring`; `bundle` names it in errors. Returns when each suite
+/// was signed (`ROOT/SUITE` → its Release's date), for [`check_not_older`].
 pub fn verify(
     root: &Path,
     manifest: &Manifest,
     keyring: &Path,
     bundle: &str,
-) -> Result<(), BundleError> {
+) -> Result<BTreeMap<String, u64>, BundleError> {
     let debs: Vec<&super::ManifestFile> = manifest
         .files
         .iter()
         .filter(|f| f.path.starts_with("debs/"))
         .collect();
+    let mut dates = BTreeMap::new();
     if debs.is_empty() && manifest.debian_packages.is_empty() {
-        return Ok(());
+        return Ok(dates);
     }
     if manifest.apt_suites.is_empty() {
         return Err(unsigned(
@@ -210,6 +263,9 @@ pub fn verify(
         let in_release = suite.in_release();
         let signed = signed_text(&root.join(&in_release), keyring)
             .map_err(|why| unsigned(bundle, &in_release, why))?;
+        let date = release_date(&signed)
+            .ok_or_else(|| unsigned(bundle, &in_release, "it carries no Date"))?;
+        dates.insert(suite.key(), date);
         let packages_path = suite.packages(&manifest.arch);
         let index_path = index_path(&manifest.arch);
         let want = release_sha256(&signed, &index_path).ok_or_else(|| {
@@ -259,7 +315,49 @@ pub fn verify(
             }
         }
     }
+    Ok(dates)
+}
+
+/// Where the dates of the suites this host installed from are kept.
+pub const SUITE_DATES_FILE: &str = "/var/lib/analytics-stack/apt-suite-dates.json";
+
+/// A bundle's suites may not be older than what this host already installed from:
+/// Debian's signature on an old suite stays valid (bundles install with
+/// `check-valid-until=no`), and a replayed one would bring package versions with
+/// flaws fixed since — for packages not installed yet, since apt never downgrades
+/// the others. `seen` is [`SUITE_DATES_FILE`]'s map.
+pub fn check_not_older(
+    bundle: &str,
+    dates: &BTreeMap<String, u64>,
+    seen: &BTreeMap<String, u64>,
+) -> Result<(), BundleError> {
+    for (suite, date) in dates {
+        if let Some(newest) = seen.get(suite).filter(|newest| date < newest) {
+            let (root, name) = suite.split_once('/').unwrap_or(("debian", suite));
+            return Err(unsigned(
+                bundle,
+                &format!("debs/{root}/dists/{name}/InRelease"),
+                format!(
+                    "Debian signed it {} days before the {suite} this host already installed from: an older suite could bring versions with flaws fixed since; create the bundle again",
+                    (newest - date).div_ceil(86_400)
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `seen` with `dates` merged in, each suite at its newest.
+pub fn newest_dates(
+    seen: &BTreeMap<String, u64>,
+    dates: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let mut merged = seen.clone();
+    for (suite, date) in dates {
+        let entry = merged.entry(suite.clone()).or_insert(*date);
+        *entry = (*entry).max(*date);
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -395,7 +493,7 @@ mod signed {
             c.wait_with_output().unwrap().stdout
         };
         let release = format!(
-            "Origin: Debian\nSuite: bookworm\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+            "Origin: Debian\nSuite: bookworm\nDate: Sat, 08 Nov 2025 09:43:20 UTC\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
             crate::util::sha256_hex(packages.as_bytes()),
             packages.len(),
             crate::util::sha256_hex(&xz),
@@ -433,9 +531,55 @@ mod signed {
     }
 
     #[test]
+    fn a_suite_older_than_the_one_installed_from_is_refused() {
+        assert_eq!(
+            release_date("Date: Thu, 01 Jan 1970 00:00:00 UTC\n"),
+            Some(0)
+        );
+        // `date -u -d 'Sat, 08 Nov 2025 09:43:20 UTC' +%s`
+        assert_eq!(
+            release_date("Origin: Debian\nDate: Sat, 08 Nov 2025 09:43:20 UTC\n"),
+            Some(1_762_595_000)
+        );
+        assert_eq!(
+            release_date("Date: Tue, 29 Feb 2028 23:59:59 +0000\n"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "Date: Sat, 08 Nov 2025 09:43:20 CET\n",
+            "Date: Sat, 08 Foo 2025 09:43:20 UTC\n",
+            "Date: 08 Nov 2025\n",
+            "Valid-Until: Sat, 08 Nov 2025 09:43:20 UTC\n",
+        ] {
+            assert_eq!(release_date(bad), None, "{bad}");
+        }
+        let dates = |d: u64| BTreeMap::from([("debian/bookworm".to_string(), d)]);
+        let seen = dates(1_762_595_000);
+        check_not_older("b.tar", &dates(1_762_595_000), &seen).unwrap();
+        check_not_older("b.tar", &dates(1_762_595_001), &seen).unwrap();
+        check_not_older("b.tar", &dates(1), &BTreeMap::new()).unwrap();
+        let e = check_not_older("b.tar", &dates(1_762_595_000 - 30 * 86_400), &seen).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("debs/debian/dists/bookworm/InRelease")
+                && e.to_string().contains("30 days before"),
+            "{e}"
+        );
+        assert_eq!(newest_dates(&seen, &dates(5)), seen);
+        assert_eq!(
+            newest_dates(&seen, &dates(1_800_000_000)),
+            dates(1_800_000_000)
+        );
+    }
+
+    #[test]
     fn a_signed_partial_mirror_verifies_and_every_break_in_the_chain_is_refused() {
         let a = archive();
-        verify(&a.root, &a.manifest, &a.keyring, "b.tar").unwrap();
+        let dates = verify(&a.root, &a.manifest, &a.keyring, "b.tar").unwrap();
+        assert_eq!(
+            dates,
+            BTreeMap::from([("debian/bookworm".to_string(), 1_762_595_000)])
+        );
 
         // Signed by a key the host does not trust.
         let e = verify(&a.root, &a.manifest, &a.other_keyring, "b.tar").unwrap_err();

@@ -134,6 +134,9 @@ impl BundleError {
 pub struct Bundle {
     pub root: PathBuf,
     pub manifest: Manifest,
+    /// When Debian signed each of its suites (`ROOT/SUITE` → seconds), once
+    /// [`debian::verify`] checked them; empty before.
+    pub suite_dates: std::collections::BTreeMap<String, u64>,
 }
 
 impl Bundle {
@@ -365,6 +368,7 @@ pub fn open_file(
     Ok(Bundle {
         root: final_dir,
         manifest,
+        suite_dates: Default::default(),
     })
 }
 

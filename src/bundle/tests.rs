@@ -190,6 +190,7 @@ fn a_bundle_names_what_a_configuration_needs_and_it_lacks() {
     let b = Bundle {
         root: src.clone(),
         manifest,
+        suite_dates: Default::default(),
     };
     let desired = default_stack();
     let missing = b.missing_for(&desired);
@@ -235,6 +236,7 @@ fn a_bundled_archive_must_be_the_one_the_catalog_pins() {
     let b = Bundle {
         root: src,
         manifest,
+        suite_dates: Default::default(),
     };
     let none = crate::artifact::trust::RecordedDigests::default();
     // Not even root's choice overrides a pin.
@@ -278,6 +280,7 @@ fn an_unpinned_bundled_archive_needs_a_recorded_digest_or_root() {
     let b = Bundle {
         root: src,
         manifest,
+        suite_dates: Default::default(),
     };
     let actual = crate::util::sha256_hex(b"whatever binary");
     let mut recorded = crate::artifact::trust::RecordedDigests::default();
