@@ -60,6 +60,13 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         })
         .collect();
     assert!(unexpected.is_empty(), "the apply looked up {unexpected:?}");
+    // ... and the log does see the stack's lookups: the wheels' index and files.
+    for name in ["pypi.org", "files.pythonhosted.org"] {
+        assert!(
+            asked.iter().any(|n| n == name),
+            "the DNS log never saw {name}: {asked:?}"
+        );
+    }
 
     // Every component healthy.
     let status = json(&c.ok("analytics-stack status --json"));

@@ -130,13 +130,9 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
 
     // The daemon's own unit is hardened as far as its job allows.
     c.start_daemon();
-    let score = c.ok("systemd-analyze security --no-pager analytics-stackd.service | tail -n 1");
-    eprintln!("analytics-stackd.service: {}", score.trim());
-    let exposure: f64 = score
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .expect("an exposure figure");
-    assert!(exposure <= 5.0, "{score}");
+    // The README's figure: 3.6.
+    let exposure = c.exposure("analytics-stackd.service");
+    assert!(exposure <= 3.6, "analytics-stackd.service: {exposure}");
 
     // The data tier only, an admin group with alice in it, and bob outside it.
     c.ok("groupadd stackadmins && usermod -aG stackadmins alice && useradd -m bob && useradd -M warehouse");

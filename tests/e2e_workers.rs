@@ -260,15 +260,8 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     w1.ok("systemd-analyze verify /etc/systemd/system/analytics-*.service /etc/systemd/system/analytics-*.timer");
     primary.ok("systemd-analyze verify /etc/systemd/system/analytics-dag-bundle.service /etc/systemd/system/analytics-dag-bundle.timer");
     for (c, unit) in units {
-        let score = c.ok(&format!(
-            "systemd-analyze security --no-pager {unit} | tail -n 1"
-        ));
-        eprintln!("[figure] {unit}: {}", score.trim());
-        let exposure: f64 = score
-            .split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or(10.0);
-        assert!(exposure <= 1.6, "{unit}: {score}");
+        let exposure = c.exposure(unit);
+        assert!(exposure <= 1.6, "{unit}: {exposure}");
     }
     let listed = primary.ok("analytics-stack worker list");
     assert!(listed.contains(W1) && listed.contains(W2), "{listed}");

@@ -5,6 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then echo "tests/run-all.sh must run as root (the end-to-end tests boot containers)" >&2; exit 1; fi
+# Each phase's wall time, printed at the end with each test's (the suite's budget).
+phases=$(mktemp)
+trap 'rm -f "$phases"' EXIT
+phase() {
+  local name=$1 started=$SECONDS rc=0
+  shift
+  "$@" || rc=$?
+  echo "$((SECONDS - started)) $name" >>"$phases"
+  return "$rc"
+}
+
 need=()
 for tool in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd nsenter:util-linux gpg:gnupg gpgv:gpgv \
     chromium:chromium chromedriver:chromium-driver certutil:libnss3-tools; do
@@ -12,16 +23,23 @@ for tool in debootstrap:debootstrap systemd-nspawn:systemd-container zstd:zstd n
 done
 # The browser test's WebDriver client (tests/browser/desk.py), Debian's.
 /usr/bin/python3 -c 'import selenium' 2>/dev/null || need+=(python3-selenium)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-fi
-command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+install_needed() {
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+  fi
+  command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+}
+phase "install what the tests need" install_needed
 
-cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+phase "cargo fmt --check" cargo fmt --all -- --check
+phase "cargo clippy" cargo clippy --all-targets -- -D warnings
 # The root filesystem is built (or reused) before the tests, outside their timeouts.
-tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}"
+phase "test root filesystem" tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}"
 # The Debian package, for tests/e2e_package.rs (also outside the tests' timeouts).
-packaging/build-deb.sh
-cargo nextest run --run-ignored all --no-fail-fast
+phase "Debian package" packaging/build-deb.sh
+phase "build the tests" cargo nextest run --run-ignored all --no-run
+status=0
+phase "run the tests" cargo nextest run --run-ignored all --no-fail-fast || status=$?
+/usr/bin/python3 tests/harness/timings.py "$phases" target/nextest/default/junit.xml
+exit "$status"

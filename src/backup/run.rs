@@ -970,10 +970,34 @@ impl Stack {
     async fn restore_databases(&self, unpacked: &Unpacked, port: u16) -> Result<(), StackError> {
         let bin = self.postgres_bin();
         if let Some((_, _, staged)) = unpacked.staged(&Target::Roles) {
+            // psql runs the file with backslash commands refused (`\restrict` with a
+            // key the file cannot know): it is SQL from pg_dumpall, and a `\!` in a
+            // crafted file would run as root. A psql without `\restrict` is not used.
+            let key = crate::host::new_secret("restrict-key")
+                .map_err(|e| failed(format!("cannot make a key: {e}")))?;
+            let (restrict, unrestrict) = (format!("\\restrict {key}"), format!("\\unrestrict {key}"));
+            pg_command(
+                &bin,
+                "psql",
+                port,
+                &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &restrict, "-c", &unrestrict, "postgres"],
+            )
+            .await
+            .map_err(|e| {
+                failed(format!(
+                    "this PostgreSQL's psql cannot refuse backslash commands (\\restrict, in 15.14 and later), so the backup's roles were not replayed: {e}"
+                ))
+            })?;
             // Not ON_ERROR_STOP: "role already exists" is expected for every role
             // this cluster has; the ALTER ROLE lines after each still apply.
             let file = staged.display().to_string();
-            pg_command(&bin, "psql", port, &["-X", "-q", "-f", &file, "postgres"]).await?;
+            pg_command(
+                &bin,
+                "psql",
+                port,
+                &["-X", "-q", "-c", &restrict, "-f", &file, "postgres"],
+            )
+            .await?;
         }
         for db in &unpacked.header.databases {
             let Some((_, _, staged)) = unpacked.staged(&Target::Database(db.clone())) else {

@@ -226,19 +226,38 @@ class Desk:
             "the trigger dialog",
         )
         self.shot("03-airflow-trigger-dialog")
+        # The runs there were before the click (earlier tests triggered some through
+        # the API): the click must make a new one, and that one must succeed.
+        def run_ids():
+            runs = self.fetch_json("/airflow/api/v2/dags/%s/dagRuns?limit=100" % dag_id)
+            if runs.get("status") != 200:
+                self.fail("listing runs answered %s" % runs)
+                return None
+            return {r["dag_run_id"]: (r["state"], r.get("run_type")) for r in runs["json"].get("dag_runs", [])}
+
+        before = run_ids() or {}
         confirm[-1].click()
         started = time.time()
 
-        def latest_run_state(_):
-            runs = self.fetch_json("/airflow/api/v2/dags/%s/dagRuns?order_by=-run_after&limit=1" % dag_id)
-            if runs.get("status") != 200:
-                self.fail("listing runs answered %s" % runs)
-                return "error"
-            found = runs["json"].get("dag_runs", [])
-            state = found[0]["state"] if found else None
+        def new_manual_runs(_):
+            now = run_ids() or {}
+            return sorted(r for r, (_, kind) in now.items() if r not in before and kind == "manual") or False
+
+        new_run = self.wait(
+            new_manual_runs,
+            60,
+            "a new run made by the Trigger click",
+        )
+        if not new_run:
+            return
+        run_id = new_run[0]
+        print("the click made run %s (%d runs before it)" % (run_id, len(before)), flush=True)
+
+        def new_run_state(_):
+            state, _kind = (run_ids() or {}).get(run_id, (None, None))
             return state if state in ("success", "failed") else False
 
-        state = self.wait(latest_run_state, 600, "the triggered run to finish")
+        state = self.wait(new_run_state, 600, "the triggered run to finish")
         if state != "success":
             self.fail("the run ended %s" % state)
         print("the run succeeded in %.0f s" % (time.time() - started), flush=True)

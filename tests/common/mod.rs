@@ -349,6 +349,18 @@ impl Container {
         (out, seen)
     }
 
+    /// `systemd-analyze security`'s overall exposure of `unit` (printed as a figure).
+    pub fn exposure(&self, unit: &str) -> f64 {
+        let score = self.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | tail -n 1"
+        ));
+        eprintln!("[figure] {unit}: {}", score.trim());
+        score
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure figure for {unit}: {score}"))
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, cmd: &str) -> String {
         let out = self.sh(cmd);

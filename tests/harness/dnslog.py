@@ -4,7 +4,7 @@
 The end-to-end tests point a container's /etc/resolv.conf at it, so every lookup any
 process of the stack makes (glibc, uv, apt, Python's socket) passes here and lands in
 the log as `NAME TYPE`, one line each, in the order asked. Queries go on to the
-upstream resolver unchanged; answers come back unchanged.
+upstream resolver unchanged (over UDP or TCP, as asked); answers come back unchanged.
 
     dnslog.py LISTEN_ADDRESS UPSTREAM_ADDRESS LOG_FILE
 """
@@ -38,23 +38,57 @@ def question(packet):
     return ".".join(labels).lower(), QTYPES.get(qtype, str(qtype))
 
 
+def ask_upstream(upstream, packet):
+    """The upstream resolver's answer to `packet`, over UDP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(packet, (upstream, 53))
+        answer, _ = sock.recvfrom(65535)
+        return answer
+
+
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         packet, sock = self.request
-        asked = question(packet)
-        if asked:
-            with log_lock, open(self.server.log_file, "a") as log:
-                log.write("%s %s\n" % asked)
-        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        upstream.settimeout(5)
+        write_down(self.server, packet)
         try:
-            upstream.sendto(packet, (self.server.upstream, 53))
-            answer, _ = upstream.recvfrom(65535)
-            sock.sendto(answer, self.client_address)
+            sock.sendto(ask_upstream(self.server.upstream, packet), self.client_address)
         except OSError:
             pass
-        finally:
-            upstream.close()
+
+
+def write_down(server, packet):
+    asked = question(packet)
+    if asked:
+        with log_lock, open(server.log_file, "a") as log:
+            log.write("%s %s\n" % asked)
+
+
+def read_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+class TcpHandler(socketserver.BaseRequestHandler):
+    """DNS over TCP (what a resolver falls back to for large answers, and what some
+    clients use first): each message behind its two-byte length."""
+
+    def handle(self):
+        try:
+            while True:
+                length = int.from_bytes(read_exactly(self.request, 2), "big")
+                packet = read_exactly(self.request, length)
+                write_down(self.server, packet)
+                # Upstream over UDP: not every resolver answers TCP.
+                answer = ask_upstream(self.server.upstream, packet)
+                self.request.sendall(len(answer).to_bytes(2, "big") + answer)
+        except OSError:
+            pass
 
 
 class Server(socketserver.ThreadingUDPServer):
@@ -62,13 +96,20 @@ class Server(socketserver.ThreadingUDPServer):
     allow_reuse_address = True
 
 
+class TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
 def main():
     listen, upstream, log_file = sys.argv[1:4]
-    server = Server((listen, 53), Handler)
-    server.upstream = upstream
-    server.log_file = log_file
+    servers = [Server((listen, 53), Handler), TcpServer((listen, 53), TcpHandler)]
+    for server in servers:
+        server.upstream = upstream
+        server.log_file = log_file
     open(log_file, "a").close()
-    server.serve_forever()
+    threading.Thread(target=servers[1].serve_forever, daemon=True).start()
+    servers[0].serve_forever()
 
 
 if __name__ == "__main__":
