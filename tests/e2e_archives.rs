@@ -252,9 +252,9 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
     // non-empty queries of the dashboard's kind, the logs' queries name the Loki
     // datasource the provisioning file defines (Prometheus is off here), and with
     // PostgreSQL and the applications off nothing asks for their metrics.
-    let provisioning: serde_yaml::Value = serde_yaml::from_str(&c.ok(
-        "cat /etc/analytics-stack/grafana/provisioning/datasources/analytics-stack.yaml",
-    ))
+    let provisioning: serde_yaml::Value = serde_yaml::from_str(
+        &c.ok("cat /etc/analytics-stack/grafana/provisioning/datasources/analytics-stack.yaml"),
+    )
     .expect("the datasources file is YAML");
     let datasources: std::collections::BTreeMap<String, String> = provisioning["datasources"]
         .as_sequence()
@@ -273,8 +273,18 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
         "Prometheus is off here: {datasources:?}"
     );
     for (file, uid, title, queries) in [
-        ("host.json", "analytics-host", "Host (node_exporter)", "prometheus"),
-        ("stack.json", "analytics-stack-overview", "Stack overview", "prometheus"),
+        (
+            "host.json",
+            "analytics-host",
+            "Host (node_exporter)",
+            "prometheus",
+        ),
+        (
+            "stack.json",
+            "analytics-stack-overview",
+            "Stack overview",
+            "prometheus",
+        ),
         ("logs.json", "analytics-logs", "Logs per unit", "loki"),
     ] {
         let written: serde_json::Value = serde_json::from_str(&c.ok(&format!(
@@ -294,11 +304,16 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries()
             let expr = target["expr"].as_str().unwrap();
             assert!(!expr.trim().is_empty(), "{file}: an empty query");
             for off in ["pg_", "superset_", "airflow_"] {
-                assert!(!expr.contains(off), "{file} queries {off}* with it off: {expr}");
+                assert!(
+                    !expr.contains(off),
+                    "{file} queries {off}* with it off: {expr}"
+                );
             }
             if queries == "loki" {
                 assert_eq!(
-                    datasources.get(ds["uid"].as_str().unwrap()).map(String::as_str),
+                    datasources
+                        .get(ds["uid"].as_str().unwrap())
+                        .map(String::as_str),
                     Some("loki"),
                     "{file}: {target}"
                 );

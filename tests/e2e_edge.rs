@@ -187,10 +187,7 @@ fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
            echo \"${u##*/} ${n:-none}\"; \
          done",
     );
-    let counts: Vec<(&str, &str)> = per_unit
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let counts: Vec<(&str, &str)> = per_unit.lines().filter_map(|l| l.split_once(' ')).collect();
     assert!(
         counts.len() >= 10,
         "the units' memory cgroups were not found: {per_unit}"

@@ -299,7 +299,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     assert_eq!(fetch("current").trim(), "200");
     primary.ok("rm /var/lib/analytics-stack/dag-bundle/leak");
     primary.trust_stack_ca();
-    async_queries_run_on_worker_hosts(&primary);
+    async_queries_run_on_worker_hosts(&primary, &w1);
     let token = airflow_token(&primary);
     wait_for_dag(&primary, &token);
 
@@ -493,7 +493,7 @@ fn observability(primary: &Container) {
 /// (Superset refuses the functions and views a query could ask itself with): a lock
 /// held on the table keeps the query waiting, and the waiting session's client
 /// address is a worker host's.
-fn async_queries_run_on_worker_hosts(primary: &Container) {
+fn async_queries_run_on_worker_hosts(primary: &Container, w1: &Container) {
     assert!(!primary
         .sh("systemctl cat analytics-superset-worker.service")
         .status
@@ -523,8 +523,9 @@ fn async_queries_run_on_worker_hosts(primary: &Container) {
             .as_u64()
             .unwrap_or_else(|| panic!("not queued: {queued}"))
     };
-    // Waits for the query's success; returns its result, read through the web.
-    let result = |id: u64| -> Value {
+    // Waits for the query's success; returns its results key and its result, read
+    // through the web.
+    let result = |id: u64| -> (String, Value) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let key = loop {
             let changed = session.call(
@@ -550,12 +551,13 @@ fn async_queries_run_on_worker_hosts(primary: &Container) {
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         };
-        session.call(
+        let answer = session.call(
             primary,
             "GET",
             &format!("/sqllab/results/?q=%28key%3A%27{key}%27%29"),
             None,
-        )
+        );
+        (key, answer)
     };
     let id = execute("SELECT count(*) AS n FROM public.async_probe");
     // The query's session, waiting for the lock: from which host?
@@ -582,16 +584,38 @@ fn async_queries_run_on_worker_hosts(primary: &Container) {
     primary.ok(&format!(
         "{psql} -c \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'as-probe-lock'\""
     ));
-    let results = result(id);
+    let (key, results) = result(id);
     assert_eq!(results["data"][0]["n"], 3, "{results}");
     // The round trip of one more, unhindered: queue, a worker host, the cache, back.
     let started = Instant::now();
-    let results = result(execute("SELECT max(n) AS top FROM public.async_probe"));
+    let (_, results) = result(execute("SELECT max(n) AS top FROM public.async_probe"));
     assert_eq!(results["data"][0]["top"], 3, "{results}");
     eprintln!(
         "[figure] an asynchronous SQL Lab query through a worker host: {:.2} s (SQL Lab's API, polled every 0.2 s)",
         started.elapsed().as_secs_f64()
     );
+
+    // A worker host's cache login overwrites the first query's result with a pickle
+    // that runs a command (cachelib's format: `!` + a pickle). The primary's web
+    // process, asked for that result, does not run it: a miss, an error answer, and
+    // the mark absent (analytics-superset could write it there).
+    let mark = "/var/lib/analytics-stack/superset/pickle-ran";
+    let pw = w1.ok("cat /var/lib/analytics-stack/secrets/primary-broker");
+    let set = w1.ok(&format!(
+        "printf '!cposix\\nsystem\\n(S%stouch {mark}%s\\ntR.' \"'\" \"'\" | REDISCLI_AUTH='{}' redis-cli --no-auth-warning -h {PRIMARY} -p 6391 --user worker-w1 --tls --cacert /var/lib/analytics-stack/tls/ca.crt -n 4 -x SET superset_results_{key}",
+        pw.trim()
+    ));
+    assert_eq!(set.trim(), "OK", "the worker's login writes the cache");
+    let answer = session.call(
+        primary,
+        "GET",
+        &format!("/sqllab/results/?q=%28key%3A%27{key}%27%29"),
+        None,
+    );
+    assert!(answer["data"].is_null(), "{answer}");
+    primary.ok(&format!("test ! -e {mark}"));
+    let log = primary.ok("journalctl -u analytics-superset-web.service --no-pager -o cat | grep -c 'a cached value was not loaded: posix.system is not part of a cached value' || true");
+    assert_ne!(log.trim(), "0", "the refusal is logged");
 }
 
 /// Waits until the primary's DAG processor has read the DAG (it looks every 30 s).

@@ -975,7 +975,8 @@ impl Stack {
             // crafted file would run as root. A psql without `\restrict` is not used.
             let key = crate::host::new_secret("restrict-key")
                 .map_err(|e| failed(format!("cannot make a key: {e}")))?;
-            let (restrict, unrestrict) = (format!("\\restrict {key}"), format!("\\unrestrict {key}"));
+            let (restrict, unrestrict) =
+                (format!("\\restrict {key}"), format!("\\unrestrict {key}"));
             pg_command(
                 &bin,
                 "psql",

@@ -127,6 +127,8 @@ pub fn render_config(config: &Config) -> String {
     env.add_filter("py", python_literal);
     env.add_template("superset_config.py", CONFIG_TEMPLATE)
         .expect("templates/superset/superset_config.py.j2 parses");
+    env.add_template("cache_pickle.py", CACHE_PICKLE_PY)
+        .expect("templates/superset/cache_pickle.py parses");
     let context = minijinja::context! {
         worker_host,
         secret => secret_ref(SECRET_KEY),
@@ -150,6 +152,8 @@ pub fn render_config(config: &Config) -> String {
 }
 
 const CONFIG_TEMPLATE: &str = include_str!("../../templates/superset/superset_config.py.j2");
+/// How Superset's Redis caches read values back (included in `superset_config.py`).
+pub const CACHE_PICKLE_PY: &str = include_str!("../../templates/superset/cache_pickle.py");
 
 /// A Python literal for a template value: `True`/`False`, a number, or a string
 /// (JSON's escapes are Python's), so no value can end its quotes.

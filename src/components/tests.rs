@@ -1354,6 +1354,63 @@ fn the_stacks_timers_are_part_of_its_target_and_start_their_service() {
 /// A primary whose worker hosts run Superset's Celery worker too.
 const WITH_SUPERSET_WORKERS: &str = "[workers]\naddress = \"10.0.0.1\"\nsuperset = true\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\n[workers.hosts.w2]\nadded = 2\naddress = \"fd00::3\"\n";
 
+/// Superset's caches read back only what cached results are made of: a pickle that
+/// would run a command (what a worker host granted Superset could write into the
+/// cache Redis) is a miss, and the command does not run — while plain `pickle`
+/// runs it, so the check can fail; Superset's own kinds of values round-trip.
+#[test]
+fn superset_caches_load_no_pickle_that_runs_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("cache_pickle.py");
+    std::fs::write(&module, crate::components::superset::CACHE_PICKLE_PY).unwrap();
+    let script = r#"
+import datetime, decimal, os, pickle, sys
+sys.path.insert(0, sys.argv[1])
+from cache_pickle import StackRedisSerializer
+s = StackRedisSerializer()
+mark = os.path.join(sys.argv[1], "ran")
+evil = [
+    b"!cposix\nsystem\n(S'touch " + mark.encode() + b"'\ntR.",
+    b"!cbuiltins\neval\n(S'open(\"" + mark.encode() + b"\", \"w\")'\ntR.",
+    b"!csubprocess\nPopen\n((S'touch'\nS'" + mark.encode() + b"'\nltR.",
+    b"!cpandas.core.frame\nos.system\n(S'touch " + mark.encode() + b"'\ntR.",
+]
+for payload in evil:
+    assert s.loads(payload) is None, payload
+    assert not os.path.exists(mark), payload
+value = {"query": "SELECT 1", "n": 2.5, "rows": [1, "a", None, b"\x00"], "at": datetime.datetime(2026, 12, 6, tzinfo=datetime.timezone.utc), "d": decimal.Decimal("1.5"), "s": {1, 2}}
+assert s.loads(s.dumps(value)) == value
+assert s.loads(s.dumps(42)) == 42 and s.dumps(42) == b"42"
+assert s.loads(b"plain") == b"plain" and s.loads(None) is None
+# Plain pickle runs the first one: what cachelib's own serializer would have done.
+pickle.loads(evil[0][1:])
+assert os.path.exists(mark)
+print("ok")
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And superset_config.py reads every Redis cache with it.
+    let config = crate::components::superset::render_config(
+        &crate::config::load_texts(&[("t.toml", "")]).unwrap(),
+    );
+    assert!(
+        config.contains("class _CacheUnpickler(_pickle.Unpickler):")
+            && config.contains("cachelib.redis.RedisCache.serializer = StackRedisSerializer()"),
+        "{config}"
+    );
+    assert_compiles_as_python(&config);
+}
+
 /// CPython compiles `text` (a rendered Python file, secrets as their references).
 fn assert_compiles_as_python(text: &str) {
     let dir = tempfile::tempdir().unwrap();
