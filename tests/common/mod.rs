@@ -589,6 +589,46 @@ impl Drop for Container {
 }
 
 /// The Debian package built by packaging/build-deb.sh (built now if missing).
+/// How a Redis door refused a `redis-cli … PING`: `Auth` (the server answered and
+/// refused the login), `Closed` (the connection ended before any Redis answer: the
+/// door's allow list or its TLS handshake), or `NotRefused` (a PONG, or anything
+/// else, which a test must treat as a failure).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RedisRefusal {
+    Auth,
+    Closed,
+    NotRefused(String),
+}
+
+pub fn redis_refusal(out: &Output) -> RedisRefusal {
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if said.lines().any(|l| l.trim() == "PONG") {
+        return RedisRefusal::NotRefused(said);
+    }
+    if ["WRONGPASS", "NOAUTH", "AUTH failed"]
+        .iter()
+        .any(|m| said.contains(m))
+    {
+        return RedisRefusal::Auth;
+    }
+    let closed = [
+        "Server closed the connection",
+        "Connection reset by peer",
+        "Could not negotiate a TLS connection",
+        "SSL_connect",
+        "I/O error",
+        "Broken pipe",
+    ];
+    if closed.iter().any(|m| said.contains(m)) {
+        return RedisRefusal::Closed;
+    }
+    RedisRefusal::NotRefused(said)
+}
+
 pub fn package_deb() -> PathBuf {
     let dir = repo().join("target/debian");
     let found = std::fs::read_dir(&dir).ok().and_then(|d| {
