@@ -99,12 +99,19 @@ fn workers(primary: &Container, outsider: &Container) {
     assert_eq!(denied.status.code(), Some(5));
     // The first worker's add applies the address too; a second apply does nothing.
     let started = std::time::Instant::now();
-    let token = primary
-        .ok(&format!(
-            "analytics-stack worker add w1 --address {OUTSIDER}"
-        ))
-        .trim()
-        .to_string();
+    // The token into a new file only root reads (nothing of it on the terminal).
+    let said = primary.ok(&format!(
+        "analytics-stack worker add w1 --address {OUTSIDER} --token-file /root/w1.token 2>&1"
+    ));
+    assert_eq!(
+        primary.ok("stat -c '%a %U' /root/w1.token").trim(),
+        "600 root"
+    );
+    let token = primary.ok("cat /root/w1.token").trim().to_string();
+    assert!(
+        said.contains("/root/w1.token") && !said.contains(&token),
+        "{said}"
+    );
     eprintln!(
         "[figure] worker add (the address applied with it): {:.1} s",
         started.elapsed().as_secs_f64()
