@@ -265,7 +265,8 @@ fn take_worker_role(
         if missing {
             problems.push((
                 key_path(key),
-                "a worker host needs it: run `analytics-stack join PRIMARY --token-file FILE`".into(),
+                "a worker host needs it: run `analytics-stack join PRIMARY --token-file FILE`"
+                    .into(),
             ));
         }
     }
