@@ -74,7 +74,7 @@ END $$;
 CREATE TABLE trap (n int CHECK (trap_escalate()));
 INSERT INTO trap VALUES (1);
 EOF");
-    assert_eq!(airflow_is_superuser(c), "f|1");
+    assert_eq!(airflow_is_superuser(c), "false|1");
     // A saved query in Superset.
     let session = superset_login(c);
     let db = session.warehouse_id(c);
@@ -110,7 +110,7 @@ fn airflow_is_superuser(c: &Container) -> String {
 fn found_again(c: &Container, made: &Made) {
     assert_eq!(
         airflow_is_superuser(c),
-        "f|1",
+        "false|1",
         "the trap's function ran as the superuser"
     );
     assert_eq!(
@@ -573,7 +573,7 @@ fn upgrades_and_rollbacks(c: &Container, made: &Made) {
     run_history_kept(c, made);
     assert_eq!(
         airflow_is_superuser(c),
-        "f|1",
+        "false|1",
         "after the rollback's restore"
     );
     assert_eq!(

@@ -600,12 +600,15 @@ fn async_queries_run_on_worker_hosts(primary: &Container, w1: &Container) {
     // process, asked for that result, does not run it: a miss, an error answer, and
     // the mark absent (analytics-superset could write it there).
     let mark = "/var/lib/analytics-stack/superset/pickle-ran";
-    let pw = w1.ok("cat /var/lib/analytics-stack/secrets/primary-broker");
     let set = w1.ok(&format!(
-        "printf '!cposix\\nsystem\\n(S%stouch {mark}%s\\ntR.' \"'\" \"'\" | REDISCLI_AUTH='{}' redis-cli --no-auth-warning -h {PRIMARY} -p 6391 --user worker-w1 --tls --cacert /var/lib/analytics-stack/tls/ca.crt -n 4 -x SET superset_results_{key}",
-        pw.trim()
+        r#"/opt/analytics-stack/airflow/current/bin/python - <<'EOF'
+import redis
+password = open("/var/lib/analytics-stack/secrets/primary-broker").read().strip()
+cache = redis.Redis(host="{PRIMARY}", port=6391, db=4, username="worker-w1", password=password, ssl=True, ssl_ca_certs="/var/lib/analytics-stack/tls/ca.crt", socket_timeout=5)
+print(cache.set("superset_results_{key}", b"!cposix\nsystem\n(S'touch {mark}'\ntR."))
+EOF"#
     ));
-    assert_eq!(set.trim(), "OK", "the worker's login writes the cache");
+    assert_eq!(set.trim(), "True", "the worker's login writes the cache");
     let answer = session.call(
         primary,
         "GET",

@@ -609,6 +609,12 @@ pub fn redis_refusal(out: &Output) -> RedisRefusal {
     if said.lines().any(|l| l.trim() == "PONG") {
         return RedisRefusal::NotRefused(said);
     }
+    // redis-cli killed by SIGPIPE, having said nothing: it wrote into a connection
+    // the door had already closed.
+    use std::os::unix::process::ExitStatusExt;
+    if said.trim().is_empty() && out.status.signal() == Some(13) {
+        return RedisRefusal::Closed;
+    }
     if ["WRONGPASS", "NOAUTH", "AUTH failed"]
         .iter()
         .any(|m| said.contains(m))
