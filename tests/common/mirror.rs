@@ -157,7 +157,35 @@ pub fn statsd_tarball(extra_entry: Option<&str>) -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// A real release archive of `shared/fixtures/release-archives/` (built from
+/// upstream's source at the catalog's tags, in upstream's layout: see its README),
+/// by its path under the release host.
+pub fn real_archive(path: &str) -> Vec<u8> {
+    let root = std::env::var_os("ANALYTICS_STACK_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| super::repo().join("../shared/fixtures"));
+    let file = root.join("release-archives").join(path);
+    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
 impl Mirror {
+    /// The real Loki 3.7.0, Promtail 3.5.1 and statsd_exporter 0.30.0 with checksum
+    /// files of their digests, in upstream's layout (replacing stand-ins put before).
+    pub fn put_real_loki_promtail_statsd(&self) {
+        for (dir, file, sums) in [
+            (LOKI_DIR, LOKI_ZIP, "SHA256SUMS"),
+            (PROMTAIL_DIR, PROMTAIL_ZIP, "SHA256SUMS"),
+            (STATSD_DIR, STATSD_TGZ, "sha256sums.txt"),
+        ] {
+            let bytes = real_archive(&format!("{dir}/{file}"));
+            self.put(&format!("{dir}/{file}"), &bytes);
+            self.put(
+                &format!("{dir}/{sums}"),
+                format!("{}  {file}\n", analytics_stack::util::sha256_hex(&bytes)).as_bytes(),
+            );
+        }
+    }
+
     /// The stand-in statsd_exporter with its checksum file, in upstream's layout.
     pub fn put_statsd_exporter(&self) {
         let tgz = statsd_tarball(None);
@@ -194,6 +222,8 @@ impl Mirror {
 
 pub const LOKI_DIR: &str = "grafana/loki/releases/download/v3.7.0";
 pub const LOKI_ZIP: &str = "loki-linux-amd64.zip";
+pub const PROMTAIL_DIR: &str = "grafana/loki/releases/download/v3.5.1";
+pub const PROMTAIL_ZIP: &str = "promtail-linux-amd64.zip";
 
 /// The layout of Alloy's and Promtail's zips: one file, `NAME-linux-amd64`.
 pub fn single_binary_zip(name: &str) -> Vec<u8> {

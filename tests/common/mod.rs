@@ -85,6 +85,12 @@ impl Container {
         Container::boot_inner(name, &Container::own_build(), false)
     }
 
+    /// Like `boot`, in a private network namespace (loopback only, no route out):
+    /// what it runs binds no port of the host's, so it may run beside other tests.
+    pub fn boot_offline(name: &str) -> Container {
+        Container::boot_inner(name, &Container::own_build(), true)
+    }
+
     /// Like `boot`, the whole container limited to `bytes` of memory (its own memory
     /// cgroup, like a VM of that size): see [`Container::oom_kills`]. Its root is a
     /// copy of the test root filesystem on the host's disk, booted as it is: with the
