@@ -25,7 +25,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
 
     // On a connected machine.
     {
-        let c = Container::boot("as-e2e-bundle-make");
+        let c = Container::boot_for_downloads("as-e2e-bundle-make");
         c.ok(&format!(
             "mkdir -p /etc/analytics-stack && printf '{CONFIG}[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
             mirror.url

@@ -83,7 +83,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     // The bundle, on a connected machine with the primary's configuration: it holds
     // what the primary and its worker hosts install.
     {
-        let c = Container::boot("as-e2e-workers-make");
+        let c = Container::boot_for_downloads("as-e2e-workers-make");
         c.ok(&format!(
             "mkdir -p /etc/analytics-stack && printf '{}[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
             primary_config(),

@@ -53,6 +53,10 @@ struct Boot {
     root: Option<PathBuf>,
     /// On a private bridge (its veth's far end `host0` inside), with this address.
     bridge: Option<(String, String)>,
+    /// On the host's network but running none of the stack's services (it only
+    /// downloads, e.g. `bundle create`): it need not wait for the stack's ports, which
+    /// a test running beside it may hold.
+    binds_no_ports: bool,
 }
 
 fn find_leader(nspawn_pid: u32) -> Option<u32> {
@@ -85,10 +89,18 @@ impl Container {
         Container::boot_inner(name, &Container::own_build(), false)
     }
 
-    /// Like `boot`, in a private network namespace (loopback only, no route out):
-    /// what it runs binds no port of the host's, so it may run beside other tests.
-    pub fn boot_offline(name: &str) -> Container {
-        Container::boot_inner(name, &Container::own_build(), true)
+    /// Like `boot`, for a container that only downloads (`bundle create`) and runs
+    /// none of the stack's services: on the host's network, it may boot while a test
+    /// beside it holds the stack's ports.
+    pub fn boot_for_downloads(name: &str) -> Container {
+        Container::boot_full(
+            name,
+            &Container::own_build(),
+            Boot {
+                binds_no_ports: true,
+                ..Boot::default()
+            },
+        )
     }
 
     /// Like `boot`, the whole container limited to `bytes` of memory (its own memory
@@ -210,8 +222,9 @@ impl Container {
             memory_max,
             root,
             bridge,
+            binds_no_ports,
         } = boot;
-        if !private_network && bridge.is_none() {
+        if !private_network && bridge.is_none() && !binds_no_ports {
             // The host's network is shared: the previous test's container may still be
             // stopping its services.
             wait_for_stack_ports(name);
