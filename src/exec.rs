@@ -49,18 +49,12 @@ pub struct Executor<'a> {
 }
 
 pub fn load_state(fs: &FsRoot) -> RecordedState {
-    fs.read(Path::new(paths::STATE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    fs.read_json_or_default(Path::new(paths::STATE_FILE))
 }
 
 /// The archive digests this host verified and installed (trust on first use).
 pub fn recorded_digests(fs: &FsRoot) -> crate::artifact::trust::RecordedDigests {
-    fs.read(Path::new(crate::artifact::trust::DIGESTS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    fs.read_json_or_default(Path::new(crate::artifact::trust::DIGESTS_FILE))
 }
 
 pub fn save_state(fs: &FsRoot, state: &RecordedState) -> std::io::Result<()> {

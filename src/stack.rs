@@ -698,10 +698,7 @@ impl Stack {
     /// The newest date of each Debian suite this host installed from a bundle.
     fn suite_dates(&self) -> std::collections::BTreeMap<String, u64> {
         self.fs
-            .read(Path::new(crate::bundle::debian::SUITE_DATES_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .read_json_or_default(Path::new(crate::bundle::debian::SUITE_DATES_FILE))
     }
 
     /// Records the bundle's suite dates (each suite at its newest) before apt

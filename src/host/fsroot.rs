@@ -32,6 +32,15 @@ impl FsRoot {
         fs::read(self.path(abs))
     }
 
+    /// The JSON file at `abs` read as a `T`; the default when it is missing or does
+    /// not parse (the daemon's own records: state, digests, suite dates).
+    pub fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(&self, abs: &Path) -> T {
+        self.read(abs)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     pub fn exists(&self, abs: &Path) -> bool {
         self.path(abs).exists()
     }
