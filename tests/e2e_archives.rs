@@ -28,7 +28,7 @@ fn unzipped(zip: &[u8], name: &str) -> Vec<u8> {
 
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
-fn archives_from_a_mirror_are_verified_unpacked_and_run_with_stand_in_binaries() {
+fn archives_from_a_mirror_are_verified_unpacked_and_run() {
     let mirror = Mirror::start();
     let good = real_archive(&format!("{STATSD_DIR}/{STATSD_TGZ}"));
     // Grafana (behind a resolver answering like grafana.com's download API, naming a
