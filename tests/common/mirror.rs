@@ -24,9 +24,15 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn start() -> Mirror {
+        Mirror::start_on("127.0.0.1")
+    }
+
+    /// A mirror listening on `address` of the host (a test bridge's, for a
+    /// container on that bridge).
+    pub fn start_on(address: &str) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((address, 0)).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let (r, l) = (root.clone(), log.clone());
@@ -43,6 +49,15 @@ impl Mirror {
             log,
             _dir: dir,
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the mirror's URL ends with its port")
     }
 
     /// Writes a file at `path` (upstream's URL path) in the mirror.
