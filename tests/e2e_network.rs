@@ -240,31 +240,62 @@ fn workers(primary: &Container, outsider: &Container) {
         "not an allowed address: {out:?}"
     );
 
-    // The broker, through its TLS door, as the worker's user: what Celery needs,
-    // nothing of the administration.
+    // The broker, through its TLS door, as the worker's user: Airflow's keys and
+    // channels (what its Celery needs), nothing of Superset's (not granted here),
+    // nothing of the administration, no listing of the instance's keys.
     let redis = |args: &str| {
         outsider.sh(&format!(
             "REDISCLI_AUTH='{bpw}' redis-cli -h {PRIMARY} -p 6390 --user {user} {args}"
         ))
     };
     let tls = "--tls --cacert /root/stack-ca.crt";
-    let out = redis(&format!("{tls} LPUSH probe 1"));
+    let out = redis(&format!("{tls} LPUSH airflow:probe 1"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "1",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = redis(&format!("{tls} CONFIG GET requirepass"));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("NOPERM"),
-        "{out:?}"
-    );
-    let out = redis(&format!("{tls} FLUSHALL"));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("NOPERM"),
-        "{out:?}"
-    );
+    // A key Superset's Celery sends its queries through (the queue it reads) and a
+    // result it would read, a key outside any prefix, Superset's broadcast channel,
+    // and the commands that would list every key or channel: each refused by the ACL.
+    let mut refused = 0;
+    for args in [
+        "LPUSH superset:celery forged",
+        "GET superset:celery-task-meta-1",
+        "LPUSH probe 1",
+        "PUBLISH superset:/1.celery.pidbox shutdown",
+        "PSUBSCRIBE 'superset:*'",
+        "SCAN 0",
+        "RANDOMKEY",
+        "PUBSUB CHANNELS",
+        "KEYS '*'",
+        "CONFIG GET requirepass",
+        "FLUSHALL",
+    ] {
+        // (`timeout`: a PSUBSCRIBE that were granted would wait for messages.)
+        let out = outsider.sh(&format!(
+            "REDISCLI_AUTH='{bpw}' timeout 10 redis-cli -h {PRIMARY} -p 6390 --user {user} {tls} {args}"
+        ));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("NOPERM"),
+            "{args}: {out:?}"
+        );
+        refused += 1;
+    }
+    eprintln!("[figure] broker commands outside the worker's grant refused: {refused}");
+    // Airflow's own login on the primary (which every DAG's code can read) is held
+    // to Airflow's keyspace the same way: Superset's queue is out of its reach.
+    let app = |user: &str, args: &str| {
+        let out = primary.sh(&format!(
+            "REDISCLI_AUTH=\"$(cat /var/lib/analytics-stack/secrets/redis-broker-{user})\" redis-cli -p 6379 --user {user} {args}"
+        ));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(app("airflow", "LPUSH airflow:probe 2").trim(), "2");
+    assert!(app("airflow", "LPUSH superset:celery forged").contains("NOPERM"));
+    assert!(app("superset", "LRANGE airflow:probe 0 -1").contains("NOPERM"));
+    assert!(app("superset", "PUBLISH airflow:/0.celery.pidbox shutdown").contains("NOPERM"));
     let out = redis("PING");
     assert_eq!(
         redis_refusal(&out),
@@ -279,7 +310,7 @@ fn workers(primary: &Container, outsider: &Container) {
         RedisRefusal::Auth,
         "a wrong password: {out:?}"
     );
-    primary.ok("redis-cli -p 6379 --no-auth-warning -a \"$(cat /var/lib/analytics-stack/secrets/redis-broker)\" DEL probe");
+    primary.ok("redis-cli -p 6379 --no-auth-warning -a \"$(cat /var/lib/analytics-stack/secrets/redis-broker)\" DEL airflow:probe");
 
     // Removed: a session it has open ends, and it logs in nowhere any more. The
     // session is seen connected (and running its sleep) from the primary first, and

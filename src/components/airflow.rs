@@ -9,6 +9,7 @@
 //! service user can read.
 
 use super::python::AIRFLOW;
+use super::redis::BrokerApp;
 use super::{postgres, redis, Platform};
 use crate::config::Config;
 use crate::model::*;
@@ -59,8 +60,9 @@ pub fn render_env(config: &Config) -> String {
         secret_ref(&postgres::password_secret("airflow"))
     );
     let broker = format!(
-        "redis://:{}@127.0.0.1:{}/0",
-        secret_ref(&redis::password_secret("broker")),
+        "redis://{}:{}@127.0.0.1:{}/0",
+        BrokerApp::Airflow.user(),
+        secret_ref(&BrokerApp::Airflow.password_secret()),
         config.redis.broker.port.get()
     );
     let port = config.airflow.port.get();
@@ -92,6 +94,21 @@ pub fn render_env(config: &Config) -> String {
         (
             "AIRFLOW__CELERY__RESULT_BACKEND",
             result_backend(config, &db),
+        ),
+        // Airflow's keys and channels in the broker, the only ones its login reaches.
+        (
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX",
+            BrokerApp::Airflow.keyprefix().into(),
+        ),
+        (
+            "AIRFLOW__CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX",
+            BrokerApp::Airflow.keyprefix().into(),
+        ),
+        // Remote control would subscribe to a channel pattern Redis's ACL cannot
+        // grant by prefix (patterns are matched literally); systemd controls workers.
+        (
+            "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL",
+            "False".into(),
         ),
         ("AIRFLOW__API__BASE_URL", public),
         // The FAB login pages learn the browser's scheme and host from NGINX's
@@ -177,8 +194,9 @@ pub fn render_env(config: &Config) -> String {
 fn result_backend(config: &Config, db: &str) -> String {
     if config.workers.address.get().is_some() {
         format!(
-            "redis://:{}@127.0.0.1:{}/1",
-            secret_ref(&redis::password_secret("broker")),
+            "redis://{}:{}@127.0.0.1:{}/1",
+            BrokerApp::Airflow.user(),
+            secret_ref(&BrokerApp::Airflow.password_secret()),
             config.redis.broker.port.get()
         )
     } else {
@@ -254,6 +272,18 @@ pub fn render_worker_env(config: &Config) -> String {
             "AIRFLOW__CELERY__RESULT_BACKEND",
             format!("rediss://{broker_login}/1?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
         ),
+        (
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX",
+            BrokerApp::Airflow.keyprefix().into(),
+        ),
+        (
+            "AIRFLOW__CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX",
+            BrokerApp::Airflow.keyprefix().into(),
+        ),
+        (
+            "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL",
+            "False".into(),
+        ),
         ("AIRFLOW__LOGGING__BASE_LOG_FOLDER", format!("{HOME}/logs")),
         (
             "AIRFLOW__DAG_PROCESSOR__STALE_BUNDLE_CLEANUP_INTERVAL",
@@ -292,7 +322,7 @@ fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
         "analytics-stack: Airflow Celery worker (worker host)",
         USER,
         format!(
-            "{} celery worker --skip-serve-logs --concurrency {}",
+            "{} celery worker --skip-serve-logs --without-mingle --without-gossip --concurrency {}",
             AIRFLOW.bin("airflow"),
             config.airflow.worker_concurrency.get()
         ),
@@ -411,13 +441,15 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         "triggerer --skip-serve-logs",
     );
     // The concurrency is the worker's own argument, not in the shared environment
-    // file: changing it restarts the worker alone.
+    // file: changing it restarts the worker alone. No mingle or gossip (messages
+    // between workers on broadcast channels outside Airflow's broker keyspace, see
+    // `redis::BrokerApp`).
     let mut worker = airflow_unit(
         config,
         WORKER_UNIT,
         "analytics-stack: Airflow Celery worker",
         &format!(
-            "celery worker --skip-serve-logs --concurrency {}",
+            "celery worker --skip-serve-logs --without-mingle --without-gossip --concurrency {}",
             config.airflow.worker_concurrency.get()
         ),
     );

@@ -39,6 +39,56 @@ fn instance_conf(instance: &str, cfg: &RedisInstanceConfig, policy: &str) -> Str
     )
 }
 
+/// An application whose Celery uses the broker. Each keeps its keys and channels
+/// under a prefix of its own (Celery's `global_keyprefix`, for the broker and for
+/// task results) and logs in as a Redis user allowed nothing else: Airflow's tasks
+/// (whose code any DAG author writes, holding Airflow's broker login) cannot read,
+/// send to or purge Superset's queue, and the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerApp {
+    Airflow,
+    Superset,
+}
+
+impl BrokerApp {
+    pub const ALL: [BrokerApp; 2] = [BrokerApp::Airflow, BrokerApp::Superset];
+
+    /// Its Redis user on the broker (on the primary).
+    pub fn user(self) -> &'static str {
+        match self {
+            BrokerApp::Airflow => "airflow",
+            BrokerApp::Superset => "superset",
+        }
+    }
+
+    /// The prefix of every key and channel its Celery uses.
+    pub fn keyprefix(self) -> &'static str {
+        match self {
+            BrokerApp::Airflow => "airflow:",
+            BrokerApp::Superset => "superset:",
+        }
+    }
+
+    /// The secret holding its broker password.
+    pub fn password_secret(self) -> String {
+        format!("redis-broker-{}", self.user())
+    }
+
+    /// What a login of this application may touch: its keys and its channels.
+    /// (Celery's pattern subscriptions, for remote control and gossip, would name
+    /// channels that Redis checks literally; both are turned off where the
+    /// applications' workers start.)
+    fn key_and_channel_rules(self) -> String {
+        format!("~{p}* &{p}*", p = self.keyprefix())
+    }
+}
+
+/// The commands an application's login may run: what Celery needs, no
+/// administration, no dangerous commands, and nothing that lists the keys or
+/// channels of the whole instance (SCAN, RANDOMKEY and PUBSUB are not bound by key
+/// patterns).
+const APP_COMMANDS: &str = "+@all -@admin -@dangerous -scan -randomkey -pubsub";
+
 /// The secret holding a worker's Redis password.
 pub fn worker_password_secret(worker: &crate::config::WorkerName) -> String {
     format!("worker-{}-redis", worker.as_str())
@@ -54,16 +104,42 @@ pub fn has_worker_users(config: &Config, instance: &str) -> bool {
     }
 }
 
-/// The instance's password and one user per worker host where workers log in: what
-/// Celery (and Superset's caches) need, no administration, no dangerous commands. A
-/// worker has one Redis password for both instances. A worker removed is gone from
+/// The instance's password (its default user: root's login, for the health probe
+/// and the operator) and its other users. On the broker, each application's own user
+/// (see `BrokerApp`). Where workers log in, one user per worker host: on the broker,
+/// the keys and channels of the applications it runs (Airflow's; Superset's too when
+/// granted), on the cache every key (Superset's caches have no prefix of their own).
+/// A worker has one Redis password for both instances. A worker removed is gone from
 /// the file, and the restart that follows ends its connections.
 fn auth_conf(config: &Config, instance: &str) -> String {
     let mut text = format!("requirepass {}\n", secret_ref(&password_secret(instance)));
+    if instance == "broker" {
+        for app in BrokerApp::ALL {
+            text.push_str(&format!(
+                "user {} on >{} resetkeys resetchannels {} {APP_COMMANDS}\n",
+                app.user(),
+                secret_ref(&app.password_secret()),
+                app.key_and_channel_rules(),
+            ));
+        }
+    }
     if has_worker_users(config, instance) {
+        let rules = match instance {
+            "broker" => {
+                let mut apps = vec![BrokerApp::Airflow];
+                if config.superset_on_workers() {
+                    apps.push(BrokerApp::Superset);
+                }
+                apps.iter()
+                    .map(|a| a.key_and_channel_rules())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            _ => "~* &*".to_string(),
+        };
         for worker in config.workers.hosts.keys() {
             text.push_str(&format!(
-                "user {} on >{} resetkeys ~* resetchannels &* +@all -@admin -@dangerous\n",
+                "user {} on >{} resetkeys resetchannels {rules} {APP_COMMANDS}\n",
                 worker.redis_user(),
                 secret_ref(&worker_password_secret(worker)),
             ));
@@ -146,6 +222,7 @@ pub fn render(config: &Config) -> ComponentSpec {
         dirs,
         secrets: [password_secret("broker"), password_secret("cache")]
             .into_iter()
+            .chain(BrokerApp::ALL.map(BrokerApp::password_secret))
             .chain(
                 config
                     .workers

@@ -4,6 +4,7 @@
 //! admin and registers the `warehouse` database, so loaded data can be queried at once.
 
 use super::python::SUPERSET;
+use super::redis::BrokerApp;
 use super::{postgres, redis, Platform};
 use crate::config::Config;
 use crate::model::*;
@@ -46,7 +47,7 @@ struct Endpoints {
 fn primary_endpoints(config: &Config) -> Endpoints {
     let pg = config.postgres.port.get();
     let cache_pw = secret_ref(&redis::password_secret("cache"));
-    let broker_pw = secret_ref(&redis::password_secret("broker"));
+    let broker_pw = secret_ref(&BrokerApp::Superset.password_secret());
     let warehouse_pw = secret_ref(&postgres::password_secret("warehouse"));
     // With Superset's worker on worker hosts, a query on the warehouse may run on
     // any host: the registered URI is the primary's worker address, over TLS.
@@ -69,7 +70,8 @@ fn primary_endpoints(config: &Config) -> Endpoints {
             config.redis.cache.port.get()
         ),
         broker_url: format!(
-            "redis://:{broker_pw}@127.0.0.1:{}",
+            "redis://{}:{broker_pw}@127.0.0.1:{}",
+            BrokerApp::Superset.user(),
             config.redis.broker.port.get()
         ),
         redis_query: String::new(),
@@ -140,6 +142,7 @@ pub fn render_config(config: &Config) -> String {
         scheme => if tls { "https" } else { "http" },
         cache_url => at.cache_url,
         broker_url => at.broker_url,
+        broker_keyprefix => BrokerApp::Superset.keyprefix(),
         redis_query => at.redis_query,
         ca => at.ca,
         statsd_port => statsd.enabled.then(|| statsd.statsd_port.get()),
@@ -215,7 +218,7 @@ fn worker_unit(config: &Config) -> ServiceUnit {
         WORKER_UNIT,
         "analytics-stack: Superset Celery worker",
         format!(
-            "{} --app=superset.tasks.celery_app:app worker --pool=prefork -O fair --concurrency={}",
+            "{} --app=superset.tasks.celery_app:app worker --pool=prefork -O fair --without-mingle --without-gossip --concurrency={}",
             SUPERSET.bin("celery"),
             config.superset.worker_concurrency.get()
         ),

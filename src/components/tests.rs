@@ -162,7 +162,15 @@ fn redis_broker_never_evicts_and_cache_does() {
     assert!(conf("broker.conf").contains("port 6379\n"));
     assert!(conf("cache.conf").contains("port 6380\n"));
     // The password is a reference, never text in the rendered config.
-    assert_eq!(secret_names(&conf("broker-auth.conf")), ["redis-broker"]);
+    assert_eq!(
+        secret_names(&conf("broker-auth.conf")),
+        [
+            "redis-broker",
+            "redis-broker-airflow",
+            "redis-broker-superset"
+        ]
+    );
+    assert_eq!(secret_names(&conf("cache-auth.conf")), ["redis-cache"]);
     assert!(conf("broker.conf").contains("include /etc/analytics-stack/redis/broker-auth.conf"));
 }
 
@@ -664,7 +672,8 @@ fn every_airflow_process_shares_one_environment_with_the_settings_the_prefix_nee
         "AIRFLOW__FAB__COOKIE_SECURE=True",
         "AIRFLOW__API_AUTH__JWT_SECRET=@@secret:airflow-jwt-secret@@",
         "AIRFLOW__CORE__FERNET_KEY=@@secret:airflow-fernet-key@@",
-        "AIRFLOW__CELERY__BROKER_URL=redis://:@@secret:redis-broker@@@127.0.0.1:6379/0",
+        "AIRFLOW__CELERY__BROKER_URL=redis://airflow:@@secret:redis-broker-airflow@@@127.0.0.1:6379/0",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=airflow:",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1",
         "AIRFLOW__METRICS__STATSD_PORT=9125",
@@ -726,7 +735,7 @@ fn superset_lives_under_its_prefix_with_caches_and_broker_on_separate_redis() {
         .contains("return \"redis://:@@secret:redis-cache@@@127.0.0.1:6380/\" + str(db) + \"\"\n"));
     assert!(text.contains("RESULTS_BACKEND = RedisCache(host=Redis.from_url(_cache_url(4)), key_prefix=\"superset_results_\")"));
     assert!(
-        text.contains("broker_url = \"redis://:@@secret:redis-broker@@@127.0.0.1:6379\" + \"/1\"")
+        text.contains("broker_url = \"redis://superset:@@secret:redis-broker-superset@@@127.0.0.1:6379\" + \"/1\"")
     );
     assert!(text.contains("SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://superset:@@secret:postgres-superset@@@127.0.0.1:5432/superset\""));
     assert!(text.contains("ENABLE_PROXY_FIX = True"));
@@ -1101,11 +1110,18 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
             && nginx.contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass 127.0.0.1:6379;"),
         "{nginx}"
     );
+    // On the broker, each login reaches its applications' keys and channels alone:
+    // the worker Airflow's (Superset's is not granted here), each application its own.
     let auth = file(&with, "/etc/analytics-stack/redis/broker-auth.conf");
-    assert!(
-        auth.contains("user worker-w1 on >@@secret:worker-w1-redis@@ resetkeys ~* resetchannels &* +@all -@admin -@dangerous"),
-        "{auth}"
-    );
+    let commands = "+@all -@admin -@dangerous -scan -randomkey -pubsub";
+    for line in [
+        format!("user worker-w1 on >@@secret:worker-w1-redis@@ resetkeys resetchannels ~airflow:* &airflow:* {commands}\n"),
+        format!("user airflow on >@@secret:redis-broker-airflow@@ resetkeys resetchannels ~airflow:* &airflow:* {commands}\n"),
+        format!("user superset on >@@secret:redis-broker-superset@@ resetkeys resetchannels ~superset:* &superset:* {commands}\n"),
+    ] {
+        assert!(auth.contains(&line), "{line}\n{auth}");
+    }
+    assert!(!auth.contains("~*") && !auth.contains("&*"), "{auth}");
     assert!(!file(&with, "/etc/analytics-stack/redis/cache-auth.conf").contains("user "));
     let pg = with.iter().find(|s| s.name == "postgres").unwrap();
     assert!(pg.secrets.contains(&"worker-w1-postgres".to_string()));
@@ -1278,10 +1294,19 @@ fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_onl
     let env = crate::components::airflow::render_env(&config(WITH_WORKERS));
     assert!(
         env.contains(
-            "AIRFLOW__CELERY__RESULT_BACKEND=redis://:@@secret:redis-broker@@@127.0.0.1:6379/1\n"
+            "AIRFLOW__CELERY__RESULT_BACKEND=redis://airflow:@@secret:redis-broker-airflow@@@127.0.0.1:6379/1\n"
         ),
         "{env}"
     );
+    for line in [
+        "AIRFLOW__CELERY__BROKER_URL=redis://airflow:@@secret:redis-broker-airflow@@@127.0.0.1:6379/0\n",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=airflow:\n",
+        "AIRFLOW__CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=airflow:\n",
+        "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL=False\n",
+    ] {
+        assert!(env.contains(line), "{line}\n{env}");
+    }
+    assert!(!env.contains("@@secret:redis-broker@@"), "{env}");
     assert!(crate::components::airflow::render_env(&config(""))
         .contains("AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql://"));
     // The DAG folders are published for them.
@@ -1450,9 +1475,23 @@ fn superset_on_worker_hosts_opens_the_cache_door_and_registers_the_warehouse_by_
     // The workers' Redis users on the cache too (one password for both doors).
     let auth = file_of(&specs, "/etc/analytics-stack/redis/cache-auth.conf");
     assert!(
-        auth.contains("user worker-w2 on >@@secret:worker-w2-redis@@ resetkeys ~* resetchannels &* +@all -@admin -@dangerous"),
+        auth.contains("user worker-w2 on >@@secret:worker-w2-redis@@ resetkeys resetchannels ~* &* +@all -@admin -@dangerous -scan -randomkey -pubsub\n"),
         "{auth}"
     );
+    // On the broker, granted Superset: both applications' keyspaces, nothing else.
+    let auth = file_of(&specs, "/etc/analytics-stack/redis/broker-auth.conf");
+    assert!(
+        auth.contains("user worker-w2 on >@@secret:worker-w2-redis@@ resetkeys resetchannels ~airflow:* &airflow:* ~superset:* &superset:* +@all -@admin -@dangerous -scan -randomkey -pubsub\n"),
+        "{auth}"
+    );
+    let config_py = file_of(&specs, "/etc/analytics-stack/superset/superset_config.py");
+    for line in [
+        "    broker_transport_options = {\"global_keyprefix\": \"superset:\"}\n",
+        "    result_backend_transport_options = {\"global_keyprefix\": \"superset:\"}\n",
+        "    worker_enable_remote_control = False\n",
+    ] {
+        assert!(config_py.contains(line), "{line}\n{config_py}");
+    }
     // Superset's database for the workers' roles; the warehouse role over TLS from
     // the primary's own worker address and the workers' (the registered URI).
     let hba = file_of(&specs, "/etc/analytics-stack/postgres/pg_hba.conf");
