@@ -29,12 +29,16 @@ fn unzipped(zip: &[u8], name: &str) -> Vec<u8> {
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
 fn archives_from_a_mirror_are_verified_unpacked_and_run() {
-    // On a private bridge of its own, the mirror on the host's address there (no
-    // route out): the test runs beside the host-network tests (.config/nextest.toml).
-    // The stack reaches the mirror on its own loopback (a plain-http mirror's checksum
-    // files are trusted on loopback only), through systemd-socket-proxyd.
-    let bridge = Bridge::create_with_host_address("as-test-br3", "10.234.0.254");
-    let mirror = Mirror::start_on("10.234.0.254");
+    // On a private bridge of its own (no route out), so that it runs beside the
+    // host-network tests (.config/nextest.toml). The mirror listens on a Unix socket
+    // the container binds, and the stack reaches it on its own loopback (a plain-http
+    // mirror's checksum files are trusted on loopback only) through
+    // systemd-socket-proxyd. (Not an address of the host's on the bridge: the
+    // host-network tests beside it would see that address come and go, and their
+    // certificates follow the host's addresses.)
+    let bridge = Bridge::create("as-test-br3");
+    let socket_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mirror = Mirror::start_on_socket(&socket_dir.path().join("mirror.sock"), 18080);
     let good = real_archive(&format!("{STATSD_DIR}/{STATSD_TGZ}"));
     // Grafana (behind a resolver answering like grafana.com's download API, naming a
     // URL with a build id, fetched through the same mirror) and Alloy as stand-ins;
@@ -43,9 +47,14 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run() {
     mirror.put_release_archives();
     mirror.put_real_loki_promtail_statsd();
 
-    let c = Container::boot_on("as-e2e-archives", &bridge, "10.234.0.1");
-    c.loopback_proxy(mirror.port(), &format!("10.234.0.254:{}", mirror.port()));
-    let mirror_url = format!("http://127.0.0.1:{}", mirror.port());
+    let c = Container::boot_on_with(
+        "as-e2e-archives",
+        &bridge,
+        "10.234.0.1",
+        &[(socket_dir.path().to_path_buf(), "/srv/mirror")],
+    );
+    c.loopback_proxy(mirror.port(), "/srv/mirror/mirror.sock");
+    let mirror_url = mirror.url.clone();
     c.start_daemon();
     c.without_apps();
     c.ok(&format!(

@@ -34,7 +34,11 @@ fn main_pids(v: &Value) -> Vec<(String, u64)> {
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
 fn data_tier_end_to_end() {
-    let c = Container::boot("as-e2e-data");
+    // On a private bridge of its own (no route out: the data tier installs from the
+    // image's apt cache), so that it runs beside the host-network tests
+    // (.config/nextest.toml).
+    let bridge = common::net::Bridge::create("as-test-br4");
+    let c = Container::boot_on("as-e2e-data", &bridge, "10.235.0.1");
     c.start_daemon();
     c.without_release_archives();
     c.without_apps();

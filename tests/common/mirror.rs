@@ -1,12 +1,13 @@
 //! A local mirror of release hosts for the end-to-end tests: serves a directory over
-//! HTTP on 127.0.0.1 (the containers share the host's network), honours
+//! HTTP on 127.0.0.1 (the containers share the host's network) or on a Unix socket
+//! (for a container with a network of its own), honours
 //! `Range: bytes=N-`, and cuts a response short once when `<file>.cut-once` holds a
 //! byte count (an interrupted download). Files are read at each request, so a test
 //! can change the mirror between applies.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,24 +25,50 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn start() -> Mirror {
-        Mirror::start_on("127.0.0.1")
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        Mirror::serve(url, move |serve| {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let Ok(reader) = stream.try_clone() else {
+                    continue;
+                };
+                serve(Box::new(reader), Box::new(stream));
+            }
+        })
     }
 
-    /// A mirror listening on `address` of the host (a test bridge's, for a
-    /// container on that bridge).
-    pub fn start_on(address: &str) -> Mirror {
+    /// A mirror listening on the Unix socket `socket` (in a directory a container
+    /// binds), for a container with a network of its own, which reaches it at
+    /// `http://127.0.0.1:PORT` through `Container::loopback_proxy`: a host address on
+    /// the container's bridge would be seen by every host-network test beside it.
+    pub fn start_on_socket(socket: &Path, port: u16) -> Mirror {
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        Mirror::serve(format!("http://127.0.0.1:{port}"), move |serve| {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let Ok(reader) = stream.try_clone() else {
+                    continue;
+                };
+                serve(Box::new(reader), Box::new(stream));
+            }
+        })
+    }
+
+    /// Serves each connection `accept` hands over on a thread of its own.
+    fn serve(
+        url: String,
+        accept: impl FnOnce(&dyn Fn(Box<dyn Read + Send>, Box<dyn Write + Send>)) + Send + 'static,
+    ) -> Mirror {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let listener = TcpListener::bind((address, 0)).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let (r, l) = (root.clone(), log.clone());
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+            accept(&move |reader, writer| {
                 let (r, l) = (r.clone(), l.clone());
-                std::thread::spawn(move || serve_one(stream, &r, &l));
-            }
+                std::thread::spawn(move || serve_one(reader, writer, &r, &l));
+            })
         });
         Mirror {
             root,
@@ -51,7 +78,7 @@ impl Mirror {
         }
     }
 
-    /// The port it listens on.
+    /// The port of its URL.
     pub fn port(&self) -> u16 {
         self.url
             .rsplit(':')
@@ -78,11 +105,12 @@ impl Mirror {
 }
 
 fn serve_one(
-    mut stream: std::net::TcpStream,
+    reader: Box<dyn Read + Send>,
+    mut stream: Box<dyn Write + Send>,
     root: &Path,
     log: &Mutex<Vec<(String, Option<u64>)>>,
 ) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reader = BufReader::new(reader);
     let mut first = String::new();
     if reader.read_line(&mut first).is_err() {
         return;

@@ -316,10 +316,10 @@ impl Container {
         c
     }
 
-    /// Makes `to` (a server of the test, on the host's address on this container's
-    /// bridge) answer on this container's loopback at `port`, through systemd's own
-    /// socket proxy: for a server the stack trusts only on loopback (an archive
-    /// mirror whose checksum files come over plain http).
+    /// Makes `to` (a server of the test: `HOST:PORT`, or a Unix socket bound into
+    /// the container) answer on this container's loopback at `port`, through
+    /// systemd's own socket proxy: for a server the stack trusts only on loopback (an
+    /// archive mirror whose checksum files come over plain http).
     pub fn loopback_proxy(&self, port: u16, to: &str) {
         self.ok(&format!(
             "printf '[Socket]\\nListenStream=127.0.0.1:{port}\\n' > /run/systemd/system/test-proxy-{port}.socket \

@@ -32,21 +32,6 @@ impl Bridge {
         }
         Bridge { name: name.into() }
     }
-
-    /// A fresh bridge `name` on which the host itself has `address` (a /24): for a
-    /// container that must reach a server of the test (the archive mirror) on the
-    /// host, and nothing else (still no forwarding, no NAT).
-    pub fn create_with_host_address(name: &str, address: &str) -> Bridge {
-        let bridge = Bridge::create(name);
-        let cidr = format!("{address}/24");
-        let out = ip(&["addr", "add", &cidr, "dev", name]);
-        assert!(
-            out.status.success(),
-            "ip addr add {cidr} dev {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bridge
-    }
 }
 
 impl Drop for Bridge {
