@@ -1,9 +1,9 @@
 //! End-to-end: the applications tier. Real Airflow 3.3, Superset 6.1 and dlt from PyPI
 //! (through the locked venvs uv builds), real PostgreSQL, Redis, NGINX, Prometheus and
-//! node_exporter from Debian, in a real systemd. The one STAND-IN is statsd_exporter
-//! (tests/standins/statsd_exporter, served from a local mirror in upstream's layout):
-//! its real release cannot be downloaded here; the stand-in counts the StatsD packets
-//! it receives, which is what this test asks of it.
+//! node_exporter from Debian, and the REAL statsd_exporter 0.30.0
+//! (shared/fixtures/release-archives/, served from a local mirror in upstream's
+//! layout), in a real systemd. What Airflow and Superset send is read from the
+//! exporter's own debug log; what it makes of it, from its metrics and from Prometheus.
 
 mod common;
 
@@ -17,10 +17,10 @@ use std::time::Instant;
 #[test]
 #[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
 fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
-    // statsd_exporter (stand-in) and uv come through the archive mirror; uv's wheel is
-    // the real one, fetched from PyPI for the mirror.
+    // statsd_exporter (the real one) and uv come through the archive mirror; uv's
+    // wheel is the real one, fetched from PyPI for the mirror.
     let mirror = Mirror::start();
-    mirror.put_statsd_exporter();
+    mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
 
@@ -90,6 +90,16 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         components.iter().all(|c| c["healthy"] == true),
         "{status:#}"
     );
+    // The exporter logs each StatsD line it receives at debug level: the test's tap
+    // on what Airflow and Superset send (a drop-in of the test's, in /run; the
+    // journal's rate limit off for it, so no line is lost).
+    let exec_start =
+        c.ok("grep '^ExecStart=' /etc/systemd/system/analytics-statsd-exporter.service");
+    c.ok(&format!(
+        "mkdir -p /run/systemd/system/analytics-statsd-exporter.service.d && printf '[Service]\\nExecStart=\\n%s --log.level=debug\\nLogRateLimitIntervalSec=0\\n' '{}' > /run/systemd/system/analytics-statsd-exporter.service.d/debug.conf && systemctl daemon-reload && systemctl restart analytics-statsd-exporter.service",
+        exec_start.trim()
+    ));
+
     // Venvs built from the lock files, current links in place, the marks written last.
     for app in ["airflow", "superset", "dlt"] {
         c.ok(&format!(
@@ -222,29 +232,26 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         "{query}"
     );
 
-    // Airflow's StatsD packets reached 127.0.0.1:9125 (the stand-in counts them).
-    let metrics = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
-    let packets: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("standin_statsd_packets_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(packets > 0, "{metrics}");
-    assert!(metrics.contains("name=\"airflow."), "{metrics}");
+    // Airflow's and Superset's StatsD lines reached the real exporter at
+    // 127.0.0.1:9125 (its debug log has each one).
+    let sent = common::statsd::sent_lines(
+        &c.ok("journalctl --no-pager -o cat -u analytics-statsd-exporter.service"),
+    );
+    assert!(
+        sent.iter().any(|l| l.name.starts_with("airflow.")),
+        "no Airflow StatsD line reached the exporter: {sent:?}"
+    );
     // Every name real Airflow sent lands in a known family or is a known duplicate:
     // none is left for the last rule, and the sample's task has its labels.
     let mapping = common::statsd::Mapping::parse(
         &c.ok("cat /etc/analytics-stack/statsd-exporter/mapping.yml"),
     );
-    // `standin_statsd_name_seen{name="…",type="…"} 1`
-    let typed: Vec<(&str, &str)> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("standin_statsd_name_seen{name=\""))
-        .filter_map(|l| {
-            let mut parts = l.split('"');
-            Some((parts.next()?, parts.nth(1)?))
-        })
+    let mut typed: Vec<(&str, &str)> = sent
+        .iter()
+        .map(|l| (l.name.as_str(), l.kind.as_str()))
         .collect();
+    typed.sort();
+    typed.dedup();
     let seen: Vec<&str> = typed.iter().map(|(n, _)| *n).collect();
     let mut families = std::collections::BTreeSet::new();
     let mut unmapped = Vec::new();
@@ -267,6 +274,75 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         families.len(),
         families.iter().filter(|f| f.starts_with("superset_")).count()
     );
+    // What the real exporter made of them: each family the test's reading of the
+    // mapping expects is one the exporter itself exports (its `# TYPE` lines), so the
+    // test's reading and the real program agree.
+    let exported = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
+    let exported_families: std::collections::BTreeSet<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !exported_families.contains(f.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "families the real statsd_exporter does not export: {missing:?}"
+    );
+    // And Prometheus scraped them: every family a dashboard queries that this traffic
+    // produced has series in Prometheus (the dashboards' other families, of things
+    // this run never did, are only counted).
+    let dashboard_families: std::collections::BTreeSet<String> =
+        analytics_stack::components::dashboards::all()
+            .iter()
+            .flat_map(|(_, d)| d["panels"].as_array().cloned().unwrap_or_default())
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t["expr"].as_str().map(String::from))
+            .flat_map(|expr| {
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("airflow_") || w.starts_with("superset_"))
+                    .map(|w| {
+                        w.trim_end_matches("_bucket")
+                            .trim_end_matches("_sum")
+                            .trim_end_matches("_count")
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    let produced: Vec<&String> = dashboard_families
+        .iter()
+        .filter(|f| families.contains(f.as_str()))
+        .collect();
+    assert!(!produced.is_empty(), "{dashboard_families:?} {families:?}");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let absent = loop {
+        let absent: Vec<&String> = produced
+            .iter()
+            .copied()
+            .filter(|f| {
+                let answer = json(&c.ok(&format!(
+                    "curl -fsS --get --data-urlencode 'query=count({{__name__=~\"{f}(_count)?\"}})' http://127.0.0.1:9090/api/v1/query"
+                )));
+                answer["data"]["result"].as_array().is_none_or(|r| r.is_empty())
+            })
+            .collect();
+        if absent.is_empty() || Instant::now() > deadline {
+            break absent;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    };
+    assert!(
+        absent.is_empty(),
+        "dashboard families this run produced but Prometheus has no series of: {absent:?}"
+    );
+    eprintln!(
+        "[figure] dashboard families with series in Prometheus after this run: {} of {}",
+        produced.len(),
+        dashboard_families.len()
+    );
     // Superset's web process (gunicorn's own metrics and the REST API's) and its
     // Celery worker (SQL Lab's steps run there when asynchronous; here the query above
     // ran in the web process) reach statsd_exporter.
@@ -279,7 +355,7 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         "superset_sqllab_query_duration",
     ] {
         assert!(
-            families.contains(family),
+            families.contains(family) && exported_families.contains(family),
             "no Superset metric becomes {family}: {seen:?}"
         );
     }
@@ -289,13 +365,12 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     // within what the API server records (that also counts the supervisor reporting
     // back), itself within the run. A unit error of 1000× either way fails.
     let timer = format!("airflow.dag.{DAG}.load_sample_readings.duration");
-    let sent_ms: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("standin_statsd_last_value{{name=\"{timer}\"}} ")))
-        .unwrap_or_else(|| panic!("{timer} was not sent: {seen:?}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let sent_ms: f64 = sent
+        .iter()
+        .rev()
+        .find(|l| l.name == timer)
+        .map(|l| l.value)
+        .unwrap_or_else(|| panic!("{timer} was not sent: {seen:?}"));
     let exported = common::statsd::exported_value(sent_ms, "ms");
     let ti = airflow(
         &c,

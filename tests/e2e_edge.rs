@@ -1,10 +1,11 @@
 //! End-to-end: the edge profile. The whole stack in a container limited to 2 GiB of
 //! memory, like a small VM: real PostgreSQL, Redis, NGINX, Prometheus, node_exporter
 //! and postgres_exporter from Debian; real Airflow, Superset and dlt from PyPI. The
-//! STAND-INS are statsd_exporter, Loki, Grafana and Alloy (tests/standins/, served
-//! from a local mirror in upstream's layout): their releases cannot be downloaded
-//! here, so their memory here is not theirs; the budget counts their real programs
-//! by estimate (src/budget/mod.rs).
+//! REAL Loki 3.7.0, Promtail 3.5.1 (the log shipper here) and statsd_exporter 0.30.0
+//! (shared/fixtures/release-archives/, served from a local mirror in upstream's
+//! layout): their idle memory is measured and held to what the budget reserves for
+//! them. Grafana is a STAND-IN (tests/standins/): its memory here is not its own, and
+//! the budget counts the real program by estimate (src/budget/mod.rs).
 
 mod common;
 
@@ -30,6 +31,7 @@ fn unit_limits(c: &Container) -> Vec<(String, u64)> {
 fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
     let mirror = Mirror::start();
     mirror.put_release_archives();
+    mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
 
@@ -42,7 +44,7 @@ fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
         (2 * GIB).to_string()
     );
     c.ok(&format!(
-        "mkdir -p /etc/analytics-stack/stack.d && printf '[stack]\\nprofile = \"edge\"\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
+        "mkdir -p /etc/analytics-stack/stack.d && printf '[stack]\\nprofile = \"edge\"\\n[log_shipper]\\nkind = \"promtail\"\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.toml",
         mirror.url
     ));
 
@@ -195,6 +197,44 @@ fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
     for (unit, kills) in counts {
         assert_eq!(kills, "0", "OOM kills under {unit}'s limit: {per_unit}");
     }
+    // The three real release programs, idle after the run: their memory (PSS of the
+    // unit's processes) within what the budget expects of them at idle plus what it
+    // reserves for their work — a budget that guessed low fails here.
+    let mut measured = Vec::new();
+    for unit in [
+        "analytics-loki.service",
+        "analytics-promtail.service",
+        "analytics-statsd-exporter.service",
+    ] {
+        let pss_kib: u64 = c
+            .ok(&format!(
+                "for p in $(cat /sys/fs/cgroup/memory/system.slice/{unit}/cgroup.procs); do awk '/^Pss:/ {{print $2}}' /proc/$p/smaps_rollup; done | awk '{{s += $1}} END {{print s + 0}}'"
+            ))
+            .trim()
+            .parse()
+            .unwrap();
+        let planned = memory["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == unit)
+            .unwrap_or_else(|| panic!("{unit} is not in the budget: {memory}"));
+        let expected = planned["expected_mib"].as_u64().unwrap();
+        let reserved = expected + planned["working_mib"].as_u64().unwrap();
+        let pss_mib = pss_kib.div_ceil(1024);
+        assert!(pss_kib > 0, "{unit} runs no process");
+        assert!(
+            pss_mib <= reserved,
+            "{unit}: {pss_mib} MiB at idle, the budget reserves {reserved} MiB"
+        );
+        measured.push(format!(
+            "{unit} {pss_mib} MiB (budget: {expected} expected, {reserved} reserved)"
+        ));
+    }
+    eprintln!(
+        "[figure] the real release programs' idle PSS under the edge budget: {}",
+        measured.join("; ")
+    );
     c.ok("for i in $(seq 100); do analytics-stack status >/dev/null; done");
     eprintln!(
         "[figure] analytics-stackd after a cold apply, a no-op apply and 102 status calls: {}",

@@ -8,8 +8,10 @@
 //! its lost tasks retried on the other; the same DAG on one worker host and on two is
 //! the benchmark; the stack's dlt sample runs on a worker into the primary's warehouse
 //! (as the warehouse role). Prometheus scrapes three node_exporters; Loki's push door takes the
-//! workers' journals (Loki and Alloy are STAND-INS, tests/standins/: the push goes
-//! through the real NGINX door, TLS and allow-list). The primary lets its workers run
+//! workers' journals: the REAL Loki 3.7.0 on the primary and the REAL Promtail 3.5.1
+//! on every host (shared/fixtures/release-archives/), the push through the real NGINX
+//! door, TLS and allow-list, and a worker host's Celery worker lines are read back
+//! from Loki by host and unit. The primary lets its workers run
 //! Superset's Celery worker too, and its own is off: an asynchronous SQL Lab query
 //! runs on a worker host (the warehouse sees it connect from there) and its result
 //! comes back through the cache's door. From the outsider PostgreSQL, the broker's
@@ -34,9 +36,13 @@ const TASK_SECONDS: u32 = 8;
 /// The primary: worker hosts on PRIMARY, running Superset's Celery worker too; its
 /// own Celery workers (Airflow's and Superset's) off, so every task and every
 /// asynchronous query runs on a worker host. Grafana is not needed here.
+/// Every host ships its journal with Promtail: the real program (Alloy's is a
+/// stand-in), so what reaches Loki is what the real shipper sends.
+const PROMTAIL: &str = "[log_shipper]\\nkind = \\\"promtail\\\"\\n";
+
 fn primary_config() -> String {
     format!(
-        "[workers]\\naddress = \\\"{PRIMARY}\\\"\\nsuperset = true\\n[airflow]\\nlocal_worker = false\\n[superset]\\ncelery_worker = false\\n[grafana]\\nenabled = false\\n"
+        "[workers]\\naddress = \\\"{PRIMARY}\\\"\\nsuperset = true\\n[airflow]\\nlocal_worker = false\\n[superset]\\ncelery_worker = false\\n[grafana]\\nenabled = false\\n{PROMTAIL}"
     )
 }
 
@@ -76,6 +82,7 @@ with DAG(
 fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     let mirror = Mirror::start();
     mirror.put_release_archives();
+    mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
     let bundles = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -134,6 +141,9 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     let w2 = Container::boot_on_with("as-e2e-wk-w2", &bridge, W2, &binds);
     for w in [&w1, &w2] {
         w.start_daemon();
+        w.ok(&format!(
+            "mkdir -p /etc/analytics-stack && printf '{PROMTAIL}' > /etc/analytics-stack/stack.toml"
+        ));
     }
     // A token for another primary, and a forged pin, are refused with nothing
     // written.
@@ -202,7 +212,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
             names,
             [
                 "node-exporter",
-                "alloy",
+                "promtail",
                 "airflow",
                 "superset",
                 "dlt",
@@ -254,7 +264,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
         (&w1, "analytics-superset-worker.service"),
         (&w1, "analytics-dag-sync.service"),
         (&w1, "analytics-node-exporter.service"),
-        (&w1, "analytics-alloy.service"),
+        (&w1, "analytics-promtail.service"),
         (&primary, "analytics-dag-bundle.service"),
     ];
     w1.ok("systemd-analyze verify /etc/systemd/system/analytics-*.service /etc/systemd/system/analytics-*.timer");
@@ -482,7 +492,33 @@ fn observability(primary: &Container) {
     };
     assert!(
         hosts.len() == 3 && hosts.contains(&"w1".to_string()) && hosts.contains(&"w2".to_string()),
-        "journal lines from three hosts (stand-in Loki): {hosts:?}"
+        "journal lines from three hosts: {hosts:?}"
+    );
+    // What the real Promtail kept of a worker host's journal, read from the real
+    // Loki by host and unit: its Celery worker's own lines (Celery names itself
+    // `celery@HOST`, and logs each task it receives, `execute_workload[…]`).
+    let query = "{host=\"w1\",unit=\"analytics-airflow-worker.service\"}";
+    let lines: Value = serde_json::from_str(&primary.ok(&format!(
+        "curl -fsS -G http://127.0.0.1:3100/loki/api/v1/query_range --data-urlencode 'query={query}' --data-urlencode 'limit=1000' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\""
+    )))
+    .unwrap();
+    let text: Vec<&str> = lines["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|stream| stream["values"].as_array().into_iter().flatten())
+        .filter_map(|v| v[1].as_str())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|l| l.contains("celery@") || l.contains("execute_workload")),
+        "no Celery worker line of w1 in Loki ({} lines): {:?}",
+        text.len(),
+        &text[..text.len().min(20)]
+    );
+    eprintln!(
+        "[figure] w1's Celery worker lines in Loki, shipped by the real Promtail: {}",
+        text.len()
     );
 }
 

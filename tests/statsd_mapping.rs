@@ -5,7 +5,7 @@
 mod common;
 
 use analytics_stack::components::statsd_exporter;
-use common::statsd::{Mapping, Outcome};
+use common::statsd::{sent_lines, Mapping, Outcome, Sent};
 
 fn family_outcome(name: &str, labels: &[(&str, &str)]) -> Outcome {
     Outcome::Family(
@@ -271,5 +271,30 @@ fn every_superset_and_gunicorn_name_lands_in_a_superset_family() {
         "airflow.dag.sales.load.duration",
         "airflow_task_duration",
         &[("dag_id", "sales"), ("task_id", "load")],
+    );
+}
+
+/// The tap e2e_apps reads what Airflow and Superset sent with: the real exporter's
+/// debug log of each line received.
+#[test]
+fn the_exporters_debug_lines_give_name_value_and_type() {
+    let journal = "time=2026-12-06T20:30:00.117Z level=DEBUG source=listener.go:96 msg=\"Incoming line\" proto=udp line=airflow.dag.sample.load.duration:933.2|ms\n\
+                   time=2026-12-06T20:30:00.118Z level=DEBUG source=listener.go:96 msg=\"Incoming line\" proto=udp line=\"superset.welcome:1|c\"\n\
+                   time=2026-12-06T20:30:00.119Z level=INFO source=main.go:347 msg=\"Accepting StatsD Traffic\"\n\
+                   time=2026-12-06T20:30:00.120Z level=DEBUG source=listener.go:96 msg=\"Incoming line\" proto=udp line=garbage\n";
+    assert_eq!(
+        sent_lines(journal),
+        [
+            Sent {
+                name: "airflow.dag.sample.load.duration".into(),
+                value: 933.2,
+                kind: "ms".into()
+            },
+            Sent {
+                name: "superset.welcome".into(),
+                value: 1.0,
+                kind: "c".into()
+            },
+        ]
     );
 }

@@ -132,3 +132,41 @@ pub fn exported_value(value: f64, statsd_type: &str) -> f64 {
         value
     }
 }
+
+/// One StatsD line a program sent: name, value and type (`c`, `g`, `ms`, `h`, `d`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub name: String,
+    pub value: f64,
+    pub kind: String,
+}
+
+/// The StatsD lines the real statsd_exporter received, from its own debug log
+/// (`--log.level=debug`: `msg="Incoming line" proto=udp line=NAME:VALUE|TYPE`), in
+/// the order received; lines that are not `NAME:VALUE|TYPE` are left out, as the
+/// exporter's parser leaves them.
+pub fn sent_lines(journal: &str) -> Vec<Sent> {
+    journal
+        .lines()
+        .filter(|l| l.contains("msg=\"Incoming line\""))
+        .filter_map(|l| {
+            let raw = l.split(" line=").nth(1)?;
+            let raw = raw.trim().trim_matches('"');
+            let (name, rest) = raw.split_once(':')?;
+            let (value, kind) = rest.split_once('|')?;
+            let kind: String = kind
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            (name_ok && !kind.is_empty()).then_some(Sent {
+                name: name.to_string(),
+                value: value.parse().ok()?,
+                kind,
+            })
+        })
+        .collect()
+}
