@@ -228,6 +228,16 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         exec,
     );
     unit.read_write_paths = vec![data.clone()];
+    // Stopped before Loki (systemd stops units in the reverse order of After=): at
+    // shutdown the shipper sends what it still holds to a Loki that is still there,
+    // instead of retrying against a stopped one until it is killed (seen: Promtail
+    // held a container's halt for over a minute).
+    if config.loki.enabled && !config.is_worker_host() {
+        unit.after.push(super::loki::UNIT.into());
+    }
+    // A stop that cannot reach Loki at all (a worker host whose primary is gone)
+    // ends within 30 s, losing what was not sent, rather than holding a shutdown.
+    unit.timeout_sec = 30;
     let health = match kind {
         LogShipperKind::Promtail => "/ready",
         LogShipperKind::Alloy => "/-/ready",

@@ -653,6 +653,13 @@ fn the_log_shippers_read_the_journal_of_stack_units_into_loki() {
         (spec.name, spec.units[0].name.as_str()),
         ("promtail", "analytics-promtail.service")
     );
+    // Stopped before Loki at shutdown, and never for longer than 30 s.
+    let unit = &spec.units[0].content;
+    assert!(
+        unit.contains("After=") && unit.contains(" analytics-loki.service"),
+        "{unit}"
+    );
+    assert!(unit.contains("TimeoutSec=30\n"), "{unit}");
     assert!(prometheus::render_config(&pc).contains("job_name: 'promtail'"));
 }
 

@@ -613,8 +613,35 @@ fn wait_for_stack_ports(name: &str) {
     }
 }
 
+impl Container {
+    /// Halts the container (as the host's shutdown would: SIGTERM to nspawn, which
+    /// halts PID 1) and returns how long that took, up to 90 s; `Drop` then finds it
+    /// halted.
+    pub fn halt_seconds(&mut self) -> f64 {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.nspawn.id().to_string())
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            if matches!(self.nspawn.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed().as_secs_f64()
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
+        let already_halted = matches!(self.nspawn.try_wait(), Ok(Some(_)));
+        if already_halted {
+            if let Some(disk) = &self.disk {
+                let _ = std::fs::remove_dir_all(disk);
+            }
+            return;
+        }
         // SIGTERM to nspawn; it halts PID 1 with SIGRTMIN+3.
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -630,10 +657,13 @@ impl Drop for Container {
             }
         }
         if !halted {
+            // What systemd was still waiting for, then the kill.
+            let waiting = self.sh("systemctl list-jobs --no-pager --no-legend 2>&1; systemctl list-units --no-pager --no-legend --state=deactivating 2>&1");
             eprintln!(
-                "[{}] did not halt within {} s: killed",
+                "[{}] did not halt within {} s: killed; still stopping:\n{}",
                 self.name,
-                started.elapsed().as_secs()
+                started.elapsed().as_secs(),
+                String::from_utf8_lossy(&waiting.stdout)
             );
             // SIGKILL to the container's PID 1 ends every process of its PID
             // namespace; killing only nspawn would leave them running, holding the
