@@ -77,6 +77,8 @@ pub struct PythonConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AirflowConfig {
+    /// Airflow: API server, scheduler, DAG processor, triggerer and Celery worker,
+    /// served under `/airflow/`; needs postgres and redis. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
     /// The API server (UI, REST API and the tasks' execution API), loopback only.
     pub port: Port,
@@ -95,6 +97,8 @@ pub struct AirflowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupersetConfig {
+    /// Superset: gunicorn and its Celery worker, served under `/superset/`; needs
+    /// postgres and redis. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
     /// gunicorn, loopback only.
     pub port: Port,
@@ -111,6 +115,8 @@ pub struct SupersetConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DltConfig {
+    /// The dlt venv, the sample pipeline and its Airflow DAG (needs airflow and
+    /// postgres). false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
 }
 
@@ -176,8 +182,12 @@ impl From<AbsolutePath> for String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogShipperConfig {
+    /// The log shipper: every `analytics-*` unit's journal lines to Loki (from a
+    /// worker host, through the primary's door). false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// Which shipper: Grafana Alloy, or Promtail (end of life since March 2026).
     pub kind: LogShipperKind,
+    /// The shipper's own HTTP port (its health), loopback only.
     pub port: Port,
 }
 
@@ -191,13 +201,19 @@ pub enum LogShipperKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrafanaConfig {
+    /// Grafana, served under `/grafana/`, with the stack's dashboards over
+    /// Prometheus and Loki; its admin password generated. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// Grafana's HTTP port, loopback only.
     pub port: Port,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchivesConfig {
+    /// Base URL of an internal mirror of the release hosts, keeping upstream's paths;
+    /// "" downloads from upstream. Over plain http it is trusted only on loopback,
+    /// unless the archives are pinned (`sha256`).
     pub mirror: MirrorUrl,
     /// Digests the operator pins, by component, for archives the catalog does not
     /// pin (this host's architecture): such an archive is then verified against the
@@ -240,17 +256,26 @@ impl From<Sha256Hex> for String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsdExporterConfig {
+    /// statsd_exporter: Airflow's and Superset's StatsD metrics for Prometheus
+    /// (they send to it when it is on). false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// Its Prometheus metrics, loopback only.
     pub port: Port,
+    /// Where it takes StatsD (UDP and TCP), loopback only.
     pub statsd_port: Port,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LokiConfig {
+    /// Loki: the journal lines of every host of the stack, filesystem storage, TSDB
+    /// schema v13. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// Loki's HTTP port (queries, the local push), loopback only.
     pub port: Port,
+    /// Loki's gRPC listener, loopback only (used by its own components).
     pub grpc_port: Port,
+    /// How long log lines are kept.
     pub retention: Duration,
 }
 
@@ -399,10 +424,15 @@ pub struct StackConfig {
     /// landing page, the certificate); unset = the host's FQDN (see `Stack::config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<Hostname>,
+    /// Members of this Unix group may call the mutating D-Bus methods besides root
+    /// (apply, bundles they can read themselves, start, stop, uninstall); never
+    /// `credentials`, backups or restores. "" = root only.
     pub admin_group: GroupName,
+    /// How long apply waits for every component to report healthy, in seconds (a
+    /// first Airflow start takes about a minute).
     pub health_timeout_secs: u32,
     /// "standard", or "edge": a small VM, with a memory budget of
-    /// [`EDGE_BUDGET_BYTES`] unless `memory_budget` says otherwise.
+    /// 1.5 GiB (`EDGE_BUDGET_BYTES`) unless `memory_budget` says otherwise.
     pub profile: Profile,
     /// The memory every stack process together may use; "" = none (each component
     /// at the sizes configured, no limits written).
@@ -503,14 +533,23 @@ impl From<MemoryBudget> for String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NginxConfig {
+    /// NGINX: the single door (`/`, `/airflow/`, `/superset/`, `/grafana/`). false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// The address the door listens on (an IP address; "0.0.0.0" = every IPv4
+    /// address).
     pub listen: IpAddr,
     /// Plain HTTP: redirects to HTTPS when TLS is on (but `/healthz`).
     pub port: Port,
+    /// "self-signed" (a stack CA and a certificate for the host's names and
+    /// addresses), "files" (`certificate` and `key`) or "off" (plain HTTP: logins in
+    /// clear text). Plain HTTP redirects to HTTPS when TLS is on (`/healthz` excepted).
     pub tls: TlsMode,
+    /// The HTTPS port, when TLS is on.
     pub https_port: Port,
     /// With `tls = "files"`: the PEM certificate (chain) and its private key.
     pub certificate: OptionalPath,
+    /// With `tls = "files"`: your PEM key, outside `/home` and `/root` (the daemon's
+    /// sandbox hides those).
     pub key: OptionalPath,
 }
 
@@ -530,9 +569,14 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    /// PostgreSQL: the warehouse and the applications' metadata, listening on
+    /// 127.0.0.1 only (and on `[workers] address` for worker roles, TLS only). false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// PostgreSQL's port.
     pub port: Port,
+    /// PostgreSQL's `max_connections`.
     pub max_connections: ConnectionCount,
+    /// PostgreSQL's `shared_buffers` (lowered under a memory budget).
     pub shared_buffers: ByteSize,
     /// Memory one sort or hash of a query may use before spilling to disk.
     pub work_mem: ByteSize,
@@ -574,15 +618,20 @@ impl From<PostgresMajor> for u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Both Redis instances, the Celery broker and the cache. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// Celery's broker: never evicts, append-only.
     pub broker: RedisInstanceConfig,
+    /// Superset's caches: evicts least-recently-used keys.
     pub cache: RedisInstanceConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisInstanceConfig {
+    /// The instance's port, loopback only.
     pub port: Port,
+    /// The instance's `maxmemory`.
     pub maxmemory: ByteSize,
 }
 
@@ -599,17 +648,29 @@ pub enum SoftwareSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
+    /// Prometheus, scraping node_exporter, postgres_exporter, statsd_exporter and
+    /// the workers; its alert rules loaded. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// "debian" (the distribution's package) or "archive" (the upstream release
+    /// archive).
     pub source: SoftwareSource,
+    /// Prometheus's HTTP port, loopback only.
     pub port: Port,
+    /// How long metrics are kept.
     pub retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeExporterConfig {
+    /// node_exporter, with the systemd collector on `analytics-*` units and the
+    /// daemon's figures in its textfile directory. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// "debian" (the distribution's package) or "archive" (the upstream release
+    /// archive).
     pub source: SoftwareSource,
+    /// node_exporter's port: loopback, or on a worker host its address for the
+    /// primary's Prometheus.
     pub port: Port,
 }
 
@@ -619,7 +680,10 @@ pub struct NodeExporterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresExporterConfig {
+    /// postgres_exporter, as a monitoring role with `pg_monitor` only; runs only
+    /// with PostgreSQL and Prometheus. false stops it and removes its units on the next apply; its data stays.
     pub enabled: bool,
+    /// postgres_exporter's port, loopback only.
     pub port: Port,
 }
 
@@ -673,6 +737,7 @@ pub struct WorkerRoleConfig {
     pub primary: ListenAddress,
     /// The primary's HTTPS door (execution API, log push, DAG bundle).
     pub primary_https_port: Port,
+    /// The primary's PostgreSQL port (TLS only).
     pub primary_postgres_port: Port,
     /// The primary's TLS door to the Celery broker.
     pub primary_broker_port: Port,
@@ -769,6 +834,7 @@ pub struct BackupConfig {
     /// How many backups to keep in `directory` (older ones are removed after a
     /// successful scheduled backup, never before).
     pub keep: BackupCount,
+    /// Where scheduled and manual backups are written (root's alone, 0700).
     pub directory: AbsolutePath,
     /// Prometheus's metrics and Loki's logs too in scheduled backups.
     pub with_telemetry: bool,
