@@ -1219,6 +1219,10 @@ fn a_worker_host_runs_its_celery_worker_node_exporter_and_log_shipper_only() {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://worker_w1:@@secret:primary-postgres@@@10.0.0.1:5432/airflow?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt\n",
         "AIRFLOW__CORE__DAGS_FOLDER=/var/lib/analytics-stack/dag-sync/current/dags\n",
         "ANALYTICS_STACK_PIPELINES=/var/lib/analytics-stack/dag-sync/current/pipelines\n",
+        // Airflow's broker keyspace, as on the primary.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=airflow:\n",
+        "AIRFLOW__CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=airflow:\n",
+        "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL=False\n",
     ] {
         assert!(env.contains(want), "{want} in {env}");
     }
