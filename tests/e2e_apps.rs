@@ -276,17 +276,28 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     );
     // What the real exporter made of them: each family the test's reading of the
     // mapping expects is one the exporter itself exports (its `# TYPE` lines), so the
-    // test's reading and the real program agree.
-    let exported = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
-    let exported_families: std::collections::BTreeSet<&str> = exported
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    let missing: Vec<&String> = families
-        .iter()
-        .filter(|f| !exported_families.contains(f.as_str()))
-        .collect();
+    // test's reading and the real program agree. (The exporter logs a line when it
+    // receives it and exports it once its event queue is flushed, every 200 ms: a
+    // line just received may need a moment; up to 15 s are allowed.)
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let (exported_families, missing) = loop {
+        let exported = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
+        let exported_families: std::collections::BTreeSet<String> = exported
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect();
+        let missing: Vec<String> = families
+            .iter()
+            .filter(|f| !exported_families.contains(f.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break (exported_families, missing);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     assert!(
         missing.is_empty(),
         "families the real statsd_exporter does not export: {missing:?}"
