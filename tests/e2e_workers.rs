@@ -497,18 +497,30 @@ fn observability(primary: &Container) {
     // What the real Promtail kept of a worker host's journal, read from the real
     // Loki by host and unit: its Celery worker's own lines (Celery names itself
     // `celery@HOST`, and logs each task it receives, `execute_workload[…]`).
+    // (Waited for, up to two minutes: Celery says it is ready a while after its unit
+    // started, and Promtail sends in batches.)
     let query = "{host=\"w1\",unit=\"analytics-airflow-worker.service\"}";
-    let lines: Value = serde_json::from_str(&primary.ok(&format!(
-        "curl -fsS -G http://127.0.0.1:3100/loki/api/v1/query_range --data-urlencode 'query={query}' --data-urlencode 'limit=1000' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\""
-    )))
-    .unwrap();
-    let text: Vec<&str> = lines["data"]["result"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|stream| stream["values"].as_array().into_iter().flatten())
-        .filter_map(|v| v[1].as_str())
-        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let text: Vec<String> = loop {
+        let lines: Value = serde_json::from_str(&primary.ok(&format!(
+            "curl -fsS -G http://127.0.0.1:3100/loki/api/v1/query_range --data-urlencode 'query={query}' --data-urlencode 'limit=1000' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\""
+        )))
+        .unwrap();
+        let text: Vec<String> = lines["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|stream| stream["values"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v[1].as_str().map(String::from))
+            .collect();
+        let found = text
+            .iter()
+            .any(|l| l.contains("celery@") || l.contains("execute_workload"));
+        if found || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
     assert!(
         text.iter()
             .any(|l| l.contains("celery@") || l.contains("execute_workload")),
