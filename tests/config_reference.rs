@@ -20,6 +20,8 @@ type Fields = Vec<(String, syn::Type, String)>;
 #[derive(Default)]
 struct Schema {
     structs: BTreeMap<String, Fields>,
+    /// Each struct's own doc comment.
+    struct_docs: BTreeMap<String, String>,
     /// Enums: the spellings a file uses, and the enum's doc.
     enums: BTreeMap<String, (Vec<String>, String)>,
     /// Value types (tuple structs that check what they hold): what they read from
@@ -124,6 +126,9 @@ fn read_schema() -> Schema {
                         })
                         .collect();
                     schema.structs.insert(s.ident.to_string(), fields);
+                    schema
+                        .struct_docs
+                        .insert(s.ident.to_string(), doc_of(&s.attrs));
                 }
                 syn::Fields::Unnamed(_) => {
                     let read = match serde_value(&s.attrs, "try_from").as_deref() {
@@ -327,7 +332,11 @@ fn render(schema: &Schema, defaults: &Defaults) -> (String, Vec<String>) {
     for (section, ty, section_doc) in config {
         let (type_name, _) = type_parts(ty);
         let _ = write!(out, "\n## `[{section}]`\n\n");
-        let struct_doc = schema_struct_doc(&type_name);
+        let struct_doc = schema
+            .struct_docs
+            .get(&type_name)
+            .cloned()
+            .unwrap_or_default();
         for note in [section_doc.as_str(), struct_doc.as_str()]
             .into_iter()
             .chain(
@@ -346,19 +355,6 @@ fn render(schema: &Schema, defaults: &Defaults) -> (String, Vec<String>) {
         );
     }
     (out, keys)
-}
-
-/// Struct docs are not kept in `Schema` (only the walk's fields are); read them again.
-fn schema_struct_doc(name: &str) -> String {
-    let text = std::fs::read_to_string(repo().join("src/config/schema.rs")).unwrap();
-    let file = syn::parse_file(&text).unwrap();
-    file.items
-        .iter()
-        .find_map(|i| match i {
-            syn::Item::Struct(s) if s.ident == name => Some(doc_of(&s.attrs)),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// The rows of the struct `struct_name` under `prefix`; `parent_doc` is the doc of
