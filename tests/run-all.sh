@@ -32,6 +32,16 @@ install_needed() {
 }
 phase "install what the tests need" install_needed
 
+# Compiled crates are kept between runs and clones on this machine (cargo's
+# fingerprints decide what is rebuilt: a fresh clone rebuilds this project's crates
+# and reuses its dependencies'). Outputs that tests read (target/debian, the
+# browser's screenshots) stay in the clone. Bounded: past 40 GiB it starts again.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/analytics-stack-test/cargo-target}"
+if [ -d "$CARGO_TARGET_DIR" ] && [ "$(du -s --block-size=1G "$CARGO_TARGET_DIR" | cut -f1)" -gt 40 ]; then
+  rm -rf "$CARGO_TARGET_DIR"
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+
 phase "cargo fmt --check" cargo fmt --all -- --check
 phase "cargo clippy" cargo clippy --all-targets -- -D warnings
 # The root filesystem is built (or reused) before the tests, outside their timeouts.
@@ -40,6 +50,7 @@ phase "test root filesystem" tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TE
 phase "Debian package" packaging/build-deb.sh
 phase "build the tests" cargo nextest run --run-ignored all --no-run
 status=0
+rm -f "$CARGO_TARGET_DIR/nextest/default/junit.xml"
 phase "run the tests" cargo nextest run --run-ignored all --no-fail-fast || status=$?
-/usr/bin/python3 tests/harness/timings.py "$phases" target/nextest/default/junit.xml
+/usr/bin/python3 tests/harness/timings.py "$phases" "$CARGO_TARGET_DIR/nextest/default/junit.xml"
 exit "$status"
