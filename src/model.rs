@@ -59,9 +59,12 @@ impl ComponentSpec {
         self.pre_install_files.iter().chain(&self.files)
     }
 
-    /// Every release archive the component needs: its own, and uv for its venv.
+    /// Every release archive the component needs: its own, and uv (and the managed
+    /// CPython, if used) for its venv.
     pub fn archive_pins(&self) -> impl Iterator<Item = &crate::artifact::catalog::ArchivePin> {
-        self.archive.iter().chain(self.venv.as_ref().map(|v| &v.uv))
+        self.archive
+            .iter()
+            .chain(self.venv.iter().flat_map(VenvSpec::tool_pins))
     }
 }
 
@@ -80,6 +83,11 @@ pub struct VenvSpec {
     pub index_url: String,
     /// uv, itself a verified artifact (its PyPI wheel).
     pub uv: crate::artifact::catalog::ArchivePin,
+    /// The stack's own CPython, when the venv is built on it (`interpreter` is then
+    /// inside it): a verified release archive like the others.
+    pub python: Option<crate::artifact::catalog::ArchivePin>,
+    /// Why the venv gets `interpreter` (shown by `plan`).
+    pub python_why: String,
 }
 
 impl VenvSpec {
@@ -92,6 +100,11 @@ impl VenvSpec {
     /// Written last: a venv without it is a broken build and is rebuilt.
     pub fn complete_marker(&self) -> PathBuf {
         self.dir().join(VENV_COMPLETE)
+    }
+    /// The archives building it needs: uv, and the managed CPython when it is built
+    /// on that.
+    pub fn tool_pins(&self) -> impl Iterator<Item = &crate::artifact::catalog::ArchivePin> {
+        std::iter::once(&self.uv).chain(&self.python)
     }
     pub fn uv_binary(&self) -> PathBuf {
         PathBuf::from(paths::OPT)

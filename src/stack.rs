@@ -950,12 +950,24 @@ pub fn python_problems(desired: &[ComponentSpec], facts: &crate::facts::HostFact
             continue;
         };
         let interpreter = venv.interpreter.display().to_string();
-        // Not there yet: Debian's python3 will be installed, if that is the interpreter.
-        let minor = facts.python_minor.or_else(|| {
-            (interpreter == "/usr/bin/python3")
-                .then(|| components::python::debian_python_minor(&facts.codename))
-                .flatten()
-        });
+        let minor = match &venv.python {
+            // The stack's own CPython: its version is the pin's.
+            Some(pin) => components::python::managed_minor(pin),
+            None if interpreter.is_empty() => {
+                problems.push(format!(
+                    "{} needs the stack's own Python, and the catalog has none for this \
+                     architecture; set [python.managed] or [python] interpreter",
+                    app.name
+                ));
+                continue;
+            }
+            // Not there yet: Debian's python3 will be installed, if that is the interpreter.
+            None => facts.python_minor.or_else(|| {
+                (interpreter == crate::config::Interpreter::DEBIAN)
+                    .then(|| components::python::debian_python_minor(&facts.codename))
+                    .flatten()
+            }),
+        };
         if let Some(problem) = components::python::unsupported(app, &interpreter, minor) {
             problems.push(problem);
         }

@@ -142,6 +142,15 @@ fn read_schema() -> Schema {
                 }
                 syn::Fields::Unit => {}
             },
+            // An enum read from a string (`try_from = "String"`) is a value described
+            // by its doc, not a choice of its variants' names.
+            syn::Item::Enum(e)
+                if serde_value(&e.attrs, "try_from").as_deref() == Some("String") =>
+            {
+                schema
+                    .values
+                    .insert(e.ident.to_string(), ("string".into(), doc_of(&e.attrs)));
+            }
             syn::Item::Enum(e) => {
                 let rule = serde_value(&e.attrs, "rename_all");
                 let spellings = e

@@ -23,6 +23,11 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
+    // Every venv on the stack's own CPython (`[python] interpreter = "managed"`): the
+    // fixture CPython 3.12 stands in for the catalog's python-build-standalone build,
+    // with the test's digest. (Debian's python3 is the default, which e2e_backup,
+    // e2e_workers and e2e_edge build on.)
+    let managed_python = mirror.put_cpython_fixture();
 
     // A second host on a wire to this one (before the first apply, so the stack's
     // certificate names its address), and a resolver that writes down every name the
@@ -40,6 +45,19 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
         "printf '[statsd_exporter]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.d/10-apps-test.toml",
         mirror.url
     ));
+    c.put_file(
+        "/etc/analytics-stack/stack.d/20-managed-python.toml",
+        &managed_python,
+    );
+    // `plan` says which Python each application gets, and why.
+    let planned = c.ok("analytics-stack plan");
+    for app in ["airflow", "superset", "dlt"] {
+        assert!(
+            planned.lines().any(|l| l.contains(&format!("build the {app} venv"))
+                && l.contains("on /opt/analytics-stack/python/3.12.14/bin/python3 ([python] interpreter = \"managed\")")),
+            "{app}: {planned}"
+        );
+    }
 
     let started = Instant::now();
     c.ok("analytics-stack apply");
@@ -106,6 +124,24 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
             "test -f /opt/analytics-stack/{app}/current/.analytics-stack-complete && test -x /opt/analytics-stack/{app}/current/bin/python"
         ));
     }
+    // On the managed CPython, unpacked by the stack's unpacker where the venvs point
+    // (the fixture is 3.12; Debian 12's python3 is 3.11), and no Debian python3 asked for.
+    for app in ["airflow", "superset", "dlt"] {
+        let version = c.ok(&format!(
+            "/opt/analytics-stack/{app}/current/bin/python -c 'import sys; print(sys.version.split()[0], sys.base_prefix)'"
+        ));
+        assert_eq!(
+            version.trim(),
+            "3.12.14 /opt/analytics-stack/python/3.12.14",
+            "{app}"
+        );
+    }
+    assert_eq!(
+        c.ok("find -P /opt/analytics-stack/python/ ! -user root | head -n 3")
+            .trim(),
+        "",
+        "the managed CPython is root's"
+    );
     // Built by uv as the unprivileged build user (its cache is that user's), and
     // owned by root once complete: no service user and not the builder can change it.
     for app in ["airflow", "superset", "dlt"] {

@@ -144,8 +144,15 @@ async fn gather(
     let mut archives = Vec::new();
     let mut pins: Vec<crate::artifact::catalog::ArchivePin> =
         specs.iter().filter_map(|s| s.archive.clone()).collect();
-    if let Some(venv) = specs.iter().find_map(|s| s.venv.as_ref()) {
-        pins.push(venv.uv.clone());
+    // uv, and the managed CPython when an application is built on it.
+    for pin in specs
+        .iter()
+        .filter_map(|s| s.venv.as_ref())
+        .flat_map(|v| v.tool_pins())
+    {
+        if !pins.contains(pin) {
+            pins.push(pin.clone());
+        }
     }
     for pin in pins {
         say(&format!(

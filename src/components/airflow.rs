@@ -331,7 +331,7 @@ fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "airflow",
         description: "Airflow: the Celery worker of a worker host",
-        packages: AIRFLOW.packages(config),
+        packages: AIRFLOW.packages(config, platform),
         venv: AIRFLOW.venv(config, platform),
         users: vec![UserSpec::service(USER, HOME)],
         dirs: vec![
@@ -496,7 +496,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "airflow",
         description: "Airflow: scheduler, API server under /airflow/, Celery worker",
-        packages: AIRFLOW.packages(config),
+        packages: AIRFLOW.packages(config, platform),
         venv: AIRFLOW.venv(config, platform),
         users: vec![UserSpec::service(USER, HOME)],
         dirs: vec![

@@ -97,7 +97,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         return ComponentSpec {
             name: "dlt",
             description: "dlt: the venv a worker host's tasks run pipelines with",
-            packages: DLT.packages(config),
+            packages: DLT.packages(config, platform),
             venv: DLT.venv(config, platform),
             ..Default::default()
         };
@@ -107,7 +107,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "dlt",
         description: "dlt: ingestion pipelines, run by Airflow into the warehouse",
-        packages: DLT.packages(config),
+        packages: DLT.packages(config, platform),
         venv: DLT.venv(config, platform),
         // DAGs are re-read by Airflow's DAG processor; pipelines at each run.
         files: vec![

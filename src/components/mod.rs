@@ -212,9 +212,11 @@ fn pin_operator_digests(specs: &mut [ComponentSpec], config: &Config) {
     use crate::artifact::catalog::DigestSource;
     let pins = &config.archives.sha256;
     let archives = specs.iter_mut().flat_map(|s| {
-        s.archive
-            .iter_mut()
-            .chain(s.venv.as_mut().map(|v| &mut v.uv))
+        s.archive.iter_mut().chain(
+            s.venv
+                .iter_mut()
+                .flat_map(|v| std::iter::once(&mut v.uv).chain(v.python.as_mut())),
+        )
     });
     for pin in archives {
         if let (Some(sha), false) = (

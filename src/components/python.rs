@@ -3,7 +3,8 @@
 //! supports.
 
 use super::Platform;
-use crate::config::Config;
+use crate::artifact::catalog::ArchivePin;
+use crate::config::{Config, Interpreter};
 use crate::model::{paths, VenvSpec};
 
 /// The build backends (hash-pinned) for the locked packages PyPI has only as source.
@@ -92,24 +93,139 @@ impl LockedApp {
         let uv =
             crate::artifact::catalog::pin("uv", &platform.arch, config.archives.mirror.as_str())?;
         let (id, lock) = self.locked_for(config);
+        let python = self.python(config, platform);
         Some(VenvSpec {
             name: self.name.into(),
-            id,
+            // A venv holds its interpreter's path: another interpreter is another venv.
+            id: match python.id_suffix() {
+                Some(suffix) => format!("{id}-{suffix}"),
+                None => id,
+            },
             lock,
-            interpreter: config.python.interpreter.as_str().into(),
+            interpreter: python.interpreter.into(),
+            python: python.archive,
+            python_why: python.why,
             index_url: config.python.index_url.as_str().into(),
             uv,
         })
     }
 
-    /// The Debian packages the venv needs: the interpreter, when it is Debian's.
-    pub fn packages(&self, config: &Config) -> Vec<String> {
-        if config.python.interpreter.as_str() == "/usr/bin/python3" {
-            vec![DEBIAN_PYTHON.into()]
-        } else {
-            Vec::new()
+    /// The interpreter this application's venv is built on, and why.
+    pub fn python(&self, config: &Config, platform: &Platform) -> PythonChoice {
+        let managed = |why: String| {
+            let pin = managed_pin(config, platform);
+            PythonChoice {
+                interpreter: pin.as_ref().map_or_else(String::new, managed_interpreter),
+                archive: pin,
+                why,
+            }
+        };
+        let Some(path) = config.python.interpreter.path() else {
+            return managed("[python] interpreter = \"managed\"".into());
+        };
+        // Only the distribution's python3 is replaced, and only when the application
+        // cannot run on it (Superset 6.1 on trixie's 3.13): a path of the operator's is
+        // the operator's choice, refused before anything changes if it does not fit.
+        let debian_minor = (path == Interpreter::DEBIAN)
+            .then(|| debian_python_minor(&platform.codename))
+            .flatten();
+        match debian_minor {
+            Some(minor) if !self.supports(minor) => managed(format!(
+                "Debian {}'s python3 is 3.{minor}; {} {} supports 3.{} to 3.{}",
+                platform.codename,
+                self.name,
+                self.version,
+                self.python_minors.0,
+                self.python_minors.1
+            )),
+            Some(minor) => PythonChoice {
+                interpreter: path.into(),
+                archive: None,
+                why: format!("Debian {}'s python3 (3.{minor})", platform.codename),
+            },
+            None => PythonChoice {
+                interpreter: path.into(),
+                archive: None,
+                why: "[python] interpreter".into(),
+            },
         }
     }
+
+    /// The Debian packages the venv needs: the interpreter, when it is Debian's; the
+    /// libraries an operator's own CPython links to, when it is that.
+    pub fn packages(&self, config: &Config, platform: &Platform) -> Vec<String> {
+        let python = self.python(config, platform);
+        match (&python.archive, &config.python.managed) {
+            (Some(_), Some(own)) => own.packages.iter().map(|p| p.as_str().into()).collect(),
+            (Some(_), None) => Vec::new(),
+            (None, _) if python.interpreter == Interpreter::DEBIAN => vec![DEBIAN_PYTHON.into()],
+            (None, _) => Vec::new(),
+        }
+    }
+}
+
+/// Which Python an application gets: a path, the archive that provides it when the
+/// stack brings it, and the reason (shown by `plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonChoice {
+    pub interpreter: String,
+    pub archive: Option<ArchivePin>,
+    pub why: String,
+}
+
+impl PythonChoice {
+    /// What the venv's id carries besides the lock: nothing for the distribution's
+    /// python3 (the ids of venvs built before there was a choice), `py3.12.14` for the
+    /// stack's own, a digest of any other path.
+    fn id_suffix(&self) -> Option<String> {
+        match &self.archive {
+            Some(pin) => Some(format!("py{}", pin.version)),
+            None if self.interpreter == Interpreter::DEBIAN => None,
+            None => Some(crate::util::sha256_hex(self.interpreter.as_bytes())[..8].to_string()),
+        }
+    }
+}
+
+/// The relocatable CPython the stack brings: the operator's `[python.managed]`, else
+/// the catalog's python-build-standalone build for this architecture.
+pub fn managed_pin(config: &Config, platform: &Platform) -> Option<ArchivePin> {
+    let Some(own) = &config.python.managed else {
+        return crate::artifact::catalog::pin(
+            MANAGED_PYTHON,
+            &platform.arch,
+            config.archives.mirror.as_str(),
+        );
+    };
+    let url = own.url.as_str().to_string();
+    Some(ArchivePin {
+        component: MANAGED_PYTHON.into(),
+        version: own.version.as_str().into(),
+        format: crate::artifact::ArchiveFormat::TarGz,
+        file_name: url.rsplit('/').next().unwrap_or_default().to_string(),
+        url,
+        digest: crate::artifact::catalog::DigestSource::Pinned(own.sha256.as_str().into()),
+        binary: "bin/python3".into(),
+    })
+}
+
+/// The catalog's (and `/opt/analytics-stack/`'s) name for the stack's own CPython.
+pub const MANAGED_PYTHON: &str = "python";
+
+/// `OPT/python/VERSION/bin/python3`: a version's own directory, not `current`, since
+/// a venv keeps the path it was built with.
+pub fn managed_interpreter(pin: &ArchivePin) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        paths::OPT,
+        pin.component,
+        pin.version,
+        pin.binary
+    )
+}
+
+/// The Python 3 minor version a managed archive holds (`3.12.14` → 12).
+pub fn managed_minor(pin: &ArchivePin) -> Option<u32> {
+    pin.version.split('.').nth(1)?.parse().ok()
 }
 
 /// The `python3` minor version a Debian release installs as /usr/bin/python3.
@@ -129,7 +245,7 @@ pub fn unsupported(app: &LockedApp, interpreter: &str, minor: Option<u32>) -> Op
         Some(m) if app.supports(m) => None,
         Some(m) => Some(format!(
             "{} {} supports Python 3.{lo} to 3.{hi}, but {interpreter} is Python 3.{m}; \
-             set [python] interpreter to a supported Python, or disable {}",
+             set [python] interpreter to a supported Python (or \"managed\"), or disable {}",
             app.name, app.version, app.name
         )),
         None => Some(format!(

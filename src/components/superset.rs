@@ -235,7 +235,7 @@ fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
     ComponentSpec {
         name: "superset",
         description: "Superset: the Celery worker of a worker host",
-        packages: SUPERSET.packages(config),
+        packages: SUPERSET.packages(config, platform),
         venv: SUPERSET.venv(config, platform),
         users: vec![UserSpec::service(USER, HOME)],
         dirs: vec![
@@ -300,7 +300,11 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         description: "Superset: dashboards and SQL on the warehouse, under /superset/",
         // SQL Lab checks PostgreSQL queries as they are typed with pgsanity, which runs
         // ecpg: without it every keystroke's check answers 422.
-        packages: [SUPERSET.packages(config), vec!["libecpg-dev".into()]].concat(),
+        packages: [
+            SUPERSET.packages(config, platform),
+            vec!["libecpg-dev".into()],
+        ]
+        .concat(),
         venv: SUPERSET.venv(config, platform),
         users: vec![UserSpec::service(USER, HOME)],
         dirs: vec![

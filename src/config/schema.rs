@@ -64,14 +64,165 @@ pub struct BundleConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PythonConfig {
-    /// The interpreter the venvs are built on.
-    pub interpreter: AbsolutePath,
+    /// The interpreter the venvs are built on: an absolute path, or "managed" for the
+    /// relocatable CPython the stack brings (a verified release archive). With the
+    /// default, an application the distribution's python3 cannot run (Superset on
+    /// Debian 13) gets the managed one and the others keep the distribution's.
+    pub interpreter: Interpreter,
     /// A package index (PEP 503 "simple") serving the locked packages; "" = PyPI.
     pub index_url: MirrorUrl,
     /// A directory whose `APP.lock` files (airflow, superset, dlt) replace the
     /// package's lock files: an operator's own patch releases, still hash-locked.
     /// "" = the package's.
     pub lock_dir: OptionalPath,
+    /// Your own relocatable CPython (python-build-standalone's `install_only` layout)
+    /// instead of the catalog's build: a `[python.managed]` table with `url` (http or
+    /// https: the digest decides), `sha256`, `version` (`3.MINOR.PATCH`, also its
+    /// directory under `/opt/analytics-stack/python/`) and `packages` (the Debian
+    /// packages of the shared libraries it links to, if any).
+    #[serde(default)]
+    pub managed: Option<ManagedPythonArchive>,
+}
+
+/// An absolute path, or "managed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Interpreter {
+    /// The stack's own CPython, for every application.
+    Managed,
+    /// This interpreter (the distribution's by default).
+    Path(AbsolutePath),
+}
+
+impl Interpreter {
+    /// The distribution's python3.
+    pub const DEBIAN: &'static str = "/usr/bin/python3";
+
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Interpreter::Managed => None,
+            Interpreter::Path(p) => Some(p.as_str()),
+        }
+    }
+}
+
+impl TryFrom<String> for Interpreter {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "managed" {
+            return Ok(Interpreter::Managed);
+        }
+        AbsolutePath::try_from(s)
+            .map(Interpreter::Path)
+            .map_err(|e| format!("{e}, nor \"managed\""))
+    }
+}
+
+impl From<Interpreter> for String {
+    fn from(i: Interpreter) -> String {
+        match i {
+            Interpreter::Managed => "managed".into(),
+            Interpreter::Path(p) => p.0,
+        }
+    }
+}
+
+/// A relocatable CPython archive in python-build-standalone's `install_only` layout
+/// (one top directory holding `bin/python3`), verified by its sha256 before it is
+/// unpacked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedPythonArchive {
+    /// Where it is downloaded from (http or https: the digest decides).
+    pub url: MirrorUrl,
+    /// Its sha256.
+    pub sha256: Sha256Hex,
+    /// The CPython version it holds, `3.MINOR.PATCH`; also its directory under
+    /// `/opt/analytics-stack/python/`.
+    pub version: PythonVersion,
+    /// Debian packages of the shared libraries its modules link to, installed with
+    /// it (a CPython built on Debian: `libsqlite3-0`, `libssl3`, `libffi8`…;
+    /// python-build-standalone's builds need none).
+    #[serde(default)]
+    pub packages: Vec<DebianPackageName>,
+}
+
+/// A Debian package name: lower-case letters, digits and `+-.`, starting with a
+/// letter or digit, at least two characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DebianPackageName(String);
+
+impl DebianPackageName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DebianPackageName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() >= 2
+            && s.len() <= 128
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if ok {
+            Ok(DebianPackageName(s))
+        } else {
+            Err(format!(
+                "{:?} is not a Debian package name",
+                crate::util::printable(&s)
+            ))
+        }
+    }
+}
+
+impl From<DebianPackageName> for String {
+    fn from(n: DebianPackageName) -> String {
+        n.0
+    }
+}
+
+/// `3.MINOR.PATCH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PythonVersion(String);
+
+impl PythonVersion {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn minor(&self) -> u32 {
+        self.0
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl TryFrom<String> for PythonVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let numeric =
+            |p: &&str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        if parts.len() == 3 && parts[0] == "3" && parts.iter().all(numeric) {
+            Ok(PythonVersion(s))
+        } else {
+            Err(format!(
+                "{:?} is not a CPython version (3.MINOR.PATCH)",
+                crate::util::printable(&s)
+            ))
+        }
+    }
+}
+
+impl From<PythonVersion> for String {
+    fn from(v: PythonVersion) -> String {
+        v.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

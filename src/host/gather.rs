@@ -131,14 +131,7 @@ pub async fn gather(
             }
         }
     }
-    let uv_pins = desired
-        .iter()
-        .filter_map(|s| s.venv.as_ref().map(|v| &v.uv));
-    for pin in desired
-        .iter()
-        .filter_map(|s| s.archive.as_ref())
-        .chain(uv_pins)
-    {
+    for pin in desired.iter().flat_map(|s| s.archive_pins()) {
         let root = PathBuf::from(paths::OPT).join(&pin.component);
         if fs.path(&root.join(&pin.version)).is_dir() {
             facts
@@ -160,7 +153,12 @@ pub async fn gather(
             }
         }
     }
-    if let Some(venv) = desired.iter().find_map(|s| s.venv.as_ref()) {
+    // The interpreter of a path (the managed one's version is known from its pin).
+    if let Some(venv) = desired
+        .iter()
+        .filter_map(|s| s.venv.as_ref())
+        .find(|v| v.python.is_none())
+    {
         facts.python_minor = python_minor(&fs.path(&venv.interpreter)).await;
     }
     facts.listeners = super::ports::listeners();

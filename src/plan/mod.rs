@@ -33,7 +33,7 @@ pub enum Step {
     /// Build the venv from its lock file with uv (or reuse a complete build of the
     /// same lock) and point `current` at it.
     BuildVenv {
-        venv: VenvSpec,
+        venv: Box<VenvSpec>,
     },
     CreateUser {
         user: UserSpec,
@@ -149,8 +149,11 @@ impl Step {
                 "restart {component} on its upgraded Debian package {package} ({from} → {to})"
             ),
             Step::BuildVenv { venv } => format!(
-                "build the {} venv {} from its lock file with uv (hashes required)",
-                venv.name, venv.id
+                "build the {} venv {} from its lock file with uv (hashes required) on {} ({})",
+                venv.name,
+                venv.id,
+                venv.interpreter.display(),
+                venv.python_why
             ),
             Step::CreateUser { user } => format!("create system user {}", user.name),
             Step::EnsureDir { dir } => format!(
@@ -715,17 +718,25 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         .filter(|(_, v)| facts.venvs.get(&v.name) != Some(&v.id))
         .filter(|(s, v)| !is_held(s.name, &v.id, facts.venvs.get(&v.name), state))
         .collect();
-    if let Some((_, first)) = stale_venvs.first() {
-        let uv = &first.uv;
+    // Then the managed CPython of each venv built on it, once each.
+    let mut tools: Vec<&crate::artifact::catalog::ArchivePin> = Vec::new();
+    for pin in stale_venvs.iter().flat_map(|(_, v)| v.tool_pins()) {
+        if !tools.contains(&pin) {
+            tools.push(pin);
+        }
+    }
+    for pin in tools {
         if !facts
             .archives
-            .contains(&(uv.component.clone(), uv.version.clone()))
+            .contains(&(pin.component.clone(), pin.version.clone()))
         {
-            steps.push(Step::InstallArchive { pin: uv.clone() });
+            steps.push(Step::InstallArchive { pin: pin.clone() });
         }
     }
     for (spec, venv) in stale_venvs {
-        steps.push(Step::BuildVenv { venv: venv.clone() });
+        steps.push(Step::BuildVenv {
+            venv: Box::new(venv.clone()),
+        });
         for unit in &spec.units {
             notified.insert(unit.name.clone(), OnChange::Restart);
         }

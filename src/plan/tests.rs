@@ -82,12 +82,16 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             }
             Step::PackageChanged { .. } => {}
             Step::BuildVenv { venv } => {
-                assert!(
-                    facts
-                        .archives
-                        .contains(&(venv.uv.component.clone(), venv.uv.version.clone())),
-                    "uv is installed before a venv is built"
-                );
+                for tool in venv.tool_pins() {
+                    assert!(
+                        facts
+                            .archives
+                            .contains(&(tool.component.clone(), tool.version.clone())),
+                        "{} is installed before the {} venv is built",
+                        tool.component,
+                        venv.name
+                    );
+                }
                 facts.venvs.insert(venv.name.clone(), venv.id.clone());
             }
             Step::CreateUser { user } => {
@@ -681,24 +685,218 @@ fn a_new_lock_file_rebuilds_that_venv_and_restarts_only_its_units() {
     }
 }
 
+fn trixie() -> Platform {
+    Platform {
+        codename: "trixie".into(),
+        arch: "amd64".into(),
+        ..Default::default()
+    }
+}
+
 #[test]
-fn a_python_the_application_does_not_support_is_refused_before_anything_installs() {
-    let trixie = render_all(
+fn on_trixie_superset_gets_the_stacks_python_and_the_others_keep_debians() {
+    let desired = render_all(
         &crate::config::load_texts(&[("t.toml", APPS_ONLY)]).unwrap(),
-        &Platform {
-            codename: "trixie".into(),
-            arch: "amd64".into(),
-            ..Default::default()
-        },
+        &trixie(),
     );
+    let venv = |name: &str| {
+        desired
+            .iter()
+            .find_map(|s| s.venv.clone().filter(|v| v.name == name))
+            .unwrap()
+    };
+    let superset = venv("superset");
+    let pin = superset
+        .python
+        .clone()
+        .expect("superset on the managed CPython");
+    assert_eq!(pin.component, "python");
+    assert!(matches!(
+        pin.digest,
+        crate::artifact::catalog::DigestSource::Pinned(_)
+    ));
+    assert_eq!(
+        superset.interpreter,
+        std::path::PathBuf::from(format!(
+            "/opt/analytics-stack/python/{}/bin/python3",
+            pin.version
+        ))
+    );
+    assert!(
+        superset.id.ends_with(&format!("-py{}", pin.version)),
+        "{}",
+        superset.id
+    );
+    assert!(
+        superset.python_why.contains("trixie's python3 is 3.13")
+            && superset.python_why.contains("supports 3.10 to 3.12"),
+        "{}",
+        superset.python_why
+    );
+    for other in ["airflow", "dlt"] {
+        let v = venv(other);
+        assert!(v.python.is_none(), "{other}");
+        assert_eq!(v.interpreter, std::path::PathBuf::from("/usr/bin/python3"));
+        assert_eq!(v.python_why, "Debian trixie's python3 (3.13)");
+        assert!(!v.id.contains("-py"), "{}", v.id);
+    }
+    // Superset's component no longer asks for Debian's python3; the others do.
+    let spec = |n: &str| desired.iter().find(|s| s.name == n).unwrap();
+    assert!(!spec("superset").packages.contains(&"python3".into()));
+    assert!(spec("airflow").packages.contains(&"python3".into()));
+
     let facts = HostFacts {
         codename: "trixie".into(),
         ..Default::default()
     };
-    let problems = crate::stack::python_problems(&trixie, &facts);
+    assert!(crate::stack::python_problems(&desired, &facts).is_empty());
+    // The archive is installed once, after uv, before the venv built on it, and the
+    // plan says why each application gets its Python.
+    let mut facts = facts;
+    let mut state = RecordedState::default();
+    let first = plan(&desired, &facts, &state);
+    let steps = names(&first);
+    let python = steps
+        .iter()
+        .position(|s| s.starts_with("install python "))
+        .unwrap_or_else(|| panic!("{steps:#?}"));
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("install python "))
+            .count(),
+        1
+    );
+    let build = steps
+        .iter()
+        .position(|s| s.starts_with("build the superset venv"))
+        .unwrap();
+    assert!(python < build, "{steps:#?}");
+    assert!(
+        steps[build].contains("on /opt/analytics-stack/python/")
+            && steps[build].contains("trixie's python3 is 3.13"),
+        "{}",
+        steps[build]
+    );
+    simulate(&first, &mut facts, &mut state);
+    assert!(plan(&desired, &facts, &state).steps.is_empty());
+}
+
+#[test]
+fn managed_builds_every_venv_on_the_stacks_python_and_an_interpreter_change_rebuilds_them() {
+    let bookworm_venvs = |extra: &str| -> Vec<crate::model::VenvSpec> {
+        with_apps(&format!("{APPS_ONLY}{extra}"))
+            .into_iter()
+            .filter_map(|s| s.venv)
+            .collect()
+    };
+    let debian = bookworm_venvs("");
+    let managed = bookworm_venvs("[python]\ninterpreter = \"managed\"\n");
+    assert_eq!(managed.len(), 3);
+    for (d, m) in debian.iter().zip(&managed) {
+        assert!(m.python.is_some(), "{}", m.name);
+        assert_eq!(m.python_why, "[python] interpreter = \"managed\"");
+        // Another interpreter is another venv (a venv keeps its interpreter's path).
+        assert_ne!(d.id, m.id);
+        assert!(m.id.starts_with(&d.id), "{} {}", d.id, m.id);
+    }
+    // No Debian python3 is needed then.
+    let specs = with_apps(&format!("{APPS_ONLY}[python]\ninterpreter = \"managed\"\n"));
+    assert!(specs
+        .iter()
+        .all(|s| !s.packages.contains(&"python3".into())));
+    // The operator's own archive replaces the catalog's, pinned by its digest.
+    let own = bookworm_venvs(&format!(
+        "[python]\ninterpreter = \"managed\"\n[python.managed]\nurl = \"http://10.0.0.9/cpython-3.12.14.tar.gz\"\nsha256 = \"{}\"\nversion = \"3.12.14\"\n",
+        "ab".repeat(32)
+    ));
+    let own_specs = with_apps(&format!(
+        "{APPS_ONLY}[python]\ninterpreter = \"managed\"\n[python.managed]\nurl = \"http://10.0.0.9/p.tar.gz\"\nsha256 = \"{}\"\nversion = \"3.12.14\"\npackages = [\"libsqlite3-0\", \"libssl3\"]\n",
+        "ab".repeat(32)
+    ));
+    let superset = own_specs.iter().find(|s| s.name == "superset").unwrap();
+    assert!(superset.packages.contains(&"libsqlite3-0".into()));
+    assert!(!superset.packages.contains(&"python3".into()));
+    let err = crate::config::load_texts(&[(
+        "t.toml",
+        &format!("[python.managed]\nurl = \"http://10.0.0.9/p.tar.gz\"\nsha256 = \"{}\"\nversion = \"3.12.1\"\npackages = [\"x; rm -rf /\"]\n", "ab".repeat(32)),
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"x; rm -rf /\" is not a Debian package name"),
+        "{err}"
+    );
+    let pin = own[0].python.as_ref().unwrap();
+    assert_eq!(pin.url, "http://10.0.0.9/cpython-3.12.14.tar.gz");
+    assert_eq!(pin.file_name, "cpython-3.12.14.tar.gz");
+    assert_eq!(
+        pin.digest,
+        crate::artifact::catalog::DigestSource::Pinned("ab".repeat(32))
+    );
+    // A path of the operator's other than Debian's gets a venv of its own too.
+    let custom = bookworm_venvs("[python]\ninterpreter = \"/opt/py/bin/python3\"\n");
+    assert_ne!(custom[0].id, debian[0].id);
+    assert!(custom[0].python.is_none());
+    // Not a path, not "managed": refused with both named.
+    let err = crate::config::load_texts(&[("t.toml", "[python]\ninterpreter = \"python3\"\n")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not an absolute path, nor \"managed\""),
+        "{err}"
+    );
+    for bad in ["3.12", "2.7.18", "3.12.x", "3.12.14\n"] {
+        let text = format!(
+            "[python.managed]\nurl = \"http://10.0.0.9/p.tar.gz\"\nsha256 = \"{}\"\nversion = {bad:?}\n",
+            "ab".repeat(32)
+        );
+        let err = crate::config::load_texts(&[("t.toml", &text)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a CPython version"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_python_the_application_does_not_support_is_refused_before_anything_installs() {
+    let facts = HostFacts {
+        codename: "trixie".into(),
+        ..Default::default()
+    };
+    // The operator's own managed CPython of a minor Superset does not support.
+    let own_313 = render_all(
+        &crate::config::load_texts(&[(
+            "t.toml",
+            &format!(
+                "{APPS_ONLY}[python]\ninterpreter = \"managed\"\n[python.managed]\nurl = \"http://10.0.0.9/p.tar.gz\"\nsha256 = \"{}\"\nversion = \"3.13.1\"\n",
+                "ab".repeat(32)
+            ),
+        )])
+        .unwrap(),
+        &trixie(),
+    );
+    let problems = crate::stack::python_problems(&own_313, &facts);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(problems[0].contains("superset 6.1.0 supports Python 3.10 to 3.12"));
-    assert!(problems[0].contains("/usr/bin/python3 is Python 3.13"));
+    assert!(problems[0].contains("/opt/analytics-stack/python/3.13.1/bin/python3 is Python 3.13"));
+    // A path of the operator's is the operator's choice: never replaced, refused.
+    let trixie_custom = render_all(
+        &crate::config::load_texts(&[(
+            "t.toml",
+            &format!("{APPS_ONLY}[python]\ninterpreter = \"/usr/local/bin/python3\"\n"),
+        )])
+        .unwrap(),
+        &trixie(),
+    );
+    let with_minor = HostFacts {
+        codename: "trixie".into(),
+        python_minor: Some(13),
+        ..Default::default()
+    };
+    let problems = crate::stack::python_problems(&trixie_custom, &with_minor);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(problems[0].contains("/usr/local/bin/python3 is Python 3.13"));
     // Bookworm's python3 is 3.11: fine for all three.
     assert!(crate::stack::python_problems(&with_apps(APPS_ONLY), &fresh_host()).is_empty());
     // A custom interpreter that is missing is named.

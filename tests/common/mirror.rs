@@ -211,7 +211,46 @@ pub fn real_archive(path: &str) -> Vec<u8> {
     std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
+/// shared/fixtures/cpython/'s CPython 3.12 (built from upstream's source in
+/// python-build-standalone's `install_only` layout; see its README): the test's
+/// stand-in for the catalog's pinned python-build-standalone archive.
+pub const CPYTHON_FIXTURE: &str = "cpython-3.12.14-x86_64-unknown-linux-gnu-install_only.tar.gz";
+
+/// The Debian 12 packages of the shared libraries the fixture's extension modules
+/// link to (`ldd lib-dynload/*.so`; python-build-standalone links them statically).
+pub const CPYTHON_FIXTURE_LIBRARIES: [&str; 12] = [
+    "libsqlite3-0",
+    "libssl3",
+    "libffi8",
+    "liblzma5",
+    "libbz2-1.0",
+    "zlib1g",
+    "libreadline8",
+    "libuuid1",
+    "libgdbm6",
+    "libncursesw6",
+    "libnsl2",
+    "libgssapi-krb5-2",
+];
+
 impl Mirror {
+    /// The fixture CPython at `cpython/FILE`; returns the `[python]` configuration
+    /// that builds every venv on it (the operator's own archive: its URL and the
+    /// test's digest, since the catalog pins the real archive's).
+    pub fn put_cpython_fixture(&self) -> String {
+        let root = std::env::var_os("ANALYTICS_STACK_FIXTURES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| super::repo().join("../shared/fixtures"));
+        let file = root.join("cpython").join(CPYTHON_FIXTURE);
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        self.put(&format!("cpython/{CPYTHON_FIXTURE}"), &bytes);
+        format!(
+            "[python]\ninterpreter = \"managed\"\n[python.managed]\nurl = \"{}/cpython/{CPYTHON_FIXTURE}\"\nsha256 = \"{}\"\nversion = \"3.12.14\"\npackages = {CPYTHON_FIXTURE_LIBRARIES:?}\n",
+            self.url.trim_end_matches('/'),
+            analytics_stack::util::sha256_hex(&bytes)
+        )
+    }
+
     /// The real Loki 3.7.0, Promtail 3.5.1 and statsd_exporter 0.30.0 with checksum
     /// files of their digests, in upstream's layout (replacing stand-ins put before).
     pub fn put_real_loki_promtail_statsd(&self) {

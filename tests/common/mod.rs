@@ -358,6 +358,13 @@ impl Container {
         self.ok(&format!("chown root:root {inside} && chmod 0600 {inside}"));
     }
 
+    /// Writes `text` to `inside` (root's, 0644) from the host, through PID 1's root.
+    pub fn put_file(&self, inside: &str, text: &str) {
+        let to = format!("/proc/{}/root{inside}", self.leader);
+        std::fs::write(&to, text).unwrap_or_else(|e| panic!("write {to}: {e}"));
+        self.ok(&format!("chown root:root {inside} && chmod 0644 {inside}"));
+    }
+
     /// Runs `cmd` while reading every process's command line inside, as any local
     /// account can (`/proc/*/cmdline` is world-readable), every 50 ms until `cmd`
     /// ends. Returns its output and each distinct argument seen.
