@@ -116,6 +116,8 @@ pub async fn create(
     })
 }
 
+const BUILD_BACKENDS: &str = "build backends";
+
 async fn gather(
     config: &Config,
     opts: &CreateOptions,
@@ -184,26 +186,49 @@ async fn gather(
     };
     let mut venvs = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut locks: Vec<(String, std::sync::Arc<str>)> = specs
+    // Each venv's wheels for the Python it is built on: the distribution's, or the
+    // stack's own CPython's minor (Superset on trixie: 3.12 beside 3.13).
+    let mut locks: Vec<(String, std::sync::Arc<str>, Target)> = specs
         .iter()
         .filter_map(|s| s.venv.as_ref())
-        .map(|v| (v.name.clone(), v.lock.clone()))
+        .map(|v| {
+            let minor = v
+                .python
+                .as_ref()
+                .and_then(crate::components::python::managed_minor)
+                .unwrap_or(target.python_minor);
+            let on = Target {
+                python_minor: minor,
+                ..*target
+            };
+            (v.name.clone(), v.lock.clone(), on)
+        })
         .collect();
-    if !locks.is_empty() {
-        // The build backends uv builds the locked sdists (e.g. odfpy) with, offline.
+    // The build backends uv builds the locked sdists (e.g. odfpy) with, offline, for
+    // each Python a venv is built on.
+    let minors: BTreeSet<u32> = locks.iter().map(|(_, _, t)| t.python_minor).collect();
+    for minor in minors {
         locks.push((
-            "build backends".into(),
+            BUILD_BACKENDS.into(),
             std::sync::Arc::from(crate::components::python::BUILD_LOCK),
+            Target {
+                python_minor: minor,
+                ..*target
+            },
         ));
     }
-    for (name, lock) in locks {
-        if name != "build backends" {
+    for (name, lock, on) in locks {
+        if name != BUILD_BACKENDS {
             venvs.push(name.clone());
         }
         let locked = wheels::parse_lock(&lock);
-        say(&format!("wheels of {name} ({} packages)", locked.len()));
+        say(&format!(
+            "wheels of {name} for Python 3.{} ({} packages)",
+            on.python_minor,
+            locked.len()
+        ));
         for l in &locked {
-            if !seen.insert((l.name.clone(), l.version.clone())) {
+            if !seen.insert((l.name.clone(), l.version.clone(), on.python_minor)) {
                 continue;
             }
             let page = fetcher
@@ -211,7 +236,7 @@ async fn gather(
                 .await
                 .map_err(|e| format!("{}: {e}", l.name))?;
             let files = wheels::parse_index(&page, &index);
-            let Some(file) = wheels::choose(l, &files, target) else {
+            let Some(file) = wheels::choose(l, &files, &on) else {
                 continue;
             };
             let path = fetcher
