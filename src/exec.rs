@@ -239,7 +239,20 @@ impl Executor<'_> {
     async fn build_venv(&self, venv: &VenvSpec) -> Result<(), String> {
         let root = self.fs.path(&venv.root());
         let dir = self.fs.path(&venv.dir());
-        if !self.fs.exists(&venv.complete_marker()) {
+        // Incomplete (a killed build), or built on an interpreter that is gone or is
+        // now another Python 3 minor version: built again.
+        let other_minor = venv.python.is_none()
+            && match (
+                host::gather::venv_minor(self.fs, &venv.dir()),
+                host::gather::python_minor(&self.fs.path(&venv.interpreter)).await,
+            ) {
+                (Some(built), Some(now)) => built != now,
+                _ => false,
+            };
+        if !self.fs.exists(&venv.complete_marker())
+            || host::gather::interpreter_gone(self.fs, &venv.dir())
+            || other_minor
+        {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(format!("{}: {e}", dir.display()))

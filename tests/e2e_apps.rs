@@ -9,25 +9,52 @@ mod common;
 
 use common::apps::*;
 use common::desk::{Desk, DnsLog, DNS_LOG_ADDRESS, DOOR_ADDRESS};
+use common::mirror::{Mirror, CPYTHON_FIXTURE_LIBRARIES, CPYTHON_FIXTURE_LIBRARIES_TRIXIE};
 use common::statsd::Outcome;
-use common::{mirror::Mirror, Container};
+use common::Container;
 use serde_json::Value;
 use std::time::Instant;
 
 #[test]
 #[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
 fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
+    applications_end_to_end(Distro::Bookworm);
+}
+
+/// Debian 13, as a new server gets it: the package installed with apt, trixie's own
+/// PostgreSQL 17, Redis, NGINX and Prometheus; Airflow and dlt on trixie's Python
+/// 3.13, Superset (which supports 3.10–3.12) on the stack's own CPython, chosen by the
+/// daemon; then everything the Debian 12 run checks, the browser included.
+#[test]
+#[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
+fn on_debian_13_the_package_runs_the_same_flow_with_superset_on_the_stacks_python() {
+    applications_end_to_end(Distro::Trixie);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Distro {
+    /// Debian 12 with this build's binaries bound in, every venv on the managed
+    /// CPython (`[python] interpreter = "managed"`).
+    Bookworm,
+    /// Debian 13 with the Debian package, the default interpreter.
+    Trixie,
+}
+
+fn applications_end_to_end(distro: Distro) {
     // statsd_exporter (the real one) and uv come through the archive mirror; uv's
     // wheel is the real one, fetched from PyPI for the mirror.
     let mirror = Mirror::start();
     mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
-    // Every venv on the stack's own CPython (`[python] interpreter = "managed"`): the
-    // fixture CPython 3.12 stands in for the catalog's python-build-standalone build,
-    // with the test's digest. (Debian's python3 is the default, which e2e_backup,
-    // e2e_workers and e2e_edge build on.)
-    let managed_python = mirror.put_cpython_fixture();
+    // The fixture CPython 3.12 stands in for the catalog's python-build-standalone
+    // build (`[python.managed]`, with the test's digest): on Debian 12 every venv is
+    // built on it; on Debian 13 the daemon chooses it for Superset alone. (Debian's
+    // python3 on Debian 12 is what e2e_backup, e2e_workers and e2e_edge build on.)
+    let managed_python = match distro {
+        Distro::Bookworm => mirror.put_cpython_fixture(true, &CPYTHON_FIXTURE_LIBRARIES),
+        Distro::Trixie => mirror.put_cpython_fixture(false, &CPYTHON_FIXTURE_LIBRARIES_TRIXIE),
+    };
 
     // A second host on a wire to this one (before the first apply, so the stack's
     // certificate names its address), and a resolver that writes down every name the
@@ -35,11 +62,35 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     let desk = Desk::new();
     let dns = DnsLog::start();
 
-    let c = Container::boot("as-e2e-apps");
-    c.ok(&format!(
-        "rm -f /etc/resolv.conf && printf 'nameserver {DNS_LOG_ADDRESS}\\n' > /etc/resolv.conf"
-    ));
-    c.start_daemon();
+    let c = match distro {
+        Distro::Bookworm => {
+            let c = Container::boot("as-e2e-apps");
+            c.ok(&format!(
+                "rm -f /etc/resolv.conf && printf 'nameserver {DNS_LOG_ADDRESS}\\n' > /etc/resolv.conf"
+            ));
+            c.start_daemon();
+            c
+        }
+        Distro::Trixie => {
+            let deb = common::package_deb();
+            let name = deb.file_name().unwrap().to_string_lossy().to_string();
+            let c = Container::boot_trixie_with(
+                "as-e2e-apps-trixie",
+                &[(deb.parent().unwrap().to_path_buf(), "/mnt/deb")],
+            );
+            assert!(c.ok("cat /etc/debian_version").starts_with("13"));
+            c.ok(&format!(
+                "rm -f /etc/resolv.conf && printf 'nameserver {DNS_LOG_ADDRESS}\\n' > /etc/resolv.conf"
+            ));
+            // apt install leaves the daemon running.
+            c.ok(&format!(
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/{name}"
+            ));
+            c.ok("for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
+            c.trust_stack_ca();
+            c
+        }
+    };
     c.without_release_archives();
     c.ok(&format!(
         "printf '[statsd_exporter]\\nenabled = true\\n[archives]\\nmirror = \"{}\"\\n' > /etc/analytics-stack/stack.d/10-apps-test.toml",
@@ -51,18 +102,29 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
     );
     // `plan` says which Python each application gets, and why.
     let planned = c.ok("analytics-stack plan");
+    let managed = "on /opt/analytics-stack/python/3.12.14/bin/python3";
     for app in ["airflow", "superset", "dlt"] {
+        let why = match (distro, app) {
+            (Distro::Bookworm, _) => format!("{managed} ([python] interpreter = \"managed\")"),
+            (Distro::Trixie, "superset") => format!(
+                "{managed} (Debian trixie's python3 is 3.13; superset 6.1.0 supports 3.10 to 3.12)"
+            ),
+            (Distro::Trixie, _) => {
+                "on /usr/bin/python3 (Debian trixie's python3 (3.13))".to_string()
+            }
+        };
         assert!(
-            planned.lines().any(|l| l.contains(&format!("build the {app} venv"))
-                && l.contains("on /opt/analytics-stack/python/3.12.14/bin/python3 ([python] interpreter = \"managed\")")),
-            "{app}: {planned}"
+            planned
+                .lines()
+                .any(|l| l.contains(&format!("build the {app} venv")) && l.contains(&why)),
+            "{app}: {why}: {planned}"
         );
     }
 
     let started = Instant::now();
     c.ok("analytics-stack apply");
     eprintln!(
-        "[figure] cold apply of the stack with the applications: {:.1} s",
+        "[figure] cold apply of the stack with the applications ({distro:?}): {:.1} s",
         started.elapsed().as_secs_f64()
     );
     // An apply looks up the software sources it is configured with (Debian's mirror,
@@ -124,17 +186,26 @@ fn airflow_runs_the_dlt_sample_into_the_warehouse_and_superset_queries_it() {
             "test -f /opt/analytics-stack/{app}/current/.analytics-stack-complete && test -x /opt/analytics-stack/{app}/current/bin/python"
         ));
     }
-    // On the managed CPython, unpacked by the stack's unpacker where the venvs point
-    // (the fixture is 3.12; Debian 12's python3 is 3.11), and no Debian python3 asked for.
+    // On the Python the plan named: the managed CPython, unpacked by the stack's
+    // unpacker where the venvs point (the fixture is 3.12; Debian 12's python3 is
+    // 3.11, Debian 13's 3.13), or Debian's.
     for app in ["airflow", "superset", "dlt"] {
         let version = c.ok(&format!(
             "/opt/analytics-stack/{app}/current/bin/python -c 'import sys; print(sys.version.split()[0], sys.base_prefix)'"
         ));
-        assert_eq!(
-            version.trim(),
-            "3.12.14 /opt/analytics-stack/python/3.12.14",
-            "{app}"
-        );
+        let on_managed = distro == Distro::Bookworm || app == "superset";
+        if on_managed {
+            assert_eq!(
+                version.trim(),
+                "3.12.14 /opt/analytics-stack/python/3.12.14",
+                "{app}"
+            );
+        } else {
+            assert!(
+                version.starts_with("3.13.") && version.trim().ends_with(" /usr"),
+                "{app}: {version}"
+            );
+        }
     }
     assert_eq!(
         c.ok("find -P /opt/analytics-stack/python/ ! -user root | head -n 3")

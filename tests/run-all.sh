@@ -46,11 +46,13 @@ phase "cargo fmt --check" cargo fmt --all -- --check
 phase "cargo clippy" cargo clippy --all-targets -- -D warnings
 # The root filesystem is built (or reused) before the tests, outside their timeouts.
 phase "test root filesystem" tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS:-/var/tmp/analytics-stack-test/rootfs}"
+phase "Debian 13 test root filesystem" tests/harness/build-rootfs.sh "${ANALYTICS_STACK_TEST_ROOTFS_TRIXIE:-/var/tmp/analytics-stack-test/rootfs-trixie}" trixie
 # The Debian package, for tests/e2e_package.rs (also outside the tests' timeouts).
 phase "Debian package" packaging/build-deb.sh
 phase "build the tests" cargo nextest run --run-ignored all --no-run
 status=0
-rm -f "$CARGO_TARGET_DIR/nextest/default/junit.xml"
+# nextest keeps its store (the JUnit report) in the clone: target/nextest.
+rm -f target/nextest/default/junit.xml
 phase "run the tests" cargo nextest run --run-ignored all --no-fail-fast || status=$?
-/usr/bin/python3 tests/harness/timings.py "$phases" "$CARGO_TARGET_DIR/nextest/default/junit.xml"
+/usr/bin/python3 tests/harness/timings.py "$phases" target/nextest/default/junit.xml
 exit "$status"

@@ -144,15 +144,6 @@ pub async fn gather(
                 .insert(pin.component.clone(), target.to_string_lossy().into_owned());
         }
     }
-    for venv in desired.iter().filter_map(|s| s.venv.as_ref()) {
-        let current = std::fs::read_link(fs.path(&venv.root().join("current")));
-        if let Ok(id) = current {
-            let id = id.to_string_lossy().into_owned();
-            if fs.exists(&venv.root().join(&id).join(crate::model::VENV_COMPLETE)) {
-                facts.venvs.insert(venv.name.clone(), id);
-            }
-        }
-    }
     // The interpreter of a path (the managed one's version is known from its pin).
     if let Some(venv) = desired
         .iter()
@@ -160,6 +151,27 @@ pub async fn gather(
         .find(|v| v.python.is_none())
     {
         facts.python_minor = python_minor(&fs.path(&venv.interpreter)).await;
+    }
+    for venv in desired.iter().filter_map(|s| s.venv.as_ref()) {
+        let current = std::fs::read_link(fs.path(&venv.root().join("current")));
+        if let Ok(id) = current {
+            let id = id.to_string_lossy().into_owned();
+            let dir = venv.root().join(&id);
+            // A venv whose interpreter is gone, or is now another Python 3 minor
+            // version (Debian's python3 after an upgrade to trixie), is no venv: it is
+            // built again.
+            let other_minor = venv.python.is_none()
+                && matches!(
+                    (venv_minor(fs, &dir), facts.python_minor),
+                    (Some(built), Some(now)) if built != now
+                );
+            if fs.exists(&dir.join(crate::model::VENV_COMPLETE))
+                && !interpreter_gone(fs, &dir)
+                && !other_minor
+            {
+                facts.venvs.insert(venv.name.clone(), id);
+            }
+        }
     }
     facts.listeners = super::ports::listeners();
     if let Some(spec) = desired.iter().find_map(|s| s.tls.as_ref()) {
@@ -370,6 +382,65 @@ pub fn host_cpus() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
+}
+
+/// Whether the interpreter a venv was built on no longer exists: its `bin/python`
+/// link (uv writes the interpreter's absolute path) names nothing, read inside `fs`.
+/// A venv whose link cannot be read is not judged.
+pub fn interpreter_gone(fs: &FsRoot, venv_dir: &Path) -> bool {
+    let link = venv_dir.join("bin/python");
+    let Ok(target) = std::fs::read_link(fs.path(&link)) else {
+        return false;
+    };
+    let target = if target.is_absolute() {
+        target
+    } else {
+        venv_dir.join("bin").join(target)
+    };
+    !fs.exists(&target)
+}
+
+/// The Python 3 minor version a venv was built for (`version_info` in its
+/// `pyvenv.cfg`).
+pub fn venv_minor(fs: &FsRoot, venv_dir: &Path) -> Option<u32> {
+    let cfg = fs.read(&venv_dir.join("pyvenv.cfg")).ok()?;
+    String::from_utf8_lossy(&cfg).lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "version_info")
+            .then(|| value.trim().split('.').nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod interpreter_tests {
+    use super::*;
+
+    #[test]
+    fn a_venv_whose_interpreter_was_removed_is_seen_as_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let fs = FsRoot::new(t.path());
+        let venv = Path::new("/opt/analytics-stack/airflow/3.3.2-abc");
+        std::fs::create_dir_all(fs.path(&venv.join("bin"))).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3.11", fs.path(&venv.join("bin/python")))
+            .unwrap();
+        // bookworm's python3.11 is gone (the host is trixie now).
+        assert!(interpreter_gone(&fs, venv));
+        std::fs::create_dir_all(fs.path(Path::new("/usr/bin"))).unwrap();
+        std::fs::write(fs.path(Path::new("/usr/bin/python3.11")), b"").unwrap();
+        assert!(!interpreter_gone(&fs, venv));
+        std::fs::write(
+            fs.path(&venv.join("pyvenv.cfg")),
+            b"home = /usr/bin\nimplementation = CPython\nversion_info = 3.11.2\n",
+        )
+        .unwrap();
+        assert_eq!(venv_minor(&fs, venv), Some(11));
+        // No link to read (not a venv uv made): not judged.
+        assert!(!interpreter_gone(
+            &fs,
+            Path::new("/opt/analytics-stack/dlt/x")
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -233,19 +233,41 @@ pub const CPYTHON_FIXTURE_LIBRARIES: [&str; 12] = [
     "libgssapi-krb5-2",
 ];
 
+/// The same libraries on Debian 13 (renamed by the 64-bit time_t transition).
+pub const CPYTHON_FIXTURE_LIBRARIES_TRIXIE: [&str; 12] = [
+    "libsqlite3-0",
+    "libssl3t64",
+    "libffi8",
+    "liblzma5",
+    "libbz2-1.0",
+    "zlib1g",
+    "libreadline8t64",
+    "libuuid1",
+    "libgdbm6t64",
+    "libncursesw6",
+    "libnsl2",
+    "libgssapi-krb5-2",
+];
+
 impl Mirror {
     /// The fixture CPython at `cpython/FILE`; returns the `[python]` configuration
-    /// that builds every venv on it (the operator's own archive: its URL and the
-    /// test's digest, since the catalog pins the real archive's).
-    pub fn put_cpython_fixture(&self) -> String {
+    /// that names it as the stack's own CPython (the operator's own archive: its URL
+    /// and the test's digest, since the catalog pins the real archive's), with the
+    /// Debian packages of the libraries it links; `for_all` builds every venv on it.
+    pub fn put_cpython_fixture(&self, for_all: bool, libraries: &[&str]) -> String {
         let root = std::env::var_os("ANALYTICS_STACK_FIXTURES")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| super::repo().join("../shared/fixtures"));
         let file = root.join("cpython").join(CPYTHON_FIXTURE);
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         self.put(&format!("cpython/{CPYTHON_FIXTURE}"), &bytes);
+        let interpreter = if for_all {
+            "[python]\ninterpreter = \"managed\"\n"
+        } else {
+            ""
+        };
         format!(
-            "[python]\ninterpreter = \"managed\"\n[python.managed]\nurl = \"{}/cpython/{CPYTHON_FIXTURE}\"\nsha256 = \"{}\"\nversion = \"3.12.14\"\npackages = {CPYTHON_FIXTURE_LIBRARIES:?}\n",
+            "{interpreter}[python.managed]\nurl = \"{}/cpython/{CPYTHON_FIXTURE}\"\nsha256 = \"{}\"\nversion = \"3.12.14\"\npackages = {libraries:?}\n",
             self.url.trim_end_matches('/'),
             analytics_stack::util::sha256_hex(&bytes)
         )

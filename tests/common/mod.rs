@@ -20,14 +20,33 @@ pub fn repo() -> PathBuf {
 }
 
 fn rootfs() -> PathBuf {
-    let dir = std::env::var_os("ANALYTICS_STACK_TEST_ROOTFS")
+    rootfs_of("bookworm")
+}
+
+/// The cached test root of a Debian release (tests/run-all.sh builds both first).
+fn rootfs_of(suite: &str) -> PathBuf {
+    let (var, default) = match suite {
+        "trixie" => (
+            "ANALYTICS_STACK_TEST_ROOTFS_TRIXIE",
+            "/var/tmp/analytics-stack-test/rootfs-trixie",
+        ),
+        _ => (
+            "ANALYTICS_STACK_TEST_ROOTFS",
+            "/var/tmp/analytics-stack-test/rootfs",
+        ),
+    };
+    let dir = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/analytics-stack-test/rootfs"));
+        .unwrap_or_else(|| PathBuf::from(default));
     let status = Command::new(repo().join("tests/harness/build-rootfs.sh"))
         .arg(&dir)
+        .arg(suite)
         .status()
         .expect("run build-rootfs.sh");
-    assert!(status.success(), "building the test root filesystem failed");
+    assert!(
+        status.success(),
+        "building the {suite} test root filesystem failed"
+    );
     dir
 }
 
@@ -57,6 +76,8 @@ struct Boot {
     /// downloads, e.g. `bundle create`): it need not wait for the stack's ports, which
     /// a test running beside it may hold.
     binds_no_ports: bool,
+    /// Debian 13's test root instead of Debian 12's.
+    trixie: bool,
 }
 
 fn find_leader(nspawn_pid: u32) -> Option<u32> {
@@ -98,6 +119,19 @@ impl Container {
             &Container::own_build(),
             Boot {
                 binds_no_ports: true,
+                ..Boot::default()
+            },
+        )
+    }
+
+    /// A Debian 13 container (its own cached root, volatile) with `binds` and nothing
+    /// of this build: a test installs the Debian package into it.
+    pub fn boot_trixie_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
+        Container::boot_full(
+            name,
+            binds,
+            Boot {
+                trixie: true,
                 ..Boot::default()
             },
         )
@@ -223,6 +257,7 @@ impl Container {
             root,
             bridge,
             binds_no_ports,
+            trixie,
         } = boot;
         if !private_network && bridge.is_none() && !binds_no_ports {
             // The host's network is shared: the previous test's container may still be
@@ -233,7 +268,7 @@ impl Container {
         let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
         let volatile = root.is_none();
         cmd.args([name, "-q", "-D"])
-            .arg(root.unwrap_or_else(rootfs))
+            .arg(root.unwrap_or_else(|| rootfs_of(if trixie { "trixie" } else { "bookworm" })))
             .args([
                 "-M",
                 name,

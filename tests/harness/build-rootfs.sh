@@ -8,9 +8,17 @@
 set -euo pipefail
 
 ROOTFS_REVISION=8
-out=${1:?usage: build-rootfs.sh OUTPUT_DIR}
+# Debian 13's root (tests on trixie): its own revision.
+TRIXIE_REVISION=1
+out=${1:?usage: build-rootfs.sh OUTPUT_DIR [bookworm|trixie]}
+suite=${2:-bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-stamp="$out/.analytics-stack-rootfs-$ROOTFS_REVISION"
+case "$suite" in
+  bookworm) stamp_name=".analytics-stack-rootfs-$ROOTFS_REVISION" ;;
+  trixie) stamp_name=".analytics-stack-rootfs-trixie-$TRIXIE_REVISION" ;;
+  *) echo "build-rootfs.sh: unknown suite $suite" >&2; exit 2 ;;
+esac
+stamp="$out/$stamp_name"
 
 if [ -f "$stamp" ]; then
   exit 0
@@ -30,12 +38,12 @@ rm -rf "$tmp"
 mkdir -p "$(dirname "$out")"
 debootstrap --variant=minbase \
   --include=systemd,systemd-sysv,dbus,iproute2,libpam-systemd,ca-certificates,procps,curl,less \
-  bookworm "$tmp" "$mirror"
+  "$suite" "$tmp" "$mirror"
 
 cat >"$tmp/etc/apt/sources.list" <<SRC
-deb $mirror bookworm main
-deb $mirror bookworm-updates main
-deb ${mirror%/debian}/debian-security bookworm-security main
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb ${mirror%/debian}/debian-security $suite-security main
 SRC
 
 in_root() { chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root DEBIAN_FRONTEND=noninteractive "$@"; }
@@ -58,5 +66,5 @@ done
 echo analytics-test >"$tmp/etc/hostname"
 : >"$tmp/etc/machine-id"
 
-touch "$tmp/.analytics-stack-rootfs-$ROOTFS_REVISION"
+touch "$tmp/$stamp_name"
 mv "$tmp" "$out"
