@@ -354,10 +354,14 @@ impl BackupMetrics {
 
 /// The time between a schedule's first two runs, from `TZ=UTC systemd-analyze
 /// calendar --iterations=2 SPEC`'s output ("Next elapse: Thu 2026-12-03 02:30:00
-/// UTC", "Iter. #2: Fri 2026-12-04 02:30:00 UTC").
+/// UTC", "Iter. #2: Fri 2026-12-04 02:30:00 UTC"; systemd 257, Debian 13's, says
+/// "Iteration #2:").
 pub fn interval_from_calendar(output: &str) -> Option<u64> {
-    let when = |label: &str| -> Option<u64> {
-        let line = output.lines().find(|l| l.trim_start().starts_with(label))?;
+    let when = |labels: &[&str]| -> Option<u64> {
+        let line = output.lines().find(|l| {
+            let l = l.trim_start();
+            labels.iter().any(|label| l.starts_with(label))
+        })?;
         let mut words = line.split_whitespace().skip_while(|w| !w.contains('-'));
         let date = words.next()?;
         let time = words.next()?;
@@ -374,7 +378,10 @@ pub fn interval_from_calendar(output: &str) -> Option<u64> {
         };
         Some(days_from_civil(y, m, day)? * 86400 + h * 3600 + mi * 60 + sec)
     };
-    let (first, second) = (when("Next elapse:")?, when("Iter. #2:")?);
+    let (first, second) = (
+        when(&["Next elapse:"])?,
+        when(&["Iter. #2:", "Iteration #2:"])?,
+    );
     second.checked_sub(first).filter(|s| *s > 0)
 }
 

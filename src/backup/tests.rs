@@ -396,6 +396,9 @@ fn a_schedules_interval_is_read_from_systemd_analyze() {
     assert_eq!(interval_from_calendar(weekly), Some(7 * 86400));
     let leap = "    Next elapse: Sat 2028-02-28 00:00:00 UTC\n       Iter. #2: Wed 2028-03-01 00:00:00 UTC\n";
     assert_eq!(interval_from_calendar(leap), Some(2 * 86400));
+    // systemd 257 (Debian 13) spells the second run "Iteration #2:".
+    let trixie = "Normalized form: *-*-* 02:30:00\n    Next elapse: Mon 2026-12-07 02:30:00 UTC\n       From now: 30min left\n   Iteration #2: Tue 2026-12-08 02:30:00 UTC\n       From now: 24h left\n";
+    assert_eq!(interval_from_calendar(trixie), Some(86400));
     assert_eq!(interval_from_calendar("Failed to parse"), None);
     // The date arithmetic agrees with file_name's.
     assert_eq!(days_from_civil(2026, 12, 3).unwrap() * 86400, 1_796_256_000);
