@@ -14,7 +14,7 @@ if [ -f "/run/analytics-stack-dev/$name.pid" ] && kill -0 "$(cat "/run/analytics
   echo "container $name is already running; scripts/down.sh first" >&2; exit 1
 fi
 packaging/build-deb.sh >/dev/null
-deb=$(ls target/debian/analytics-stack_*.deb | head -n 1)
+deb=$(ls target/debian/analytics-stack_*_"$(dpkg --print-architecture)".deb | head -n 1)
 bundle_bind=()
 if [ -n "${ANALYTICS_STACK_BUNDLE:-}" ]; then
   bundle_bind=(--bind-ro="$(readlink -f "$ANALYTICS_STACK_BUNDLE"):/srv/stack-bundle.tar")

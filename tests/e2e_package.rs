@@ -14,8 +14,13 @@ use common::Container;
 fn the_package_installs_runs_the_stack_and_leaves_nothing_when_purged() {
     let deb = common::package_deb();
     let name = deb.file_name().unwrap().to_string_lossy().to_string();
-    let c = Container::boot_with(
+    // On a bridge of its own, no route out: the package and the data tier install
+    // from what the image holds, beside the tests that share the host's network.
+    let bridge = common::net::Bridge::create("as-test-br6");
+    let c = Container::boot_with_on(
         "as-e2e-package",
+        &bridge,
+        "10.237.0.1",
         &[(deb.parent().unwrap().to_path_buf(), "/mnt/deb")],
     );
     let install = format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/{name}");

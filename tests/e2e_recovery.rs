@@ -22,7 +22,10 @@ fn job_property(c: &Container, job: &str, prop: &str) -> String {
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
 fn cancelled_and_killed_applies_converge() {
-    let c = Container::boot("as-e2e-recovery");
+    // On a bridge of its own (the data tier installs from the image's apt cache):
+    // it runs beside the tests that share the host's network.
+    let bridge = common::net::Bridge::create("as-test-br5");
+    let c = Container::boot_on("as-e2e-recovery", &bridge, "10.236.0.1");
     c.start_daemon();
     c.without_release_archives();
     c.without_apps();

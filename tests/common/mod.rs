@@ -232,6 +232,26 @@ impl Container {
         c
     }
 
+    /// Like `boot_with` (nothing of this build, only `binds`), on `bridge` with
+    /// `address`: for a test that installs the Debian package and needs no network.
+    pub fn boot_with_on(
+        name: &str,
+        bridge: &net::Bridge,
+        address: &str,
+        binds: &[(PathBuf, &str)],
+    ) -> Container {
+        let c = Container::boot_full(
+            name,
+            binds,
+            Boot {
+                bridge: Some((bridge.name.clone(), address.to_string())),
+                ..Boot::default()
+            },
+        );
+        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
+        c
+    }
+
     /// A container with only `binds` (source on the host, path inside) added.
     pub fn boot_with(name: &str, binds: &[(PathBuf, &str)]) -> Container {
         Container::boot_inner(name, binds, false)
@@ -771,9 +791,11 @@ pub fn redis_refusal(out: &Output) -> RedisRefusal {
 
 pub fn package_deb() -> PathBuf {
     let dir = repo().join("target/debian");
+    // This machine's architecture (an arm64 package may lie beside it).
+    let suffix = format!("_{}.deb", analytics_stack::artifact::catalog::debian_arch());
     let found = std::fs::read_dir(&dir).ok().and_then(|d| {
         d.filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .find(|p| p.to_string_lossy().ends_with(&suffix))
     });
     match found {
         Some(p) => p,
