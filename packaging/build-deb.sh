@@ -25,9 +25,19 @@ command -v lintian >/dev/null || need+=(lintian)
 if [ "$arch" != "$build_arch" ]; then
   command -v "$triple-gcc" >/dev/null || need+=("gcc-$triple")
 fi
-if [ ${#need[@]} -gt 0 ]; then
+if [ "$arch" != "$build_arch" ]; then
+  # dpkg-shlibdeps reads the dependencies of the libraries the programs link (libc,
+  # libgcc_s) from the target architecture's own packages: Debian's multiarch.
+  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+    dpkg --add-architecture "$arch"
+    updated=no
+  fi
+  dpkg -s "libc6:$arch" >/dev/null 2>&1 || need+=("libc6:$arch")
+  dpkg -s "libgcc-s1:$arch" >/dev/null 2>&1 || need+=("libgcc-s1:$arch")
+fi
+if [ ${#need[@]} -gt 0 ] || [ "${updated:-}" = no ]; then
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+  [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
 if [ "$arch" != "$build_arch" ] && command -v rustup >/dev/null \
     && ! rustup target list --installed | grep -qx "$rust_target"; then
