@@ -219,17 +219,7 @@ impl Container {
     ) -> Container {
         let mut all: Vec<(PathBuf, &str)> = Container::own_build();
         all.extend(binds.iter().cloned());
-        let c = Container::boot_full(
-            name,
-            &all,
-            Boot {
-                bridge: Some((bridge.name.clone(), address.to_string())),
-                ..Boot::default()
-            },
-        );
-        // Hosts of one network have names of their own (the image's is shared).
-        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
-        c
+        Container::boot_with_on(name, bridge, address, &all)
     }
 
     /// Like `boot_with` (nothing of this build, only `binds`), on `bridge` with
@@ -248,6 +238,7 @@ impl Container {
                 ..Boot::default()
             },
         );
+        // Hosts of one network have names of their own (the image's is shared).
         c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
         c
     }
