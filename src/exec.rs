@@ -241,18 +241,15 @@ impl Executor<'_> {
         let dir = self.fs.path(&venv.dir());
         // Incomplete (a killed build), or built on an interpreter that is gone or is
         // now another Python 3 minor version: built again.
-        let other_minor = venv.python.is_none()
-            && match (
-                host::gather::venv_minor(self.fs, &venv.dir()),
-                host::gather::python_minor(&self.fs.path(&venv.interpreter)).await,
-            ) {
-                (Some(built), Some(now)) => built != now,
-                _ => false,
+        let complete = self.fs.exists(&venv.complete_marker());
+        let stale = complete && {
+            let now = match venv.python {
+                None => host::gather::python_minor(&self.fs.path(&venv.interpreter)).await,
+                Some(_) => None,
             };
-        if !self.fs.exists(&venv.complete_marker())
-            || host::gather::interpreter_gone(self.fs, &venv.dir())
-            || other_minor
-        {
+            host::gather::built_on_another_python(self.fs, venv, &venv.dir(), now)
+        };
+        if !complete || stale {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(format!("{}: {e}", dir.display()))

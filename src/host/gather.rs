@@ -157,17 +157,8 @@ pub async fn gather(
         if let Ok(id) = current {
             let id = id.to_string_lossy().into_owned();
             let dir = venv.root().join(&id);
-            // A venv whose interpreter is gone, or is now another Python 3 minor
-            // version (Debian's python3 after an upgrade to trixie), is no venv: it is
-            // built again.
-            let other_minor = venv.python.is_none()
-                && matches!(
-                    (venv_minor(fs, &dir), facts.python_minor),
-                    (Some(built), Some(now)) if built != now
-                );
             if fs.exists(&dir.join(crate::model::VENV_COMPLETE))
-                && !interpreter_gone(fs, &dir)
-                && !other_minor
+                && !built_on_another_python(fs, venv, &dir, facts.python_minor)
             {
                 facts.venvs.insert(venv.name.clone(), id);
             }
@@ -382,6 +373,20 @@ pub fn host_cpus() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
+}
+
+/// A venv whose interpreter is gone, or (built on a path, not the managed CPython)
+/// is now another Python 3 minor version than `now` (Debian's python3 after an
+/// upgrade to trixie), is no venv: it is built again.
+pub fn built_on_another_python(
+    fs: &FsRoot,
+    venv: &crate::model::VenvSpec,
+    dir: &Path,
+    now: Option<u32>,
+) -> bool {
+    let other_minor = venv.python.is_none()
+        && matches!((venv_minor(fs, dir), now), (Some(built), Some(now)) if built != now);
+    other_minor || interpreter_gone(fs, dir)
 }
 
 /// Whether the interpreter a venv was built on no longer exists: its `bin/python`
