@@ -22,16 +22,20 @@ pub async fn run(probe: &Probe, secret: impl Fn(&str) -> Option<String>) -> Prob
             format!("http://127.0.0.1:{port}{path}"),
             tokio::time::timeout(TIMEOUT, http_get(*port, path)).await,
         ),
-        Probe::HttpAt {
+        Probe::HttpUnix { socket, path } => (
+            format!("http://unix:{socket}{path}"),
+            tokio::time::timeout(TIMEOUT, http_get_unix(socket, path)).await,
+        ),
+        Probe::HttpsAt {
             address,
             port,
             path,
         } => (
             format!(
-                "http://{}{path}",
+                "https://{}{path}",
                 std::net::SocketAddr::new(*address, *port)
             ),
-            tokio::time::timeout(TIMEOUT, http_get_at(*address, *port, path)).await,
+            tokio::time::timeout(TIMEOUT, https_get_at(*address, *port, path)).await,
         ),
         Probe::Redis {
             port,
@@ -113,6 +117,67 @@ pub async fn http_get_at(
     path: &str,
 ) -> Result<String, String> {
     let (status, _) = http_request_at(address, port, path).await?;
+    if (200..400).contains(&status) {
+        Ok(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// GET over HTTPS from `address`, the server's certificate checked against the
+/// stack CA alone and this host's worker certificate presented; healthy on 2xx/3xx.
+pub async fn https_get_at(
+    address: std::net::IpAddr,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    use crate::tls::client::{CLIENT_CERT, CLIENT_KEY};
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
+    let ca = reqwest::Certificate::from_pem(&read(crate::tls::CA_CERT)?)
+        .map_err(|e| format!("{}: {e}", crate::tls::CA_CERT))?;
+    let mut identity = read(CLIENT_CERT)?;
+    identity.extend(read(CLIENT_KEY)?);
+    let identity =
+        reqwest::Identity::from_pem(&identity).map_err(|e| format!("{CLIENT_CERT}: {e}"))?;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(identity)
+        .no_proxy()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("https://{}{path}", std::net::SocketAddr::new(address, port));
+    let status = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{e}"))?
+        .status()
+        .as_u16();
+    if (200..400).contains(&status) {
+        Ok(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// GET over HTTP/1.1 on a Unix socket; healthy on 2xx/3xx.
+pub async fn http_get_unix(socket: &str, path: &str) -> Result<String, String> {
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: analytics-stackd\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "not an HTTP answer".to_string())?;
     if (200..400).contains(&status) {
         Ok(format!("HTTP {status}"))
     } else {

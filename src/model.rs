@@ -353,13 +353,18 @@ impl PortSpec {
 pub enum Probe {
     /// GET `path` over HTTP; healthy on a 2xx or 3xx answer.
     Http { port: u16, path: String },
-    /// GET `path` over HTTP from a listener on another of this host's addresses (a
-    /// worker host's node_exporter, on the address the primary scrapes).
-    HttpAt {
+    /// GET `path` over HTTPS from a listener on another of this host's addresses (a
+    /// worker host's node_exporter, on the address the primary scrapes), its
+    /// certificate checked against the stack CA, this host's client certificate
+    /// presented (the listener requires one); healthy on a 2xx or 3xx answer.
+    HttpsAt {
         address: std::net::IpAddr,
         port: u16,
         path: String,
     },
+    /// GET `path` over HTTP on a Unix socket (Loki behind its door); healthy on a
+    /// 2xx or 3xx answer.
+    HttpUnix { socket: String, path: String },
     /// AUTH (when a secret is named) and PING; healthy on +PONG.
     Redis {
         port: u16,

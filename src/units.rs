@@ -12,7 +12,8 @@ pub struct ServiceUnit {
     pub service_type: &'static str,
     pub exec_start_pre: Vec<String>,
     pub exec_start: String,
-    pub exec_reload: Option<String>,
+    /// Run in order at a reload; one failing fails the reload (and the apply).
+    pub exec_reload: Vec<String>,
     /// Paths the service may write below an otherwise read-only system.
     pub read_write_paths: Vec<String>,
     pub runtime_directory: Option<String>,
@@ -47,6 +48,13 @@ pub struct ServiceUnit {
     /// Talks only over Unix sockets (D-Bus): no network namespace of the host's, no
     /// IP sockets.
     pub unix_sockets_only: bool,
+    /// A network namespace of its own (its own loopback, nothing else): reached only
+    /// through a Unix socket it makes in its runtime directory.
+    pub private_network: bool,
+    /// Created files' mode mask; 0077 unless a group must reach a socket it makes.
+    pub umask: &'static str,
+    /// Groups beyond the user's own (a socket another service's group owns).
+    pub supplementary_groups: Vec<String>,
 }
 
 impl ServiceUnit {
@@ -58,7 +66,7 @@ impl ServiceUnit {
             service_type: "simple",
             exec_start_pre: Vec::new(),
             exec_start,
-            exec_reload: None,
+            exec_reload: Vec::new(),
             read_write_paths: Vec::new(),
             runtime_directory: None,
             cache_directory: None,
@@ -71,6 +79,9 @@ impl ServiceUnit {
             environment: Vec::new(),
             needs_host_proc: false,
             credentials: Vec::new(),
+            private_network: false,
+            umask: "0077",
+            supplementary_groups: Vec::new(),
             environment_file: None,
             remain_after_exit: false,
             sees_nondumpable_children: false,
@@ -124,7 +135,7 @@ impl ServiceUnit {
             line(&mut u, &format!("WorkingDirectory={dir}"));
         }
         line(&mut u, &format!("ExecStart={}", self.exec_start));
-        if let Some(reload) = &self.exec_reload {
+        for reload in &self.exec_reload {
             line(&mut u, &format!("ExecReload={reload}"));
         }
         if let Some(sig) = self.kill_signal {
@@ -153,7 +164,16 @@ impl ServiceUnit {
             &mut u,
             "# Sandboxing: each stack process sees a read-only system and only its own data.",
         );
-        line(&mut u, "UMask=0077");
+        line(&mut u, &format!("UMask={}", self.umask));
+        if !self.supplementary_groups.is_empty() {
+            line(
+                &mut u,
+                &format!(
+                    "SupplementaryGroups={}",
+                    self.supplementary_groups.join(" ")
+                ),
+            );
+        }
         line(&mut u, "NoNewPrivileges=yes");
         line(&mut u, "ProtectSystem=strict");
         if !self.read_write_paths.is_empty() {
@@ -187,6 +207,9 @@ impl ServiceUnit {
         }
         if !self.sees_nondumpable_children {
             line(&mut u, "ProtectProc=invisible");
+        }
+        if self.private_network && !self.unix_sockets_only {
+            line(&mut u, "PrivateNetwork=yes");
         }
         if self.unix_sockets_only {
             line(&mut u, "PrivateNetwork=yes");

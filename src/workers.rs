@@ -38,6 +38,8 @@ pub struct JoinToken {
     pub broker_password: String,
     /// The primary's Airflow venv (`VERSION-LOCKHASH`): a worker runs the same one.
     pub airflow_venv: String,
+    /// Signs this worker's certificate request once, at `join` (then it is gone).
+    pub enroll_secret: String,
     /// What Superset's Celery worker needs, when the primary lets worker hosts run
     /// it (`[workers] superset`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +116,10 @@ impl JoinToken {
             (secret(&token.postgres_password), "postgres_password"),
             (secret(&token.broker_password), "broker_password"),
             (
+                token.enroll_secret.len() >= 32 && secret(&token.enroll_secret),
+                "enroll_secret",
+            ),
+            (
                 token.https_port > 0 && token.postgres_port > 0 && token.broker_port > 0,
                 "a port is 0",
             ),
@@ -147,6 +153,12 @@ pub const JOIN_FILE: &str = "stack.d/10-join.toml";
 /// opens the cache's door too, when the primary grants Superset.
 pub const PRIMARY_POSTGRES_SECRET: &str = "primary-postgres";
 pub const PRIMARY_BROKER_SECRET: &str = "primary-broker";
+
+/// On the primary: the secret of worker NAME's pending enrollment (0600, root's);
+/// deleted once its certificate is signed, or with the worker.
+pub fn enroll_secret_name(name: &WorkerName) -> String {
+    format!("worker-enroll-{}", name.as_str())
+}
 /// The components a worker host runs; a host that has any other installed is a
 /// primary (or a standalone stack) and is not turned into a worker.
 const WORKER_COMPONENTS: &[&str] = &[
@@ -263,15 +275,37 @@ impl Stack {
         }
         let before = workers.hosts.clone();
         let mut after = before.clone();
+        let random = |what: &str| {
+            crate::host::random_bytes::<16>()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+                .map_err(|e| failed(format!("/dev/urandom ({what}): {e}")))
+        };
+        let identity =
+            crate::config::WorkerIdentity::try_from(random("identity")?).map_err(failed)?;
+        let enroll_secret = format!("{}{}", random("secret")?, random("secret")?);
+        // The one-time secret first (replacing one a failed add left): a join can
+        // only be signed for once the worker is listed, and never with an old secret.
+        let enroll_path = Path::new(paths::SECRETS).join(enroll_secret_name(&name));
+        self.fs
+            .write_atomic(
+                &enroll_path,
+                format!("{enroll_secret}\n").as_bytes(),
+                0o600,
+                0,
+                0,
+            )
+            .map_err(|e| failed(format!("{}: {e}", enroll_path.display())))?;
         after.insert(
             name.clone(),
             WorkerHost {
                 added: crate::util::now_secs(),
                 address: worker_address.clone(),
+                identity: Some(identity),
             },
         );
         self.write_workers(&after)?;
         if let Err(e) = self.apply(cancel, progress, None).await {
+            let _spent = std::fs::remove_file(self.fs.path(&enroll_path));
             let _put_back = self.write_workers(&before);
             let _revoked = self.apply(cancel, progress, None).await;
             return Err(e);
@@ -294,6 +328,7 @@ impl Stack {
             broker_user: name.redis_user(),
             broker_password: secret(crate::components::redis::worker_password_secret(&name))?,
             airflow_venv: crate::components::python::AIRFLOW.locked_for(&config).0,
+            enroll_secret,
             superset: match config.superset_on_workers() {
                 false => None,
                 true => Some(SupersetGrant {
@@ -350,6 +385,7 @@ impl Stack {
         for secret in [
             crate::components::postgres::worker_password_secret(name),
             crate::components::redis::worker_password_secret(name),
+            enroll_secret_name(name),
         ] {
             let path = Path::new(paths::SECRETS).join(secret);
             match std::fs::remove_file(self.fs.path(&path)) {
@@ -418,17 +454,33 @@ fn render_join_file(token: &JoinToken) -> String {
     )
 }
 
+/// The primary's HTTPS door, `ADDRESS:PORT` (`primary` is an address the token's
+/// check parsed).
+fn primary_door(primary: &str, https_port: u16) -> String {
+    primary
+        .parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, https_port).to_string())
+        .unwrap_or_default()
+}
+
+/// An answer of the primary's door, read up to the size of a certificate.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > CA_MAX_BYTES {
+            return Err("the answer is larger than a certificate".into());
+        }
+    }
+    Ok(body)
+}
+
 /// The stack CA's certificate from the primary's door, accepted only if the answer
 /// is that one certificate and its DER hashes to `pin` (the door's own certificate
 /// is not trusted yet: the pin is what makes this channel authentic). Returns the
 /// PEM to store, re-encoded from the verified DER.
 async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<String, StackError> {
-    // `primary` is an address the token's check parsed.
-    let door = primary
-        .parse::<std::net::IpAddr>()
-        .map(|ip| std::net::SocketAddr::new(ip, https_port).to_string())
-        .unwrap_or_default();
-    let url = format!("https://{door}/stack-ca.crt");
+    let url = format!("https://{}/stack-ca.crt", primary_door(primary, https_port));
     let unreachable = |e: &dyn std::fmt::Display| {
         StackError::Failed(format!("cannot fetch the stack CA from {url}: {e}"))
     };
@@ -439,17 +491,11 @@ async fn fetch_pinned_ca(primary: &str, https_port: u16, pin: &str) -> Result<St
         .no_proxy()
         .build()
         .map_err(|e| unreachable(&e))?;
-    let mut response = client.get(&url).send().await.map_err(|e| unreachable(&e))?;
+    let response = client.get(&url).send().await.map_err(|e| unreachable(&e))?;
     if !response.status().is_success() {
         return Err(unreachable(&response.status()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&e))? {
-        body.extend_from_slice(&chunk);
-        if body.len() > CA_MAX_BYTES {
-            return Err(unreachable(&"the answer is larger than a certificate"));
-        }
-    }
+    let body = read_bounded(response).await.map_err(|e| unreachable(&e))?;
     pinned_ca_pem(&body, pin).map_err(|why| {
         StackError::Integrity(format!(
             "{url} {why}: not the primary that issued the token (or someone in between); nothing was written"
@@ -488,6 +534,162 @@ fn pinned_ca_pem(answer: &[u8], pin: &str) -> Result<String, String> {
         &der,
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     ))
+}
+
+/// What a worker sends to the primary's enrollment door (`POST /stack-enroll`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub name: String,
+    pub secret: String,
+    /// A PEM certificate signing request for the worker's own key.
+    pub request: String,
+}
+
+/// The path of the enrollment door on the primary's HTTPS port.
+pub const ENROLL_PATH: &str = "/stack-enroll";
+
+/// Makes this worker's key and has the primary sign it: over TLS to the pinned CA
+/// alone (a host in the primary's place has no certificate of it, and never sees
+/// the secret), with the token's one-time secret. Returns the key and certificate
+/// as PEM; nothing is written here.
+async fn enroll_at_primary(token: &JoinToken, ca: &str) -> Result<(String, String), StackError> {
+    let name = WorkerName::try_from(token.name.clone()).map_err(StackError::Conflict)?;
+    let (key, request) =
+        crate::tls::client::new_request(&name).map_err(|e| failed(e.to_string()))?;
+    let url = format!(
+        "https://{}{ENROLL_PATH}",
+        primary_door(&token.primary, token.https_port)
+    );
+    let unreachable = |e: &dyn std::fmt::Display| {
+        failed(format!("cannot enroll at {url}: {e}; nothing was written"))
+    };
+    let pinned = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| unreachable(&e))?;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(pinned)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .map_err(|e| unreachable(&e))?;
+    let body = EnrollRequest {
+        name: name.as_str().into(),
+        secret: token.enroll_secret.clone(),
+        request,
+    };
+    let response = client
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .send()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let status = response.status();
+    let answer = read_bounded(response).await.map_err(|e| unreachable(&e))?;
+    let answer = String::from_utf8_lossy(&answer);
+    if !status.is_success() {
+        return Err(StackError::Conflict(format!(
+            "the primary refused to sign this worker's certificate ({status}: {}); a token signs once: `analytics-stack worker remove {n}` and `worker add {n}` on the primary for a new one; nothing was written",
+            crate::util::printable(answer.trim()),
+            n = name.as_str()
+        )));
+    }
+    let cert = crate::tls::client::check_issued(&answer, &key, ca).map_err(|why| {
+        StackError::Integrity(format!(
+            "{url} answered {why}: not the primary that issued the token (or someone in between); nothing was written"
+        ))
+    })?;
+    Ok((key.serialize_pem(), cert))
+}
+
+/// Why the primary refuses an enrollment. What the requester is told is only that it
+/// was refused (no answer tells a guess apart from a used secret or a wrong address);
+/// the journal says which.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    #[error("{0:?} is not a worker of this host")]
+    UnknownWorker(String),
+    #[error("worker {0} was added before worker certificates: remove it and add it again")]
+    NoIdentity(String),
+    #[error("worker {name} enrolls from {expected}, not {peer}")]
+    WrongAddress {
+        name: String,
+        expected: String,
+        peer: String,
+    },
+    #[error(
+        "worker {0} has no enrollment pending (its token signed once already, or it was removed)"
+    )]
+    NotPending(String),
+    #[error("worker {0}: not its token's secret")]
+    WrongSecret(String),
+    #[error("worker {name}: {why}")]
+    BadRequest { name: String, why: String },
+}
+
+impl Stack {
+    /// Signs a joining worker's certificate request ([`enroll`]).
+    pub fn enroll(
+        &self,
+        request: &EnrollRequest,
+        peer: std::net::IpAddr,
+    ) -> Result<String, EnrollRefusal> {
+        let config = self
+            .config()
+            .map_err(|_| EnrollRefusal::UnknownWorker(crate::util::printable(&request.name)))?;
+        enroll(&self.fs, &config, request, peer)
+    }
+}
+
+/// Signs worker `request.name`'s certificate request, once: the worker must be
+/// listed, enrolling from its address, with the secret of its token, which is
+/// deleted as the certificate is returned.
+pub fn enroll(
+    fs: &crate::host::fsroot::FsRoot,
+    config: &crate::config::Config,
+    request: &EnrollRequest,
+    peer: std::net::IpAddr,
+) -> Result<String, EnrollRefusal> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let printable = crate::util::printable(&request.name);
+    let unknown = || EnrollRefusal::UnknownWorker(printable.clone());
+    let name = WorkerName::try_from(request.name.clone()).map_err(|_| unknown())?;
+    let host = config.workers.hosts.get(&name).ok_or_else(unknown)?;
+    let n = name.as_str().to_string();
+    let identity = host
+        .identity
+        .clone()
+        .ok_or_else(|| EnrollRefusal::NoIdentity(n.clone()))?;
+    let expected = host.address.get().ok_or_else(unknown)?;
+    if expected != peer {
+        return Err(EnrollRefusal::WrongAddress {
+            name: n,
+            expected: expected.to_string(),
+            peer: peer.to_string(),
+        });
+    }
+    let secret_path = Path::new(paths::SECRETS).join(enroll_secret_name(&name));
+    let pending = crate::host::gather::read_secret(fs, &enroll_secret_name(&name))
+        .ok_or_else(|| EnrollRefusal::NotPending(n.clone()))?;
+    // Compared as digests: the time taken says nothing of how much matched.
+    if crate::util::sha256_hex(pending.as_bytes())
+        != crate::util::sha256_hex(request.secret.as_bytes())
+    {
+        return Err(EnrollRefusal::WrongSecret(n));
+    }
+    let cert =
+        crate::tls::client::sign_worker_request(fs, &request.request, &name, &identity, expected)
+            .map_err(|e| EnrollRefusal::BadRequest {
+            name: n.clone(),
+            why: e.to_string(),
+        })?;
+    std::fs::remove_file(fs.path(&secret_path)).map_err(|e| EnrollRefusal::BadRequest {
+        name: n,
+        why: format!("{}: {e}", secret_path.display()),
+    })?;
+    Ok(cert)
 }
 
 impl Stack {
@@ -536,6 +738,7 @@ impl Stack {
             )));
         }
         let ca = fetch_pinned_ca(&token.primary, token.https_port, &token.ca_sha256).await?;
+        let (client_key, client_cert) = enroll_at_primary(&token, &ca).await?;
         let write = |path: &Path, text: &str, mode: u32| {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(self.fs.path(dir))
@@ -565,6 +768,16 @@ impl Stack {
             }
         }
         write(Path::new(crate::tls::CA_CERT), &ca, 0o644)?;
+        write(
+            Path::new(crate::tls::client::CLIENT_KEY),
+            &client_key,
+            0o600,
+        )?;
+        write(
+            Path::new(crate::tls::client::CLIENT_CERT),
+            &client_cert,
+            0o644,
+        )?;
         write(
             &self.etc_dir.join(JOIN_FILE),
             &render_join_file(&token),
@@ -597,6 +810,7 @@ mod tests {
             broker_user: "worker-w1".into(),
             broker_password: "r".into(),
             airflow_venv: "3.3.2-0123456789ab".into(),
+            enroll_secret: "e".repeat(64),
             superset: None,
         }
     }
@@ -606,6 +820,7 @@ mod tests {
         let host = |added, ip: &str| WorkerHost {
             added,
             address: ListenAddress::try_from(ip.to_string()).unwrap(),
+            identity: crate::config::WorkerIdentity::try_from(format!("{added:032x}")).ok(),
         };
         let mut hosts = Hosts::new();
         hosts.insert(
@@ -713,6 +928,61 @@ mod tests {
         assert!(pinned_ca_pem(&[0xff, 0xfe, 0x00], &pin).is_err());
     }
 
+    /// The primary signs a worker's request once, for the listed worker, from its
+    /// address, with its token's secret; each other case is refused, typed, and
+    /// leaves the pending secret as it was (a guess does not spend it).
+    #[test]
+    fn an_enrollment_is_signed_once_for_the_listed_worker_from_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::host::fsroot::FsRoot::new(dir.path());
+        crate::tls::install(
+            &fs,
+            &crate::tls::TlsSpec::SelfSigned {
+                names: vec!["primary".into()],
+                addresses: vec!["10.0.0.1".parse().unwrap()],
+            },
+        )
+        .unwrap();
+        let config = crate::config::load_texts(&[(
+            "stack.toml",
+            "[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\nidentity = \"0123456789abcdef0123456789abcdef\"\n[workers.hosts.old]\nadded = 1\naddress = \"10.0.0.3\"\n",
+        )])
+        .unwrap();
+        let w1 = WorkerName::try_from("w1".to_string()).unwrap();
+        let secret = "s".repeat(64);
+        let secret_file = Path::new(paths::SECRETS).join(enroll_secret_name(&w1));
+        std::fs::create_dir_all(fs.path(Path::new(paths::SECRETS))).unwrap();
+        std::fs::write(fs.path(&secret_file), format!("{secret}\n")).unwrap();
+        let (key, csr) = crate::tls::client::new_request(&w1).unwrap();
+        let asking = |name: &str, secret: &str, request: &str| EnrollRequest {
+            name: name.into(),
+            secret: secret.into(),
+            request: request.into(),
+        };
+        let from = |ip: &str| ip.parse::<std::net::IpAddr>().unwrap();
+        for (request, peer, refusal) in [
+            (asking("w9", &secret, &csr), "10.0.0.2", "not a worker"),
+            (asking("../w1", &secret, &csr), "10.0.0.2", "not a worker"),
+            (asking("old", &secret, &csr), "10.0.0.3", "before worker certificates"),
+            (asking("w1", &secret, &csr), "10.0.0.9", "enrolls from 10.0.0.2, not 10.0.0.9"),
+            (asking("w1", &"t".repeat(64), &csr), "10.0.0.2", "not its token's secret"),
+            (asking("w1", "", &csr), "10.0.0.2", "not its token's secret"),
+            (asking("w1", &secret, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"), "10.0.0.2", "not a signed certificate request"),
+        ] {
+            let err = enroll(&fs, &config, &request, from(peer)).unwrap_err();
+            assert!(err.to_string().contains(refusal), "{refusal}: {err}");
+            assert!(fs.exists(&secret_file), "{refusal}: the secret is still pending");
+        }
+        let cert = enroll(&fs, &config, &asking("w1", &secret, &csr), from("10.0.0.2")).unwrap();
+        let ca = String::from_utf8(std::fs::read(fs.path(Path::new(crate::tls::CA_CERT))).unwrap())
+            .unwrap();
+        crate::tls::client::check_issued(&cert, &key, &ca).unwrap();
+        // Once: the secret is spent.
+        assert!(!fs.exists(&secret_file));
+        let err = enroll(&fs, &config, &asking("w1", &secret, &csr), from("10.0.0.2")).unwrap_err();
+        assert_eq!(err, EnrollRefusal::NotPending("w1".into()));
+    }
+
     #[test]
     fn a_token_is_json_behind_its_version() {
         let token = token();
@@ -739,6 +1009,10 @@ mod tests {
                 t.postgres_password = "a@b/c".into()
             }),
             ("broker_password", &|t| t.broker_password = "x\ny".into()),
+            ("enroll_secret", &|t| t.enroll_secret = "s".repeat(16)),
+            ("enroll_secret", &|t| {
+                t.enroll_secret = format!("{}/", "s".repeat(64))
+            }),
             ("name", &|t| t.name = "W;drop".into()),
             ("airflow_venv", &|t| t.airflow_venv = "3.3.2\n[x]".into()),
             ("superset.secret_key", &|t| {

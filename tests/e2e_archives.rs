@@ -174,7 +174,7 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run() {
     );
     // The real programs run as their units, sandboxed, with the configs the daemon
     // rendered, and answer their probes.
-    let ready = c.ok("curl -fsS http://127.0.0.1:3100/ready");
+    let ready = c.ok(&format!("{}/ready", common::LOKI));
     assert_eq!(ready.trim(), "ready");
     let metrics = c.ok("curl -fsS http://127.0.0.1:9102/metrics");
     assert!(
@@ -389,10 +389,9 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run() {
     // by unit as the relabel rules say: the stack's own units' lines.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let units = loop {
-        let answer: serde_json::Value = serde_json::from_str(
-            &c.ok("curl -fsS http://127.0.0.1:3100/loki/api/v1/label/unit/values"),
-        )
-        .unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&c.ok(&format!("{}/loki/api/v1/label/unit/values", common::LOKI)))
+                .unwrap();
         let units: Vec<String> = answer["data"]
             .as_array()
             .into_iter()
@@ -416,11 +415,40 @@ fn archives_from_a_mirror_are_verified_unpacked_and_run() {
             .all(|u| u.starts_with("analytics-") || u == "stand-in-alloy"),
         "only the stack's units are kept: {units:?}"
     );
-    let lines = c.ok("curl -fsS -G http://127.0.0.1:3100/loki/api/v1/query_range --data-urlencode 'query={unit=\"analytics-loki.service\"}' --data-urlencode 'limit=5' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\"");
+    let lines = c.ok(&format!("{}/loki/api/v1/query_range -G --data-urlencode 'query={{unit=\"analytics-loki.service\"}}' --data-urlencode 'limit=5' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\"", common::LOKI));
     assert!(
         lines.contains("\"status\":\"success\"") && lines.contains("\"values\":[["),
         "{lines}"
     );
+    // This host's lines are its tenant's, named by NGINX's door from the client
+    // certificate Promtail presented (asked of Loki's socket directly, as root).
+    let tenant = |id: &str| {
+        c.ok(&format!("curl -fsS --unix-socket /run/analytics-loki/http:0 -H 'X-Scope-OrgID: {id}' http://loki/loki/api/v1/label/unit/values"))
+    };
+    assert!(tenant("primary").contains("analytics-loki.service"));
+    assert!(
+        !tenant("fake").contains("analytics-"),
+        "no line outside the tenants"
+    );
+    // A local account reads nothing of it: not through the door (no client
+    // certificate: the primary's key is root's and its units'), not on Loki's socket
+    // (NGINX's group's), not on its gRPC port (in Loki's own network namespace).
+    let mut refused = 0;
+    for (how, command) in [
+        ("the door without a certificate", "curl -sS -k https://127.0.0.1:3100/loki/api/v1/labels"),
+        ("the door with the primary's certificate, unreadable to it", "curl -sS -k --cert /var/lib/analytics-stack/tls/primary-client.crt --key /var/lib/analytics-stack/tls/primary-client.key https://127.0.0.1:3100/loki/api/v1/labels"),
+        ("Loki's socket", "curl -sS --unix-socket /run/analytics-loki/http:0 http://loki/loki/api/v1/labels"),
+        ("Loki's gRPC port", "timeout 3 bash -c '</dev/tcp/127.0.0.1/9095'"),
+    ] {
+        let out = c.sh(&format!("runuser -u nobody -- {command}"));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !said.contains("\"status\":\"success\"") && (!out.status.success() || said.contains("400") || said.contains("403")),
+            "a local account through {how}: {out:?}"
+        );
+        refused += 1;
+    }
+    eprintln!("[figure] a local account's reads of Loki refused: {refused}");
     eprintln!(
         "[figure] units whose journal lines the real Promtail shipped to the real Loki: {units:?}"
     );

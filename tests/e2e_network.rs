@@ -15,6 +15,9 @@ use common::{net::Bridge, redis_refusal, Container, RedisRefusal};
 
 const PRIMARY: &str = "10.231.0.1";
 const OUTSIDER: &str = "10.231.0.9";
+/// The HTTP doors between the hosts that this stack has (no Airflow and no Loki
+/// here: their doors are tried from a worker host in `tests/e2e_workers.rs`).
+const WORKER_DOORS: [&str; 1] = ["/stack-dags/current"];
 
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
@@ -85,9 +88,34 @@ fn from_another_host_only_the_doors_answer_and_only_to_worker_logins() {
     drop(bridge);
 }
 
-/// A libpq connection string to the primary.
+/// A libpq connection string to the primary, presenting the worker's certificate.
 fn pg(user: &str, db: &str, ssl: &str) -> String {
-    format!("host={PRIMARY} port=5432 user={user} dbname={db} sslmode={ssl} sslrootcert=/root/stack-ca.crt connect_timeout=5")
+    pg_as(user, db, ssl, "/root/w1")
+}
+
+/// The same with the certificate and key at `client`.crt/.key.
+fn pg_as(user: &str, db: &str, ssl: &str, client: &str) -> String {
+    format!("host={PRIMARY} port=5432 user={user} dbname={db} sslmode={ssl} sslrootcert=/root/stack-ca.crt sslcert={client}.crt sslkey={client}.key connect_timeout=5")
+}
+
+/// What the enrollment door answers `from` (status and body) for worker `name`'s
+/// request at `csr` (a file there) with `secret`.
+fn enroll(from: &Container, name: &str, secret: &str, csr: &str) -> (String, String) {
+    let request = serde_json::json!({
+        "name": name,
+        "secret": secret,
+        "request": from.ok(&format!("cat {csr}")),
+    });
+    from.put_file("/root/enroll.json", &request.to_string());
+    let status = from.ok(&format!(
+        "curl -sS -o /root/enroll.out -w '%{{http_code}}' --cacert /root/stack-ca.crt -H 'Content-Type: application/json' --data-binary @/root/enroll.json https://{PRIMARY}/stack-enroll"
+    ));
+    (status.trim().to_string(), from.ok("cat /root/enroll.out"))
+}
+
+/// A worker key and request (as `join` makes them) at `path`.key/.csr.
+fn new_request(on: &Container, path: &str) {
+    on.ok(&format!("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {path}.key -out {path}.csr -subj /CN=anything 2>/dev/null"));
 }
 
 fn workers(primary: &Container, outsider: &Container) {
@@ -163,6 +191,7 @@ fn workers(primary: &Container, outsider: &Container) {
     );
 
     hostile_door_at_join(outsider, &token);
+    enrollment(primary, outsider, &t);
 
     // Ports the other host now reaches: NGINX's, PostgreSQL's and the broker's door.
     for port in [5432, 6390] {
@@ -248,7 +277,7 @@ fn workers(primary: &Container, outsider: &Container) {
             "REDISCLI_AUTH='{bpw}' redis-cli -h {PRIMARY} -p 6390 --user {user} {args}"
         ))
     };
-    let tls = "--tls --cacert /root/stack-ca.crt";
+    let tls = "--tls --cacert /root/stack-ca.crt --cert /root/w1.crt --key /root/w1.key";
     let out = redis(&format!("{tls} LPUSH airflow:probe 1"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -356,6 +385,206 @@ fn workers(primary: &Container, outsider: &Container) {
     assert!(primary
         .ok("analytics-stack apply")
         .contains("nothing to do"));
+
+    // Added again under its name and address: a new identity. The removed worker's
+    // certificate stays refused at the doors (even with the new logins), the new
+    // enrollment's is admitted.
+    primary.ok(&format!(
+        "analytics-stack worker add w1 --address {OUTSIDER} --token-file /root/w1-again.token"
+    ));
+    let again: serde_json::Value = serde_json::from_slice(
+        &analytics_stack::util::base64_url_decode(
+            &primary.ok("cat /root/w1-again.token").trim()["asw1.".len()..],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let bpw = again["broker_password"].as_str().unwrap();
+    let redis_as = |client: &str| {
+        outsider.sh(&format!(
+            "REDISCLI_AUTH='{bpw}' timeout 10 redis-cli -h {PRIMARY} -p 6390 --user {user} --tls --cacert /root/stack-ca.crt --cert {client}.crt --key {client}.key PING"
+        ))
+    };
+    let doors_as = |client: &str, path: &str| {
+        outsider
+            .ok(&format!(
+                "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt --cert {client}.crt --key {client}.key https://{PRIMARY}{path}"
+            ))
+            .trim()
+            .to_string()
+    };
+    for path in WORKER_DOORS {
+        assert_eq!(
+            doors_as("/root/w1", path),
+            "403",
+            "{path}: the removed worker's certificate"
+        );
+    }
+    assert_eq!(
+        redis_refusal(&redis_as("/root/w1")),
+        RedisRefusal::Closed,
+        "the removed worker's certificate at the broker"
+    );
+    new_request(outsider, "/root/w1b");
+    let (status, cert) = enroll(
+        outsider,
+        "w1",
+        again["enroll_secret"].as_str().unwrap(),
+        "/root/w1b.csr",
+    );
+    assert_eq!(status, "200", "{cert}");
+    outsider.put_file("/root/w1b.crt", &cert);
+    assert_eq!(
+        String::from_utf8_lossy(&redis_as("/root/w1b").stdout).trim(),
+        "PONG"
+    );
+    for path in WORKER_DOORS {
+        assert_ne!(doors_as("/root/w1b", path), "403", "{path}");
+    }
+    primary.ok("analytics-stack worker remove w1");
+}
+
+/// The enrollment door, as `join` uses it and as an attacker would; then every door
+/// between the hosts, with the certificate it signed, with none, and with one
+/// another CA signed for the same subject and key.
+fn enrollment(primary: &Container, outsider: &Container, t: &serde_json::Value) {
+    let secret = t["enroll_secret"].as_str().unwrap();
+    new_request(outsider, "/root/w1");
+    let mut refused = 0;
+    // A guessed secret, and a name that is no worker's: refused alike, the pending
+    // secret not spent.
+    for (name, guess) in [("w1", "0".repeat(64)), ("w9", secret.to_string())] {
+        let (status, body) = enroll(outsider, name, &guess, "/root/w1.csr");
+        assert_eq!((status.as_str(), body.trim()), ("403", "refused"), "{name}");
+        refused += 1;
+    }
+    // Anything but a POST.
+    let code = outsider.ok(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt https://{PRIMARY}/stack-enroll"
+    ));
+    assert_eq!(code.trim(), "403", "a GET");
+    refused += 1;
+    // From an address that is no worker's (the primary's own on the bridge), with
+    // the right secret: NGINX does not pass it on.
+    primary.ok("cp /var/lib/analytics-stack/tls/ca.crt /root/stack-ca.crt");
+    new_request(primary, "/root/p");
+    let (status, _) = enroll(primary, "w1", secret, "/root/p.csr");
+    assert_eq!(status, "403", "from another address");
+    refused += 1;
+    // The daemon's socket is NGINX's group's alone: a local account on the primary
+    // cannot reach it past NGINX.
+    let out = primary.sh(&format!(
+        "runuser -u nobody -- curl -sS --unix-socket {} -X POST http://x/stack-enroll",
+        analytics_stack::daemon::enroll::SOCKET
+    ));
+    assert!(!out.status.success(), "{out:?}");
+    refused += 1;
+    // The journal says which refusal each was; the secret appears nowhere.
+    let journal = primary.ok("journalctl -u analytics-stackd --no-pager -o cat");
+    assert!(
+        journal.contains("worker w1: not its token's secret")
+            && journal.contains("\"w9\" is not a worker of this host"),
+        "{journal}"
+    );
+    assert!(!journal.contains(secret));
+
+    // The worker's own request: its certificate, of the stack CA, for a client.
+    let (status, cert) = enroll(outsider, "w1", secret, "/root/w1.csr");
+    assert_eq!(status, "200", "{cert}");
+    outsider.put_file("/root/w1.crt", &cert);
+    let verified =
+        outsider.ok("openssl verify -purpose sslclient -CAfile /root/stack-ca.crt /root/w1.crt");
+    assert!(verified.contains("OK"), "{verified}");
+    // Once: the same secret again, even for the same key, is refused.
+    let (status, _) = enroll(outsider, "w1", secret, "/root/w1.csr");
+    assert_eq!(status, "403", "a token signs once");
+    refused += 1;
+
+    // Another CA's certificate, for the same key and the very subject the primary
+    // gave (what a host that stole the key but not the CA could make).
+    let identity = primary.ok(
+        "sed -n 's/^identity = \"\\(.*\\)\"$/\\1/p' /etc/analytics-stack/stack.d/90-workers.toml",
+    );
+    outsider.ok(&format!(
+        "cd /root && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other-ca.key -out other-ca.crt -subj /CN=other -days 1 2>/dev/null
+         openssl req -new -key w1.key -subj '/O=analytics-stack workers/OU={}/CN=worker_w1' -out forged.csr
+         printf 'extendedKeyUsage=clientAuth\n' > ext
+         openssl x509 -req -in forged.csr -CA other-ca.crt -CAkey other-ca.key -CAcreateserial -days 1 -extfile ext -out forged.crt 2>/dev/null
+         cp w1.key forged.key",
+        identity.trim()
+    ));
+    let role = t["postgres_role"].as_str().unwrap();
+    let pw = t["postgres_password"].as_str().unwrap();
+    let (user, bpw) = (
+        t["broker_user"].as_str().unwrap(),
+        t["broker_password"].as_str().unwrap(),
+    );
+    // Each door: the worker's certificate opens it; none, or the forged one, not.
+    let psql = |client: &str| {
+        outsider.sh(&format!(
+            "PGPASSWORD='{pw}' psql '{}' -XAtc 'SELECT current_user'",
+            pg_as(role, "airflow", "verify-full", client)
+        ))
+    };
+    let redis = |client: &str| {
+        outsider.sh(&format!(
+            "REDISCLI_AUTH='{bpw}' timeout 10 redis-cli -h {PRIMARY} -p 6390 --user {user} --tls --cacert /root/stack-ca.crt{} PING",
+            if client.is_empty() { String::new() } else { format!(" --cert {client}.crt --key {client}.key") }
+        ))
+    };
+    let http = |client: &str, path: &str| {
+        outsider
+            .ok(&format!(
+                "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt{} https://{PRIMARY}{path}",
+                if client.is_empty() { String::new() } else { format!(" --cert {client}.crt --key {client}.key") }
+            ))
+            .trim()
+            .to_string()
+    };
+    let out = psql("/root/w1");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), role, "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&redis("/root/w1").stdout).trim(),
+        "PONG"
+    );
+    for path in WORKER_DOORS {
+        let code = http("/root/w1", path);
+        assert!(
+            code != "403" && code != "400",
+            "{path} with the worker's certificate: {code}"
+        );
+    }
+    for client in ["/root/none", "/root/forged"] {
+        // Without one: "connection requires a valid client certificate"; another
+        // CA's: the handshake fails, "unknown ca".
+        let out = psql(client);
+        let why = if client == "/root/none" {
+            "requires a valid client certificate"
+        } else {
+            "unknown ca"
+        };
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(why),
+            "PostgreSQL with {client}: {out:?}"
+        );
+        refused += 1;
+        let out = redis(if client == "/root/none" { "" } else { client });
+        assert_eq!(
+            redis_refusal(&out),
+            RedisRefusal::Closed,
+            "the broker's door with {client}: {out:?}"
+        );
+        refused += 1;
+        for path in WORKER_DOORS {
+            let code = http(if client == "/root/none" { "" } else { client }, path);
+            assert!(
+                code == "403" || code == "400",
+                "{path} with {client}: {code}"
+            );
+            refused += 1;
+        }
+    }
+    eprintln!("[figure] enrollment and client-certificate attacks refused: {refused}");
 }
 
 /// A host on the LAN answers `join` in the primary's place (here: the primary's

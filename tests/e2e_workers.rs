@@ -189,6 +189,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
                     fields["postgres_password"].as_str().unwrap(),
                     fields["broker_password"].as_str().unwrap(),
                     fields["superset"]["secret_key"].as_str().unwrap(),
+                    fields["enroll_secret"].as_str().unwrap(),
                 ] {
                     assert!(!cmdlines.contains(secret), "a secret on a command line");
                 }
@@ -277,6 +278,7 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     assert!(listed.contains(W1) && listed.contains(W2), "{listed}");
 
     observability(&primary);
+    lines_are_their_senders(&primary, &w1);
 
     // The DAG, put where users put DAGs on the primary, reaches both workers.
     primary.ok(&format!(
@@ -302,11 +304,32 @@ fn two_worker_hosts_run_the_stacks_tasks_and_survive_losing_one() {
     primary.ok("runuser -u analytics-airflow -- ln -s /etc/hostname /var/lib/analytics-stack/dag-bundle/leak");
     let fetch = |path: &str| {
         w1.ok(&format!(
-            "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /var/lib/analytics-stack/tls/ca.crt https://{PRIMARY}/stack-dags/{path}"
+            "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /var/lib/analytics-stack/tls/ca.crt --cert /var/lib/analytics-stack/tls/client.crt --key /var/lib/analytics-stack/tls/client.key https://{PRIMARY}/stack-dags/{path}"
         ))
     };
     assert_eq!(fetch("leak").trim(), "403", "a link in the DAG door");
     assert_eq!(fetch("current").trim(), "200");
+    // A local account on the worker host (from the worker's address, but without
+    // the worker's key, which is root's and its units' alone) gets no DAG code.
+    assert_eq!(
+        w1.ok("stat -c '%a %U' /var/lib/analytics-stack/tls/client.key")
+            .trim(),
+        "600 root"
+    );
+    for path in [
+        "/stack-dags/current",
+        "/airflow/execution/health",
+        "/loki/api/v1/push",
+    ] {
+        let code = w1.ok(&format!(
+            "runuser -u nobody -- curl -sS -o /dev/null -w '%{{http_code}}' --cacert /var/lib/analytics-stack/tls/ca.crt https://{PRIMARY}{path}"
+        ));
+        assert_eq!(
+            code.trim(),
+            "403",
+            "{path}: a local account on the worker host"
+        );
+    }
     primary.ok("rm /var/lib/analytics-stack/dag-bundle/leak");
     primary.trust_stack_ca();
     async_queries_run_on_worker_hosts(&primary, &w1);
@@ -401,10 +424,12 @@ import psycopg2, redis
 pg = open("/var/lib/analytics-stack/secrets/primary-postgres").read().strip()
 rb = open("/var/lib/analytics-stack/secrets/primary-broker").read().strip()
 ca = "/var/lib/analytics-stack/tls/ca.crt"
+cert = "/var/lib/analytics-stack/tls/client.crt"
+key = "/var/lib/analytics-stack/tls/client.key"
 def postgres(db, **kw):
-    psycopg2.connect(host="{PRIMARY}", user="worker_w1", password=pg, dbname=db, sslmode="verify-full", sslrootcert=ca, connect_timeout=5, **kw).close()
+    psycopg2.connect(host="{PRIMARY}", user="worker_w1", password=pg, dbname=db, sslmode="verify-full", sslrootcert=ca, sslcert=cert, sslkey=key, connect_timeout=5, **kw).close()
 def redis_door(port):
-    redis.Redis(host="{PRIMARY}", port=port, username="worker-w1", password=rb, ssl=True, ssl_ca_certs=ca, socket_timeout=5).ping()
+    redis.Redis(host="{PRIMARY}", port=port, username="worker-w1", password=rb, ssl=True, ssl_ca_certs=ca, ssl_certfile=cert, ssl_keyfile=key, socket_timeout=5).ping()
 for name, login in [
     ("airflow", lambda: postgres("airflow")),
     ("superset", lambda: postgres("superset", options="-c role=superset")),
@@ -476,7 +501,7 @@ fn observability(primary: &Container) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let hosts = loop {
         let values: Value = serde_json::from_str(
-            &primary.ok("curl -fsS http://127.0.0.1:3100/loki/api/v1/label/host/values"),
+            &primary.ok(&format!("{}/loki/api/v1/label/host/values", common::LOKI)),
         )
         .unwrap();
         let hosts: Vec<String> = values["data"]
@@ -503,7 +528,8 @@ fn observability(primary: &Container) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let text: Vec<String> = loop {
         let lines: Value = serde_json::from_str(&primary.ok(&format!(
-            "curl -fsS -G http://127.0.0.1:3100/loki/api/v1/query_range --data-urlencode 'query={query}' --data-urlencode 'limit=1000' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\""
+            "{}/loki/api/v1/query_range -G --data-urlencode 'query={query}' --data-urlencode 'limit=1000' --data-urlencode \"start=$(( $(date +%s) - 3600 ))000000000\"",
+            common::LOKI
         )))
         .unwrap();
         let text: Vec<String> = lines["data"]["result"]
@@ -531,6 +557,38 @@ fn observability(primary: &Container) {
     eprintln!(
         "[figure] w1's Celery worker lines in Loki, shipped by the real Promtail: {}",
         text.len()
+    );
+}
+
+/// A worker pushes a line labelled as another host's: it lands in its own tenant,
+/// named by the door from its certificate, and is read back as the worker's.
+fn lines_are_their_senders(primary: &Container, w1: &Container) {
+    let push = serde_json::json!({"streams": [{
+        "stream": {"host": "w2", "unit": "analytics-forged.service"},
+        "values": [[format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()), "a line w1 says is w2's"]],
+    }]});
+    w1.put_file("/root/push.json", &push.to_string());
+    let code = w1.ok(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /var/lib/analytics-stack/tls/ca.crt --cert /var/lib/analytics-stack/tls/client.crt --key /var/lib/analytics-stack/tls/client.key -H 'Content-Type: application/json' --data-binary @/root/push.json https://{PRIMARY}/loki/api/v1/push"
+    ));
+    assert_eq!(code.trim(), "204");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        let lines: Value = serde_json::from_str(&primary.ok(&format!(
+            "{}/loki/api/v1/query_range -G --data-urlencode 'query={{unit=\"analytics-forged.service\"}}' --data-urlencode \"start=$(( $(date +%s) - 600 ))000000000\"",
+            common::LOKI
+        )))
+        .unwrap();
+        let stream = lines["data"]["result"][0]["stream"].clone();
+        if !stream.is_null() || Instant::now() > deadline {
+            break stream;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(stream["__tenant_id__"], "worker-w1", "{stream}");
+    assert_eq!(
+        stream["host"], "w2",
+        "the label is what it claimed: {stream}"
     );
 }
 
@@ -652,7 +710,7 @@ fn async_queries_run_on_worker_hosts(primary: &Container, w1: &Container) {
         r#"/opt/analytics-stack/airflow/current/bin/python - <<'EOF'
 import redis
 password = open("/var/lib/analytics-stack/secrets/primary-broker").read().strip()
-cache = redis.Redis(host="{PRIMARY}", port=6391, db=4, username="worker-w1", password=password, ssl=True, ssl_ca_certs="/var/lib/analytics-stack/tls/ca.crt", socket_timeout=5)
+cache = redis.Redis(host="{PRIMARY}", port=6391, db=4, username="worker-w1", password=password, ssl=True, ssl_ca_certs="/var/lib/analytics-stack/tls/ca.crt", ssl_certfile="/var/lib/analytics-stack/tls/client.crt", ssl_keyfile="/var/lib/analytics-stack/tls/client.key", socket_timeout=5)
 print(cache.set("superset_results_{key}", b"!cposix\nsystem\n(S'touch {mark}'\ntR."))
 EOF"#
     ));
@@ -809,6 +867,24 @@ fn refused_from_outside(primary: &Container, outsider: &Container) {
             "curl -sS -o /dev/null -w '%{{http_code}}' --cacert /root/stack-ca.crt https://{PRIMARY}{path}"
         ));
         assert_eq!(code.trim(), "403", "{path}");
+    }
+    // A worker's node_exporter answers over TLS only, and only to a certificate of
+    // the stack CA (the primary's Prometheus presents one): not to plain HTTP, not
+    // without a certificate, not to another CA's.
+    outsider.ok("cd /root && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt -subj /CN=other -days 1 -addext extendedKeyUsage=clientAuth 2>/dev/null");
+    for (how, args) in [
+        ("plain HTTP", format!("http://{W1}:9100/metrics")),
+        (
+            "no certificate",
+            format!("--cacert /root/stack-ca.crt https://{W1}:9100/metrics"),
+        ),
+        (
+            "another CA's certificate",
+            format!("--cacert /root/stack-ca.crt --cert /root/other.crt --key /root/other.key https://{W1}:9100/metrics"),
+        ),
+    ] {
+        let out = outsider.sh(&format!("curl -fsS -o /dev/null --max-time 5 {args}"));
+        assert!(!out.status.success(), "node_exporter with {how}: {out:?}");
     }
     // The landing page still answers: the door itself is open.
     let code = outsider.ok(&format!(

@@ -60,6 +60,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         etc_dir,
     });
     stack.recover_interrupted().await;
+    // The door joining workers' certificate requests come through (by NGINX).
+    let enrolling = {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            if let Err(e) = analytics_stack::daemon::enroll::serve(stack).await {
+                tracing::error!(
+                    "the enrollment door ({}): {e}",
+                    analytics_stack::daemon::enroll::SOCKET
+                );
+            }
+        })
+    };
     let manager = Manager::new(Some(stack.clone()));
     let busy = manager.busy.clone();
     let refreshing = manager.refreshing.clone();
@@ -92,6 +104,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     notify("STOPPING=1");
     refresher.abort();
+    enrolling.abort();
     tracing::info!("stopping");
     Ok(())
 }

@@ -236,6 +236,8 @@ pub fn render_worker_env(config: &Config) -> String {
         at(w.primary_postgres_port)
     );
     let pg_tls = format!("sslmode=verify-full&sslrootcert={ca}");
+    // This worker's certificate, at every door of the primary.
+    let client = crate::tls::client::credentials(WORKER_UNIT);
     let broker_login = format!(
         "{}:{}@{}",
         name.redis_user(),
@@ -261,9 +263,15 @@ pub fn render_worker_env(config: &Config) -> String {
                 super::dag_bundle::primary_origin(config)
             ),
         ),
-        // The execution API's certificate is checked against the stack CA alone.
+        // The execution API's certificate is checked against the stack CA alone;
+        // the worker presents its own.
         ("AIRFLOW__API__SSL_CA_FILE", ca.into()),
         ("AIRFLOW__API__CLIENT_USE_PUBLIC_CERTS", "False".into()),
+        ("AIRFLOW__API__CLIENT_SSL_CERT", client.cert.clone()),
+        ("AIRFLOW__API__CLIENT_SSL_KEY", client.key.clone()),
+        // libpq presents it to PostgreSQL (Airflow's engine, dlt's loads).
+        ("PGSSLCERT", client.cert.clone()),
+        ("PGSSLKEY", client.key.clone()),
         // Airflow's CLI still builds its database engine at start (and logs the
         // command there): this worker's role may connect, and reads no table.
         (
@@ -275,11 +283,16 @@ pub fn render_worker_env(config: &Config) -> String {
             format!("rediss://{broker_login}/0"),
         ),
         ("AIRFLOW__CELERY__SSL_ACTIVE", "True".into()),
-        ("AIRFLOW__CELERY__SSL_MUTUAL_TLS", "False".into()),
+        ("AIRFLOW__CELERY__SSL_MUTUAL_TLS", "True".into()),
         ("AIRFLOW__CELERY__SSL_CACERT", ca.into()),
+        ("AIRFLOW__CELERY__SSL_CERT", client.cert.clone()),
+        ("AIRFLOW__CELERY__SSL_KEY", client.key.clone()),
         (
             "AIRFLOW__CELERY__RESULT_BACKEND",
-            format!("rediss://{broker_login}/1?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+            format!(
+                "rediss://{broker_login}/1?ssl_cert_reqs=required&ssl_ca_certs={ca}&ssl_certfile={}&ssl_keyfile={}",
+                client.cert, client.key
+            ),
         ),
         ("AIRFLOW__LOGGING__BASE_LOG_FOLDER", format!("{HOME}/logs")),
         (
@@ -328,6 +341,7 @@ fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
     );
     worker.environment_file = Some(env_path());
     worker.sees_nondumpable_children = true;
+    worker.credentials = crate::tls::client::credentials(WORKER_UNIT).credentials;
     ComponentSpec {
         name: "airflow",
         description: "Airflow: the Celery worker of a worker host",

@@ -54,6 +54,7 @@ fn script_service(
     script: &str,
     writable: &str,
     environment: Vec<(String, String)>,
+    credentials: Vec<(String, String)>,
 ) -> UnitSpec {
     let mut unit = ServiceUnit::new(
         name,
@@ -65,6 +66,7 @@ fn script_service(
     unit.timeout_sec = 600;
     unit.read_write_paths = vec![writable.into()];
     unit.environment = environment;
+    unit.credentials = credentials;
     let mut unit = unit.render();
     unit.triggered = true;
     unit
@@ -108,6 +110,7 @@ pub fn render_publisher() -> ComponentSpec {
                     ("ROOT".into(), crate::model::paths::STATE.into()),
                     ("OUT".into(), DIR.into()),
                 ],
+                Vec::new(),
             ),
         ],
         ..Default::default()
@@ -125,6 +128,7 @@ pub fn primary_origin(config: &Config) -> String {
 
 /// On a worker host: keeps the primary's folders current.
 pub fn render_sync(config: &Config) -> ComponentSpec {
+    let client = crate::tls::client::credentials(SYNC_SERVICE);
     ComponentSpec {
         name: "dag-sync",
         description: "The primary's DAG and pipeline folders, kept current here",
@@ -151,8 +155,12 @@ pub fn render_sync(config: &Config) -> ComponentSpec {
                         format!("{}/stack-dags", primary_origin(config)),
                     ),
                     ("CA".into(), crate::tls::CA_CERT.into()),
+                    // This worker's certificate: the DAG door admits current workers.
+                    ("CERT".into(), client.cert.clone()),
+                    ("KEY".into(), client.key.clone()),
                     ("DIR".into(), SYNC_DIR.into()),
                 ],
+                client.credentials.clone(),
             ),
         ],
         ..Default::default()
@@ -173,7 +181,7 @@ out=""; url=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -o) out=$2; shift 2 ;;
-        --max-time|--cacert|--max-filesize|--proto) shift 2 ;;
+        --max-time|--cacert|--cert|--key|--max-filesize|--proto) shift 2 ;;
         -*) shift ;;
         *) url=$1; shift ;;
     esac
@@ -246,6 +254,8 @@ if [ -n "$out" ]; then cp "$file" "$out"; else cat "$file"; fi
                 &[
                     ("BASE", Path::new("https://primary/stack-dags")),
                     ("CA", Path::new("/nonexistent")),
+                    ("CERT", Path::new("/nonexistent.crt")),
+                    ("KEY", Path::new("/nonexistent.key")),
                     ("DIR", &self.sync),
                     ("SERVE", &self.out),
                 ],

@@ -59,7 +59,17 @@ pub fn render_datasources(config: &Config) -> String {
             config.prometheus.port.get()
         ));
     }
-    if config.loki.enabled {
+    if super::loki::behind_door(config) {
+        // Through NGINX's loopback door: the stack CA's server certificate (named
+        // `localhost`), the primary's client certificate, both read by Grafana from
+        // this unit's credentials.
+        y.push_str(&format!(
+            "  - name: Loki\n    uid: {uid}\n    type: loki\n    access: proxy\n    url: https://127.0.0.1:{port}\n    editable: false\n    jsonData:\n      tlsAuth: true\n      tlsAuthWithCACert: true\n      serverName: localhost\n    secureJsonData:\n      tlsCACert: $__file{{{creds}/stack-ca.crt}}\n      tlsClientCert: $__file{{{creds}/primary-client.crt}}\n      tlsClientKey: $__file{{{creds}/primary-client.key}}\n",
+            uid = dashboards::LOKI_UID,
+            port = config.loki.port.get(),
+            creds = format!("/run/credentials/{UNIT}"),
+        ));
+    } else if config.loki.enabled {
         y.push_str(&format!(
             "  - name: Loki\n    uid: {}\n    type: loki\n    access: proxy\n    url: http://127.0.0.1:{}\n    editable: false\n",
             dashboards::LOKI_UID,
@@ -99,6 +109,20 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             format!("{}/{SECRET_KEY}", paths::SECRETS),
         ),
     ];
+    if super::loki::behind_door(config) {
+        // For the Loki data source (`render_datasources`).
+        unit.credentials.extend([
+            ("stack-ca.crt".to_string(), crate::tls::CA_CERT.to_string()),
+            (
+                "primary-client.crt".to_string(),
+                crate::tls::PRIMARY_CLIENT_CERT.to_string(),
+            ),
+            (
+                "primary-client.key".to_string(),
+                crate::tls::PRIMARY_CLIENT_KEY.to_string(),
+            ),
+        ]);
+    }
     unit.environment = vec![("GF_PATHS_HOME".into(), home.clone())];
     let conf = |name: &str, text: String| {
         FileSpec::new(format!("{CONF_DIR}/{name}"), text)

@@ -130,9 +130,9 @@ fn promtail_rules() -> String {
         .collect()
 }
 
-/// Where the journal goes: this host's Loki, or on a worker host the primary's,
-/// through its door (TLS to the stack CA; NGINX lets the worker hosts' addresses
-/// push and nobody else).
+/// Where the journal goes: this host's Loki (through NGINX's loopback door when Loki
+/// is behind it), or on a worker host the primary's, through its door (TLS to the
+/// stack CA; NGINX lets the current workers' certificates push and nobody else).
 fn loki_push(config: &Config) -> String {
     if config.is_worker_host() {
         return format!(
@@ -140,10 +140,58 @@ fn loki_push(config: &Config) -> String {
             super::dag_bundle::primary_origin(config)
         );
     }
+    let scheme = if super::loki::behind_door(config) {
+        "https"
+    } else {
+        "http"
+    };
     format!(
-        "http://127.0.0.1:{}/loki/api/v1/push",
+        "{scheme}://127.0.0.1:{}/loki/api/v1/push",
         config.loki.port.get()
     )
+}
+
+/// The TLS of the push: on a worker host, to the primary's door with the worker's
+/// certificate; on a primary whose Loki is behind NGINX, to its loopback door
+/// (named `localhost` in the server certificate) with the primary's; else none.
+/// (CA, certificate, key, server name.)
+fn push_tls(
+    config: &Config,
+    kind: LogShipperKind,
+) -> Option<(String, String, String, Option<&'static str>)> {
+    let unit = unit_name(kind);
+    if config.is_worker_host() {
+        let client = crate::tls::client::credentials(&unit);
+        return Some((crate::tls::CA_CERT.into(), client.cert, client.key, None));
+    }
+    super::loki::behind_door(config).then(|| {
+        (
+            crate::tls::CA_CERT.into(),
+            format!("/run/credentials/{unit}/primary-client.crt"),
+            format!("/run/credentials/{unit}/primary-client.key"),
+            Some("localhost"),
+        )
+    })
+}
+
+/// The credentials `push_tls` names.
+fn push_credentials(config: &Config, kind: LogShipperKind) -> Vec<(String, String)> {
+    if config.is_worker_host() {
+        crate::tls::client::credentials(&unit_name(kind)).credentials
+    } else if super::loki::behind_door(config) {
+        vec![
+            (
+                "primary-client.crt".into(),
+                crate::tls::PRIMARY_CLIENT_CERT.into(),
+            ),
+            (
+                "primary-client.key".into(),
+                crate::tls::PRIMARY_CLIENT_KEY.into(),
+            ),
+        ]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The `host` label of every line: a worker host's name on the primary, or this
@@ -167,10 +215,12 @@ pub fn render_promtail(config: &Config) -> String {
         port = config.log_shipper.port.get(),
         state = paths::STATE,
         push = loki_push(config),
-        tls = if config.is_worker_host() {
-            format!("    tls_config:\n      ca_file: {}\n", crate::tls::CA_CERT)
-        } else {
-            String::new()
+        tls = match push_tls(config, LogShipperKind::Promtail) {
+            Some((ca, cert, key, server_name)) => format!(
+                "    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n{}",
+                server_name.map_or(String::new(), |n| format!("      server_name: {n}\n"))
+            ),
+            None => String::new(),
         },
         host = host_label(config),
     )
@@ -184,10 +234,12 @@ pub fn render_alloy(config: &Config) -> String {
          loki.write \"local\" {{\n  endpoint {{\n    url = \"{push}\"\n{tls}  }}\n}}\n",
         host = host_label(config),
         push = loki_push(config),
-        tls = if config.is_worker_host() {
-            format!("    tls_config {{\n      ca_file = \"{}\"\n    }}\n", crate::tls::CA_CERT)
-        } else {
-            String::new()
+        tls = match push_tls(config, LogShipperKind::Alloy) {
+            Some((ca, cert, key, server_name)) => format!(
+                "    tls_config {{\n      ca_file   = \"{ca}\"\n      cert_file = \"{cert}\"\n      key_file  = \"{key}\"\n{}    }}\n",
+                server_name.map_or(String::new(), |n| format!("      server_name = \"{n}\"\n"))
+            ),
+            None => String::new(),
         },
         rules = alloy_rules(),
     )
@@ -228,12 +280,17 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         exec,
     );
     unit.read_write_paths = vec![data.clone()];
+    unit.credentials = push_credentials(config, kind);
     // Stopped before Loki (systemd stops units in the reverse order of After=): at
     // shutdown the shipper sends what it still holds to a Loki that is still there,
     // instead of retrying against a stopped one until it is killed (seen: Promtail
     // held a container's halt for over a minute).
     if config.loki.enabled && !config.is_worker_host() {
         unit.after.push(super::loki::UNIT.into());
+        // Behind the door it pushes through NGINX: stopped before NGINX too.
+        if super::loki::behind_door(config) {
+            unit.after.push(super::nginx::UNIT.into());
+        }
     }
     // A stop that cannot reach Loki at all (a worker host whose primary is gone)
     // ends within 30 s, losing what was not sent, rather than holding a shutdown.

@@ -1,5 +1,17 @@
 //! Loki from the verified release archive: one binary, filesystem storage, schema
-//! v13 on TSDB, retention by the compactor, listening on loopback only.
+//! v13 on TSDB, retention by the compactor.
+//!
+//! Behind the door ([`behind_door`]: NGINX with the stack CA, the default), Loki is
+//! unreachable but through NGINX: it runs in a network namespace of its own (its gRPC
+//! port on that namespace's loopback, where nothing else is), its HTTP on a Unix
+//! socket only NGINX's group reaches, and NGINX's doors require a client
+//! certificate — the primary's (`tls::PRIMARY_CLIENT_CERT`, which its log shipper,
+//! Prometheus and Grafana present) on loopback, a current worker's on the workers'
+//! push door. Each host is a tenant, named by the door from the certificate
+//! (`X-Scope-OrgID`): a worker's lines are its own whatever `host` label they carry,
+//! and reading is a query across every tenant (`__tenant_id__` says whose).
+//! Otherwise (NGINX off, or TLS off or the operator's certificate) Loki listens on
+//! loopback, one tenant, as any local account may read.
 
 use super::Platform;
 use crate::config::Config;
@@ -16,6 +28,34 @@ pub const SCHEMA_FROM: &str = "2024-01-01";
 
 const TEMPLATE: &str = include_str!("../../templates/loki/loki.yaml.j2");
 
+/// Loki's runtime directory and the socket it listens on there (Loki appends the
+/// port, 0, to the address).
+pub const RUN_DIR: &str = "/run/analytics-loki";
+pub const SOCKET: &str = "/run/analytics-loki/http:0";
+/// The tenants: the primary's lines, and each worker's.
+pub const PRIMARY_TENANT: &str = "primary";
+
+pub fn worker_tenant(name: &crate::config::WorkerName) -> String {
+    format!("worker-{}", name.as_str())
+}
+
+/// Every tenant, as a query names them (`A|B`).
+pub fn all_tenants(config: &Config) -> String {
+    std::iter::once(PRIMARY_TENANT.to_string())
+        .chain(config.workers.hosts.keys().map(worker_tenant))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Loki behind NGINX's doors: on a primary whose NGINX has the stack CA (which signs
+/// the client certificates the doors require).
+pub fn behind_door(config: &Config) -> bool {
+    config.loki.enabled
+        && config.nginx.enabled
+        && config.nginx.tls == crate::config::TlsMode::SelfSigned
+        && !config.is_worker_host()
+}
+
 pub fn render_config(config: &Config) -> String {
     let l = &config.loki;
     let mut env = minijinja::Environment::new();
@@ -23,6 +63,8 @@ pub fn render_config(config: &Config) -> String {
     env.add_template("loki.yaml", TEMPLATE)
         .expect("templates/loki/loki.yaml.j2 parses");
     let context = minijinja::context! {
+        door => behind_door(config),
+        socket_base => SOCKET.trim_end_matches(":0"),
         http_port => l.port.get(),
         grpc_port => l.grpc_port.get(),
         data => format!("{}/loki", paths::STATE),
@@ -59,6 +101,14 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     // read-only root.
     unit.working_directory = Some(data.clone());
     unit.timeout_sec = 120;
+    let door = behind_door(config);
+    if door {
+        unit.private_network = true;
+        unit.runtime_directory = Some("analytics-loki".into());
+        // The socket Loki makes is its group's too (NGINX's unit joins the group);
+        // its data directory stays 0700.
+        unit.umask = "0007";
+    }
     ComponentSpec {
         name: "loki",
         description: "Loki: the journal of every stack unit",
@@ -73,13 +123,26 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
             .group(USER)
             .notify(UNIT, OnChange::Restart)],
         units: vec![unit.render()],
-        ports: vec![
-            PortSpec::loopback(port, UNIT),
-            PortSpec::loopback(config.loki.grpc_port.get(), UNIT),
-        ],
-        probes: vec![Probe::Http {
-            port,
-            path: "/ready".into(),
+        // Behind the door its ports are in a namespace of its own: NGINX holds
+        // `loki.port` on the host's loopback.
+        ports: if door {
+            Vec::new()
+        } else {
+            vec![
+                PortSpec::loopback(port, UNIT),
+                PortSpec::loopback(config.loki.grpc_port.get(), UNIT),
+            ]
+        },
+        probes: vec![if door {
+            Probe::HttpUnix {
+                socket: SOCKET.into(),
+                path: "/ready".into(),
+            }
+        } else {
+            Probe::Http {
+                port,
+                path: "/ready".into(),
+            }
         }],
         ..Default::default()
     }

@@ -197,9 +197,21 @@ pub fn render_conf(config: &Config) -> String {
         routes => routes(config),
         redis_doors => redis_doors(config),
         worker_addresses => worker_addresses(config),
+        worker_doors => !config.workers.hosts.is_empty(),
+        workers => worker_identities(config),
+        enroll_socket => (!config.workers.hosts.is_empty()).then_some(crate::daemon::enroll::SOCKET),
         loki_push => (config.loki.enabled && !config.workers.hosts.is_empty()).then(|| config.loki.port.get()),
         dag_bundle => (!config.workers.hosts.is_empty()).then_some(super::dag_bundle::DIR),
+        // Served with self-signed TLS; with workers (which need it), also what their
+        // certificates are checked against.
         ca_cert => (n.tls == TlsMode::SelfSigned).then_some(crate::tls::CA_CERT),
+        loki_door => super::loki::behind_door(config).then(|| minijinja::context! {
+            port => config.loki.port.get(),
+            socket => super::loki::SOCKET,
+            tenants => super::loki::all_tenants(config),
+            primary_tenant => super::loki::PRIMARY_TENANT,
+            client => crate::tls::PRIMARY_CLIENT_SUBJECT,
+        }),
     };
     env.get_template("nginx.conf")
         .and_then(|t| t.render(context))
@@ -215,6 +227,32 @@ fn worker_addresses(config: &Config) -> Vec<String> {
         .values()
         .filter_map(|h| h.address.get())
         .map(|ip| ip.to_string())
+        .collect()
+}
+
+/// A worker as NGINX's maps know it.
+#[derive(serde::Serialize)]
+struct WorkerIdentity {
+    name: String,
+    address: String,
+    /// Its certificate's subject, as `$ssl_client_s_dn` prints it.
+    subject: String,
+}
+
+/// The workers that have an identity (one added before certificates has none, and
+/// no door admits it), in name order.
+fn worker_identities(config: &Config) -> Vec<WorkerIdentity> {
+    config
+        .workers
+        .hosts
+        .iter()
+        .filter_map(|(name, host)| {
+            Some(WorkerIdentity {
+                name: name.as_str().to_string(),
+                address: host.address.get()?.to_string(),
+                subject: crate::tls::client::worker_subject(name, host.identity.as_ref()?),
+            })
+        })
         .collect()
 }
 
@@ -307,12 +345,17 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         nginx.clone(),
     );
     unit.exec_start_pre = vec![format!("{nginx} -t -q")];
-    unit.exec_reload = Some("/bin/kill -HUP $MAINPID".into());
+    unit.exec_reload = vec!["/bin/kill -HUP $MAINPID".into()];
     unit.kill_signal = Some("SIGQUIT");
     unit.kill_mode = Some("mixed");
     unit.runtime_directory = Some("analytics-nginx".into());
     unit.cache_directory = Some("analytics-nginx".into());
     unit.capabilities = vec!["CAP_NET_BIND_SERVICE"];
+    let loki_door = super::loki::behind_door(config);
+    if loki_door {
+        // Loki's socket is its group's.
+        unit.supplementary_groups = vec![super::loki::USER.into()];
+    }
     let tls = tls_spec(config, platform);
     if tls.is_some() {
         unit.credentials = vec![
@@ -335,6 +378,9 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         });
     }
     ports.extend(doors.iter().map(|door| door.declared.clone()));
+    if loki_door {
+        ports.push(PortSpec::loopback(config.loki.port.get(), UNIT));
+    }
     let mut dirs = vec![DirSpec::public(CONF_DIR), DirSpec::public(paths::WWW)];
     if tls.is_some() {
         // The CA certificate is public (users fetch it to trust it); keys are 0600.

@@ -103,11 +103,14 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         },
         ssl = match worker_address {
             Some(_) => format!(
-                "# Worker hosts connect over TLS only (pg_hba.conf), to the stack CA's certificate.\n\
+                "# Worker hosts connect over TLS only (pg_hba.conf), to the stack CA's certificate,\n\
+                 # with a certificate of that CA for their role (clientcert=verify-full).\n\
                  ssl = on\n\
                  ssl_cert_file = '{CREDENTIALS}/server.crt'\n\
                  ssl_key_file = '{CREDENTIALS}/server.key'\n\
-                 ssl_min_protocol_version = 'TLSv1.2'\n"
+                 ssl_ca_file = '{ca}'\n\
+                 ssl_min_protocol_version = 'TLSv1.2'\n",
+                ca = crate::tls::CA_CERT
             ),
             None => String::new(),
         },
@@ -130,13 +133,14 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         .to_string();
     if let Some(primary) = worker_address {
         let cidr = |ip: std::net::IpAddr| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
-        // Each worker's role from its own address only.
+        // Each worker's role from its own address only, with its password and a
+        // certificate of the stack CA whose CN is the role (the worker's own).
         for (name, host) in &config.workers.hosts {
             let Some(ip) = host.address.get() else {
                 continue;
             };
             pg_hba.push_str(&format!(
-                "hostssl {}   {}   {}   scram-sha-256\n",
+                "hostssl {}   {}   {}   scram-sha-256 clientcert=verify-full\n",
                 worker_databases(config).join(","),
                 name.postgres_role(),
                 cidr(ip)
@@ -150,9 +154,15 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
                 .hosts
                 .values()
                 .filter_map(|h| h.address.get());
-            for ip in std::iter::once(primary).chain(hosts) {
+            pg_hba.push_str(&format!(
+                "hostssl warehouse   warehouse   {}   scram-sha-256\n",
+                cidr(primary)
+            ));
+            // From a worker: with a certificate of the stack CA too (the role is
+            // the warehouse's, not the worker's, so the CN is not compared).
+            for ip in hosts {
                 pg_hba.push_str(&format!(
-                    "hostssl warehouse   warehouse   {}   scram-sha-256\n",
+                    "hostssl warehouse   warehouse   {}   scram-sha-256 clientcert=verify-ca\n",
                     cidr(ip)
                 ));
             }
@@ -174,7 +184,7 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     );
     // Debian builds PostgreSQL with systemd support: it reports readiness itself.
     unit.service_type = "notify";
-    unit.exec_reload = Some("/bin/kill -HUP $MAINPID".into());
+    unit.exec_reload = vec!["/bin/kill -HUP $MAINPID".into()];
     unit.kill_mode = Some("mixed");
     unit.kill_signal = Some("SIGINT");
     unit.timeout_sec = 300;

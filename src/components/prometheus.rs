@@ -76,37 +76,69 @@ pub fn render_config(config: &Config) -> String {
     y.push_str(&format!("rule_files:\n  - '{CONF_DIR}/alerts.yml'\n"));
     y.push_str("scrape_configs:\n");
     for t in scrape_targets(config) {
+        // Loki behind NGINX's loopback door: over TLS with the primary's certificate.
+        let tls = if t.job == "loki" && super::loki::behind_door(config) {
+            format!(
+                "    scheme: https\n    tls_config:\n      ca_file: '{}'\n      cert_file: '/run/credentials/{UNIT}/primary-client.crt'\n      key_file: '/run/credentials/{UNIT}/primary-client.key'\n      server_name: 'localhost'\n",
+                crate::tls::CA_CERT
+            )
+        } else {
+            String::new()
+        };
         y.push_str(&format!(
-            "  - job_name: '{job}'\n    metrics_path: '{path}'\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n        labels:\n          instance: '{host}'\n",
+            "  - job_name: '{job}'\n    metrics_path: '{path}'\n{tls}    static_configs:\n      - targets: ['127.0.0.1:{port}']\n        labels:\n          instance: '{host}'\n",
             job = t.job,
             path = t.path,
             port = t.port,
             host = config.stack.hostname(),
         ));
         if t.job == "node" {
-            y.push_str(&worker_node_targets(config));
+            y.push_str(&worker_node_job(config));
         }
     }
     y
 }
 
+/// The primary's client certificate, as this unit's credentials.
+fn primary_client_credentials() -> Vec<(String, String)> {
+    vec![
+        (
+            "primary-client.crt".into(),
+            crate::tls::PRIMARY_CLIENT_CERT.into(),
+        ),
+        (
+            "primary-client.key".into(),
+            crate::tls::PRIMARY_CLIENT_KEY.into(),
+        ),
+    ]
+}
+
 /// The worker hosts' node_exporters (host metrics, their units, their daemon's own
 /// figures), on the addresses they were added with and this host's node_exporter
-/// port, each named by its worker name.
-fn worker_node_targets(config: &Config) -> String {
+/// port, each named by its worker name, in the `node` job like this host's: over TLS
+/// (each worker's certificate, checked against the stack CA) with the primary's
+/// client certificate, which they require.
+fn worker_node_job(config: &Config) -> String {
     let port = config.node_exporter.port.get();
-    config
+    let targets: String = config
         .workers
         .hosts
         .iter()
         .filter_map(|(name, host)| {
             let target = std::net::SocketAddr::new(host.address.get()?, port);
             Some(format!(
-                "      - targets: ['{target}']\n        labels:\n          instance: '{}'\n",
+                "      - targets: ['{target}']\n        labels:\n          job: 'node'\n          instance: '{}'\n",
                 name.as_str()
             ))
         })
-        .collect()
+        .collect();
+    if targets.is_empty() {
+        return targets;
+    }
+    format!(
+        "  - job_name: 'node-workers'\n    metrics_path: '/metrics'\n    scheme: https\n    tls_config:\n      ca_file: '{ca}'\n      cert_file: '/run/credentials/{UNIT}/primary-client.crt'\n      key_file: '/run/credentials/{UNIT}/primary-client.key'\n    static_configs:\n{targets}",
+        ca = crate::tls::CA_CERT,
+    )
 }
 
 pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
@@ -138,8 +170,11 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
             }
         ),
     );
-    unit.exec_reload = Some("/bin/kill -HUP $MAINPID".into());
+    unit.exec_reload = vec!["/bin/kill -HUP $MAINPID".into()];
     unit.read_write_paths = vec![data.clone()];
+    if !config.workers.hosts.is_empty() || super::loki::behind_door(config) {
+        unit.credentials = primary_client_credentials();
+    }
     unit.timeout_sec = 300;
     ComponentSpec {
         name: "prometheus",

@@ -42,6 +42,9 @@ struct Endpoints {
     redis_query: String,
     /// The CA the Celery broker's TLS is checked against, on a worker host.
     ca: Option<&'static str>,
+    /// This worker's certificate and key, presented at the broker's door.
+    client_cert: Option<String>,
+    client_key: Option<String>,
 }
 
 fn primary_endpoints(config: &Config) -> Endpoints {
@@ -76,6 +79,8 @@ fn primary_endpoints(config: &Config) -> Endpoints {
         ),
         redis_query: String::new(),
         ca: None,
+        client_cert: None,
+        client_key: None,
     }
 }
 
@@ -100,6 +105,7 @@ fn worker_endpoints(config: &Config) -> Endpoints {
         "{redis_user}:{}",
         secret_ref(crate::workers::PRIMARY_BROKER_SECRET)
     );
+    let client = crate::tls::client::credentials(WORKER_UNIT);
     Endpoints {
         metadata_uri: format!(
             "postgresql+psycopg2://{role}:{}@{}/superset?sslmode=verify-full&sslrootcert={ca}&options=-c%20role%3Dsuperset",
@@ -109,8 +115,13 @@ fn worker_endpoints(config: &Config) -> Endpoints {
         warehouse_uri: String::new(),
         cache_url: format!("rediss://{redis_login}@{}/", at(w.primary_cache_port)),
         broker_url: format!("rediss://{redis_login}@{}", at(w.primary_broker_port)),
-        redis_query: format!("?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+        redis_query: format!(
+            "?ssl_cert_reqs=required&ssl_ca_certs={ca}&ssl_certfile={}&ssl_keyfile={}",
+            client.cert, client.key
+        ),
         ca: Some(ca),
+        client_cert: Some(client.cert),
+        client_key: Some(client.key),
     }
 }
 
@@ -145,6 +156,8 @@ pub fn render_config(config: &Config) -> String {
         broker_keyprefix => BrokerApp::Superset.keyprefix(),
         redis_query => at.redis_query,
         ca => at.ca,
+        client_cert => at.client_cert,
+        client_key => at.client_key,
         statsd_port => statsd.enabled.then(|| statsd.statsd_port.get()),
         statsd_prefix => super::superset_metrics::PREFIX,
     };
@@ -232,6 +245,14 @@ fn render_worker_host(config: &Config, platform: &Platform) -> ComponentSpec {
     let mut worker = worker_unit(config);
     worker.after.clear();
     worker.description = "analytics-stack: Superset Celery worker (worker host)".into();
+    // This worker's certificate, for the primary's doors; libpq presents it to
+    // PostgreSQL (the metadata database, and the warehouse a query runs on).
+    let client = crate::tls::client::credentials(WORKER_UNIT);
+    worker.credentials = client.credentials;
+    worker.environment.extend([
+        ("PGSSLCERT".to_string(), client.cert),
+        ("PGSSLKEY".to_string(), client.key),
+    ]);
     ComponentSpec {
         name: "superset",
         description: "Superset: the Celery worker of a worker host",

@@ -312,10 +312,46 @@ fn archive_components_install_from_the_catalog_through_the_mirror() {
 
 #[test]
 fn loki_config_has_the_keys_a_single_binary_on_a_filesystem_needs() {
-    let y = loki::render_config(&config("[loki]\nenabled = true\nretention = \"168h\"\n"));
+    // Without NGINX's stack CA: on loopback, one tenant.
+    let open = loki::render_config(&config("[loki]\nenabled = true\n[nginx]\ntls = \"off\"\n"));
     for needle in [
         "auth_enabled: false\n",
         "  http_listen_address: 127.0.0.1\n  http_listen_port: 3100\n",
+    ] {
+        assert!(open.contains(needle), "loki.yaml lacks {needle:?}:\n{open}");
+    }
+    let open_spec = loki::render(
+        &config("[loki]\nenabled = true\n[nginx]\ntls = \"off\"\n"),
+        &bookworm(),
+    );
+    assert_eq!(open_spec.ports.len(), 2);
+    assert!(!open_spec.units[0].content.contains("PrivateNetwork=yes"));
+    // Behind the door (the default): a tenant per host, HTTP on a Unix socket, in a
+    // network namespace of its own, a socket NGINX's group reaches.
+    let y = loki::render_config(&config("[loki]\nenabled = true\nretention = \"168h\"\n"));
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+    assert_eq!(parsed["querier"]["multi_tenant_queries_enabled"], true);
+    let door_spec = loki::render(&config("[loki]\nenabled = true\n"), &bookworm());
+    let unit = &door_spec.units[0].content;
+    for line in [
+        "PrivateNetwork=yes\n",
+        "RuntimeDirectory=analytics-loki\n",
+        "RuntimeDirectoryMode=0750\n",
+        "UMask=0007\n",
+    ] {
+        assert!(unit.contains(line), "{line}{unit}");
+    }
+    assert!(
+        door_spec.ports.is_empty(),
+        "its ports are in its own namespace"
+    );
+    assert!(matches!(
+        &door_spec.probes[0],
+        crate::model::Probe::HttpUnix { socket, .. } if socket == "/run/analytics-loki/http:0"
+    ));
+    for needle in [
+        "auth_enabled: true\n",
+        "  http_listen_network: unix\n  http_listen_address: /run/analytics-loki/http\n  http_listen_port: 0\n",
         "  grpc_listen_address: 127.0.0.1\n",
         "  path_prefix: /var/lib/analytics-stack/loki\n  replication_factor: 1\n  ring:\n    kvstore:\n      store: inmemory\n",
         "    - from: 2024-01-01\n      store: tsdb\n      object_store: filesystem\n      schema: v13\n      index:\n        prefix: index_\n        period: 24h\n",
@@ -494,7 +530,26 @@ fn grafana_lives_under_its_sub_path_air_gapped_with_a_secret_it_never_sees_in_fi
     );
     let ds = grafana::render_datasources(&c);
     assert!(ds.contains("  - name: Prometheus\n    uid: analytics-prometheus\n    type: prometheus\n    access: proxy\n    url: http://127.0.0.1:9090\n"));
-    assert!(ds.contains("  - name: Loki\n    uid: analytics-loki\n    type: loki\n    access: proxy\n    url: http://127.0.0.1:3100\n"));
+    // Loki through NGINX's loopback door, with the primary's client certificate from
+    // the unit's credentials.
+    assert!(ds.contains("  - name: Loki\n    uid: analytics-loki\n    type: loki\n    access: proxy\n    url: https://127.0.0.1:3100\n"), "{ds}");
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&ds).unwrap();
+    let loki_ds = &parsed["datasources"][1];
+    assert_eq!(loki_ds["jsonData"]["tlsAuth"], true);
+    assert_eq!(loki_ds["jsonData"]["serverName"], "localhost");
+    assert_eq!(
+        loki_ds["secureJsonData"]["tlsClientKey"],
+        "$__file{/run/credentials/analytics-grafana.service/primary-client.key}"
+    );
+    assert!(spec.units[0].content.contains(
+        "LoadCredential=primary-client.key:/var/lib/analytics-stack/tls/primary-client.key\n"
+    ));
+    // With NGINX's TLS off there is no door: Loki on loopback, as before.
+    let open = grafana::render_datasources(&config(&format!("{ALL_ON}[nginx]\ntls = \"off\"\n")));
+    assert!(
+        open.contains("    url: http://127.0.0.1:3100\n") && !open.contains("tlsAuth"),
+        "{open}"
+    );
     assert!(grafana::render_dashboard_provider().contains("    type: file\n"));
     // NGINX proxies /grafana/ to it, keeping the prefix.
     let n = nginx::render_conf(&c);
@@ -618,7 +673,10 @@ fn the_log_shippers_read_the_journal_of_stack_units_into_loki() {
         "forward_to    = [loki.write.local.receiver]",
         "source_labels = [\"__journal__systemd_unit\", \"__journal_unit\"]\n    regex         = \"init\\\\.scope;(.+)\"\n    target_label  = \"unit\"",
         "source_labels = [\"unit\"]\n    regex         = \"analytics-.*\"\n    action        = \"keep\"",
-        "url = \"http://127.0.0.1:3100/loki/api/v1/push\"",
+        // To Loki's loopback door, with the primary's client certificate.
+        "url = \"https://127.0.0.1:3100/loki/api/v1/push\"",
+        "cert_file = \"/run/credentials/analytics-alloy.service/primary-client.crt\"",
+        "server_name = \"localhost\"",
         "labels        = {job = \"systemd-journal\", host = \"localhost\"}",
     ] {
         assert!(
@@ -643,7 +701,7 @@ fn the_log_shippers_read_the_journal_of_stack_units_into_loki() {
         "      - source_labels: ['__journal__systemd_unit', '__journal_unit']\n        regex: 'init\\.scope;(.+)'\n        target_label: 'unit'\n",
         "      - source_labels: ['unit']\n        regex: 'analytics-.*'\n        action: keep\n",
         "  grpc_listen_address: 127.0.0.1\n  grpc_listen_port: 0\n",
-        "clients:\n  - url: http://127.0.0.1:3100/loki/api/v1/push\n",
+        "clients:\n  - url: https://127.0.0.1:3100/loki/api/v1/push\n    tls_config:\n      ca_file: /var/lib/analytics-stack/tls/ca.crt\n      cert_file: /run/credentials/analytics-promtail.service/primary-client.crt\n      key_file: /run/credentials/analytics-promtail.service/primary-client.key\n      server_name: localhost\n",
         "positions:\n  filename: /var/lib/analytics-stack/promtail/positions.yaml\n",
     ] {
         assert!(promtail.contains(needle), "promtail.yaml lacks {needle:?}");
@@ -980,9 +1038,33 @@ fn nginx_loads_its_certificate_as_credentials_and_listens_on_both_ports() {
         unit.contains("LoadCredential=server.key:/var/lib/analytics-stack/tls/server.key\n"),
         "{unit}"
     );
+    // And Loki's loopback door (Loki is behind it).
     assert_eq!(
         spec.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
-        [80, 443]
+        [80, 443, 3100]
+    );
+    assert!(
+        unit.contains("SupplementaryGroups=analytics-loki\n"),
+        "{unit}"
+    );
+    let conf = nginx::render_conf(&config(""));
+    let door = &conf[conf.find("listen 127.0.0.1:3100 ssl;").expect(&conf)..];
+    for line in [
+        "ssl_verify_client on;",
+        "ssl_client_certificate /var/lib/analytics-stack/tls/ca.crt;",
+        "if ($ssl_client_s_dn != 'CN=analytics-stack primary,O=analytics-stack') {\n                return 403;",
+        "proxy_pass http://analytics_loki;",
+        "proxy_set_header X-Scope-OrgID $stack_loki_tenant;",
+    ] {
+        assert!(door.contains(line), "{line}\n{door}");
+    }
+    assert!(
+        conf.contains("server unix:/run/analytics-loki/http:0;"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("        default 'primary';\n        /loki/api/v1/push primary;\n"),
+        "{conf}"
     );
     assert_eq!(
         spec.tls,
@@ -1075,8 +1157,9 @@ fn the_overview_has_superset_panels_only_when_its_metrics_reach_prometheus() {
     );
 }
 
-/// A primary with two worker hosts.
-const WITH_WORKERS: &str = "[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\n[workers.hosts.w2]\nadded = 2\naddress = \"fd00::3\"\n";
+/// A primary with two worker hosts: w1 added with a certificate identity, w2 before
+/// identities existed.
+const WITH_WORKERS: &str = "[workers]\naddress = \"10.0.0.1\"\n[workers.hosts.w1]\nadded = 1\naddress = \"10.0.0.2\"\nidentity = \"0123456789abcdef0123456789abcdef\"\n[workers.hosts.w2]\nadded = 2\naddress = \"fd00::3\"\n";
 
 /// What `join` writes on worker host w1.
 const WORKER_HOST: &str = "[stack]\nrole = \"worker\"\n[worker]\nname = \"w1\"\naddress = \"10.0.0.2\"\nprimary = \"10.0.0.1\"\n";
@@ -1097,12 +1180,17 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
         "{conf}"
     );
     assert!(conf.contains("ssl = on\n"), "{conf}");
-    let hba = file(&with, "/etc/analytics-stack/postgres/pg_hba.conf");
-    // Each worker's role from its own address only.
     assert!(
-        hba.contains("hostssl airflow,warehouse   worker_w1   10.0.0.2/32   scram-sha-256\n")
+        conf.contains("ssl_ca_file = '/var/lib/analytics-stack/tls/ca.crt'\n"),
+        "client certificates are checked against the stack CA: {conf}"
+    );
+    let hba = file(&with, "/etc/analytics-stack/postgres/pg_hba.conf");
+    // Each worker's role from its own address only, with its password and its
+    // certificate (CN = the role).
+    assert!(
+        hba.contains("hostssl airflow,warehouse   worker_w1   10.0.0.2/32   scram-sha-256 clientcert=verify-full\n")
             && hba
-                .contains("hostssl airflow,warehouse   worker_w2   fd00::3/128   scram-sha-256\n"),
+                .contains("hostssl airflow,warehouse   worker_w2   fd00::3/128   scram-sha-256 clientcert=verify-full\n"),
         "{hba}"
     );
     assert_eq!(hba.matches("hostssl").count(), 2, "{hba}");
@@ -1114,8 +1202,53 @@ fn worker_hosts_reach_postgres_and_the_broker_over_tls_with_their_own_logins_onl
     let nginx = file(&with, "/etc/analytics-stack/nginx/nginx.conf");
     assert!(
         nginx.contains("listen 10.0.0.1:6390 ssl;")
-            && nginx.contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass 127.0.0.1:6379;"),
+            && nginx.contains("        ssl_verify_client on;\n        ssl_client_certificate /var/lib/analytics-stack/tls/ca.crt;\n        ssl_verify_depth 1;\n        allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass $stack_broker_upstream;"),
         "{nginx}"
+    );
+    // The broker's door leads somewhere only for a current worker's certificate from
+    // that worker's address; w2, added before identities, is led nowhere.
+    let stream = &nginx[nginx.find("stream {").expect(&nginx)..];
+    for want in [
+        "    map $ssl_client_s_dn $stack_cert_worker {\n        default \"\";\n        'CN=worker_w1,OU=0123456789abcdef0123456789abcdef,O=analytics-stack workers' w1;\n    }\n",
+        "        10.0.0.2 w1;\n",
+        "    map \"$stack_peer_worker:$stack_cert_worker\" $stack_broker_upstream {\n        default unix:/run/analytics-nginx/no-door;\n        \"w1:w1\" 127.0.0.1:6379;\n    }\n",
+    ] {
+        assert!(stream.contains(want), "{want}\n{stream}");
+    }
+    assert!(
+        !stream.contains("w2") && !stream.contains("-local"),
+        "{stream}"
+    );
+    // The HTTP doors between the hosts: a current worker's certificate and address,
+    // or loopback; the enrollment door for worker addresses, POST only.
+    let http = &nginx[..nginx.find("stream {").unwrap()];
+    for want in [
+        "        ssl_verify_client optional;\n        ssl_client_certificate /var/lib/analytics-stack/tls/ca.crt;\n",
+        "        ~^-local: 1;\n        \"w1:w1:SUCCESS\" 1;\n",
+        "        127.0.0.0/8 -local;\n",
+        "location = /stack-enroll {\n            allow 10.0.0.2;\n            allow fd00::3;\n            deny all;\n            limit_except POST {",
+        "proxy_pass http://unix:/run/analytics-stackd/enroll.sock;",
+    ] {
+        assert!(http.contains(want), "{want}\n{http}");
+    }
+    for door in [
+        "location = /loki/api/v1/push {",
+        "location ^~ /stack-dags/ {",
+        "location /airflow/execution/ {",
+    ] {
+        let at = &http[http.find(door).expect(door)..];
+        let body = &at[..at.find("\n        }").unwrap()];
+        assert!(
+            body.contains("if ($stack_worker_door = 0) {\n                return 403;"),
+            "{door}: {body}"
+        );
+    }
+    // Without workers, no client certificate is asked for and no enrollment door.
+    let alone_nginx = file(&alone, "/etc/analytics-stack/nginx/nginx.conf");
+    assert!(
+        !alone_nginx.contains("ssl_verify_client optional")
+            && !alone_nginx.contains("stack-enroll"),
+        "{alone_nginx}"
     );
     // On the broker, each login reaches its applications' keys and channels alone:
     // the worker Airflow's (Superset's is not granted here), each application its own.
@@ -1215,7 +1348,16 @@ fn a_worker_host_runs_its_celery_worker_node_exporter_and_log_shipper_only() {
         "AIRFLOW__API__CLIENT_USE_PUBLIC_CERTS=False\n",
         "AIRFLOW__CELERY__BROKER_URL=rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390/0\n",
         "AIRFLOW__CELERY__SSL_ACTIVE=True\n",
-        "AIRFLOW__CELERY__RESULT_BACKEND=rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390/1?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt\n",
+        // This worker's certificate at every door: the broker, the result backend,
+        // the execution API, PostgreSQL (libpq's variables).
+        "AIRFLOW__CELERY__SSL_MUTUAL_TLS=True\n",
+        "AIRFLOW__CELERY__SSL_CERT=/run/credentials/analytics-airflow-worker.service/client.crt\n",
+        "AIRFLOW__CELERY__SSL_KEY=/run/credentials/analytics-airflow-worker.service/client.key\n",
+        "AIRFLOW__CELERY__RESULT_BACKEND=rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390/1?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt&ssl_certfile=/run/credentials/analytics-airflow-worker.service/client.crt&ssl_keyfile=/run/credentials/analytics-airflow-worker.service/client.key\n",
+        "AIRFLOW__API__CLIENT_SSL_CERT=/run/credentials/analytics-airflow-worker.service/client.crt\n",
+        "AIRFLOW__API__CLIENT_SSL_KEY=/run/credentials/analytics-airflow-worker.service/client.key\n",
+        "PGSSLCERT=/run/credentials/analytics-airflow-worker.service/client.crt\n",
+        "PGSSLKEY=/run/credentials/analytics-airflow-worker.service/client.key\n",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://worker_w1:@@secret:primary-postgres@@@10.0.0.1:5432/airflow?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt\n",
         "AIRFLOW__CORE__DAGS_FOLDER=/var/lib/analytics-stack/dag-sync/current/dags\n",
         "ANALYTICS_STACK_PIPELINES=/var/lib/analytics-stack/dag-sync/current/pipelines\n",
@@ -1230,25 +1372,59 @@ fn a_worker_host_runs_its_celery_worker_node_exporter_and_log_shipper_only() {
         !env.contains("FERNET") && !env.contains("JWT") && !env.contains("127.0.0.1"),
         "{env}"
     );
-    // node_exporter on the worker's address (the primary scrapes it there).
+    // node_exporter on the worker's address (the primary scrapes it there), over
+    // TLS, for clients with a certificate of the stack CA only.
     let node = specs.iter().find(|s| s.name == "node-exporter").unwrap();
-    assert!(node.units[0]
-        .content
-        .contains("--web.listen-address=10.0.0.2:9100 "));
+    assert!(node.units[0].content.contains(
+        "--web.listen-address=10.0.0.2:9100 --web.config.file=/etc/analytics-stack/node-exporter/web.yml "
+    ));
+    let web: serde_yaml::Value = serde_yaml::from_str(&node.files[0].template).unwrap();
+    let tls = &web["tls_server_config"];
+    assert_eq!(tls["client_auth_type"], "RequireAndVerifyClientCert");
+    assert_eq!(tls["client_ca_file"], "/var/lib/analytics-stack/tls/ca.crt");
+    assert_eq!(
+        tls["key_file"],
+        "/run/credentials/analytics-node-exporter.service/client.key"
+    );
+    assert!(matches!(
+        node.probes[0],
+        crate::model::Probe::HttpsAt { .. }
+    ));
     assert_eq!(node.ports[0].address.to_string(), "10.0.0.2");
     // The journal to the primary's Loki through its door, labelled with the name.
     let alloy = specs.iter().find(|s| s.name == "alloy").unwrap();
     let text = &alloy.files[0].template;
     assert!(
         text.contains("url = \"https://10.0.0.1:443/loki/api/v1/push\"")
-            && text.contains("ca_file = \"/var/lib/analytics-stack/tls/ca.crt\"")
+            && text.contains("ca_file   = \"/var/lib/analytics-stack/tls/ca.crt\"")
+            && text.contains("cert_file = \"/run/credentials/analytics-alloy.service/client.crt\"")
             && text.contains("host = \"w1\""),
         "{text}"
     );
     let promtail = crate::components::log_shipper::render_promtail(&config(&format!(
         "{WORKER_HOST}[log_shipper]\nkind = \"promtail\"\n"
     )));
-    assert!(promtail.contains("  - url: https://10.0.0.1:443/loki/api/v1/push\n    tls_config:\n      ca_file: /var/lib/analytics-stack/tls/ca.crt\n") && promtail.contains("host: w1\n"), "{promtail}");
+    assert!(promtail.contains("  - url: https://10.0.0.1:443/loki/api/v1/push\n    tls_config:\n      ca_file: /var/lib/analytics-stack/tls/ca.crt\n      cert_file: /run/credentials/analytics-promtail.service/client.crt\n      key_file: /run/credentials/analytics-promtail.service/client.key\n") && promtail.contains("host: w1\n"), "{promtail}");
+    // Each unit that reaches the primary loads the worker's certificate and key as
+    // credentials (the key is root's on disk).
+    for (component, unit) in [
+        ("airflow", "analytics-airflow-worker.service"),
+        ("dag-sync", "analytics-dag-sync.service"),
+        ("alloy", "analytics-alloy.service"),
+        ("node-exporter", "analytics-node-exporter.service"),
+    ] {
+        let spec = specs.iter().find(|s| s.name == component).unwrap();
+        let unit = spec.units.iter().find(|u| u.name == unit).expect(unit);
+        assert!(
+            unit.content
+                .contains("LoadCredential=client.crt:/var/lib/analytics-stack/tls/client.crt\n")
+                && unit.content.contains(
+                    "LoadCredential=client.key:/var/lib/analytics-stack/tls/client.key\n"
+                ),
+            "{}",
+            unit.content
+        );
+    }
     // The worker unit starts after the first sync of the DAGs.
     let worker = &specs.iter().find(|s| s.name == "airflow").unwrap().units[0];
     assert!(
@@ -1271,8 +1447,9 @@ fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_onl
         push[..200].contains("allow 10.0.0.2;\n            allow fd00::3;\n            deny all;"),
         "{push}"
     );
+    // To Loki's socket, in the worker's tenant (named from its certificate).
     assert!(
-        push[..400].contains("proxy_pass http://127.0.0.1:3100;"),
+        push[..600].contains("proxy_pass http://analytics_loki;\n            proxy_set_header X-Scope-OrgID worker-$stack_cert_worker;"),
         "{push}"
     );
     let dags = block(&conf, "location ^~ /stack-dags/ {");
@@ -1283,24 +1460,41 @@ fn a_primary_lets_its_worker_hosts_reach_the_execution_api_log_push_and_dags_onl
     );
     // Without workers: no push door, no DAGs, the execution API for loopback only.
     let alone = crate::components::nginx::render_conf(&config(""));
-    assert!(!alone.contains("/loki/api/v1/push") && !alone.contains("stack-dags"));
+    assert!(!alone.contains("location = /loki/api/v1/push") && !alone.contains("stack-dags"));
     let execution = &alone[alone.find("location /airflow/execution/ {").unwrap()..];
     assert!(execution[..200]
         .contains("allow 127.0.0.0/8;\n            allow ::1;\n            deny all;"));
-    // Prometheus scrapes each worker's node_exporter, named by its worker name.
+    // Prometheus scrapes each worker's node_exporter, named by its worker name, in
+    // the `node` job, over TLS with the primary's client certificate.
     let prom = crate::components::prometheus::render_config(&config(WITH_WORKERS));
+    let workers = &prom[prom.find("  - job_name: 'node-workers'\n").expect(&prom)..];
     assert!(
-        prom.contains(
-            "      - targets: ['10.0.0.2:9100']\n        labels:\n          instance: 'w1'\n"
-        ),
+        workers.starts_with("  - job_name: 'node-workers'\n    metrics_path: '/metrics'\n    scheme: https\n    tls_config:\n      ca_file: '/var/lib/analytics-stack/tls/ca.crt'\n      cert_file: '/run/credentials/analytics-prometheus.service/primary-client.crt'\n      key_file: '/run/credentials/analytics-prometheus.service/primary-client.key'\n    static_configs:\n"),
         "{prom}"
     );
-    assert!(
-        prom.contains(
-            "      - targets: ['[fd00::3]:9100']\n        labels:\n          instance: 'w2'\n"
-        ),
-        "{prom}"
+    for target in [
+        "      - targets: ['10.0.0.2:9100']\n        labels:\n          job: 'node'\n          instance: 'w1'\n",
+        "      - targets: ['[fd00::3]:9100']\n        labels:\n          job: 'node'\n          instance: 'w2'\n",
+    ] {
+        assert!(workers.contains(target), "{prom}");
+    }
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&prom).unwrap();
+    assert_eq!(
+        parsed["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|j| j["job_name"] == "node-workers")
+            .count(),
+        1
     );
+    let prometheus = render_all(&config(WITH_WORKERS), &bookworm())
+        .into_iter()
+        .find(|s| s.name == "prometheus")
+        .unwrap();
+    assert!(prometheus.units[0].content.contains(
+        "LoadCredential=primary-client.key:/var/lib/analytics-stack/tls/primary-client.key\n"
+    ));
     // Celery results go where the workers reach: the broker's Redis.
     let env = crate::components::airflow::render_env(&config(WITH_WORKERS));
     assert!(
@@ -1479,7 +1673,8 @@ fn superset_on_worker_hosts_opens_the_cache_door_and_registers_the_warehouse_by_
     let nginx = file_of(&specs, "/etc/analytics-stack/nginx/nginx.conf");
     let cache_door = &nginx[nginx.find("listen 10.0.0.1:6391 ssl;").expect(&nginx)..];
     assert!(
-        cache_door[..cache_door.len().min(600)].contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass 127.0.0.1:6380;"),
+        cache_door[..cache_door.len().min(600)].contains("ssl_verify_client on;")
+            && cache_door[..cache_door.len().min(600)].contains("allow 10.0.0.2;\n        allow fd00::3;\n        deny all;\n        proxy_pass $stack_cache_upstream;"),
         "{cache_door}"
     );
     assert!(nginx.contains("listen 10.0.0.1:6390 ssl;"));
@@ -1504,13 +1699,14 @@ fn superset_on_worker_hosts_opens_the_cache_door_and_registers_the_warehouse_by_
         assert!(config_py.contains(line), "{line}\n{config_py}");
     }
     // Superset's database for the workers' roles; the warehouse role over TLS from
-    // the primary's own worker address and the workers' (the registered URI).
+    // the primary's own worker address and the workers' (the registered URI), from a
+    // worker with a certificate of the stack CA too.
     let hba = file_of(&specs, "/etc/analytics-stack/postgres/pg_hba.conf");
     for line in [
-        "hostssl airflow,warehouse,superset   worker_w1   10.0.0.2/32   scram-sha-256\n",
+        "hostssl airflow,warehouse,superset   worker_w1   10.0.0.2/32   scram-sha-256 clientcert=verify-full\n",
         "hostssl warehouse   warehouse   10.0.0.1/32   scram-sha-256\n",
-        "hostssl warehouse   warehouse   10.0.0.2/32   scram-sha-256\n",
-        "hostssl warehouse   warehouse   fd00::3/128   scram-sha-256\n",
+        "hostssl warehouse   warehouse   10.0.0.2/32   scram-sha-256 clientcert=verify-ca\n",
+        "hostssl warehouse   warehouse   fd00::3/128   scram-sha-256 clientcert=verify-ca\n",
     ] {
         assert!(hba.contains(line), "{line} in {hba}");
     }
@@ -1577,9 +1773,9 @@ fn a_worker_host_granted_superset_runs_its_celery_worker_on_the_primarys_doors()
     );
     for want in [
         "SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://worker_w1:@@secret:primary-postgres@@@10.0.0.1:5432/superset?sslmode=verify-full&sslrootcert=/var/lib/analytics-stack/tls/ca.crt&options=-c%20role%3Dsuperset\"",
-        "return \"rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6391/\" + str(db) + \"?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt\"",
+        "return \"rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6391/\" + str(db) + \"?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/analytics-stack/tls/ca.crt&ssl_certfile=/run/credentials/analytics-superset-worker.service/client.crt&ssl_keyfile=/run/credentials/analytics-superset-worker.service/client.key\"",
         "broker_url = \"rediss://worker-w1:@@secret:primary-broker@@@10.0.0.1:6390\" + \"/1\"",
-        "broker_use_ssl = {\"ssl_cert_reqs\": ssl.CERT_REQUIRED, \"ssl_ca_certs\": \"/var/lib/analytics-stack/tls/ca.crt\"}",
+        "    broker_use_ssl = {\n        \"ssl_cert_reqs\": ssl.CERT_REQUIRED,\n        \"ssl_ca_certs\": \"/var/lib/analytics-stack/tls/ca.crt\",\n        \"ssl_certfile\": \"/run/credentials/analytics-superset-worker.service/client.crt\",\n        \"ssl_keyfile\": \"/run/credentials/analytics-superset-worker.service/client.key\",\n    }",
     ] {
         assert!(conf.contains(want), "{want} in {conf}");
     }

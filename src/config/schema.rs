@@ -871,6 +871,48 @@ pub struct WorkerHost {
     /// The address the worker connects from and Prometheus scrapes it on: its
     /// logins, the execution API and the log push are allowed from there only.
     pub address: ListenAddress,
+    /// Which certificate is this worker's: random, made by `worker add`, written
+    /// into the client certificate the worker gets when it joins. The doors between
+    /// the hosts admit the certificate of a current worker's identity only, so a
+    /// worker removed (and one added again under its name) is refused with its old
+    /// certificate. Absent for a worker added before certificates: it must be
+    /// removed and added again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<WorkerIdentity>,
+}
+
+/// A worker's certificate identity: 32 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkerIdentity(String);
+
+impl WorkerIdentity {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WorkerIdentity {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(WorkerIdentity(s))
+        } else {
+            Err(format!(
+                "{:?} is not a worker identity (32 lower-case hex digits, as `worker add` writes)",
+                crate::util::printable(&s)
+            ))
+        }
+    }
+}
+
+impl From<WorkerIdentity> for String {
+    fn from(n: WorkerIdentity) -> String {
+        n.0
+    }
 }
 
 /// A worker host's side (`[stack] role = "worker"`): which primary it joined, as

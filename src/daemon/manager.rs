@@ -471,11 +471,13 @@ impl Manager {
             guard,
             stack,
             move |stack, cancel, progress| async move {
-                stack
+                let added = stack
                     .worker_add(&name, &address, &cancel, &progress)
                     .await
-                    .map_err(BusError::from)
-                    .and_then(|added| to_json(&added))
+                    .map_err(BusError::from)?;
+                // NGINX's user exists now: it may reach the enrollment door.
+                super::enroll::grant_door_access();
+                to_json(&added)
             },
         )
         .await

@@ -2,6 +2,7 @@
 //! Errors are typed here, at the bus boundary, and nowhere else.
 
 pub mod auth;
+pub mod enroll;
 pub mod job;
 pub mod manager;
 pub mod notify;

@@ -85,8 +85,13 @@ pub async fn journal_tail(unit: &str, lines: u32) -> String {
 
 /// A new random secret: 32 bytes from the kernel, hex-encoded (safe in URLs and configs).
 pub fn new_secret(name: &str) -> std::io::Result<String> {
+    Ok(crate::util::format_secret(name, &random_bytes()?))
+}
+
+/// N bytes from the kernel's random source.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     use std::io::Read;
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(crate::util::format_secret(name, &bytes))
+    Ok(bytes)
 }

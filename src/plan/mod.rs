@@ -761,6 +761,19 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
                 for unit in &spec.units {
                     notified.insert(unit.name.clone(), OnChange::Restart);
                 }
+                // Every unit that loads a certificate or key issued with it (the
+                // primary's client certificate: the log shipper, Prometheus,
+                // Grafana; the server's: PostgreSQL for workers) holds a copy made
+                // at its start.
+                for unit in desired.iter().flat_map(|s| s.units.iter()) {
+                    let loads_one = unit.content.lines().any(|l| {
+                        l.starts_with("LoadCredential=")
+                            && l.contains(&format!(":{}/", crate::tls::DIR))
+                    });
+                    if loads_one {
+                        notified.insert(unit.name.clone(), OnChange::Restart);
+                    }
+                }
             }
         }
     }

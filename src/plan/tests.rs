@@ -931,7 +931,9 @@ fn the_certificate_is_issued_once_and_again_only_when_the_host_or_its_end_change
     simulate(&first, &mut facts, &mut state);
     assert!(plan(&at(&["127.0.0.1", "192.0.2.10"]), &facts, &state).is_empty());
 
-    // NGINX runs: a new address re-issues and restarts NGINX, nothing else.
+    // NGINX runs: a new address re-issues and restarts NGINX and the units that
+    // load the primary's client certificate issued with it (their copies are made
+    // at start), nothing else.
     facts
         .units
         .get_mut("analytics-nginx.service")
@@ -942,7 +944,10 @@ fn the_certificate_is_issued_once_and_again_only_when_the_host_or_its_end_change
         names(&moved),
         [
             "issue a certificate from the stack CA for stack.example.org, stack, localhost, 127.0.0.1, 192.0.2.11 (names or addresses changed)",
-            "restart analytics-nginx.service"
+            "restart analytics-nginx.service",
+            "restart analytics-prometheus.service",
+            "restart analytics-alloy.service",
+            "restart analytics-grafana.service"
         ]
     );
     simulate(&moved, &mut facts, &mut state);

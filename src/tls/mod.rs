@@ -8,6 +8,8 @@
 //! with the desired [`TlsSpec`] and re-issues when a name or address changes, when the
 //! certificate is due for renewal, or when the operator's files change.
 
+pub mod client;
+
 use crate::host::fsroot::FsRoot;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -23,6 +25,12 @@ pub const CA_CERT: &str = "/var/lib/analytics-stack/tls/ca.crt";
 const CA_KEY: &str = "/var/lib/analytics-stack/tls/ca.key";
 pub const SERVER_CERT: &str = "/var/lib/analytics-stack/tls/server.crt";
 pub const SERVER_KEY: &str = "/var/lib/analytics-stack/tls/server.key";
+/// With the stack CA, the primary's own client certificate: what its Prometheus
+/// presents to the worker hosts' node_exporters, and its Prometheus, log shipper and
+/// Grafana to Loki's door (both admit the stack CA's clients only). Issued and
+/// renewed with the server certificate.
+pub const PRIMARY_CLIENT_CERT: &str = "/var/lib/analytics-stack/tls/primary-client.crt";
+pub const PRIMARY_CLIENT_KEY: &str = "/var/lib/analytics-stack/tls/primary-client.key";
 const RECORD: &str = "/var/lib/analytics-stack/tls/issued.json";
 
 /// The stack CA lives ten years; server certificates 397 days (under the 398 days
@@ -128,9 +136,17 @@ pub fn gather(fs: &FsRoot, spec: &TlsSpec) -> TlsFact {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let cert = fs.read(Path::new(SERVER_CERT)).ok();
+    let primary_client = match spec {
+        TlsSpec::SelfSigned { .. } => {
+            fs.exists(Path::new(PRIMARY_CLIENT_CERT)) && fs.exists(Path::new(PRIMARY_CLIENT_KEY))
+        }
+        TlsSpec::Files { .. } => true,
+    };
     let intact = match (&issued, &cert) {
         (Some(i), Some(c)) => {
-            crate::util::sha256_hex(c) == i.certificate_sha256 && fs.exists(Path::new(SERVER_KEY))
+            crate::util::sha256_hex(c) == i.certificate_sha256
+                && fs.exists(Path::new(SERVER_KEY))
+                && primary_client
         }
         _ => false,
     };
@@ -178,6 +194,9 @@ pub fn install(fs: &FsRoot, spec: &TlsSpec) -> Result<Issued, TlsError> {
     let (cert_pem, key_pem, not_after, source_sha256) = match spec {
         TlsSpec::SelfSigned { names, addresses } => {
             let (cert, key, not_after) = issue(fs, names, addresses)?;
+            let (client_cert, client_key) = issue_primary_client(fs, names)?;
+            write(fs, PRIMARY_CLIENT_KEY, client_key.as_bytes(), 0o600)?;
+            write(fs, PRIMARY_CLIENT_CERT, client_cert.as_bytes(), 0o644)?;
             (cert, key, not_after, None)
         }
         TlsSpec::Files { certificate, key } => {
@@ -286,6 +305,29 @@ fn issue(
         key.serialize_pem(),
         not_after,
     ))
+}
+
+/// The primary client certificate's subject, as NGINX's `$ssl_client_s_dn` prints it
+/// (no worker's: theirs name a PostgreSQL role and an identity).
+pub const PRIMARY_CLIENT_SUBJECT: &str = "CN=analytics-stack primary,O=analytics-stack";
+
+/// The primary's client certificate, from the stack CA.
+fn issue_primary_client(fs: &FsRoot, names: &[String]) -> Result<(String, String), TlsError> {
+    let host = names.first().map_or("localhost", String::as_str);
+    let (_, issuer) = stack_ca(fs, host)?;
+    let key = KeyPair::generate().map_err(gen)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+    let mut dn = DistinguishedName::new();
+    // Encoded in this order; RFC 2253 prints it reversed (`PRIMARY_CLIENT_SUBJECT`).
+    dn.push(DnType::OrganizationName, "analytics-stack");
+    dn.push(DnType::CommonName, "analytics-stack primary");
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, SERVER_DAYS);
+    let cert = params.signed_by(&key, &issuer).map_err(gen)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn leaf_not_after(pem: &[u8]) -> Option<u64> {

@@ -66,13 +66,49 @@ fn the_server_certificate_names_the_host_and_chains_to_the_kept_stack_ca() {
     for (path, mode) in [
         (CA_KEY, 0o600),
         (SERVER_KEY, 0o600),
+        (PRIMARY_CLIENT_KEY, 0o600),
         (CA_CERT, 0o644),
         (SERVER_CERT, 0o644),
+        (PRIMARY_CLIENT_CERT, 0o644),
     ] {
         let meta = std::fs::metadata(fs.path(Path::new(path))).unwrap();
         assert_eq!(meta.mode() & 0o7777, mode, "{path}");
     }
+    // The primary's client certificate (its Prometheus's), of the same CA, for a
+    // client only.
+    let client_pem = std::fs::read(fs.path(Path::new(PRIMARY_CLIENT_CERT))).unwrap();
+    let primary_client = leaf(&client_pem);
+    let primary_client = primary_client.parse_x509().unwrap();
+    primary_client
+        .verify_signature(Some(ca_cert.public_key()))
+        .unwrap();
+    let eku = primary_client.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth);
+    assert_eq!(
+        primary_client
+            .subject()
+            .to_string_with_registry(x509_parser::objects::oid_registry())
+            .unwrap(),
+        "O=analytics-stack, CN=analytics-stack primary"
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(fs.path(Path::new(PRIMARY_CLIENT_CERT)))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("subject={PRIMARY_CLIENT_SUBJECT}"),
+        "what NGINX's map compares"
+    );
     // The record matches what is there, so the next plan sees it intact.
+    let fact = gather(&fs, &self_signed(&["127.0.0.1", "192.0.2.11"]));
+    assert!(fact.intact && !fact.renew_due);
+    // Without the client certificate (a stack from before it), it is issued again.
+    std::fs::remove_file(fs.path(Path::new(PRIMARY_CLIENT_KEY))).unwrap();
+    let fact = gather(&fs, &self_signed(&["127.0.0.1", "192.0.2.11"]));
+    assert!(!fact.intact);
+    install(&fs, &self_signed(&["127.0.0.1", "192.0.2.11"])).unwrap();
     let fact = gather(&fs, &self_signed(&["127.0.0.1", "192.0.2.11"]));
     assert!(fact.intact && !fact.renew_due);
     assert_eq!(
@@ -181,4 +217,112 @@ fn operator_files_are_checked_before_anything_is_written() {
         change(&spec, Some(&gather(&fs, &spec))),
         Some("certificate files changed")
     );
+}
+
+/// A worker's request, signed by the primary: the subject is the primary's (as
+/// NGINX and OpenSSL print it: what the doors' maps compare), the key the worker's,
+/// the chain the stack CA's; what the worker accepts back is only that.
+#[test]
+fn a_worker_certificate_names_its_role_and_identity_and_only_its_own_key() {
+    use crate::config::{WorkerIdentity, WorkerName};
+    let (dir, fs) = root();
+    install(&fs, &self_signed(&["192.0.2.10"])).unwrap();
+    let name = WorkerName::try_from("w-1".to_string()).unwrap();
+    let identity =
+        WorkerIdentity::try_from("0123456789abcdef0123456789abcdef".to_string()).unwrap();
+    let (key, request) = client::new_request(&name).unwrap();
+    let address: IpAddr = "192.0.2.20".parse().unwrap();
+    let cert = client::sign_worker_request(&fs, &request, &name, &identity, address).unwrap();
+    let ca = String::from_utf8(std::fs::read(fs.path(Path::new(CA_CERT))).unwrap()).unwrap();
+    let kept = client::check_issued(&cert, &key, &ca).unwrap();
+    assert_eq!(kept.trim(), cert.trim());
+
+    // OpenSSL's view: the subject NGINX's `$ssl_client_s_dn` gives, the chain, the
+    // purposes.
+    let cert_path = dir.path().join("w.crt");
+    std::fs::write(&cert_path, &cert).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let subject = openssl(&[
+        "x509",
+        "-in",
+        cert_path.to_str().unwrap(),
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+    ]);
+    assert_eq!(
+        subject.trim(),
+        format!("subject={}", client::worker_subject(&name, &identity)),
+        "{subject}"
+    );
+    assert!(
+        subject.contains("CN=worker_w_1,"),
+        "the PostgreSQL role: {subject}"
+    );
+    let ca_path = fs.path(Path::new(CA_CERT));
+    let verified = openssl(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        ca_path.to_str().unwrap(),
+        cert_path.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+    let text = openssl(&[
+        "x509",
+        "-in",
+        cert_path.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("IP Address:192.0.2.20") && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
+
+    // What the worker refuses: a certificate for another key, one another CA signed,
+    // anything beside the certificate.
+    let (other_key, other_request) = client::new_request(&name).unwrap();
+    let err = client::check_issued(&cert, &other_key, &ca).unwrap_err();
+    assert!(err.contains("another key"), "{err}");
+    let other_ca = {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let issuer = Issuer::new(params, key);
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&other_request).unwrap();
+        let forged = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&csr.public_key, &issuer)
+            .unwrap();
+        (cert.pem(), forged.pem())
+    };
+    let err = client::check_issued(&other_ca.1, &other_key, &ca).unwrap_err();
+    assert!(err.contains("did not sign"), "{err}");
+    let err = client::check_issued(&format!("{cert}{ca}"), &key, &ca).unwrap_err();
+    assert!(err.contains("2 PEM blocks"), "{err}");
+    // The primary: a request whose signature does not hold (the sender does not have
+    // the key), or not a request at all, is not signed.
+    let tampered = {
+        let mut der = pem::parse(&request).unwrap().into_contents();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
+    };
+    assert_ne!(tampered, request);
+    assert!(client::sign_worker_request(&fs, &tampered, &name, &identity, address).is_err());
+    assert!(client::sign_worker_request(&fs, &other_ca.0, &name, &identity, address).is_err());
+    // It never makes a CA: without one there is nothing to sign with.
+    let (_empty_dir, empty) = root();
+    assert!(client::sign_worker_request(&empty, &request, &name, &identity, address).is_err());
+    assert!(!empty.exists(Path::new(CA_CERT)));
 }

@@ -745,6 +745,11 @@ pub enum RedisRefusal {
     NotRefused(String),
 }
 
+/// curl to this host's Loki through NGINX's loopback door, with the primary's
+/// client certificate (the only way in; the door names the tenant). Append the
+/// path (and curl's options after it).
+pub const LOKI: &str = "curl -fsS --cacert /var/lib/analytics-stack/tls/ca.crt --cert /var/lib/analytics-stack/tls/primary-client.crt --key /var/lib/analytics-stack/tls/primary-client.key --resolve localhost:3100:127.0.0.1 https://localhost:3100";
+
 pub fn redis_refusal(out: &Output) -> RedisRefusal {
     let said = format!(
         "{}{}",
