@@ -78,7 +78,7 @@ pub trait Job {
     ) -> zbus::Result<()>;
 }
 
-/// The CLI's exit code for each typed error, documented in the README.
+/// The CLI's exit code for each typed error, documented in docs/troubleshooting.md.
 pub fn exit_code(error_name: &str) -> u8 {
     match error_name.rsplit('.').next().unwrap_or("") {
         "InvalidConfig" => 3,

@@ -449,6 +449,83 @@ fn default_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// The cells of one row of the reference's tables (`|` inside a cell is `\|`).
+fn cells(row: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cell = String::new();
+    let mut chars = row.trim().trim_start_matches('|').chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cell.push('|');
+                chars.next();
+            }
+            '|' => out.push(std::mem::take(&mut cell).trim().to_string()),
+            _ => cell.push(c),
+        }
+    }
+    out
+}
+
+/// Text for troff: backslashes, hyphens and a leading dot or quote escaped, the
+/// Markdown code marks and link targets dropped.
+fn troff(text: &str) -> String {
+    let text = text.replace('`', "").replace("**", "");
+    // [label](target) -> label
+    let mut plain = String::new();
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find('[') {
+        let Some(mid) = rest[open..].find("](") else {
+            break;
+        };
+        let Some(close) = rest[open + mid..].find(')') else {
+            break;
+        };
+        plain.push_str(&rest[..open]);
+        plain.push_str(&rest[open + 1..open + mid]);
+        rest = &rest[open + mid + close + 1..];
+    }
+    plain.push_str(rest);
+    let escaped = plain.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+/// The man page's CONFIGURATION section, from the reference: a subsection per table,
+/// a tagged paragraph per key (its value, default and meaning).
+fn man_section(reference: &str) -> String {
+    let mut out = String::from(
+        ".SH CONFIGURATION\n\
+         .\\\" Generated from src/config/schema.rs and src/config/default.toml by\n\
+         .\\\" ANALYTICS_STACK_WRITE_DOCS=1 cargo test \\-\\-test config_reference.\n\
+         /etc/analytics\\-stack/stack.toml, then /etc/analytics\\-stack/stack.d/*.toml in name\n\
+         order, merged key by key over the default; unknown keys and bad values are refused\n\
+         before anything changes.\n",
+    );
+    for line in reference.lines() {
+        if let Some(section) = line.strip_prefix("## ") {
+            let _ = writeln!(out, ".SS {}", troff(section));
+        } else if line.starts_with("| `") {
+            let c = cells(line);
+            let _ = writeln!(
+                out,
+                ".TP\n.B {}\n{}; default {}.\n{}",
+                troff(&c[0]),
+                troff(&c[1]),
+                troff(&c[2]),
+                troff(&c[3])
+            );
+        }
+    }
+    out
+}
+
+const MAN_BEGIN: &str = ".\\\" BEGIN CONFIGURATION\n";
+const MAN_END: &str = ".\\\" END CONFIGURATION\n";
+
 #[test]
 fn the_configuration_reference_is_generated_from_the_schema_and_the_default() {
     let schema = read_schema();
@@ -479,5 +556,27 @@ fn the_configuration_reference_is_generated_from_the_schema_and_the_default() {
         written == text,
         "docs/configuration.md is not what the schema and the default say: run \
          `ANALYTICS_STACK_WRITE_DOCS=1 cargo test --test config_reference` and commit it"
+    );
+
+    // The man page's CONFIGURATION section: the same rows, between its markers.
+    let man_path = repo().join("docs/man/analytics-stack.1");
+    let man = std::fs::read_to_string(&man_path).unwrap();
+    let (Some(begin), Some(end)) = (man.find(MAN_BEGIN), man.find(MAN_END)) else {
+        panic!("docs/man/analytics-stack.1 has no generated CONFIGURATION markers");
+    };
+    let section = man_section(&text);
+    let wanted = format!("{}{MAN_BEGIN}{section}{}", &man[..begin], &man[end..]);
+    if std::env::var_os("ANALYTICS_STACK_WRITE_DOCS").is_some() {
+        std::fs::write(&man_path, &wanted).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&man_path).unwrap() == wanted,
+        "the man page's CONFIGURATION section is not the reference's: run \
+         `ANALYTICS_STACK_WRITE_DOCS=1 cargo test --test config_reference` and commit it"
+    );
+    assert_eq!(
+        section.matches(".TP\n").count(),
+        keys.len(),
+        "a paragraph per key"
     );
 }

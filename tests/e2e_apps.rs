@@ -244,7 +244,7 @@ fn applications_end_to_end(distro: Distro) {
         "systemd-analyze verify {}",
         units.split_whitespace().collect::<Vec<_>>().join(" ")
     ));
-    // At most what they score today (the README's figures).
+    // At most what they score today (docs/security.md's figures).
     for (unit, at_most) in [
         ("analytics-airflow-api-server.service", 1.4),
         ("analytics-superset-web.service", 1.4),

@@ -130,7 +130,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
 
     // The daemon's own unit is hardened as far as its job allows.
     c.start_daemon();
-    // The README's figure: 3.6.
+    // docs/security.md's figure: 3.6.
     let exposure = c.exposure("analytics-stackd.service");
     assert!(exposure <= 3.6, "analytics-stackd.service: {exposure}");
 

@@ -228,7 +228,7 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         let timers = c.ok("systemctl list-timers --all --no-legend analytics-backup.timer");
         assert!(timers.contains("analytics-backup.service"), "{timers}");
         c.ok("systemd-analyze verify /etc/systemd/system/analytics-backup.service /etc/systemd/system/analytics-backup.timer");
-        // The README's figure: 0.8.
+        // docs/security.md's figure: 0.8.
         let exposure = c.exposure("analytics-backup.service");
         assert!(exposure <= 0.8, "analytics-backup.service: {exposure}");
         let status = json(&c.ok("analytics-stack status --json"));

@@ -11,11 +11,11 @@
 //! anything changes.
 //!
 //! The expected figures are idle PSS measured on this stack (`cargo bench --bench
-//! memory`; the README has the run). Loki, Promtail and statsd_exporter are measured
+//! memory`; docs/benchmarks.md has the run). Loki, Promtail and statsd_exporter are measured
 //! by `tests/e2e_edge.rs` with their real release builds under the edge budget (78, 65
 //! and 21 MiB), which also holds each to what is reserved here. Grafana and Alloy,
-//! whose real binaries cannot run on the test machines, are estimates, named in the
-//! README.
+//! whose real binaries cannot run on the test machines, are estimates, named in
+//! docs/edge.md.
 
 use crate::components::{self, Platform};
 use crate::config::{ByteSize, Config, WorkerCount};

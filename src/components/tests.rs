@@ -338,8 +338,32 @@ fn loki_config_has_the_keys_a_single_binary_on_a_filesystem_needs() {
         "RuntimeDirectory=analytics-loki\n",
         "RuntimeDirectoryMode=0750\n",
         "UMask=0007\n",
+        "ExecStartPre=/bin/bash /etc/analytics-stack/loki/loopback-check.sh\n",
     ] {
         assert!(unit.contains(line), "{line}{unit}");
+    }
+    // The check it runs: refused on a loopback that is up, failing where there is no
+    // network at all (a namespace of its own without a loopback, as `unshare -n`
+    // makes one, when this machine lets us).
+    let script = &door_spec.files[1].template;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("check.sh");
+    std::fs::write(&path, script).unwrap();
+    let here = std::process::Command::new("/bin/bash")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(here.status.success(), "{here:?}");
+    if let Ok(out) = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg("/bin/bash")
+        .arg(&path)
+        .output()
+    {
+        if !String::from_utf8_lossy(&out.stderr).contains("unshare failed") {
+            assert!(!out.status.success(), "no loopback: {out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("no loopback"));
+        }
     }
     assert!(
         door_spec.ports.is_empty(),

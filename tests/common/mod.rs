@@ -300,6 +300,13 @@ impl Container {
         if let Some((bridge_name, _)) = &bridge {
             cmd.arg(format!("--network-bridge={bridge_name}"));
         }
+        if !private_network && bridge.is_none() {
+            // On the host's network nspawn drops CAP_NET_ADMIN, which systemd needs to
+            // bring up the loopback of a unit's own network namespace
+            // (PrivateNetwork=: Loki's, whose gRPC port lives there). A host, or a
+            // container with a network of its own, has it.
+            cmd.arg("--capability=CAP_NET_ADMIN");
+        }
         if let Some(bytes) = memory_max {
             cmd.env("ANALYTICS_TEST_MEMORY_MAX", bytes.to_string());
         }
