@@ -514,7 +514,7 @@ fn man_section(reference: &str) -> String {
                 out,
                 ".TP\n.B {}\n{}; default {}.\n{}",
                 troff(&c[0]),
-                troff(&c[1]),
+                troff(c[1].trim_end_matches('.')),
                 troff(&c[2]),
                 troff(&c[3])
             );

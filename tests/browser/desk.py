@@ -274,11 +274,34 @@ class Desk:
             90,
             "Superset's login form",
         )[0]
-        field.send_keys("admin")
-        self.driver.find_element(By.CSS_SELECTOR, "input#password, input[name=password]").send_keys(
-            password + Keys.ENTER
-        )
-        self.wait(lambda d: "/login" not in d.current_url, 60, "leaving the login page")
+        # Superset's login form is React's: a render after it appears can drop what
+        # was typed (seen once: the keys and Enter went into a form replaced under
+        # them). Type until the fields hold the values, submit, and do it again while
+        # the page is still the login page with the fields empty.
+        def fill_and_submit(d):
+            user = d.find_element(By.CSS_SELECTOR, "input#username, input[name=username]")
+            secret = d.find_element(By.CSS_SELECTOR, "input#password, input[name=password]")
+            user.clear()
+            user.send_keys("admin")
+            secret.clear()
+            secret.send_keys(password)
+            if user.get_attribute("value") != "admin" or secret.get_attribute("value") != password:
+                return False
+            secret.send_keys(Keys.ENTER)
+            return True
+
+        del field
+        deadline = time.time() + 60
+        while True:
+            self.wait(fill_and_submit, 30, "Superset's login form to hold what is typed")
+            try:
+                WebDriverWait(self.driver, 15, poll_frequency=0.5).until(
+                    lambda d: "/login" not in d.current_url
+                )
+                break
+            except TimeoutException:
+                if time.time() > deadline:
+                    self.wait(lambda d: "/login" not in d.current_url, 1, "leaving the login page")
         self.wait(lambda d: len(self.text()) > 0, 60, "Superset's home page")
         self.shot("05-superset-home")
         self.check()
