@@ -60,14 +60,16 @@ pub fn render_datasources(config: &Config) -> String {
         ));
     }
     if super::loki::behind_door(config) {
+        let client = crate::tls::client::primary_credentials(UNIT);
         // Through NGINX's loopback door: the stack CA's server certificate (named
         // `localhost`), the primary's client certificate, both read by Grafana from
         // this unit's credentials.
         y.push_str(&format!(
-            "  - name: Loki\n    uid: {uid}\n    type: loki\n    access: proxy\n    url: https://127.0.0.1:{port}\n    editable: false\n    jsonData:\n      tlsAuth: true\n      tlsAuthWithCACert: true\n      serverName: localhost\n    secureJsonData:\n      tlsCACert: $__file{{{creds}/stack-ca.crt}}\n      tlsClientCert: $__file{{{creds}/primary-client.crt}}\n      tlsClientKey: $__file{{{creds}/primary-client.key}}\n",
+            "  - name: Loki\n    uid: {uid}\n    type: loki\n    access: proxy\n    url: https://127.0.0.1:{port}\n    editable: false\n    jsonData:\n      tlsAuth: true\n      tlsAuthWithCACert: true\n      serverName: localhost\n    secureJsonData:\n      tlsCACert: $__file{{/run/credentials/{UNIT}/stack-ca.crt}}\n      tlsClientCert: $__file{{{cert}}}\n      tlsClientKey: $__file{{{key}}}\n",
             uid = dashboards::LOKI_UID,
             port = config.loki.port.get(),
-            creds = format!("/run/credentials/{UNIT}"),
+            cert = client.cert,
+            key = client.key,
         ));
     } else if config.loki.enabled {
         y.push_str(&format!(
@@ -111,17 +113,10 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
     ];
     if super::loki::behind_door(config) {
         // For the Loki data source (`render_datasources`).
-        unit.credentials.extend([
-            ("stack-ca.crt".to_string(), crate::tls::CA_CERT.to_string()),
-            (
-                "primary-client.crt".to_string(),
-                crate::tls::PRIMARY_CLIENT_CERT.to_string(),
-            ),
-            (
-                "primary-client.key".to_string(),
-                crate::tls::PRIMARY_CLIENT_KEY.to_string(),
-            ),
-        ]);
+        unit.credentials
+            .push(("stack-ca.crt".into(), crate::tls::CA_CERT.into()));
+        unit.credentials
+            .extend(crate::tls::client::primary_credentials(UNIT).credentials);
     }
     unit.environment = vec![("GF_PATHS_HOME".into(), home.clone())];
     let conf = |name: &str, text: String| {

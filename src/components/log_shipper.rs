@@ -151,47 +151,24 @@ fn loki_push(config: &Config) -> String {
     )
 }
 
-/// The TLS of the push: on a worker host, to the primary's door with the worker's
-/// certificate; on a primary whose Loki is behind NGINX, to its loopback door
-/// (named `localhost` in the server certificate) with the primary's; else none.
-/// (CA, certificate, key, server name.)
-fn push_tls(
+/// The client certificate of the push: on a worker host, the worker's, to the
+/// primary's door; on a primary whose Loki is behind NGINX, the primary's, to its
+/// loopback door (named `localhost` in the server certificate); else none. (The
+/// credentials, and the server name to check.)
+fn push_client(
     config: &Config,
     kind: LogShipperKind,
-) -> Option<(String, String, String, Option<&'static str>)> {
+) -> Option<(crate::tls::client::ClientCredentials, Option<&'static str>)> {
     let unit = unit_name(kind);
     if config.is_worker_host() {
-        let client = crate::tls::client::credentials(&unit);
-        return Some((crate::tls::CA_CERT.into(), client.cert, client.key, None));
+        return Some((crate::tls::client::credentials(&unit), None));
     }
     super::loki::behind_door(config).then(|| {
         (
-            crate::tls::CA_CERT.into(),
-            format!("/run/credentials/{unit}/primary-client.crt"),
-            format!("/run/credentials/{unit}/primary-client.key"),
+            crate::tls::client::primary_credentials(&unit),
             Some("localhost"),
         )
     })
-}
-
-/// The credentials `push_tls` names.
-fn push_credentials(config: &Config, kind: LogShipperKind) -> Vec<(String, String)> {
-    if config.is_worker_host() {
-        crate::tls::client::credentials(&unit_name(kind)).credentials
-    } else if super::loki::behind_door(config) {
-        vec![
-            (
-                "primary-client.crt".into(),
-                crate::tls::PRIMARY_CLIENT_CERT.into(),
-            ),
-            (
-                "primary-client.key".into(),
-                crate::tls::PRIMARY_CLIENT_KEY.into(),
-            ),
-        ]
-    } else {
-        Vec::new()
-    }
 }
 
 /// The `host` label of every line: a worker host's name on the primary, or this
@@ -215,9 +192,12 @@ pub fn render_promtail(config: &Config) -> String {
         port = config.log_shipper.port.get(),
         state = paths::STATE,
         push = loki_push(config),
-        tls = match push_tls(config, LogShipperKind::Promtail) {
-            Some((ca, cert, key, server_name)) => format!(
-                "    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n{}",
+        tls = match push_client(config, LogShipperKind::Promtail) {
+            Some((client, server_name)) => format!(
+                "    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n{}",
+                crate::tls::CA_CERT,
+                client.cert,
+                client.key,
                 server_name.map_or(String::new(), |n| format!("      server_name: {n}\n"))
             ),
             None => String::new(),
@@ -234,9 +214,12 @@ pub fn render_alloy(config: &Config) -> String {
          loki.write \"local\" {{\n  endpoint {{\n    url = \"{push}\"\n{tls}  }}\n}}\n",
         host = host_label(config),
         push = loki_push(config),
-        tls = match push_tls(config, LogShipperKind::Alloy) {
-            Some((ca, cert, key, server_name)) => format!(
-                "    tls_config {{\n      ca_file   = \"{ca}\"\n      cert_file = \"{cert}\"\n      key_file  = \"{key}\"\n{}    }}\n",
+        tls = match push_client(config, LogShipperKind::Alloy) {
+            Some((client, server_name)) => format!(
+                "    tls_config {{\n      ca_file   = \"{}\"\n      cert_file = \"{}\"\n      key_file  = \"{}\"\n{}    }}\n",
+                crate::tls::CA_CERT,
+                client.cert,
+                client.key,
                 server_name.map_or(String::new(), |n| format!("      server_name = \"{n}\"\n"))
             ),
             None => String::new(),
@@ -280,7 +263,9 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         exec,
     );
     unit.read_write_paths = vec![data.clone()];
-    unit.credentials = push_credentials(config, kind);
+    unit.credentials = push_client(config, kind)
+        .map(|(client, _)| client.credentials)
+        .unwrap_or_default();
     // Stopped before Loki (systemd stops units in the reverse order of After=): at
     // shutdown the shipper sends what it still holds to a Loki that is still there,
     // instead of retrying against a stopped one until it is killed (seen: Promtail

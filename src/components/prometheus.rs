@@ -78,9 +78,12 @@ pub fn render_config(config: &Config) -> String {
     for t in scrape_targets(config) {
         // Loki behind NGINX's loopback door: over TLS with the primary's certificate.
         let tls = if t.job == "loki" && super::loki::behind_door(config) {
+            let client = crate::tls::client::primary_credentials(UNIT);
             format!(
-                "    scheme: https\n    tls_config:\n      ca_file: '{}'\n      cert_file: '/run/credentials/{UNIT}/primary-client.crt'\n      key_file: '/run/credentials/{UNIT}/primary-client.key'\n      server_name: 'localhost'\n",
-                crate::tls::CA_CERT
+                "    scheme: https\n    tls_config:\n      ca_file: '{}'\n      cert_file: '{}'\n      key_file: '{}'\n      server_name: 'localhost'\n",
+                crate::tls::CA_CERT,
+                client.cert,
+                client.key
             )
         } else {
             String::new()
@@ -97,20 +100,6 @@ pub fn render_config(config: &Config) -> String {
         }
     }
     y
-}
-
-/// The primary's client certificate, as this unit's credentials.
-fn primary_client_credentials() -> Vec<(String, String)> {
-    vec![
-        (
-            "primary-client.crt".into(),
-            crate::tls::PRIMARY_CLIENT_CERT.into(),
-        ),
-        (
-            "primary-client.key".into(),
-            crate::tls::PRIMARY_CLIENT_KEY.into(),
-        ),
-    ]
 }
 
 /// The worker hosts' node_exporters (host metrics, their units, their daemon's own
@@ -135,9 +124,12 @@ fn worker_node_job(config: &Config) -> String {
     if targets.is_empty() {
         return targets;
     }
+    let client = crate::tls::client::primary_credentials(UNIT);
     format!(
-        "  - job_name: 'node-workers'\n    metrics_path: '/metrics'\n    scheme: https\n    tls_config:\n      ca_file: '{ca}'\n      cert_file: '/run/credentials/{UNIT}/primary-client.crt'\n      key_file: '/run/credentials/{UNIT}/primary-client.key'\n    static_configs:\n{targets}",
+        "  - job_name: 'node-workers'\n    metrics_path: '/metrics'\n    scheme: https\n    tls_config:\n      ca_file: '{ca}'\n      cert_file: '{cert}'\n      key_file: '{key}'\n    static_configs:\n{targets}",
         ca = crate::tls::CA_CERT,
+        cert = client.cert,
+        key = client.key,
     )
 }
 
@@ -173,7 +165,7 @@ pub fn render(config: &Config, platform: &super::Platform) -> ComponentSpec {
     unit.exec_reload = vec!["/bin/kill -HUP $MAINPID".into()];
     unit.read_write_paths = vec![data.clone()];
     if !config.workers.hosts.is_empty() || super::loki::behind_door(config) {
-        unit.credentials = primary_client_credentials();
+        unit.credentials = crate::tls::client::primary_credentials(UNIT).credentials;
     }
     unit.timeout_sec = 300;
     ComponentSpec {

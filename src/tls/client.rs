@@ -59,6 +59,25 @@ pub fn credentials(unit: &str) -> ClientCredentials {
     }
 }
 
+/// On a primary: its own client certificate (`tls::PRIMARY_CLIENT_CERT`) as `unit`'s
+/// credentials — what its log shipper, Prometheus and Grafana present.
+pub fn primary_credentials(unit: &str) -> ClientCredentials {
+    ClientCredentials {
+        credentials: vec![
+            (
+                "primary-client.crt".into(),
+                super::PRIMARY_CLIENT_CERT.into(),
+            ),
+            (
+                "primary-client.key".into(),
+                super::PRIMARY_CLIENT_KEY.into(),
+            ),
+        ],
+        cert: format!("/run/credentials/{unit}/primary-client.crt"),
+        key: format!("/run/credentials/{unit}/primary-client.key"),
+    }
+}
+
 /// On the worker: a new key and the request for it. The request's subject is only
 /// informative (the primary sets its own).
 pub fn new_request(name: &WorkerName) -> Result<(KeyPair, String), TlsError> {
