@@ -30,6 +30,7 @@ pub trait Manager {
     fn worker_remove(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn worker_list(&self) -> zbus::Result<String>;
     fn status(&self) -> zbus::Result<String>;
+    fn alerts(&self) -> zbus::Result<String>;
     fn list_components(&self) -> zbus::Result<Vec<(String, String, bool, Vec<String>)>>;
     fn start(&self, component: &str) -> zbus::Result<()>;
     fn stop(&self, component: &str) -> zbus::Result<()>;

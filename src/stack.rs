@@ -299,6 +299,8 @@ impl Stack {
             crate::tls::preflight(&self.fs, tls)
                 .map_err(|e| StackError::Conflict(format!("[nginx] tls = \"files\": {e}")))?;
         }
+        // So is the SMTP relay's password file (systemd would refuse to start the unit).
+        components::alertmanager::preflight(&self.fs, &config).map_err(StackError::Conflict)?;
         // A schedule systemd cannot read is refused before the timer is written.
         let backup_interval = match config.backup.schedule.as_str() {
             "" => None,
@@ -505,7 +507,7 @@ impl Stack {
             took.as_secs_f64(),
             u8::from(ok),
             desired.len()
-        );
+        ) + &certificate_metrics(&crate::tls::certificate_ends(&self.fs));
         let path =
             Path::new(crate::components::node_exporter::TEXTFILE_DIR).join("analytics_stack.prom");
         if self.fs.exists(path.parent().unwrap_or(Path::new("/"))) {
@@ -717,13 +719,47 @@ impl Stack {
             .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))
     }
 
+    /// What Alertmanager holds now: the alerts firing, silenced ones among them.
+    pub async fn alerts(&self) -> Result<Vec<components::alertmanager::Alert>, StackError> {
+        let (config, _) = self.desired()?;
+        if !config.alertmanager_on() {
+            return Err(StackError::NotFound(
+                "alertmanager is not enabled ([alertmanager] enabled, with [prometheus]); \
+                 Prometheus's own alerts page is on 127.0.0.1"
+                    .into(),
+            ));
+        }
+        components::alertmanager::alerts(config.alertmanager.port.get())
+            .await
+            .map_err(StackError::Failed)
+    }
+
     pub fn credentials(&self, name: Option<&str>) -> Result<serde_json::Value, StackError> {
         let (config, desired) = self.desired()?;
         let mut out = serde_json::Map::new();
-        for spec in desired.iter().filter(|s| name.is_none_or(|n| n == s.name)) {
+        // Alertmanager's login is kept with NGINX, which checks it.
+        let keeper = |spec: &str| match name {
+            Some("alertmanager") => spec == "nginx",
+            Some(n) => n == spec,
+            None => true,
+        };
+        for spec in desired.iter().filter(|s| keeper(s.name)) {
             let mut entries = serde_json::Map::new();
             for secret in &spec.secrets {
                 let value = gather::read_secret(&self.fs, secret).unwrap_or_default();
+                if secret == components::alertmanager::ADMIN_SECRET {
+                    // NGINX keeps it (it checks it); it is Alertmanager's login.
+                    if name.is_none_or(|n| n == "alertmanager") {
+                        let login = format!(
+                            "user {}, password {value}, at {}{}",
+                            components::alertmanager::ADMIN_USER,
+                            components::nginx::public_origin(&config),
+                            components::alertmanager::PREFIX
+                        );
+                        out.insert("alertmanager".into(), serde_json::json!({ "admin": login }));
+                    }
+                    continue;
+                }
                 let (key, shown) = match spec.name {
                     "postgres" => {
                         let role = secret.trim_start_matches("postgres-");
@@ -785,7 +821,9 @@ impl Stack {
                     }
                 }
             }
-            out.insert(spec.name.into(), serde_json::Value::Object(entries));
+            if name != Some("alertmanager") {
+                out.insert(spec.name.into(), serde_json::Value::Object(entries));
+            }
         }
         if let Some(n) = name {
             if !out.contains_key(n) {
@@ -916,6 +954,23 @@ impl Stack {
 /// Applications whose venv cannot be built on the configured interpreter: it is too
 /// old or too new, or it does not exist and the distribution's python3 would not fit.
 /// Why apply must refuse before changing anything.
+/// The certificates' ends, for the alert that says one ends soon.
+fn certificate_metrics(ends: &[(&str, u64)]) -> String {
+    if ends.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from(
+        "# HELP analytics_stack_certificate_not_after_seconds When a certificate of the stack on this host ends.\n\
+         # TYPE analytics_stack_certificate_not_after_seconds gauge\n",
+    );
+    for (what, end) in ends {
+        text.push_str(&format!(
+            "analytics_stack_certificate_not_after_seconds{{certificate=\"{what}\"}} {end}\n"
+        ));
+    }
+    text
+}
+
 pub fn preflight_problems(
     desired: &[ComponentSpec],
     facts: &crate::facts::HostFacts,

@@ -143,6 +143,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
             "postgres-exporter",
             "statsd-exporter",
             "prometheus",
+            "alertmanager",
             "airflow",
             "superset",
             "dlt",

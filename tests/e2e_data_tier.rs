@@ -116,6 +116,7 @@ fn data_tier_end_to_end() {
             "node-exporter",
             "postgres-exporter",
             "prometheus",
+            "alertmanager",
             "backup"
         ]
     );

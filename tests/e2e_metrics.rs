@@ -1,6 +1,8 @@
-//! End-to-end: real Prometheus and node_exporter from Debian's packages run as
-//! `analytics-*` units; Prometheus scrapes node_exporter, whose systemd collector
-//! reports the stack's units.
+//! End-to-end: real Prometheus, node_exporter and Alertmanager from Debian's
+//! packages run as `analytics-*` units; Prometheus scrapes node_exporter, whose
+//! systemd collector reports the stack's units; a failed unit's alert reaches an
+//! SMTP relay and a webhook on the test's network, its resolution too, and a
+//! silence made through the door keeps another's away.
 
 mod common;
 
@@ -37,13 +39,24 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     // metrics, no route out): the pair installs from the image's apt cache, and the
     // test runs beside the host-network tests (.config/nextest.toml).
     let bridge = common::net::Bridge::create("as-test-br2");
+    // The receivers of the alerts: another host of the test's network.
+    let sinks = common::net::AlertSinks::start(&bridge, "as-sinks", "10.233.0.9");
     let c = Container::boot_on("as-e2e-metrics", &bridge, "10.233.0.1");
     c.start_daemon();
     c.without_release_archives();
     c.without_apps();
-    // The metrics pair alone (plus NGINX's landing page is not needed here).
-    c.ok("mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n' > /etc/analytics-stack/stack.toml");
+    // The metrics pair and Alertmanager, behind NGINX's door.
+    c.ok("mkdir -p /etc/analytics-stack && printf '[postgres]\\nenabled = false\\n[redis]\\nenabled = false\\n' > /etc/analytics-stack/stack.toml");
+    // Short waits, so that the test sees a notification within seconds of the
+    // alert; the relay on the test network offers no STARTTLS.
+    c.ok(&format!(
+        "printf '[alertmanager]\\ngroup_wait = \"1s\"\\ngroup_interval = \"5s\"\\nrepeat_interval = \"1h\"\\n[alertmanager.email]\\nto = [\"oncall@example.test\"]\\nsmarthost = \"{a}:{smtp}\"\\nrequire_tls = false\\n[alertmanager.webhook]\\nurls = [\"http://{a}:{http}/hook\"]\\n' > /etc/analytics-stack/stack.d/20-alerts.toml",
+        a = sinks.address,
+        smtp = sinks.smtp_port,
+        http = sinks.http_port
+    ));
     c.ok("analytics-stack apply");
+    c.trust_stack_ca();
 
     let status: serde_json::Value =
         serde_json::from_str(&c.ok("analytics-stack status --json")).unwrap();
@@ -53,7 +66,16 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["node-exporter", "prometheus", "backup"]);
+    assert_eq!(
+        names,
+        [
+            "nginx",
+            "node-exporter",
+            "prometheus",
+            "alertmanager",
+            "backup"
+        ]
+    );
     assert!(
         status["components"]
             .as_array()
@@ -83,7 +105,16 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     .unwrap();
     let tested = c.ok("promtool test rules /tmp/alerts.test.yml");
     assert!(tested.contains("SUCCESS"), "{tested}");
-    c.ok("systemd-analyze verify /etc/systemd/system/analytics-prometheus.service /etc/systemd/system/analytics-node-exporter.service");
+    c.ok("systemd-analyze verify /etc/systemd/system/analytics-prometheus.service /etc/systemd/system/analytics-node-exporter.service /etc/systemd/system/analytics-alertmanager.service");
+    // Alertmanager's configuration passes its own checker, and its unit is as
+    // sandboxed as docs/security.md says.
+    let amtool = c.ok("amtool check-config /etc/analytics-stack/alertmanager/alertmanager.yml");
+    assert!(amtool.contains("SUCCESS"), "{amtool}");
+    let exposure = c.exposure("analytics-alertmanager.service");
+    assert!(
+        exposure <= 1.5,
+        "analytics-alertmanager.service: {exposure}"
+    );
 
     // Scraped: up{job="node"} = 1, through the Prometheus HTTP API.
     wait_for_value(&c, "up{job=\"node\"}", "1");
@@ -102,8 +133,15 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     wait_for_value(&c, "count(node_network_receive_bytes_total) > bool 0", "1");
     // The daemon's own figures arrive through the textfile collector.
     wait_for_value(&c, "analytics_stack_last_apply_success", "1");
-    // node-exporter, prometheus and the backup timer.
-    wait_for_value(&c, "analytics_stack_components", "3");
+    // nginx, node-exporter, prometheus, alertmanager and the backup timer.
+    wait_for_value(&c, "analytics_stack_components", "5");
+    wait_for_value(&c, "up{job=\"alertmanager\"}", "1");
+    // The door's certificates' ends, for the alert that warns before them.
+    wait_for_value(
+        &c,
+        "analytics_stack_certificate_not_after_seconds{certificate=\"server\"} - time() > bool 300 * 86400",
+        "1",
+    );
 
     // Each unit's memory and restarts, published by the daemon's refresher.
     wait_for_value(
@@ -154,12 +192,36 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
     }
     assert!(checked >= 8, "{checked}");
 
-    // A stack unit that fails: the systemd collector reports it, and after the rule's
-    // minute its alert fires in Prometheus.
+    // Alertmanager's UI and API are behind the door's password: none, or a wrong
+    // one, is refused; the generated one (from `credentials`) lets the administrator
+    // make a silence.
+    let login = door_login(&c);
+    for (how, user) in [("no password", ""), ("a wrong one", "-u admin:wrong")] {
+        let code = c.ok(&format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' {user} https://127.0.0.1/alertmanager/api/v2/status"
+        ));
+        assert_eq!(code.trim(), "401", "{how}");
+    }
+    c.ok(&format!(
+        "curl -fsS -o /dev/null -u '{login}' https://127.0.0.1/alertmanager/"
+    ));
+    let silence: serde_json::Value = serde_json::from_str(&c.ok(&format!(
+        "curl -fsS -u '{login}' -H 'Content-Type: application/json' -d '{{\"matchers\": [{{\"name\": \"name\", \"value\": \"analytics-silenced.service\", \"isRegex\": false}}], \"startsAt\": \"2020-01-01T00:00:00Z\", \"endsAt\": \"2099-01-01T00:00:00Z\", \"createdBy\": \"e2e\", \"comment\": \"known\"}}' https://127.0.0.1/alertmanager/api/v2/silences"
+    )))
+    .unwrap();
+    let silence_id = silence["silenceID"]
+        .as_str()
+        .expect("a silence id")
+        .to_string();
+
+    // Two stack units fail: the systemd collector reports them, and after the rule's
+    // minute their alerts fire in Prometheus; Alertmanager notifies both receivers of
+    // the one that is not silenced.
     c.sh("systemd-run --unit=analytics-broken.service --property=Restart=no /bin/sh -c 'echo the broken unit says goodbye; exit 1'");
+    c.sh("systemd-run --unit=analytics-silenced.service --property=Restart=no /bin/sh -c 'exit 1'");
     wait_for_value(
         &c,
-        "node_systemd_unit_state{name=\"analytics-broken.service\",state=\"failed\"}",
+        "node_systemd_unit_state{name=~\"analytics-(broken|silenced).service\",state=\"failed\"}",
         "1",
     );
     let started = std::time::Instant::now();
@@ -189,6 +251,72 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         firing["annotations"]["summary"],
         "analytics-broken.service has failed"
     );
+    let fired = std::time::Instant::now();
+    // The stack's name for this host (Prometheus's `instance`; `stack_host` is the
+    // same name, added to every alert it sends).
+    let host = firing["labels"]["instance"].as_str().unwrap().to_string();
+    let hook = wait_for_sink(&sinks, "hook", |text| {
+        text.contains("analytics-broken.service") && text.contains("\"firing\"")
+    });
+    let hook_after = fired.elapsed();
+    let mail = wait_for_sink(&sinks, "mail", |text| {
+        text.contains("AnalyticsUnitFailed") && text.contains("FIRING")
+    });
+    let mail_after = fired.elapsed();
+    let hook: serde_json::Value = serde_json::from_str(&hook).unwrap();
+    let alert = &hook["alerts"][0];
+    assert_eq!(
+        alert["labels"]["alertname"], "AnalyticsUnitFailed",
+        "{hook}"
+    );
+    assert_eq!(alert["labels"]["stack_host"], host.as_str(), "{hook}");
+    assert_eq!(alert["status"], "firing", "{hook}");
+    assert!(mail.starts_with("RCPT TO:<oncall@example.test>"), "{mail}");
+    assert!(mail.contains(&host), "the mail names the host: {mail}");
+    // Seen at both receivers within group_wait (1 s) and one evaluation interval
+    // (15 s) of Prometheus's firing, with a few seconds for the poll.
+    assert!(
+        hook_after.max(mail_after) < std::time::Duration::from_secs(20),
+        "{hook_after:?} {mail_after:?}"
+    );
+    eprintln!(
+        "[figure] firing in Prometheus to notified: webhook {:.1} s, e-mail {:.1} s",
+        hook_after.as_secs_f64(),
+        mail_after.as_secs_f64()
+    );
+    // `alerts` lists both, the silenced one with its silence.
+    let listed: serde_json::Value =
+        serde_json::from_str(&c.ok("analytics-stack alerts --json")).unwrap();
+    let silenced = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["summary"] == "analytics-silenced.service has failed")
+        .unwrap_or_else(|| panic!("the silenced alert is listed: {listed}"));
+    assert_eq!(silenced["state"], "suppressed", "{listed}");
+    assert_eq!(silenced["silenced_by"][0], silence_id.as_str(), "{listed}");
+    let text = c.ok("analytics-stack alerts");
+    assert!(
+        text.contains("AnalyticsUnitFailed") && text.contains(&format!("[silenced: {silence_id}]")),
+        "{text}"
+    );
+    // Resolved: the unit's failure is cleared, and both receivers hear of it.
+    c.ok("systemctl reset-failed analytics-broken.service");
+    let resolved = std::time::Instant::now();
+    wait_for_sink(&sinks, "hook", |text| {
+        text.contains("analytics-broken.service") && text.contains("\"resolved\"")
+    });
+    wait_for_sink(&sinks, "mail", |text| text.contains("RESOLVED"));
+    eprintln!(
+        "[figure] unit recovered to resolution notified: {:.1} s",
+        resolved.elapsed().as_secs_f64()
+    );
+    // The silenced unit's alert reached neither receiver at any time.
+    for kind in ["hook", "mail"] {
+        for text in sinks.received(kind) {
+            assert!(!text.contains("analytics-silenced"), "{kind}: {text}");
+        }
+    }
     // The line an operator looks for after the failure is written by PID 1 with the
     // fields the log shippers' relabel rules are built on (`_SYSTEMD_UNIT=init.scope`,
     // the service in `UNIT`; the rules' handling of exactly these fields is evaluated
@@ -254,10 +382,44 @@ fn prometheus_scrapes_node_exporter_and_sees_the_stack_units() {
         started.elapsed().as_secs_f64()
     );
 
-    // Both listen on loopback only.
-    let listeners = c.ok("ss -Hltn '( sport = :9090 or sport = :9100 )'");
+    // All three listen on loopback only; Alertmanager's cluster port is not open.
+    let listeners = c.ok("ss -Hltn '( sport = :9090 or sport = :9100 or sport = :9093 )'");
     assert!(
-        listeners.lines().count() >= 2 && listeners.lines().all(|l| l.contains("127.0.0.1:")),
+        listeners.lines().count() >= 3 && listeners.lines().all(|l| l.contains("127.0.0.1:")),
         "{listeners}"
     );
+    let cluster = c.ok("ss -Hlnu '( sport = :9094 )'; ss -Hlnt '( sport = :9094 )'");
+    assert!(cluster.trim().is_empty(), "{cluster}");
+}
+
+/// `user:password` for the door's Alertmanager login, as `credentials` prints it.
+fn door_login(c: &Container) -> String {
+    let creds: serde_json::Value =
+        serde_json::from_str(&c.ok("analytics-stack credentials alertmanager")).unwrap();
+    let line = creds["alertmanager"]["admin"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Alertmanager login: {creds}"));
+    let password = line
+        .split("password ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(line.starts_with("user admin, "), "{line}");
+    format!("admin:{password}")
+}
+
+/// Waits (up to two minutes) for something of `kind` the sinks keep that `wanted`
+/// says is the one; returns it.
+fn wait_for_sink(
+    sinks: &common::net::AlertSinks,
+    kind: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    for _ in 0..600 {
+        if let Some(found) = sinks.received(kind).into_iter().find(|t| wanted(t)) {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("never received: {:#?}", sinks.received(kind));
 }

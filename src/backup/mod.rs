@@ -147,6 +147,14 @@ pub const SOURCES: &[Source] = &[
         telemetry: false,
         stop_unit: Some(crate::components::grafana::UNIT),
     },
+    // Silences and the log of what was notified (so a restored host does not
+    // notify again what was already sent).
+    Source {
+        path: "/var/lib/analytics-stack/alertmanager/",
+        kind: SourceKind::Data,
+        telemetry: false,
+        stop_unit: Some(crate::components::alertmanager::UNIT),
+    },
     source(paths::STATE_FILE, SourceKind::Reference),
     Source {
         path: "/var/lib/analytics-stack/prometheus/",

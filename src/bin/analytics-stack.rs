@@ -111,6 +111,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The alerts firing now, as Alertmanager holds them (silenced ones marked).
+    Alerts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a component's units.
     Start { component: String },
     /// Stop a component's units.
@@ -533,6 +538,37 @@ async fn run(command: Command) -> Result<(), Failure> {
                         mem
                     );
                 }
+            }
+            Ok(())
+        }
+        Command::Alerts { json } => {
+            let text = manager().await?.alerts().await?;
+            if json {
+                print_json(&text);
+                return Ok(());
+            }
+            let alerts: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+            if alerts.is_empty() {
+                println!("no alerts firing");
+            }
+            for a in &alerts {
+                let field = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                let silenced = a["silenced_by"]
+                    .as_array()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        let ids: Vec<&str> = s.iter().filter_map(|i| i.as_str()).collect();
+                        format!(" [silenced: {}]", ids.join(", "))
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<36} {:<9} {:<20} since {}{silenced}\n    {}",
+                    field("name"),
+                    field("severity"),
+                    field("host"),
+                    field("since"),
+                    field("summary")
+                );
             }
             Ok(())
         }

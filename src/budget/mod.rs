@@ -237,6 +237,21 @@ pub const REDUCTIONS: &[Reduction] = &[
     },
     // One process per pool: fewer requests and tasks at once.
     |c| lower_pools(c, 1, ""),
+    // An Alertmanager with nowhere to send: Prometheus's alerts page still shows
+    // what fires. One with receivers stays (its notifications are the point).
+    |c| {
+        let a = &c.alertmanager;
+        if c.alertmanager_on() && a.email.to.is_empty() && a.webhook.urls.is_empty() {
+            c.alertmanager.enabled = false;
+            vec![
+                "alertmanager off: no receivers are configured, so it would deliver \
+                  nothing; firing alerts stay on Prometheus's /alerts"
+                    .to_string(),
+            ]
+        } else {
+            vec![]
+        }
+    },
     |c| {
         if c.superset.enabled && c.superset.celery_worker {
             c.superset.celery_worker = false;
@@ -350,6 +365,10 @@ pub fn estimate(c: &Config) -> Vec<UnitBudget> {
         // 53 MiB measured with the stack's few thousand series.
         let queries = if c.memory_constrained { 32 } else { 128 };
         units.push(unit("prometheus", prometheus::UNIT, 60, queries));
+    }
+    if c.alertmanager_on() {
+        // Estimate: a Go server holding the stack's few dozen alerts and silences.
+        units.push(unit("alertmanager", alertmanager::UNIT, 24, 16));
     }
     if c.log_shipper.enabled {
         // Alloy: an estimate (its sizing guide gives 120 MiB per MiB/s of logs; a host

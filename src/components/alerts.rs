@@ -74,6 +74,15 @@ pub const RULES: &[AlertRule] = &[
         summary: "the last analytics-stack apply failed",
     },
     AlertRule {
+        name: "AnalyticsCertificateExpiring",
+        // The door's own certificate is renewed by an apply 30 days before its end;
+        // 14 days left means no apply renewed it, or it is the operator's.
+        expr: "analytics_stack_certificate_not_after_seconds - time() < 14 * 86400",
+        for_: "1h",
+        severity: "warning",
+        summary: "the stack's {{ $labels.certificate }} certificate on {{ $labels.instance }} ends in less than 14 days",
+    },
+    AlertRule {
         name: "AnalyticsBackupNotRun",
         // The last successful backup (or, before the first, the time backups were
         // scheduled) is older than one and a half intervals of the schedule and an

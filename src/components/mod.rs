@@ -4,6 +4,7 @@
 
 pub mod airflow;
 pub mod airflow_metrics;
+pub mod alertmanager;
 pub mod alerts;
 pub mod backup;
 pub mod dag_bundle;
@@ -72,6 +73,10 @@ pub const KNOWN: &[(&str, &str)] = &[
     (
         "prometheus",
         "Prometheus: metrics of the host and the stack",
+    ),
+    (
+        "alertmanager",
+        "Alertmanager: the stack's alerts delivered, under /alertmanager/",
     ),
     (
         "statsd-exporter",
@@ -143,6 +148,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     }
     if config.prometheus.enabled {
         specs.push(prometheus::render(config, platform));
+    }
+    if config.alertmanager_on() {
+        specs.push(alertmanager::render(config));
     }
     if config.log_shipper.enabled {
         specs.push(log_shipper::render(config, platform));
@@ -273,6 +281,7 @@ pub fn unit_names(component: &str) -> Vec<String> {
         "node-exporter" => vec![node_exporter::UNIT.into()],
         "postgres-exporter" => vec![postgres_exporter::UNIT.into()],
         "prometheus" => vec![prometheus::UNIT.into()],
+        "alertmanager" => vec![alertmanager::UNIT.into()],
         "statsd-exporter" => vec![statsd_exporter::UNIT.into()],
         "loki" => vec![loki::UNIT.into()],
         "grafana" => vec![grafana::UNIT.into()],

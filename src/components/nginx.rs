@@ -31,6 +31,9 @@ pub struct Route {
     pub not_installed: String,
     /// Where a browser without the application's session cookie is sent from `prefix`.
     pub login: Option<Login>,
+    /// For an application with no login of its own: NGINX asks for this file's
+    /// user and password (HTTP basic authentication) at the whole prefix.
+    pub password_file: Option<&'static str>,
 }
 
 /// An application's entry page for a browser that has not logged in.
@@ -105,6 +108,7 @@ pub fn routes(config: &Config) -> Vec<Route> {
         rewrites: Vec::new(),
         not_installed: not_installed(title, component),
         login: None,
+        password_file: None,
     };
     vec![
         Route {
@@ -131,6 +135,19 @@ pub fn routes(config: &Config) -> Vec<Route> {
                 "Airflow",
                 "airflow",
                 config.airflow.enabled.then(|| config.airflow.port.get()),
+            )
+        },
+        Route {
+            // Alertmanager has no users of its own: its UI and API (silences) are
+            // the stack administrator's, behind a generated password.
+            password_file: Some(super::alertmanager::HTPASSWD),
+            ..route(
+                super::alertmanager::PREFIX,
+                "Alertmanager",
+                "alertmanager",
+                config
+                    .alertmanager_on()
+                    .then(|| config.alertmanager.port.get()),
             )
         },
         Route {
@@ -397,7 +414,19 @@ pub fn render(config: &Config, platform: &Platform) -> ComponentSpec {
         distro_units: vec!["nginx.service".into()],
         users: vec![UserSpec::service(USER, "/nonexistent")],
         dirs,
-        files: vec![FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)],
+        // Alertmanager's password file is NGINX's: it must be there before the
+        // configuration that names it is loaded.
+        secrets: config
+            .alertmanager_on()
+            .then(|| super::alertmanager::ADMIN_SECRET.to_string())
+            .into_iter()
+            .collect(),
+        files: config
+            .alertmanager_on()
+            .then(super::alertmanager::htpasswd)
+            .into_iter()
+            .chain([FileSpec::new(conf_path, render_conf(config)).notify(UNIT, OnChange::Reload)])
+            .collect(),
         units: vec![unit.render()],
         tls,
         ports,

@@ -48,6 +48,12 @@ pub fn scrape_targets(config: &Config) -> Vec<ScrapeTarget> {
             config.statsd_exporter.port,
             "/metrics",
         ),
+        target(
+            config.alertmanager_on(),
+            "alertmanager",
+            config.alertmanager.port,
+            "/alertmanager/metrics",
+        ),
         target(config.loki.enabled, "loki", config.loki.port, "/metrics"),
         target(
             config.grafana.enabled,
@@ -74,6 +80,13 @@ pub fn render_config(config: &Config) -> String {
     );
     y.push_str(&format!("    stack_host: '{}'\n", config.stack.hostname()));
     y.push_str(&format!("rule_files:\n  - '{CONF_DIR}/alerts.yml'\n"));
+    if config.alertmanager_on() {
+        y.push_str(&format!(
+            "alerting:\n  alertmanagers:\n    - path_prefix: '{prefix}'\n      static_configs:\n        - targets: ['127.0.0.1:{port}']\n",
+            prefix = super::alertmanager::PREFIX.trim_end_matches('/'),
+            port = config.alertmanager.port.get()
+        ));
+    }
     y.push_str("scrape_configs:\n");
     for t in scrape_targets(config) {
         // Loki behind NGINX's loopback door: over TLS with the primary's certificate.

@@ -217,12 +217,13 @@ pub fn load(sources: &[Source]) -> Result<Config, ConfigErrors> {
 
 /// What a worker host does not run: the primary's components, by the key that
 /// turns each on.
-pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 8] {
+pub fn primary_only_flags(config: &mut Config) -> [(&'static str, &mut bool); 9] {
     [
         ("nginx", &mut config.nginx.enabled),
         ("postgres", &mut config.postgres.enabled),
         ("redis", &mut config.redis.enabled),
         ("prometheus", &mut config.prometheus.enabled),
+        ("alertmanager", &mut config.alertmanager.enabled),
         ("postgres_exporter", &mut config.postgres_exporter.enabled),
         ("statsd_exporter", &mut config.statsd_exporter.enabled),
         ("loki", &mut config.loki.enabled),
@@ -322,6 +323,13 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
     if config.prometheus.enabled {
         ports.push((key_path("prometheus.port"), config.prometheus.port.get()));
     }
+    if config.alertmanager_on() {
+        ports.push((
+            key_path("alertmanager.port"),
+            config.alertmanager.port.get(),
+        ));
+    }
+    problems.extend(alert_receiver_checks(config));
     if config.node_exporter.enabled {
         ports.push((
             key_path("node_exporter.port"),
@@ -449,6 +457,46 @@ fn cross_checks(config: &Config) -> Vec<(KeyPath, String)> {
                 format!("port {port} is already used by {}", other.join(".")),
             ));
         }
+    }
+    problems
+}
+
+/// An e-mail receiver needs its relay, and a relay or login without addresses to
+/// send to would be ignored: both are said at their keys.
+fn alert_receiver_checks(config: &Config) -> Vec<(KeyPath, String)> {
+    let email = &config.alertmanager.email;
+    let mut problems = Vec::new();
+    if !email.to.is_empty() && email.smarthost.is_empty() {
+        problems.push((
+            key_path("alertmanager.email.smarthost"),
+            "e-mail to send needs the SMTP relay (\"host:port\")".to_string(),
+        ));
+    }
+    if email.to.is_empty() {
+        for (key, set) in [
+            ("alertmanager.email.smarthost", !email.smarthost.is_empty()),
+            (
+                "alertmanager.email.username",
+                !email.username.as_str().is_empty(),
+            ),
+            (
+                "alertmanager.email.password_file",
+                !email.password_file.is_empty(),
+            ),
+        ] {
+            if set {
+                problems.push((
+                    key_path(key),
+                    "is used only with alertmanager.email.to".to_string(),
+                ));
+            }
+        }
+    }
+    if !email.password_file.is_empty() && email.username.as_str().is_empty() {
+        problems.push((
+            key_path("alertmanager.email.password_file"),
+            "a password needs its login: set alertmanager.email.username".to_string(),
+        ));
     }
     problems
 }

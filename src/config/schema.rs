@@ -14,6 +14,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
     pub prometheus: PrometheusConfig,
+    pub alertmanager: AlertmanagerConfig,
     pub node_exporter: NodeExporterConfig,
     pub postgres_exporter: PostgresExporterConfig,
     pub archives: ArchivesConfig,
@@ -507,6 +508,205 @@ fn url_problem(s: &str) -> Option<&'static str> {
     None
 }
 
+/// An e-mail address: `local@domain`, printable ASCII without spaces, quotes, angle
+/// brackets or commas (it lands in a mail header and in YAML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn email_problem(s: &str) -> Option<String> {
+    let (local, domain) = s.rsplit_once('@')?;
+    let plain = |c: char| c.is_ascii_graphic() && !"\"<>,;()[]\\@`".contains(c);
+    if local.is_empty()
+        || domain.is_empty()
+        || s.len() > 254
+        || !local.chars().all(plain)
+        || !domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Some(format!(
+            "{s:?} is not an e-mail address like \"ops@example.com\""
+        ));
+    }
+    None
+}
+
+impl TryFrom<String> for EmailAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if !s.contains('@') {
+            return Err(format!(
+                "{s:?} is not an e-mail address like \"ops@example.com\""
+            ));
+        }
+        match email_problem(&s) {
+            Some(problem) => Err(problem),
+            None => Ok(EmailAddress(s)),
+        }
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(e: EmailAddress) -> String {
+        e.0
+    }
+}
+
+/// "" or an [`EmailAddress`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OptionalEmailAddress(Option<EmailAddress>);
+
+impl OptionalEmailAddress {
+    pub fn get(&self) -> Option<&EmailAddress> {
+        self.0.as_ref()
+    }
+}
+
+impl TryFrom<String> for OptionalEmailAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            Ok(OptionalEmailAddress(None))
+        } else {
+            EmailAddress::try_from(s).map(|e| OptionalEmailAddress(Some(e)))
+        }
+    }
+}
+
+impl From<OptionalEmailAddress> for String {
+    fn from(e: OptionalEmailAddress) -> String {
+        e.0.map(String::from).unwrap_or_default()
+    }
+}
+
+/// "" or an SMTP relay as `host:port`: a host name or IP address (IPv6 in
+/// brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SmtpRelay(String);
+
+impl SmtpRelay {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<String> for SmtpRelay {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(SmtpRelay(s));
+        }
+        let bad = || format!("{s:?} is not an SMTP relay like \"smtp.example.com:587\"");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            }
+        };
+        if !host_ok || Port::try_from(port.parse::<i64>().map_err(|_| bad())?).is_err() {
+            return Err(bad());
+        }
+        Ok(SmtpRelay(s))
+    }
+}
+
+impl From<SmtpRelay> for String {
+    fn from(r: SmtpRelay) -> String {
+        r.0
+    }
+}
+
+/// A login name: printable ASCII, no spaces or quotes; "" = none.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PlainWord(String);
+
+impl PlainWord {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PlainWord {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() <= 256
+            && s.chars()
+                .all(|c| c.is_ascii_graphic() && !"\"'`\\".contains(c))
+        {
+            Ok(PlainWord(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a login name: printable ASCII without spaces, quotes or backslashes"
+            ))
+        }
+    }
+}
+
+impl From<PlainWord> for String {
+    fn from(w: PlainWord) -> String {
+        w.0
+    }
+}
+
+/// An http(s) URL a notification is POSTed to: a [`MirrorUrl`]'s rules for the part
+/// before `?`, and a query of plain URL characters (chat tools put their token
+/// there). Printed with any credentials replaced by `***`, the query by `?***`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (base, query) = s.split_once('?').unwrap_or((&s, ""));
+        if let Some(problem) = url_problem(base) {
+            return Err(format!(
+                "{:?} is not a webhook URL: {problem}",
+                redact_url(base)
+            ));
+        }
+        if !query
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~%+=&/:@,".contains(c))
+        {
+            return Err(format!(
+                "{:?} is not a webhook URL: its query has characters other than letters, digits and -._~%+=&/:@,",
+                redact_url(base)
+            ));
+        }
+        Ok(WebhookUrl(s))
+    }
+}
+
+impl From<WebhookUrl> for String {
+    fn from(u: WebhookUrl) -> String {
+        u.0
+    }
+}
+
 /// `url` with the `user:password@` part, if any, replaced by `***@`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -809,6 +1009,58 @@ pub struct PrometheusConfig {
     pub port: Port,
     /// How long metrics are kept.
     pub retention: Duration,
+}
+
+/// Prometheus Alertmanager: the alerts the stack's Prometheus fires, grouped and
+/// delivered to the receivers below; silences in its UI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Alertmanager from Debian's package, fed by the stack's Prometheus; its UI and
+    /// API under /alertmanager/ at the door for user `admin` (password:
+    /// `analytics-stack credentials alertmanager`). Runs only with Prometheus. false stops it and removes its units on the next apply; its data stays.
+    pub enabled: bool,
+    /// Alertmanager's HTTP port, loopback only (NGINX's /alertmanager/ proxies it).
+    pub port: Port,
+    /// How long a new group of alerts waits for more before its first notification.
+    pub group_wait: Duration,
+    /// How long before a group that changed is notified again.
+    pub group_interval: Duration,
+    /// How long before a group still firing, unchanged, is notified again.
+    pub repeat_interval: Duration,
+    /// E-mail through an SMTP relay.
+    pub email: AlertEmailConfig,
+    /// Generic webhooks (Alertmanager's JSON, POSTed): chat tools' incoming hooks.
+    pub webhook: AlertWebhookConfig,
+}
+
+/// Notifications by e-mail through a relay; none while `to` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEmailConfig {
+    /// Addresses every alert and its resolution are sent to; [] = no e-mail.
+    pub to: Vec<EmailAddress>,
+    /// The sender; "" = analytics-stack@ the stack's host name.
+    pub from: OptionalEmailAddress,
+    /// The SMTP relay, `host:port` (e.g. "smtp.example.com:587"); needed with `to`.
+    pub smarthost: SmtpRelay,
+    /// The relay's login; "" = no authentication.
+    pub username: PlainWord,
+    /// A file holding the relay's password (root's, not readable by others; its
+    /// exact contents, no trailing newline), loaded as the unit's credential; "" = none.
+    pub password_file: OptionalPath,
+    /// Refuse a relay that does not offer STARTTLS (turn off only for a relay on a
+    /// trusted network).
+    pub require_tls: bool,
+}
+
+/// Notifications POSTed as Alertmanager's webhook JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertWebhookConfig {
+    /// http(s) URLs, each sent every alert and its resolution; [] = none. A URL that
+    /// carries a token belongs in a stack.d file only root can read.
+    pub urls: Vec<WebhookUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1120,6 +1372,11 @@ impl Config {
     /// primary that has an address for workers.
     pub fn superset_on_workers(&self) -> bool {
         self.workers.superset && self.workers.address.get().is_some()
+    }
+
+    /// Alertmanager runs only where the stack's Prometheus sends it alerts.
+    pub fn alertmanager_on(&self) -> bool {
+        self.alertmanager.enabled && self.prometheus.enabled
     }
 
     /// postgres_exporter runs only beside the stack's PostgreSQL and only when

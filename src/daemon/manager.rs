@@ -594,6 +594,11 @@ impl Manager {
         report
     }
 
+    /// The alerts Alertmanager holds (firing, silenced ones too), as JSON.
+    async fn alerts(&self) -> Result<String, BusError> {
+        to_json(&self.stack()?.alerts().await?)
+    }
+
     /// (name, description, enabled, units) of every component the stack knows.
     async fn list_components(&self) -> Result<Vec<(String, String, bool, Vec<String>)>, BusError> {
         let (_, desired) = self.stack()?.desired()?;

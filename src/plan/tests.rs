@@ -311,8 +311,12 @@ fn config_changes_reload_the_services_that_can_reload() {
             "write /etc/analytics-stack/prometheus/prometheus.yml (changed)",
             "write /etc/analytics-stack/alloy/config.alloy (changed)",
             "write /etc/analytics-stack/grafana/grafana.ini (changed)",
+            // Alertmanager's external URL (its notifications' links) is a flag.
+            "write unit analytics-alertmanager.service (changed)",
+            "reload systemd",
             "reload analytics-nginx.service",
             "reload analytics-prometheus.service",
+            "restart analytics-alertmanager.service",
             "restart analytics-alloy.service",
             "restart analytics-grafana.service"
         ]

@@ -330,6 +330,21 @@ fn issue_primary_client(fs: &FsRoot, names: &[String]) -> Result<(String, String
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// When each certificate of the stack on this host ends (seconds since the epoch),
+/// by what it is: the door's, the stack CA, the primary's client certificate and a
+/// worker's. Those not here are left out.
+pub fn certificate_ends(fs: &FsRoot) -> Vec<(&'static str, u64)> {
+    [
+        ("server", SERVER_CERT),
+        ("ca", CA_CERT),
+        ("primary-client", PRIMARY_CLIENT_CERT),
+        ("worker-client", client::CLIENT_CERT),
+    ]
+    .into_iter()
+    .filter_map(|(what, path)| Some((what, leaf_not_after(&fs.read(Path::new(path)).ok()?)?)))
+    .collect()
+}
+
 fn leaf_not_after(pem: &[u8]) -> Option<u64> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let cert = pem.parse_x509().ok()?;
