@@ -42,6 +42,7 @@ if [ -d "$CARGO_TARGET_DIR" ] && [ "$(du -s --block-size=1G "$CARGO_TARGET_DIR" 
 fi
 mkdir -p "$CARGO_TARGET_DIR"
 
+phase "stop containers an interrupted run left" tests/harness/stop-leftovers.sh
 phase "cargo fmt --check" cargo fmt --all -- --check
 phase "cargo clippy" cargo clippy --all-targets -- -D warnings
 # The root filesystem is built (or reused) before the tests, outside their timeouts.

@@ -98,6 +98,18 @@ fn default_renders_the_whole_stack_in_start_order() {
         KNOWN.len(),
         "every known component renders when enabled"
     );
+    // Every directory a component makes under /etc/analytics-stack is one an
+    // uninstall removes whole.
+    let trees = crate::plan::uninstall::generated_trees();
+    for dir in everything.iter().flat_map(|s| &s.dirs) {
+        if dir.path.starts_with(crate::model::paths::ETC) {
+            assert!(
+                trees.iter().any(|t| dir.path.starts_with(t)),
+                "{} is left by an uninstall",
+                dir.path.display()
+            );
+        }
+    }
     for (name, _) in KNOWN {
         let declared = unit_names(name);
         let rendered: Vec<_> = everything

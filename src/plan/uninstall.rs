@@ -17,11 +17,16 @@ pub fn generated_trees() -> Vec<PathBuf> {
         "redis",
         "nginx",
         "prometheus",
+        "alertmanager",
         "statsd-exporter",
         "loki",
         "alloy",
         "promtail",
         "grafana",
+        "airflow",
+        "superset",
+        "node-exporter",
+        "dag-bundle",
     ]
     .iter()
     .map(|c| PathBuf::from(paths::ETC).join(c))
