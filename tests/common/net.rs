@@ -14,22 +14,27 @@ fn ip(args: &[&str]) -> std::process::Output {
     Command::new("ip").args(args).output().expect("run ip")
 }
 
+/// Runs each `ip` command in turn; any failure stops the test, with its words.
+fn ip_each(commands: &[Vec<&str>]) {
+    for args in commands {
+        let out = ip(args);
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Bridge {
     /// A fresh bridge `name` (one left by an aborted run is removed first).
     pub fn create(name: &str) -> Bridge {
         let _stale = ip(&["link", "del", name]);
-        for args in [
+        ip_each(&[
             vec!["link", "add", name, "type", "bridge"],
             vec!["link", "set", name, "up"],
-        ] {
-            let out = ip(&args);
-            assert!(
-                out.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        ]);
         Bridge { name: name.into() }
     }
 }
@@ -59,7 +64,7 @@ impl AlertSinks {
         let outside = format!("{namespace}-o");
         let _stale = ip(&["link", "del", &outside]);
         let cidr = format!("{address}/24");
-        for args in [
+        ip_each(&[
             vec!["netns", "add", namespace],
             vec![
                 "link", "add", &outside, "type", "veth", "peer", "name", "sink0",
@@ -70,15 +75,7 @@ impl AlertSinks {
             vec!["-n", namespace, "addr", "add", &cidr, "dev", "sink0"],
             vec!["-n", namespace, "link", "set", "sink0", "up"],
             vec!["-n", namespace, "link", "set", "lo", "up"],
-        ] {
-            let out = ip(&args);
-            assert!(
-                out.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        ]);
         let dir = tempfile::tempdir().expect("a directory for what the sinks keep");
         let (smtp_port, http_port) = (2525, 8025);
         let child = Command::new("ip")
