@@ -618,6 +618,43 @@ fn print_bytes(done: u64, total: u64, tty: bool) {
     }
 }
 
+/// A call the daemon died during (killed, or crashed) before it answered — or, once a
+/// job runs, any call to a daemon no longer there: said as the daemon's exit during
+/// `verb`, like a death seen while following the job; any other error as itself.
+fn exited_during(e: zbus::Error, verb: &str) -> Failure {
+    let gone = |name: &str| {
+        [
+            "org.freedesktop.DBus.Error.NoReply",
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "org.freedesktop.DBus.Error.NameHasNoOwner",
+        ]
+        .contains(&name)
+    };
+    died_if(e, verb, gone)
+}
+
+/// The operation's first call: only a call left without an answer is the daemon's
+/// death (one that is not running at all stays "cannot be reached", exit 9).
+fn died_answering(e: zbus::Error, verb: &str) -> Failure {
+    died_if(e, verb, |name| name == "org.freedesktop.DBus.Error.NoReply")
+}
+
+fn died_if(e: zbus::Error, verb: &str, gone: impl Fn(&str) -> bool) -> Failure {
+    let name = match &e {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str().to_string()),
+        zbus::Error::FDO(fdo) => Some(zbus::DBusError::name(fdo.as_ref()).as_str().to_string()),
+        _ => None,
+    };
+    if name.as_deref().is_some_and(gone) {
+        Failure {
+            code: 1,
+            message: format!("Failed: analytics-stackd exited during the {verb}; run `analytics-stack {verb}` again to converge"),
+        }
+    } else {
+        e.into()
+    }
+}
+
 /// Follows a job until it ends, drawing its progress; its JSON result, or its error.
 async fn follow_job(
     m: &ManagerProxy<'_>,
@@ -628,18 +665,31 @@ async fn follow_job(
         .path(path)?
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
-        .await?;
-    let mut progress = job.receive_progress().await?;
-    let mut finished = job.receive_finished().await?;
-    let mut bytes = job.receive_bytes().await?;
+        .await
+        .map_err(|e| exited_during(e, verb))?;
+    let mut progress = job
+        .receive_progress()
+        .await
+        .map_err(|e| exited_during(e, verb))?;
+    let mut finished = job
+        .receive_finished()
+        .await
+        .map_err(|e| exited_during(e, verb))?;
+    let mut bytes = job
+        .receive_bytes()
+        .await
+        .map_err(|e| exited_during(e, verb))?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A daemon that dies mid-job never sends Finished: watch its bus name too.
-    let dbus = zbus::fdo::DBusProxy::new(m.inner().connection()).await?;
+    let dbus = zbus::fdo::DBusProxy::new(m.inner().connection())
+        .await
+        .map_err(|e| exited_during(e, verb))?;
     let mut owner_changes = dbus
         .receive_name_owner_changed_with_args(&[(0, analytics_stack::daemon::BUS_NAME)])
-        .await?;
+        .await
+        .map_err(|e| exited_during(e, verb))?;
     // The job may have ended before we subscribed: its properties tell.
-    let mut state = job.state().await?;
+    let mut state = job.state().await.map_err(|e| exited_during(e, verb))?;
     while state == "running" {
         tokio::select! {
             Some(p) = progress.next() => {
@@ -658,16 +708,19 @@ async fn follow_job(
                 state = f.args().map(|a| a.state.clone()).unwrap_or_else(|_| "failed".into());
             }
             Some(_) = owner_changes.next() => {
-                return Err(Failure { code: 1, message: format!("Failed: analytics-stackd exited during the {verb}; run `analytics-stack {verb}` again to converge") });
+                return Err(exited_during(zbus::fdo::Error::NoReply(String::new()).into(), verb));
             }
             else => state = job.state().await?,
         }
     }
     if state == "succeeded" {
-        Ok(job.result().await?)
+        Ok(job.result().await.map_err(|e| exited_during(e, verb))?)
     } else {
-        let name = job.error_name().await?;
-        let message = job.error_message().await?;
+        let name = job.error_name().await.map_err(|e| exited_during(e, verb))?;
+        let message = job
+            .error_message()
+            .await
+            .map_err(|e| exited_during(e, verb))?;
         Err(Failure {
             code: exit_code(&name),
             message: format!("{name}: {message}"),
@@ -975,7 +1028,8 @@ async fn restore(file: PathBuf, json: bool) -> Result<(), Failure> {
     let m = manager().await?;
     let path = m
         .restore(f.as_fd().into(), &file.display().to_string())
-        .await?;
+        .await
+        .map_err(|e| died_answering(e, "restore"))?;
     let result = follow_job(&m, path, "restore").await?;
     if json {
         print_json(&result);
@@ -1026,4 +1080,46 @@ async fn uninstall(purge_data: bool, json: bool) -> Result<(), Failure> {
         println!("  - {}", k.as_str().unwrap_or(""));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_that_died_before_answering_is_said_as_its_exit_during_the_operation() {
+        for name in ["NoReply", "ServiceUnknown", "NameHasNoOwner"] {
+            let e = match name {
+                "NoReply" => zbus::fdo::Error::NoReply("recipient disconnected".into()),
+                "ServiceUnknown" => zbus::fdo::Error::ServiceUnknown("gone".into()),
+                _ => zbus::fdo::Error::NameHasNoOwner("gone".into()),
+            };
+            let failure = exited_during(e.into(), "restore");
+            assert_eq!(failure.code, 1, "{name}");
+            assert!(
+                failure
+                    .message
+                    .contains("analytics-stackd exited during the restore"),
+                "{name}: {}",
+                failure.message
+            );
+        }
+        let other = exited_during(
+            zbus::fdo::Error::AccessDenied("no".into()).into(),
+            "restore",
+        );
+        assert!(
+            !other.message.contains("exited during"),
+            "{}",
+            other.message
+        );
+        // Before any job: a daemon not running is not one that died.
+        let absent = died_answering(
+            zbus::fdo::Error::ServiceUnknown("gone".into()).into(),
+            "restore",
+        );
+        assert_eq!(absent.code, 9, "{}", absent.message);
+        let died = died_answering(zbus::fdo::Error::NoReply("gone".into()).into(), "restore");
+        assert_eq!(died.code, 1, "{}", died.message);
+    }
 }
