@@ -817,9 +817,10 @@ async fn apply(json: bool, bundle: Option<PathBuf>) -> Result<(), Failure> {
             }
             use std::os::fd::AsFd;
             m.apply_bundle(file.as_fd().into(), &path.display().to_string())
-                .await?
+                .await
+                .map_err(|e| died_answering(e, "apply"))?
         }
-        None => m.apply().await?,
+        None => m.apply().await.map_err(|e| died_answering(e, "apply"))?,
     };
     let result = follow_job(&m, path, "apply").await?;
     if json {
@@ -893,7 +894,8 @@ async fn backup(
                 &output.display().to_string(),
                 with_telemetry,
             )
-            .await?;
+            .await
+            .map_err(|e| died_answering(e, "backup"))?;
         follow_job(&m, path, "backup").await
     }
     .await;
