@@ -23,6 +23,7 @@ pub trait Manager {
         with_telemetry: bool,
     ) -> zbus::Result<OwnedObjectPath>;
     fn restore(&self, backup: zbus::zvariant::Fd<'_>, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restore_to(&self, target: &str) -> zbus::Result<OwnedObjectPath>;
     fn rollback(&self, component: &str) -> zbus::Result<OwnedObjectPath>;
     fn unhold(&self, component: &str) -> zbus::Result<String>;
     fn worker_add(&self, name: &str, address: &str) -> zbus::Result<OwnedObjectPath>;

@@ -681,6 +681,9 @@ impl Executor<'_> {
                 sql.push_str(&worker_group_sql(roles, worker_group.as_ref()));
                 run_psql(socket_dir, *port, &sql).await
             }
+            Provision::PgBackRestStanza { user, .. } => {
+                crate::backup::pitr::prepare_stanza(user).await
+            }
         }
     }
 }

@@ -296,6 +296,15 @@ pub enum Provision {
         /// None when this host has no workers.
         worker_group: Option<WorkerGroup>,
     },
+    /// pgBackRest's stanza in `repository` (created when missing), archiving shown
+    /// to work, and a first full base backup when the repository has none: from
+    /// then on `restore --to` can reach any second.
+    PgBackRestStanza {
+        stanza: String,
+        repository: PathBuf,
+        data_dir: PathBuf,
+        user: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -323,6 +332,7 @@ impl Provision {
         match self {
             Provision::PostgresInitdb { data_dir, .. } => format!("initdb:{}", data_dir.display()),
             Provision::PostgresRoles { port, .. } => format!("postgres-roles:{port}"),
+            Provision::PgBackRestStanza { stanza, .. } => format!("pgbackrest-stanza:{stanza}"),
         }
     }
     /// Hash of what this provisioning would do; rerun when it changes.

@@ -21,6 +21,7 @@
 //! or (Prometheus's blocks) already compressed.
 
 pub mod archive;
+pub mod pitr;
 pub mod run;
 
 use crate::model::paths;

@@ -29,6 +29,8 @@ pub struct BackupReport {
     pub with_telemetry: bool,
     /// Things found but not taken (links, sockets, a database with an odd name).
     pub skipped: Vec<String>,
+    /// pgBackRest's base backup taken first, with archiving on.
+    pub base_backup: Option<super::pitr::BaseBackup>,
     pub seconds: f64,
 }
 
@@ -85,7 +87,7 @@ impl Progress for QuietProgress {
 
 /// Components whose processes use the databases or the data a restore replaces:
 /// stopped while it does.
-const STOPPED_FOR_RESTORE: &[&str] = &["airflow", "superset", "grafana"];
+pub(crate) const STOPPED_FOR_RESTORE: &[&str] = &["airflow", "superset", "grafana"];
 
 fn failed(what: impl std::fmt::Display) -> StackError {
     StackError::Failed(what.to_string())
@@ -216,7 +218,7 @@ impl Stack {
     }
 
     /// The rows `sql` returns from the `postgres` database, one line each.
-    async fn query(&self, port: u16, sql: &str) -> Result<Vec<String>, StackError> {
+    pub(crate) async fn query(&self, port: u16, sql: &str) -> Result<Vec<String>, StackError> {
         let out = pg_command(
             &self.postgres_bin(),
             "psql",
@@ -271,6 +273,16 @@ impl Stack {
                 postgres::UNIT
             )));
         }
+        // The base backup first: a backup that cannot take it fails before it writes.
+        let base_backup = if config.archiving_on() {
+            progress.step(0, 1, "pgBackRest base backup");
+            let (newest, _) = super::pitr::base_backup(&config)
+                .await
+                .map_err(|e| StackError::Failed(format!("the base backup failed: {e}")))?;
+            Some(newest)
+        } else {
+            None
+        };
         let mut skipped = Vec::new();
         let (server_major, all_databases) = if with_postgres {
             (
@@ -325,6 +337,7 @@ impl Stack {
             databases,
             with_telemetry,
             skipped,
+            base_backup,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

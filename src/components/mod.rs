@@ -15,6 +15,7 @@ pub mod log_shipper;
 pub mod loki;
 pub mod nginx;
 pub mod node_exporter;
+pub mod pgbackrest;
 pub mod postgres;
 pub mod postgres_exporter;
 pub mod prometheus;
@@ -57,6 +58,10 @@ impl Platform {
 /// Every component the stack knows, enabled or not, in start order.
 pub const KNOWN: &[(&str, &str)] = &[
     ("postgres", "PostgreSQL: warehouse and metadata store"),
+    (
+        "pgbackrest",
+        "pgBackRest: the WAL archived as it is written, base backups, restore --to TIME",
+    ),
     (
         "redis",
         "Redis: Celery broker (no eviction) and cache (LRU)",
@@ -127,6 +132,9 @@ pub fn render_all(config: &Config, platform: &Platform) -> Vec<ComponentSpec> {
     let mut specs = Vec::new();
     if config.postgres.enabled {
         specs.push(postgres::render(config, platform));
+    }
+    if config.archiving_on() {
+        specs.push(pgbackrest::render(config, platform));
     }
     if config.redis.enabled {
         specs.push(redis::render(config));

@@ -34,6 +34,7 @@ fn default_renders_the_whole_stack_in_start_order() {
         names,
         [
             "postgres",
+            "pgbackrest",
             "redis",
             "nginx",
             "node-exporter",
@@ -127,7 +128,7 @@ fn default_renders_the_whole_stack_in_start_order() {
 #[test]
 fn disabled_components_are_not_rendered() {
     let specs = render_all(
-        &config(&format!("[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n{NO_APPS}[backup]\nschedule = \"\"\n")),
+        &config(&format!("[postgres.archiving]\nenabled = false\n[redis]\nenabled = false\n[nginx]\nenabled = false\n[prometheus]\nenabled = false\n[node_exporter]\nenabled = false\n[statsd_exporter]\nenabled = false\n[loki]\nenabled = false\n[log_shipper]\nenabled = false\n[grafana]\nenabled = false\n{NO_APPS}[backup]\nschedule = \"\"\n")),
         &bookworm(),
     );
     assert_eq!(specs.len(), 1);

@@ -937,7 +937,151 @@ pub struct PostgresConfig {
     /// empty one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub major: Option<PostgresMajor>,
+    /// Continuous archiving and point-in-time recovery.
+    pub archiving: ArchivingConfig,
 }
+
+/// The write-ahead log archived as it is written and base backups, by pgBackRest
+/// (Debian's package), into a repository: `analytics-stack restore --to TIME|latest`
+/// brings the cluster back to any second since the oldest base backup kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivingConfig {
+    /// Archive the WAL and take a base backup with every backup (`[backup]
+    /// schedule`, `analytics-stack backup`); the first when apply turns it on.
+    /// false stops archiving on the next apply; the repository stays.
+    pub enabled: bool,
+    /// The pgBackRest repository (the WAL and the base backups), owned by
+    /// PostgreSQL's user. Best on another disk than the cluster's
+    /// (/var/lib/analytics-stack/postgres): `status` says when it shares one.
+    pub repository: RepositoryPath,
+    /// The longest a commit waits before its WAL is archived (PostgreSQL's
+    /// `archive_timeout`), in seconds: what a lost disk can lose at most.
+    pub archive_timeout: ArchiveTimeout,
+    /// Full base backups kept, with the WAL to replay from each: `restore --to`
+    /// reaches back to the oldest one's end.
+    pub keep_full: FullBackupCount,
+    /// Days between full base backups; the backups between are differential (what
+    /// changed since the last full one).
+    pub full_every_days: DayCount,
+}
+
+/// A directory of its own for a repository: absolute, made of letters, digits and
+/// `/._-` only (it is written into unit files and pgBackRest's configuration as it
+/// is), and not a directory of the system or of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepositoryPath(String);
+
+impl RepositoryPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Directories a repository may not be, nor be inside: the system's, and those
+/// the stack and its services keep their own files in.
+const NOT_A_REPOSITORY: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var/lib/analytics-stack",
+    "/var/log",
+    "/var/tmp",
+    "/var/run",
+    "/var/cache",
+];
+
+impl TryFrom<String> for RepositoryPath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let path = s.trim_end_matches('/');
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        let plain = s.starts_with('/')
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && *p != "." && *p != "..")
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+        if !plain || parts.len() < 2 {
+            return Err(format!(
+                "{s:?} is not a directory of its own like \"/var/backups/analytics-stack-pgbackrest\" (absolute, two levels at least, letters, digits and /._- only)"
+            ));
+        }
+        if let Some(system) = NOT_A_REPOSITORY
+            .iter()
+            .find(|d| path == **d || path.starts_with(&format!("{d}/")))
+        {
+            return Err(format!(
+                "{s:?} is in {system}, which the system or the stack keeps its own files in: choose a directory of its own (e.g. under /var/backups or on a disk of its own)"
+            ));
+        }
+        Ok(RepositoryPath(path.to_string()))
+    }
+}
+
+impl From<RepositoryPath> for String {
+    fn from(p: RepositoryPath) -> String {
+        p.0
+    }
+}
+
+/// Bounded counts and durations of the archiving settings.
+macro_rules! bounded_u32 {
+    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, $what:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "i64", into = "u32")]
+        pub struct $name(u32);
+
+        impl $name {
+            pub fn get(self) -> u32 {
+                self.0
+            }
+        }
+
+        impl TryFrom<i64> for $name {
+            type Error = String;
+            fn try_from(v: i64) -> Result<Self, String> {
+                match u32::try_from(v) {
+                    Ok(n) if ($min..=$max).contains(&n) => Ok($name(n)),
+                    _ => Err(format!("{v} {}: must be {} to {}", $what, $min, $max)),
+                }
+            }
+        }
+
+        impl From<$name> for u32 {
+            fn from(v: $name) -> u32 {
+                v.0
+            }
+        }
+    };
+}
+
+bounded_u32!(
+    /// Seconds PostgreSQL waits at most before archiving a WAL segment: 10..=3600.
+    ArchiveTimeout, 10, 3600, "seconds"
+);
+bounded_u32!(
+    /// Full base backups kept: 1..=100.
+    FullBackupCount, 1, 100, "full backups to keep"
+);
+bounded_u32!(
+    /// Days between full base backups: 1..=366.
+    DayCount, 1, 366, "days"
+);
 
 /// A PostgreSQL major version Debian or PGDG packages: 13 to 30.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1372,6 +1516,11 @@ impl Config {
     /// primary that has an address for workers.
     pub fn superset_on_workers(&self) -> bool {
         self.workers.superset && self.workers.address.get().is_some()
+    }
+
+    /// pgBackRest archives the stack's own PostgreSQL cluster (a worker host has none).
+    pub fn archiving_on(&self) -> bool {
+        self.postgres.enabled && self.postgres.archiving.enabled
     }
 
     /// Alertmanager runs only where the stack's Prometheus sends it alerts.

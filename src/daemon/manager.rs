@@ -452,6 +452,39 @@ impl Manager {
         .await
     }
 
+    /// Brings the stack's databases back to `target` ("latest", or a time; UTC
+    /// unless it carries an offset) from pgBackRest's repository: a base backup
+    /// restored and the archived WAL replayed. Root only.
+    async fn restore_to(
+        &self,
+        target: String,
+        #[zbus(connection)] conn: &zbus::Connection,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let caller = self
+            .authorize_root(conn, &header, "restore the databases to a point in time")
+            .await?;
+        let target =
+            crate::backup::pitr::RestoreTarget::parse(&target).map_err(BusError::Conflict)?;
+        let stack = self.stack()?;
+        let guard = self.try_busy().await?;
+        self.start_job(
+            conn,
+            caller,
+            "restore --to",
+            guard,
+            stack,
+            move |stack, cancel, progress| async move {
+                stack
+                    .restore_to(target, &cancel, &progress)
+                    .await
+                    .map_err(BusError::from)
+                    .and_then(|report| to_json(&report))
+            },
+        )
+        .await
+    }
+
     /// Lists `name` as a worker host and applies (its PostgreSQL role and Redis user
     /// with new passwords); the job's result holds its token, printed once. Root only.
     async fn worker_add(

@@ -212,6 +212,12 @@ impl Step {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                Provision::PgBackRestStanza {
+                    stanza, repository, ..
+                } => format!(
+                    "ensure pgBackRest stanza {stanza} in {} archives, with a base backup",
+                    repository.display()
+                ),
             },
             Step::UpgradePostgres {
                 from,
@@ -465,7 +471,9 @@ fn init_step(p: &Provision, facts: &HostFacts, state: &RecordedState) -> Option<
                 false
             }
         }
-        Provision::PostgresRoles { .. } => state.provisioned.get(&p.id()) == Some(&p.fingerprint()),
+        Provision::PostgresRoles { .. } | Provision::PgBackRestStanza { .. } => {
+            state.provisioned.get(&p.id()) == Some(&p.fingerprint())
+        }
     };
     (!done).then(|| Step::Init {
         provision: p.clone(),
@@ -876,7 +884,7 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
                 Provision::PostgresRoles { roles, .. } => roles
                     .iter()
                     .any(|r| new_secrets.contains(&r.password_secret)),
-                Provision::PostgresInitdb { .. } => false,
+                Provision::PostgresInitdb { .. } | Provision::PgBackRestStanza { .. } => false,
             };
             if uses_new_secret || state.provisioned.get(&p.id()) != Some(&p.fingerprint()) {
                 steps.push(Step::Provision {

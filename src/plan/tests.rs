@@ -255,7 +255,7 @@ fn a_fresh_host_gets_everything_in_dependency_order() {
         "no default cluster may be created"
     );
     assert!(
-        pos("install Debian packages: postgresql-15 redis-server nginx")
+        pos("install Debian packages: postgresql-15 pgbackrest redis-server nginx")
             < pos("create system user analytics-postgres")
     );
     assert!(
@@ -270,6 +270,9 @@ fn a_fresh_host_gets_everything_in_dependency_order() {
     // Roles exist before any later component (an application) could connect.
     assert!(pos("start analytics-postgres.service") < pos("ensure PostgreSQL roles"));
     assert!(pos("ensure PostgreSQL roles") < pos("start analytics-redis-broker.service"));
+    // Archiving works, with a base backup, before anything writes to the databases.
+    assert!(pos("ensure PostgreSQL roles") < pos("ensure pgBackRest stanza analytics"));
+    assert!(pos("ensure pgBackRest stanza") < pos("start analytics-redis-broker.service"));
     assert!(steps.iter().any(|s| s == "start analytics-stack.target"));
 }
 

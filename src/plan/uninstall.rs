@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub fn generated_trees() -> Vec<PathBuf> {
     let mut trees: Vec<PathBuf> = [
         "postgres",
+        "pgbackrest",
         "redis",
         "nginx",
         "prometheus",
@@ -42,6 +43,7 @@ pub fn kept(purge_data: bool) -> Vec<String> {
         format!("{}/stack.toml and stack.d/ (your configuration; `apt purge` removes them)", paths::ETC),
         "the Debian packages the stack installed (postgresql, redis-server, nginx, prometheus, …): `apt autoremove` is yours to run".to_string(),
         "the backups in [backup] directory (/var/backups/analytics-stack by default): yours to keep or remove".to_string(),
+        "pgBackRest's repository ([postgres.archiving] repository, /var/backups/analytics-stack-pgbackrest by default): the archived WAL and base backups, yours to keep or remove".to_string(),
     ];
     if !purge_data {
         kept.insert(

@@ -7,9 +7,9 @@
 # `apt-get install` (run by the daemon, for real) does not depend on the network.
 set -euo pipefail
 
-ROOTFS_REVISION=9
+ROOTFS_REVISION=10
 # Debian 13's root (tests on trixie): its own revision.
-TRIXIE_REVISION=1
+TRIXIE_REVISION=2
 out=${1:?usage: build-rootfs.sh OUTPUT_DIR [bookworm|trixie]}
 suite=${2:-bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -55,7 +55,7 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
 fi
 in_root apt-get update -q
 # Download only: installing is the daemon's job inside each test.
-in_root apt-get install -y -q --download-only --no-install-recommends postgresql redis-server nginx libnginx-mod-stream prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-alertmanager python3
+in_root apt-get install -y -q --download-only --no-install-recommends postgresql redis-server nginx libnginx-mod-stream prometheus prometheus-node-exporter prometheus-postgres-exporter prometheus-alertmanager pgbackrest python3
 # An ordinary user for the access-control tests.
 in_root useradd --create-home --shell /bin/bash alice
 # Timers that would run apt inside a test container.
