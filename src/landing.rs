@@ -84,11 +84,22 @@ pub fn render(config: &Config, status: &StatusReport, view: View) -> String {
             t = r.title
         ));
     }
+    // The databases' archiving, for the operator: what a lost disk would cost.
+    let archiving = match (&status.archiving, view) {
+        (Some(a), View::Operator) => format!(
+            "<h2>Point-in-time recovery</h2>\n<ul>\n{}</ul>\n",
+            a.summary
+                .iter()
+                .map(|l| format!("<li>{}</li>\n", escape(l)))
+                .collect::<String>()
+        ),
+        _ => String::new(),
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>analytics-stack on {host}</title>\n\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}.ok{{color:#080}}.bad{{color:#b00;font-weight:bold}}</style></head>\n\
          <body><h1>analytics-stack on {host}</h1>\n<h2>Applications</h2>\n<ul>\n{links}</ul>\n\
-         <h2>Services</h2>\n<table>{header}\n{rows}</table>\n\
+         <h2>Services</h2>\n<table>{header}\n{rows}</table>\n{archiving}\
          <p>{footer}</p></body></html>\n",
         host = escape(config.stack.hostname()),
     )
@@ -125,6 +136,7 @@ mod tests {
                     },
                 ],
             }],
+            archiving: None,
         };
         let html = render(&config, &status, View::Operator);
         assert!(html.contains("unhealthy<br><small>redis 127.0.0.1:6379: connect: Connection refused &lt;script&gt;</small>"), "{html}");

@@ -125,6 +125,9 @@ impl From<UnitStatus> for UnitStatusJson {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub components: Vec<ComponentStatus>,
+    /// pgBackRest's archiving, when it is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiving: Option<crate::backup::pitr::ArchivingStatus>,
 }
 
 pub struct Stack {
@@ -558,7 +561,7 @@ impl Stack {
     }
 
     pub async fn status(&self) -> Result<StatusReport, StackError> {
-        let (_, desired) = self.desired()?;
+        let (config, desired) = self.desired()?;
         let versions = crate::host::apt::installed_versions(
             &desired
                 .iter()
@@ -609,7 +612,10 @@ impl Stack {
                 probes,
             });
         }
-        Ok(StatusReport { components })
+        Ok(StatusReport {
+            components,
+            archiving: self.archiving_status(&config).await,
+        })
     }
 
     /// Units of a component, or NotFound for a name the stack does not know or run.
@@ -884,6 +890,17 @@ impl Stack {
                 self.fs
                     .write_atomic(&path, text.as_bytes(), 0o644, 0, 0)
                     .map_err(|e| StackError::Failed(format!("{}: {e}", path.display())))?;
+                let archiving = path.with_file_name("analytics_stack_archiving.prom");
+                match &status.archiving {
+                    Some(a) => self
+                        .fs
+                        .write_atomic(&archiving, a.metrics().as_bytes(), 0o644, 0, 0)
+                        .map_err(|e| StackError::Failed(format!("{}: {e}", archiving.display())))?,
+                    None => self
+                        .fs
+                        .remove_file(&archiving)
+                        .map_err(|e| StackError::Failed(format!("{}: {e}", archiving.display())))?,
+                }
             }
         }
         self.write_landing_page_from(&config, &status)
@@ -1172,6 +1189,7 @@ mod tests {
                 ],
                 probes: Vec::new(),
             }],
+            archiving: None,
         };
         let text = unit_metrics(&status);
         assert!(text.contains("analytics_stack_unit_memory_limit_bytes{component=\"superset\",unit=\"analytics-superset-web.service\"} 1073741824\n"), "{text}");

@@ -13,6 +13,7 @@ use common::Container;
 use std::time::Instant;
 
 const DATA: &str = "/var/lib/analytics-stack/postgres/15";
+const TEXTFILE: &str = "/var/lib/analytics-stack/node-exporter/textfile";
 const PGBACKREST: &str = "runuser -u analytics-postgres -- pgbackrest --config=/etc/analytics-stack/pgbackrest/pgbackrest.conf --stanza=analytics";
 
 fn sql(c: &Container, sql: &str) -> String {
@@ -83,6 +84,27 @@ fn a_lost_cluster_comes_back_to_any_second_and_loses_nothing_older_than_a_minute
     assert!(conf.contains("archive_mode = on\n"), "{conf}");
     assert!(conf.contains("archive_timeout = 60\n"), "{conf}");
 
+    // status says what a lost disk would cost; Prometheus gets the figures.
+    let status = c.ok("analytics-stack status");
+    assert!(status.contains("last WAL archived 20"), "{status}");
+    assert!(
+        status.contains("newest base backup 20") && status.contains("(full, "),
+        "{status}"
+    );
+    assert!(!status.contains("ARCHIVING FAILS"), "{status}");
+    // Archiving that fails is said, and measured for the alert, at once.
+    c.ok("chmod 000 /var/backups/analytics-stack-pgbackrest/archive/analytics");
+    c.ok("psql -X -h /run/analytics-postgres -U postgres -c 'CREATE TABLE switch_me (n int); DROP TABLE switch_me; SELECT pg_switch_wal()'");
+    c.ok("for i in $(seq 100); do analytics-stack status | grep -q 'ARCHIVING FAILS' && exit 0; sleep 0.3; done; analytics-stack status; exit 1");
+    c.ok(&format!("for i in $(seq 100); do awk '/^analytics_stack_wal_last_failed_timestamp_seconds/ {{f=$2}} /^analytics_stack_wal_last_archived_timestamp_seconds/ {{a=$2}} END {{exit !(f > a)}}' {TEXTFILE}/analytics_stack_archiving.prom && exit 0; sleep 0.3; done; cat {TEXTFILE}/analytics_stack_archiving.prom; exit 1"));
+    c.ok("for i in $(seq 100); do grep -q 'ARCHIVING FAILS' /var/lib/analytics-stack/www/index.html && exit 0; sleep 0.3; done; exit 1");
+    let page = c.ok("cat /var/lib/analytics-stack/www/index.html");
+    assert!(page.contains("<h2>Point-in-time recovery</h2>"), "{page}");
+    assert!(!c
+        .ok("cat /var/lib/analytics-stack/www/public.html 2>/dev/null || true")
+        .contains("Point-in-time"));
+    c.ok("chmod 750 /var/backups/analytics-stack-pgbackrest/archive/analytics");
+
     // Rows, a moment noted, more rows; a last batch 90 s before the loss.
     sql(
         &c,
@@ -98,6 +120,13 @@ fn a_lost_cluster_comes_back_to_any_second_and_loses_nothing_older_than_a_minute
     assert_eq!(batches(&c), "1000|1000|500");
     std::thread::sleep(
         std::time::Duration::from_secs(90).saturating_sub(third_committed.elapsed()),
+    );
+
+    // PostgreSQL's archiver caught up once the repository was writable again.
+    let status = c.ok("analytics-stack status");
+    assert!(
+        !status.contains("ARCHIVING FAILS") && status.contains("0 segments waiting"),
+        "{status}"
     );
 
     // The disk is lost: PostgreSQL stopped, its cluster gone. No backup since apply.

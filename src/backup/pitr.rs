@@ -312,6 +312,179 @@ pub async fn base_backup(
     Ok((newest, after))
 }
 
+/// Archiving as `status`, the landing page and Prometheus see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ArchivingStatus {
+    pub repository: String,
+    /// PostgreSQL's archiver (`pg_stat_archiver`): the last segment archived and
+    /// when (seconds since the epoch), the last failure, and the segments complete
+    /// but not archived yet.
+    pub last_archived_wal: Option<String>,
+    pub last_archived: Option<u64>,
+    pub last_failed: Option<u64>,
+    pub archived_count: u64,
+    pub failed_count: u64,
+    pub segments_waiting: u64,
+    pub newest_base_backup: Option<BaseBackup>,
+    /// The earliest moment `restore --to` reaches.
+    pub earliest_restore_point: Option<u64>,
+    /// The repository is on the cluster's filesystem: one lost disk loses both.
+    pub shares_disk_with_cluster: bool,
+    /// What could not be read (PostgreSQL down, the repository unreadable).
+    pub problems: Vec<String>,
+    /// The lines `status` and the landing page show.
+    pub summary: Vec<String>,
+}
+
+/// A moment as the summary says it: `2026-12-07 10:15:00 UTC` (absolute, so that
+/// the landing page changes only when the figures do).
+fn at(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = super::utc(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+impl ArchivingStatus {
+    /// The archiver's row: `archived|failed|wal|archived_at|failed_at|waiting`.
+    fn read_archiver(&mut self, row: &str) -> Option<()> {
+        let f: Vec<&str> = row.split('|').collect();
+        let [archived, failed, wal, archived_at, failed_at, waiting] = f[..] else {
+            return None;
+        };
+        let at = |s: &str| s.parse::<u64>().ok().filter(|t| *t > 0);
+        self.archived_count = archived.parse().ok()?;
+        self.failed_count = failed.parse().ok()?;
+        self.last_archived_wal = (!wal.is_empty()).then(|| wal.to_string());
+        self.last_archived = at(archived_at);
+        self.last_failed = at(failed_at);
+        self.segments_waiting = waiting.parse().ok()?;
+        Some(())
+    }
+
+    fn summarize(&mut self) {
+        let mut lines = Vec::new();
+        lines.push(match (self.last_archived, &self.last_archived_wal) {
+            (Some(when), Some(wal)) => format!(
+                "last WAL archived {} ({wal}); {} segments waiting",
+                at(when),
+                self.segments_waiting
+            ),
+            _ => "no WAL archived yet".to_string(),
+        });
+        if let Some(failed) = self.last_failed.filter(|f| Some(*f) > self.last_archived) {
+            lines.push(format!(
+                "ARCHIVING FAILS: the last attempt, {}, failed (see analytics-stack logs postgres)",
+                at(failed)
+            ));
+        }
+        lines.push(match &self.newest_base_backup {
+            Some(b) => format!(
+                "newest base backup {} ({}, {}); restore --to reaches back to {}",
+                at(b.ended),
+                b.kind,
+                b.label,
+                self.earliest_restore_point.map(at).unwrap_or_default()
+            ),
+            None => "no base backup yet".to_string(),
+        });
+        if self.shares_disk_with_cluster {
+            lines.push(format!(
+                "the repository {} is on the cluster's filesystem: a lost disk loses both (see docs/day-two.md)",
+                self.repository
+            ));
+        }
+        lines.extend(self.problems.iter().cloned());
+        self.summary = lines;
+    }
+
+    /// Prometheus's figures (node_exporter's textfile collector).
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                text.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+                ));
+            }
+        };
+        gauge(
+            "analytics_stack_wal_last_archived_timestamp_seconds",
+            "When PostgreSQL last archived a WAL segment into pgBackRest's repository.",
+            Some(self.last_archived.unwrap_or(0)),
+        );
+        gauge(
+            "analytics_stack_wal_last_failed_timestamp_seconds",
+            "When an attempt to archive a WAL segment last failed (0: never).",
+            Some(self.last_failed.unwrap_or(0)),
+        );
+        gauge(
+            "analytics_stack_wal_segments_waiting",
+            "WAL segments complete but not archived yet.",
+            Some(self.segments_waiting),
+        );
+        gauge(
+            "analytics_stack_base_backup_newest_timestamp_seconds",
+            "When the newest base backup in pgBackRest's repository ended.",
+            self.newest_base_backup.as_ref().map(|b| b.ended),
+        );
+        text
+    }
+}
+
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
+impl Stack {
+    /// Archiving now, when it is on: PostgreSQL's archiver and the repository.
+    pub async fn archiving_status(
+        &self,
+        config: &crate::config::Config,
+    ) -> Option<ArchivingStatus> {
+        if !config.archiving_on() {
+            return None;
+        }
+        let repository = config.postgres.archiving.repository.as_str();
+        let mut status = ArchivingStatus {
+            repository: repository.to_string(),
+            ..Default::default()
+        };
+        let sql = "SELECT archived_count || '|' || failed_count || '|' || coalesce(last_archived_wal, '') || '|' || coalesce(extract(epoch FROM last_archived_time)::bigint, 0) || '|' || coalesce(extract(epoch FROM last_failed_time)::bigint, 0) || '|' || (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_stat_archiver";
+        match self.query(config.postgres.port.get(), sql).await {
+            Ok(rows) => {
+                if rows.first().and_then(|r| status.read_archiver(r)).is_none() {
+                    status
+                        .problems
+                        .push(format!("PostgreSQL's archiver said {rows:?}"));
+                }
+            }
+            Err(_) => status
+                .problems
+                .push("PostgreSQL does not answer: the archiver's figures are unknown".into()),
+        }
+        match repository_info(postgres::USER).await {
+            Ok(info) => {
+                status.earliest_restore_point = info.earliest();
+                status.newest_base_backup = info.backups.last().cloned();
+            }
+            Err(e) => status.problems.push(format!(
+                "cannot read the repository: {}",
+                e.lines().last().unwrap_or("")
+            )),
+        }
+        let data = postgres::data_dir(postgres::major(config, &self.platform()));
+        status.shares_disk_with_cluster = match (
+            device_of(&self.fs.path(Path::new(repository))),
+            device_of(&self.fs.path(&data)),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        };
+        status.summarize();
+        Some(status)
+    }
+}
+
 /// What `restore --to` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PitrReport {
@@ -670,6 +843,49 @@ mod tests {
           {"label":"20261207-101500F_20261207-101700D","type":"diff","timestamp":{"start":1796638620,"stop":1796638625},"info":{"size":30000000,"delta":100,"repository":{"size":4000000,"delta":100000}}},
           {"label":"20261207-101500F","type":"full","timestamp":{"start":1796638500,"stop":1796638510},"info":{"size":30000000,"delta":30000000,"repository":{"size":4000000,"delta":4000000}}}
         ],"name":"analytics","status":{"code":0,"message":"ok"}}]"#;
+
+    #[test]
+    fn archiving_is_summarized_for_people_and_measured_for_prometheus() {
+        let mut status = ArchivingStatus {
+            repository: "/var/backups/analytics-stack-pgbackrest".into(),
+            shares_disk_with_cluster: true,
+            ..Default::default()
+        };
+        assert!(status.read_archiver("not|a|row").is_none());
+        status
+            .read_archiver("12|1|000000010000000000000007|1796638620|1796638680|3")
+            .unwrap();
+        status.newest_base_backup = RepositoryInfo::parse(INFO).unwrap().backups.pop();
+        status.earliest_restore_point = Some(1796638510);
+        status.summarize();
+        let text = status.summary.join("\n");
+        assert!(text.contains("last WAL archived 2026-12-07 10:17:00 UTC (000000010000000000000007); 3 segments waiting"), "{text}");
+        assert!(
+            text.contains("ARCHIVING FAILS: the last attempt, 2026-12-07 10:18:00 UTC, failed"),
+            "{text}"
+        );
+        assert!(text.contains("newest base backup 2026-12-07 10:17:05 UTC (diff, 20261207-101500F_20261207-101700D); restore --to reaches back to 2026-12-07 10:15:10 UTC"), "{text}");
+        assert!(text.contains("is on the cluster's filesystem"), "{text}");
+        let m = status.metrics();
+        assert!(
+            m.contains("analytics_stack_wal_last_failed_timestamp_seconds 1796638680\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("analytics_stack_wal_segments_waiting 3\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("analytics_stack_base_backup_newest_timestamp_seconds 1796638625\n"),
+            "{m}"
+        );
+        // A success after the failure: no longer said to fail.
+        status
+            .read_archiver("13|1|000000010000000000000008|1796638700|1796638680|0")
+            .unwrap();
+        status.summarize();
+        assert!(!status.summary.join("\n").contains("FAILS"));
+    }
 
     #[test]
     fn the_repository_says_its_backups_and_the_kind_of_the_next() {

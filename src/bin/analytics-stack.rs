@@ -550,6 +550,15 @@ async fn run(command: Command) -> Result<(), Failure> {
                     );
                 }
             }
+            if let Some(lines) = v["archiving"]["summary"].as_array() {
+                println!(
+                    "point-in-time recovery (pgBackRest, {}):",
+                    v["archiving"]["repository"].as_str().unwrap_or("")
+                );
+                for l in lines {
+                    println!("    {}", l.as_str().unwrap_or(""));
+                }
+            }
             Ok(())
         }
         Command::Alerts { json } => {

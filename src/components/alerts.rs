@@ -92,6 +92,32 @@ pub const RULES: &[AlertRule] = &[
         severity: "warning",
         summary: "no backup has succeeded for longer than its schedule allows",
     },
+    AlertRule {
+        name: "AnalyticsWalArchivingFailing",
+        // PostgreSQL's last attempt to archive a segment failed (it retries every
+        // minute, keeping the segment): what is written is not in the repository.
+        expr: "analytics_stack_wal_last_failed_timestamp_seconds > analytics_stack_wal_last_archived_timestamp_seconds",
+        for_: "5m",
+        severity: "critical",
+        summary: "PostgreSQL on {{ $labels.instance }} cannot archive its WAL into pgBackRest's repository: a lost disk would lose what was written since",
+    },
+    AlertRule {
+        name: "AnalyticsWalArchivingBehind",
+        // Segments complete but not archived: archiving is slower than writing.
+        expr: "analytics_stack_wal_segments_waiting > 2",
+        for_: "10m",
+        severity: "warning",
+        summary: "{{ $value }} WAL segments on {{ $labels.instance }} wait to be archived",
+    },
+    AlertRule {
+        name: "AnalyticsBaseBackupTooOld",
+        // Each backup takes a base backup; the newest is older than the schedule
+        // allows (as for the backup file, an interval and a half and an hour).
+        expr: "time() - analytics_stack_base_backup_newest_timestamp_seconds > 1.5 * analytics_stack_backup_interval_seconds + 3600",
+        for_: "0m",
+        severity: "warning",
+        summary: "the newest base backup in pgBackRest's repository on {{ $labels.instance }} is older than the backup schedule allows",
+    },
 ];
 
 /// A YAML double-quoted scalar.
