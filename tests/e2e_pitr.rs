@@ -205,6 +205,73 @@ fn a_lost_cluster_comes_back_to_any_second_and_loses_nothing_older_than_a_minute
         .status
         .success());
 
+    // Kills. The daemon after each phase of a restore --to (apply refuses between,
+    // naming the restore to run again), then run again: the same rows each time.
+    let started = Instant::now();
+    let kills = c.killed_after_each_phase(
+        "restore",
+        &format!("analytics-stack restore --to '{noted}'"),
+        |c| {
+            let refused = c.sh("analytics-stack apply");
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert_eq!(refused.status.code(), Some(6), "{stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "run `analytics-stack restore --to '{noted}+00'` again"
+                )),
+                "{stderr}"
+            );
+        },
+    );
+    eprintln!(
+        "[figure] kill-safety: a restore --to killed after each of its {kills} phases: {kills}/{kills} converged ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 4, "restore --to had only {kills} phases");
+    assert_eq!(batches(&c), "1000|0|0");
+    // The daemon killed once pgBackRest has restored the files, and PostgreSQL
+    // killed while it replays the WAL: the next run converges. (A busy wait: the
+    // moments last a fraction of a second.)
+    for (what, when, kill) in [
+        (
+            "the files restored",
+            format!("[ -e {DATA}/recovery.signal ]"),
+            "systemctl kill -s KILL analytics-stackd.service",
+        ),
+        (
+            "PostgreSQL began replaying",
+            format!("[ -e {DATA}/recovery.signal ] && [ -e {DATA}/postmaster.pid ]"),
+            "systemctl kill -s KILL analytics-postgres.service",
+        ),
+    ] {
+        let daemon = c.daemon_main_pid();
+        c.ok("setsid bash -c \"analytics-stack restore --to latest > /tmp/killed.out 2>&1; echo \\$? > /tmp/killed.rc\" < /dev/null > /dev/null 2>&1 &");
+        c.ok(&format!(
+            "until {when}; do [ $SECONDS -lt 60 ] || exit 1; done; {kill}"
+        ));
+        c.ok("for i in $(seq 600); do test -s /tmp/killed.rc && exit 0; sleep 0.1; done; exit 1");
+        let said = c.ok("cat /tmp/killed.out; cat /tmp/killed.rc");
+        eprintln!("killed after {what}: {said}");
+        if kill.contains("stackd") {
+            assert_ne!(
+                said.lines().last(),
+                Some("0"),
+                "a killed daemon's restore said it succeeded: {said}"
+            );
+        }
+        c.ok("rm -f /tmp/killed.rc");
+        if kill.contains("stackd") {
+            c.start_daemon_after_kill(daemon);
+        }
+        let out = c.ok("analytics-stack restore --to latest");
+        assert!(out.contains("restored the databases to latest"), "{out}");
+        assert_eq!(
+            batches(&c),
+            "1000|0|0",
+            "the newest timeline's end, after a kill after {what}"
+        );
+    }
+
     // Writes go on, archived on the new timeline; a backup takes a differential.
     insert(&c, 2, 10);
     let out = c.ok("analytics-stack backup --json");
@@ -212,4 +279,32 @@ fn a_lost_cluster_comes_back_to_any_second_and_loses_nothing_older_than_a_minute
     assert_eq!(v["base_backup"]["kind"], "diff", "{out}");
     assert_eq!(base_backups(&c).len(), 2);
     c.ok(&format!("{PGBACKREST} check"));
+
+    // The daemon, then PostgreSQL, killed while pgBackRest takes a base backup: the
+    // backup fails saying so, leaves no file, and the next one succeeds.
+    for kill in [
+        "systemctl kill -s KILL analytics-stackd.service",
+        "systemctl kill -s KILL analytics-postgres.service",
+    ] {
+        let daemon = c.daemon_main_pid();
+        c.ok("rm -f /tmp/killed.rc; setsid bash -c \"analytics-stack backup --output /root/killed.tar > /tmp/killed.out 2>&1; echo \\$? > /tmp/killed.rc\" < /dev/null > /dev/null 2>&1 &");
+        c.ok(&format!("until pgrep -f 'pgbackrest.*--type=(full|diff) backup' > /dev/null; do [ $SECONDS -lt 60 ] || exit 1; done; {kill}"));
+        c.ok("for i in $(seq 600); do test -s /tmp/killed.rc && exit 0; sleep 0.1; done; exit 1");
+        let said = c.ok("cat /tmp/killed.out; cat /tmp/killed.rc");
+        eprintln!("killed during a base backup ({kill}): {said}");
+        assert_ne!(said.lines().last(), Some("0"), "{said}");
+        assert!(
+            c.ok("ls /root").trim().is_empty(),
+            "a killed backup left a file"
+        );
+        if kill.contains("stackd") {
+            c.start_daemon_after_kill(daemon);
+        }
+        c.ok("for i in $(seq 300); do systemctl is-active -q analytics-postgres.service && exit 0; sleep 0.1; done; systemctl status --no-pager analytics-postgres.service; exit 1");
+        let out = c.ok("analytics-stack backup --json --output /root/after.tar");
+        assert!(out.contains("\"base_backup\""), "{out}");
+        c.ok("rm /root/after.tar");
+        c.ok(&format!("{PGBACKREST} check"));
+    }
+    assert_eq!(batches(&c), "1000|10|0");
 }

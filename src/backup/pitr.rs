@@ -569,7 +569,7 @@ impl Stack {
         }
         let data_dir = postgres::data_dir(postgres::major(&config, &self.platform()));
         let moved = aside(&data_dir, BEING_REPLACED);
-        self.record(|s| s.restore_in_progress = Some(format!("--to {target}")))?;
+        self.record(|s| s.restore_in_progress = Some(format!("--to '{target}'")))?;
         crate::util::failpoint_phase("restore");
 
         progress.step(
@@ -634,6 +634,7 @@ impl Stack {
                     .map_err(|e| failed(format!("{}: {e}", unit.name)))?;
             }
         }
+        crate::util::failpoint_phase("restore");
         progress.step(4, 5, "check every component");
         self.apply_restoring(cancel, progress).await?;
         let kept_previous = if kept.exists() {
@@ -691,12 +692,9 @@ impl Stack {
         .map(|b| b.label.clone())
         .unwrap_or_default();
 
+        self.systemd.reset_failed(postgres::UNIT).await?;
         self.systemd
-            .run_job(
-                "start",
-                postgres::UNIT,
-                Duration::from_secs(REPLAY_LIMIT.as_secs()),
-            )
+            .run_job("start", postgres::UNIT, REPLAY_LIMIT)
             .await
             .map_err(|e| {
                 failed(format!(
@@ -707,8 +705,11 @@ impl Stack {
         let port = config.postgres.port.get();
         let began = Instant::now();
         loop {
+            // A PostgreSQL that dies while it replays is started again by systemd
+            // (Restart=on-failure) and goes on from its last restartpoint; one that
+            // keeps dying (a target the WAL does not reach) ends failed.
             let fact = self.systemd.unit_fact(postgres::UNIT).await?;
-            if fact.active_state != "active" {
+            if matches!(fact.active_state.as_str(), "failed" | "inactive") {
                 return Err(failed(format!(
                     "PostgreSQL stopped while replaying the WAL ({}):\n{}",
                     fact.active_state,
@@ -727,6 +728,14 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // A commit on the new timeline, archived at once: a later restore to a moment
+        // before now that replays this timeline meets a commit after its target and
+        // stops there. (PostgreSQL stops at the first commit past the target; with
+        // none, it refuses, not knowing whether WAL is missing.)
+        self.query(port, "SELECT txid_current()")
+            .await
+            .and(self.query(port, "SELECT pg_switch_wal()").await)
+            .map_err(|e| failed(format!("the restored cluster does not take a write: {e}")))?;
         let last = self
             .query(
                 port,
@@ -765,6 +774,7 @@ impl Stack {
                 moved.display()
             ));
         }
+        let _forgotten = self.systemd.reset_failed(postgres::UNIT).await;
         let mut back = self
             .systemd
             .run_job("start", postgres::UNIT, Duration::from_secs(300))

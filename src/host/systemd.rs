@@ -20,6 +20,7 @@ pub trait SystemdManager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn enable_unit_files(
         &self,
         files: &[&str],
@@ -157,6 +158,21 @@ impl Systemd {
     pub async fn unmask(&self, unit: &str) -> Result<(), SystemdError> {
         self.manager.unmask_unit_files(&[unit], false).await?;
         Ok(())
+    }
+
+    /// Forgets a unit's failure and its recent starts (`systemctl reset-failed`):
+    /// starts the daemon makes on purpose do not count toward the start limit that
+    /// stops a crash loop.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        match self.manager.reset_failed_unit(unit).await {
+            // Not loaded (never started): nothing to forget.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Runs a job (`start`, `stop`, `restart`, `reload`) and waits for its result.
