@@ -142,6 +142,26 @@ fn read_schema() -> Schema {
                 }
                 syn::Fields::Unit => {}
             },
+            // `bounded_u32!(/// doc  Name, min, max, what)`: an integer newtype.
+            syn::Item::Macro(m) if m.mac.path.is_ident("bounded_u32") => {
+                let (doc, name) = m
+                    .mac
+                    .parse_body_with(|input: syn::parse::ParseStream| {
+                        let attrs = input.call(syn::Attribute::parse_outer)?;
+                        let ident: syn::Ident = input.parse()?;
+                        // The bounds and the unit's word: read from the type's doc.
+                        input.step(|cursor| {
+                            let mut rest = *cursor;
+                            while let Some((_, next)) = rest.token_tree() {
+                                rest = next;
+                            }
+                            Ok(((), rest))
+                        })?;
+                        Ok((doc_of(&attrs), ident.to_string()))
+                    })
+                    .expect("bounded_u32! reads as (docs, name, min, max, what)");
+                schema.values.insert(name, ("integer".into(), doc));
+            }
             // An enum read from a string (`try_from = "String"`) is a value described
             // by its doc, not a choice of its variants' names.
             syn::Item::Enum(e)

@@ -234,14 +234,15 @@ impl RepositoryInfo {
     }
 }
 
-/// Runs pgBackRest as `user` with the stack's configuration and stanza; its own
-/// words when it fails.
-async fn run(user: &str, args: &[&str]) -> Result<std::process::Output, String> {
+/// Runs pgBackRest's `command` as `user` with the stack's configuration and
+/// stanza and `options`; its own words when it fails.
+async fn run(user: &str, command: &str, options: &[&str]) -> Result<std::process::Output, String> {
     let uid = crate::host::fsroot::uid_of(user).ok_or_else(|| format!("no user {user}"))?;
     let gid = crate::host::fsroot::gid_of(user).ok_or_else(|| format!("no group {user}"))?;
     let out = tokio::process::Command::new(pgbackrest::BINARY)
         .args(pgbackrest::base_args())
-        .args(args)
+        .args(options)
+        .arg(command)
         .uid(uid)
         .gid(gid)
         .current_dir("/")
@@ -261,15 +262,14 @@ async fn run(user: &str, args: &[&str]) -> Result<std::process::Output, String> 
     );
     let tail: Vec<&str> = said.lines().rev().take(20).collect();
     Err(format!(
-        "pgbackrest {}: {}",
-        args.first().unwrap_or(&""),
+        "pgbackrest {command}: {}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     ))
 }
 
 /// What the repository holds.
 pub async fn repository_info(user: &str) -> Result<RepositoryInfo, String> {
-    let out = run(user, &["--output=json", "info"]).await?;
+    let out = run(user, "info", &["--output=json"]).await?;
     RepositoryInfo::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -281,15 +281,15 @@ pub async fn repository_info(user: &str) -> Result<RepositoryInfo, String> {
 /// the new cluster taken (the old major's cannot be restored on it).
 pub async fn prepare_stanza(user: &str) -> Result<(), String> {
     let mut needs_full = false;
-    if let Err(create) = run(user, &["stanza-create"]).await {
-        run(user, &["stanza-upgrade"])
+    if let Err(create) = run(user, "stanza-create", &[]).await {
+        run(user, "stanza-upgrade", &[])
             .await
             .map_err(|upgrade| format!("{create}\n{upgrade}"))?;
         needs_full = true;
     }
-    run(user, &["check"]).await?;
+    run(user, "check", &[]).await?;
     if needs_full || repository_info(user).await?.backups.is_empty() {
-        run(user, &["--type=full", "backup"]).await?;
+        run(user, "backup", &["--type=full"]).await?;
     }
     Ok(())
 }
@@ -302,7 +302,7 @@ pub async fn base_backup(
     let archiving = &config.postgres.archiving;
     let before = repository_info(postgres::USER).await?;
     let kind = before.next_kind(crate::util::now_secs(), archiving.full_every_days.get());
-    run(postgres::USER, &[&format!("--type={kind}"), "backup"]).await?;
+    run(postgres::USER, "backup", &[&format!("--type={kind}")]).await?;
     let after = repository_info(postgres::USER).await?;
     let newest = after
         .backups
@@ -664,21 +664,18 @@ impl Stack {
         target: RestoreTarget,
         info: &RepositoryInfo,
     ) -> Result<(String, Option<String>), StackError> {
-        let mut args = vec!["restore".to_string()];
-        match target {
-            RestoreTarget::Latest => args.push("--type=default".into()),
-            RestoreTarget::Time(micros) => {
-                args.push("--type=time".into());
-                args.push(format!("--target={}", RestoreTarget::pg_timestamp(micros)));
-                args.push("--target-action=promote".into());
-            }
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        // pgBackRest wants the command last, its options before.
-        let (command, options) = args.split_first().unwrap_or((&"restore", &[]));
-        let mut ordered: Vec<&str> = options.to_vec();
-        ordered.push(command);
-        run(postgres::USER, &ordered).await.map_err(failed)?;
+        let options: Vec<String> = match target {
+            RestoreTarget::Latest => vec!["--type=default".into()],
+            RestoreTarget::Time(micros) => vec![
+                "--type=time".into(),
+                format!("--target={}", RestoreTarget::pg_timestamp(micros)),
+                "--target-action=promote".into(),
+            ],
+        };
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        run(postgres::USER, "restore", &options)
+            .await
+            .map_err(failed)?;
         // The set pgBackRest chose: the newest that ended before the target.
         let base = match target {
             RestoreTarget::Latest => info.backups.last(),
