@@ -304,6 +304,13 @@ impl Stack {
         }
         // So is the SMTP relay's password file (systemd would refuse to start the unit).
         components::alertmanager::preflight(&self.fs, &config).map_err(StackError::Conflict)?;
+        // And pgBackRest's support of the PostgreSQL major (archive_command would fail).
+        components::pgbackrest::preflight(
+            &config,
+            &self.platform(),
+            facts.packages.get("pgbackrest").map(String::as_str),
+        )
+        .map_err(StackError::Conflict)?;
         // A schedule systemd cannot read is refused before the timer is written.
         let backup_interval = match config.backup.schedule.as_str() {
             "" => None,

@@ -137,6 +137,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
         names,
         [
             "postgres",
+            "pgbackrest",
             "redis",
             "nginx",
             "node-exporter",

@@ -76,7 +76,7 @@ fn data_tier_end_to_end() {
     // The plan of a fresh host names the packages.
     let plan = c.ok("analytics-stack plan");
     assert!(
-        plan.contains("install Debian packages: postgresql-15 redis-server nginx"),
+        plan.contains("install Debian packages: postgresql-15 pgbackrest redis-server nginx"),
         "{plan}"
     );
 
@@ -111,6 +111,7 @@ fn data_tier_end_to_end() {
         names,
         [
             "postgres",
+            "pgbackrest",
             "redis",
             "nginx",
             "node-exporter",

@@ -49,6 +49,31 @@ fn prepared(name: &str) -> (Container, String) {
     assert_eq!(c.ok("pg_lsclusters -h | wc -l").trim(), "0");
 
     c.ok("printf '[postgres]\\nmajor = 17\\n' > /etc/analytics-stack/stack.d/50-postgres-17.toml");
+    // Bookworm's pgBackRest (2.45) cannot read a PostgreSQL 17 cluster: archiving
+    // would fail from the first segment, so apply refuses before anything changes.
+    let refused = c.sh("analytics-stack apply");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("PostgreSQL 17 with continuous archiving needs pgBackRest 2.54 or newer; this host's is 2.45"),
+        "{stderr}"
+    );
+    assert!(psql(&c, "SHOW server_version").starts_with("15."));
+    // As a dist-upgrade would: trixie's pgBackRest too (it reads 17, and 15), taken
+    // by an apply on 15 first (a Debian package's upgrade of its own), so that the
+    // major upgrade below is the PostgreSQL one alone.
+    // (15 said explicitly: the container may already say trixie, whose default is 17.)
+    c.ok("printf '[postgres]\\nmajor = 15\\n' > /etc/analytics-stack/stack.d/50-postgres-17.toml");
+    c.ok("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t trixie pgbackrest/trixie > /tmp/apt.log 2>&1 || (tail -30 /tmp/apt.log; false)");
+    let out = c.ok("analytics-stack apply");
+    assert!(out.contains("every component is healthy"), "{out}");
+    let status = c.ok("analytics-stack status");
+    assert!(
+        status.contains("pgbackrest       healthy   2.55"),
+        "{status}"
+    );
+    assert!(psql(&c, "SHOW server_version").starts_with("15."));
+    c.ok("printf '[postgres]\\nmajor = 17\\n' > /etc/analytics-stack/stack.d/50-postgres-17.toml");
     let plan = c.ok("analytics-stack plan");
     assert!(
         plan.contains("upgrade PostgreSQL 15 → 17: pg_upgrade /var/lib/analytics-stack/postgres/15 into /var/lib/analytics-stack/postgres/17"),
@@ -78,6 +103,23 @@ fn upgraded(c: &Container, before: &str) {
         ),
         "1"
     );
+    // Archiving goes on: the stanza upgraded to 17, a full base backup of the new
+    // cluster taken (the 15 one's cannot be restored on it), archiving shown to work.
+    let info: serde_json::Value = serde_json::from_str(&c.ok(
+        "runuser -u analytics-postgres -- pgbackrest --config=/etc/analytics-stack/pgbackrest/pgbackrest.conf --stanza=analytics --output=json info",
+    ))
+    .unwrap();
+    let newest = info[0]["backup"]
+        .as_array()
+        .and_then(|b| b.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(newest["type"], "full", "{info}");
+    assert_eq!(
+        newest["database"]["id"], 2,
+        "a base backup of the upgraded stanza: {info}"
+    );
+    c.ok("runuser -u analytics-postgres -- pgbackrest --config=/etc/analytics-stack/pgbackrest/pgbackrest.conf --stanza=analytics check");
     // A backup was taken first; the old cluster went once 17 was healthy.
     let backups = c.ok("ls /var/backups/analytics-stack/");
     assert!(

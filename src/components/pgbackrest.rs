@@ -39,6 +39,59 @@ pub fn archive_command() -> String {
     format!("{BINARY} {config} {stanza} archive-push %p")
 }
 
+/// The newest PostgreSQL major a pgBackRest version reads (its release notes: 16
+/// from 2.46, 17 from 2.54; an older one refuses a newer cluster's control file).
+pub fn newest_major_supported(version: &str) -> u32 {
+    use crate::backup::version_older;
+    if version_older(version, "2.46") {
+        15
+    } else if version_older(version, "2.54") {
+        16
+    } else {
+        17
+    }
+}
+
+/// The pgBackRest a distribution ships (what apply installs when none is).
+pub fn distribution_version(codename: &str) -> Option<&'static str> {
+    match codename {
+        "bookworm" => Some("2.45"),
+        "trixie" => Some("2.55.1"),
+        _ => None,
+    }
+}
+
+/// Why archiving cannot run as configured: the pgBackRest this host has (or, not
+/// installed yet, its distribution's) does not read the configured PostgreSQL
+/// major. Refused before anything changes: archiving that silently fails would
+/// break the stack's promise of losing at most a minute.
+pub fn preflight(
+    config: &Config,
+    platform: &Platform,
+    installed: Option<&str>,
+) -> Result<(), String> {
+    if !config.archiving_on() {
+        return Ok(());
+    }
+    let major = postgres::major(config, platform);
+    let (version, whose) = match installed {
+        Some(v) => (v.to_string(), "this host's"),
+        None => match distribution_version(&platform.codename) {
+            Some(v) => (v.to_string(), "the distribution's"),
+            None => return Ok(()),
+        },
+    };
+    let upstream = version.split(['-', '+', '~']).next().unwrap_or(&version);
+    let newest = newest_major_supported(upstream);
+    if major > newest {
+        return Err(format!(
+            "PostgreSQL {major} with continuous archiving needs pgBackRest {} or newer; {whose} is {upstream}, which reads PostgreSQL up to {newest}. Install a newer pgbackrest (apt.postgresql.org, or the next Debian release's), or set [postgres.archiving] enabled = false",
+            if major >= 17 { "2.54" } else { "2.46" }
+        ));
+    }
+    Ok(())
+}
+
 /// One `[section]` of an INI file and its `key=value` lines, in order.
 struct IniSection {
     name: &'static str,

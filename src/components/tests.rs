@@ -1868,3 +1868,23 @@ fn every_secret_a_file_names_is_generated_or_comes_from_join() {
         .insert("superset-secret-key".into(), "x".into());
     assert!(crate::plan::missing_secrets(&specs, &joined).is_empty());
 }
+
+#[test]
+fn archiving_is_refused_for_a_postgresql_its_pgbackrest_cannot_read() {
+    use super::pgbackrest::{newest_major_supported, preflight};
+    assert_eq!(newest_major_supported("2.45"), 15);
+    assert_eq!(newest_major_supported("2.47"), 16);
+    assert_eq!(newest_major_supported("2.55.1"), 17);
+    let on_17 = config("[postgres]\nmajor = 17\n");
+    // Debian 12's pgBackRest (2.45), installed or to be: refused, saying what to do.
+    let e = preflight(&on_17, &bookworm(), None).unwrap_err();
+    assert!(e.contains("PostgreSQL 17 with continuous archiving needs pgBackRest 2.54 or newer; the distribution's is 2.45"), "{e}");
+    assert!(e.contains("[postgres.archiving] enabled = false"), "{e}");
+    let e = preflight(&on_17, &bookworm(), Some("2.45-1")).unwrap_err();
+    assert!(e.contains("this host's is 2.45,"), "{e}");
+    // A newer one installed (PGDG's), the default major, or archiving off: fine.
+    assert!(preflight(&on_17, &bookworm(), Some("2.55.1-1.pgdg120+1")).is_ok());
+    assert!(preflight(&config(""), &bookworm(), None).is_ok());
+    let off = config("[postgres]\nmajor = 17\n[postgres.archiving]\nenabled = false\n");
+    assert!(preflight(&off, &bookworm(), None).is_ok());
+}
