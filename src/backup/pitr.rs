@@ -581,13 +581,7 @@ impl Stack {
             .iter()
             .filter(|s| super::run::STOPPED_FOR_RESTORE.contains(&s.name))
             .collect();
-        for spec in users.iter().rev() {
-            for unit in spec.units.iter().rev() {
-                self.systemd
-                    .run_job("stop", &unit.name, Duration::from_secs(300))
-                    .await?;
-            }
-        }
+        self.stop_components(&users).await?;
         self.systemd
             .run_job("stop", postgres::UNIT, Duration::from_secs(300))
             .await?;
@@ -626,14 +620,7 @@ impl Stack {
         crate::util::failpoint_phase("restore");
 
         progress.step(3, 5, "start the services again");
-        for spec in &users {
-            for unit in spec.units.iter().filter(|u| !u.triggered) {
-                self.systemd
-                    .run_job("restart", &unit.name, Duration::from_secs(900))
-                    .await
-                    .map_err(|e| failed(format!("{}: {e}", unit.name)))?;
-            }
-        }
+        self.restart_components(&users).await?;
         crate::util::failpoint_phase("restore");
         progress.step(4, 5, "check every component");
         self.apply_restoring(cancel, progress).await?;

@@ -725,13 +725,7 @@ impl Stack {
                     || (unpacked.header.with_telemetry && matches!(s.name, "prometheus" | "loki"))
             })
             .collect();
-        for spec in stopped.iter().rev() {
-            for unit in spec.units.iter().rev() {
-                self.systemd
-                    .run_job("stop", &unit.name, Duration::from_secs(300))
-                    .await?;
-            }
-        }
+        self.stop_components(&stopped).await?;
         crate::util::failpoint_phase("restore");
 
         progress.step(4, 6, "restore the databases");
@@ -759,14 +753,7 @@ impl Stack {
         // Each component's units in order, its one-time setup first: Airflow's and
         // Superset's migrations run again on the restored databases (a no-op for
         // the same version, an upgrade for a newer one).
-        for spec in &stopped {
-            for unit in spec.units.iter().filter(|u| !u.triggered) {
-                self.systemd
-                    .run_job("restart", &unit.name, Duration::from_secs(900))
-                    .await
-                    .map_err(|e| failed(format!("{}: {e}", unit.name)))?;
-            }
-        }
+        self.restart_components(&stopped).await?;
         crate::util::failpoint_phase("restore");
         self.apply_restoring(cancel, progress).await?;
         self.record(|s| {
@@ -782,6 +769,35 @@ impl Stack {
             replaced_config,
             seconds: 0.0,
         })
+    }
+
+    /// Stops the units of `specs`, last component first, each unit in reverse.
+    pub(crate) async fn stop_components(&self, specs: &[&ComponentSpec]) -> Result<(), StackError> {
+        for spec in specs.iter().rev() {
+            for unit in spec.units.iter().rev() {
+                self.systemd
+                    .run_job("stop", &unit.name, Duration::from_secs(300))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// (Re)starts the units of `specs` in order (not those a timer starts), each
+    /// waited for: an application's one-time setup (its migrations) first.
+    pub(crate) async fn restart_components(
+        &self,
+        specs: &[&ComponentSpec],
+    ) -> Result<(), StackError> {
+        for spec in specs {
+            for unit in spec.units.iter().filter(|u| !u.triggered) {
+                self.systemd
+                    .run_job("restart", &unit.name, Duration::from_secs(900))
+                    .await
+                    .map_err(|e| failed(format!("{}: {e}", unit.name)))?;
+            }
+        }
+        Ok(())
     }
 
     /// The configuration the backup carries must load on this package: checked in
