@@ -598,10 +598,15 @@ impl Stack {
             std::fs::rename(&here, &kept)
                 .map_err(|e| failed(format!("{}: {e}", data_dir.display())))?;
         }
-        let (uid, gid) = (
-            crate::host::fsroot::uid_of(postgres::USER).unwrap_or(0),
-            crate::host::fsroot::gid_of(postgres::USER).unwrap_or(0),
-        );
+        // PostgreSQL's user exists (apply made it); never a root-owned cluster.
+        let (uid, gid) = crate::host::fsroot::uid_of(postgres::USER)
+            .zip(crate::host::fsroot::gid_of(postgres::USER))
+            .ok_or_else(|| {
+                failed(format!(
+                    "no user {}: run analytics-stack apply",
+                    postgres::USER
+                ))
+            })?;
         self.fs
             .ensure_dir(&data_dir, 0o700, uid, gid)
             .map_err(|e| failed(format!("{}: {e}", data_dir.display())))?;
@@ -612,7 +617,8 @@ impl Stack {
             5,
             &format!("restore the base backup and replay the WAL to {target}"),
         );
-        let restored = self.restore_and_replay(target, &info).await;
+        let port = config.postgres.port.get();
+        let restored = self.restore_and_replay(target, &info, port).await;
         let restored = match restored {
             Ok(r) => r,
             Err(e) => return Err(self.put_back(&data_dir, &moved, &users, e).await),
@@ -650,6 +656,7 @@ impl Stack {
         &self,
         target: RestoreTarget,
         info: &RepositoryInfo,
+        port: u16,
     ) -> Result<(String, Option<String>), StackError> {
         let options: Vec<String> = match target {
             RestoreTarget::Latest => vec!["--type=default".into()],
@@ -685,8 +692,6 @@ impl Stack {
                     "PostgreSQL did not start on the restored cluster: {e}"
                 ))
             })?;
-        let (config, _) = self.desired()?;
-        let port = config.postgres.port.get();
         let began = Instant::now();
         loop {
             // A PostgreSQL that dies while it replays is started again by systemd
