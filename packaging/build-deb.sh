@@ -50,4 +50,7 @@ version=$(dpkg-parsechangelog -S Version)
 mv ../analytics-stack_"${version}"_"${arch}".deb ../analytics-stack_"${version}"_"${arch}".buildinfo target/debian/; rm -f ../analytics-stack_"${version}"_"${arch}".changes
 rm -f ../analytics-stack-dbgsym_*.deb target/debian/*.changes
 echo "built target/debian/analytics-stack_${version}_${arch}.deb"
-lintian --tag-display-limit 0 target/debian/analytics-stack_"${version}"_"${arch}".deb | tee target/debian/lintian-"${arch}".txt || true
+# An error or a warning fails the build (pipefail; docs/install.md says the package
+# has none).
+lintian --fail-on error,warning --tag-display-limit 0 target/debian/analytics-stack_"${version}"_"${arch}".deb \
+  | tee target/debian/lintian-"${arch}".txt

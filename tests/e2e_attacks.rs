@@ -124,8 +124,20 @@ impl Tally {
 #[test]
 #[ignore = "needs root and systemd-nspawn: run through tests/run-all.sh"]
 fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
-    let mirror = Mirror::start();
-    let c = Container::boot("as-e2e-attacks");
+    // On a private bridge of its own (no route out: nothing here downloads), so that
+    // it runs beside the host-network tests (.config/nextest.toml); the mirror as in
+    // e2e_archives, on a Unix socket the container binds, reached on the container's
+    // loopback (a plain-http mirror is trusted there only).
+    let bridge = common::net::Bridge::create("as-test-br8");
+    let socket_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mirror = Mirror::start_on_socket(&socket_dir.path().join("mirror.sock"), 18080);
+    let c = Container::boot_on_with(
+        "as-e2e-attacks",
+        &bridge,
+        "10.239.0.1",
+        &[(socket_dir.path().to_path_buf(), "/srv/mirror")],
+    );
+    c.loopback_proxy(mirror.port(), "/srv/mirror/mirror.sock");
     let mut tally = Tally { tried: Vec::new() };
 
     // The daemon's own unit is hardened as far as its job allows.

@@ -146,6 +146,10 @@ fn postgres_listens_on_loopback_only_and_uses_the_distro_major() {
         .template;
     assert!(conf.contains("listen_addresses = '127.0.0.1'\n"));
     assert!(conf.contains("port = 5439\n"));
+    // Archiving is on by default, and a lost disk loses at most the last minute
+    // (tests/e2e_pitr.rs sets a shorter timeout and checks it is kept).
+    assert!(conf.contains("archive_mode = on\n"), "{conf}");
+    assert!(conf.contains("archive_timeout = 60\n"), "{conf}");
     assert_eq!(pg.packages, ["postgresql-15"]);
     assert!(pg.units[0].content.contains(
         "ExecStart=/usr/lib/postgresql/15/bin/postgres -D /var/lib/analytics-stack/postgres/15 "
