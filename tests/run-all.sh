@@ -57,7 +57,13 @@ phase "Debian package" packaging/build-deb.sh
 phase "build the tests" cargo nextest run --run-ignored all --no-run
 status=0
 # nextest keeps its store (the JUnit report) in the clone: target/nextest.
-rm -f target/nextest/default/junit.xml
+rm -f target/nextest/default/junit.xml target/e2e-cpu.tsv
+# The cores' counters around the tests: how busy the machine was, for the budget.
+stat_before=$(mktemp) stat_after=$(mktemp)
+trap 'rm -f "$phases" "$stat_before" "$stat_after"' EXIT
+cp /proc/stat "$stat_before"
 phase "run the tests" cargo nextest run --run-ignored all --no-fail-fast || status=$?
-/usr/bin/python3 tests/harness/timings.py "$phases" target/nextest/default/junit.xml
+cp /proc/stat "$stat_after"
+/usr/bin/python3 tests/harness/timings.py "$phases" target/nextest/default/junit.xml \
+  target/e2e-cpu.tsv "$stat_before" "$stat_after"
 exit "$status"

@@ -11,7 +11,7 @@ pub mod net;
 pub mod relabel;
 pub mod statsd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,26 @@ pub struct Container {
     memory_cgroup: Option<PathBuf>,
     /// Host directories bound in for the container's bulky trees, removed with it.
     disk: Option<PathBuf>,
+    /// The container's cgroup in the unified hierarchy, whose `cpu.stat` counts the
+    /// CPU time of everything inside; None where there is no such hierarchy.
+    cgroup: Option<PathBuf>,
+    /// Whether its CPU time was written down already (at a halt or a drop).
+    cpu_recorded: bool,
+}
+
+/// nspawn-in-cgroup.sh's cgroup in the unified hierarchy (named after its pid).
+fn unified_cgroup(name: &str, pid: u32) -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let base = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let root = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    Some(PathBuf::from(format!(
+        "{root}{}/analytics-test-{name}-{pid}",
+        base.trim_end_matches('/')
+    )))
 }
 
 /// How a container boots, besides its binds.
@@ -348,6 +368,8 @@ impl Container {
             name: name.into(),
             memory_cgroup,
             disk: None,
+            cgroup: unified_cgroup(name, pid),
+            cpu_recorded: false,
         };
         // PID 1 may still be the pre-exec nspawn child: wait for systemd to answer.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -678,6 +700,7 @@ impl Container {
     /// halts PID 1) and returns how long that took, up to 90 s; `Drop` then finds it
     /// halted.
     pub fn halt_seconds(&mut self) -> f64 {
+        self.record_cpu();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.nspawn.id().to_string())
@@ -691,10 +714,45 @@ impl Container {
         }
         started.elapsed().as_secs_f64()
     }
+
+    /// Appends the CPU seconds everything in the container used to
+    /// `target/e2e-cpu.tsv` (test binary, test, container, seconds), once, before
+    /// it halts: `tests/harness/timings.py` sums them per test for the suite's
+    /// budget. Best effort: a figure, not a check.
+    fn record_cpu(&mut self) {
+        if std::mem::replace(&mut self.cpu_recorded, true) {
+            return;
+        }
+        let Some(seconds) = self
+            .cgroup
+            .as_ref()
+            .and_then(|dir| std::fs::read_to_string(dir.join("cpu.stat")).ok())
+            .and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .map(|usec| usec as f64 / 1e6)
+        else {
+            return;
+        };
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!(
+            "{}\t{test}\t{}\t{seconds:.1}\n",
+            env!("CARGO_CRATE_NAME"),
+            self.name
+        );
+        let _best_effort = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(repo().join("target/e2e-cpu.tsv"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
+        self.record_cpu();
         let already_halted = matches!(self.nspawn.try_wait(), Ok(Some(_)));
         if already_halted {
             if let Some(disk) = &self.disk {
