@@ -65,17 +65,16 @@ pub struct Container {
     cpu_recorded: bool,
 }
 
-/// nspawn-in-cgroup.sh's cgroup in the unified hierarchy (named after its pid).
-fn unified_cgroup(name: &str, pid: u32) -> Option<PathBuf> {
+/// nspawn-in-cgroup.sh's cgroup for container `name` (named after the script's
+/// `pid`) in the hierarchy mounted at `mount`, below this process's own cgroup there
+/// (the line of /proc/self/cgroup that starts with `prefix`, e.g. "0::").
+fn container_cgroup(mount: &str, prefix: &str, name: &str, pid: u32) -> Option<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let base = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let root = if Path::new("/sys/fs/cgroup/unified").is_dir() {
-        "/sys/fs/cgroup/unified"
-    } else {
-        "/sys/fs/cgroup"
-    };
+    let base = own
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, path)| path.to_string()))?;
     Some(PathBuf::from(format!(
-        "{root}{}/analytics-test-{name}-{pid}",
+        "{mount}{}/analytics-test-{name}-{pid}",
         base.trim_end_matches('/')
     )))
 }
@@ -351,24 +350,21 @@ impl Container {
             std::thread::sleep(Duration::from_millis(100));
         };
         // nspawn-in-cgroup.sh's memory cgroup (cgroup v1), named after its pid.
-        let memory_cgroup = memory_max.map(|_| {
-            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-            let base = own
-                .lines()
-                .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
-                .unwrap_or_default();
-            PathBuf::from(format!(
-                "/sys/fs/cgroup/memory{}/analytics-test-{name}-{pid}",
-                base.trim_end_matches('/')
-            ))
-        });
+        let memory_cgroup = memory_max
+            .and_then(|_| container_cgroup("/sys/fs/cgroup/memory", ":memory:", name, pid));
+        // The unified hierarchy: beside v1's (hybrid) or alone (v2).
+        let unified = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+            "/sys/fs/cgroup/unified"
+        } else {
+            "/sys/fs/cgroup"
+        };
         let c = Container {
             nspawn,
             leader,
             name: name.into(),
             memory_cgroup,
             disk: None,
-            cgroup: unified_cgroup(name, pid),
+            cgroup: container_cgroup(unified, "0::", name, pid),
             cpu_recorded: false,
         };
         // PID 1 may still be the pre-exec nspawn child: wait for systemd to answer.
