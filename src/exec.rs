@@ -688,6 +688,15 @@ impl Executor<'_> {
     }
 }
 
+/// The proxy variables curl's convention names (uv reads these, in either case).
+fn is_proxy_variable(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy().to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "http_proxy" | "https_proxy" | "all_proxy" | "no_proxy"
+    )
+}
+
 /// Runs uv with its own cache and no user configuration; never downloads a Python.
 /// Runs uv as `user` (uid, gid; supplementary groups dropped), never as root.
 async fn run_uv(
@@ -696,14 +705,20 @@ async fn run_uv(
     args: &[&str],
     paths: &[&std::ffi::OsStr],
 ) -> Result<(), String> {
-    let out = tokio::process::Command::new(uv)
+    let mut command = tokio::process::Command::new(uv);
+    command.env_clear();
+    // A site's egress proxy, as the daemon's unit was given it (a drop-in's
+    // `Environment=`): apt and the archive fetcher read these themselves.
+    for (name, value) in std::env::vars_os().filter(|(n, _)| is_proxy_variable(n)) {
+        command.env(name, value);
+    }
+    let out = command
         .args(args)
         .args(paths)
         .uid(user.0)
         .gid(user.1)
         // Not the cache: uv refuses to run from inside its cache directory.
         .current_dir("/")
-        .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", UV_CACHE)
         .env("UV_CACHE_DIR", UV_CACHE)
@@ -886,6 +901,27 @@ mod worker_group_tests {
             "NOT (d.datname = ANY (ARRAY['airflow', 'warehouse']::text[])) LOOP\nEXECUTE format('REVOKE CONNECT ON DATABASE %I FROM %I', r.datname, 'analytics_workers');",
         ] {
             assert!(sql.contains(want), "{want} in {sql}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod uv_environment_tests {
+    /// uv is given a site's proxy (in either case, as curl's convention has it) and
+    /// nothing else of the daemon's environment.
+    #[test]
+    fn only_proxy_variables_reach_uv() {
+        for name in ["http_proxy", "HTTPS_PROXY", "no_proxy", "ALL_PROXY"] {
+            assert!(super::is_proxy_variable(name.as_ref()), "{name}");
+        }
+        for name in [
+            "PATH",
+            "UV_INDEX_URL",
+            "proxy",
+            "HTTP_PROXY_USER",
+            "LD_PRELOAD",
+        ] {
+            assert!(!super::is_proxy_variable(name.as_ref()), "{name}");
         }
     }
 }

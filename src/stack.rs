@@ -11,6 +11,7 @@ use crate::host::{fsroot::FsRoot, gather, systemd::Systemd, systemd::UnitStatus}
 use crate::model::{paths, ComponentSpec};
 use crate::plan::{self, Plan, PortConflict};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -244,16 +245,21 @@ impl Stack {
                 "a restore of {file} did not complete (the daemon stopped during it): run `analytics-stack restore {file}` again"
             )));
         }
-        self.apply_unchecked(cancel, progress, bundle).await
+        self.apply_unchecked(cancel, progress, bundle, &[]).await
     }
 
-    /// Apply within a restore, which brings the host to the backup's state.
+    /// Apply within a restore, which brings the host to the backup's state. The
+    /// components in `hold` that are not running are installed but not started
+    /// (nor health-checked): the restore starts them once its databases are back,
+    /// rather than running their first migrations on empty databases only to stop
+    /// them again.
     pub(crate) async fn apply_restoring(
         &self,
         cancel: &AtomicBool,
         progress: &dyn exec::Progress,
+        hold: &[&str],
     ) -> Result<ApplyReport, StackError> {
-        self.apply_unchecked(cancel, progress, None).await
+        self.apply_unchecked(cancel, progress, None, hold).await
     }
 
     async fn apply_unchecked(
@@ -261,6 +267,7 @@ impl Stack {
         cancel: &AtomicBool,
         progress: &dyn exec::Progress,
         bundle: Option<BundleSource>,
+        hold: &[&str],
     ) -> Result<ApplyReport, StackError> {
         let started = Instant::now();
         let (config, desired) = self.desired()?;
@@ -329,6 +336,27 @@ impl Stack {
             )));
         }
         let plan = plan::plan(&desired, &facts, &state);
+        // Held: the components asked for that run no unit yet and are not upgraded
+        // by this plan (an upgrade is health-gated here, never deferred).
+        let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
+        let held: Vec<&ComponentSpec> = desired
+            .iter()
+            .filter(|s| hold.contains(&s.name))
+            .filter(|s| !upgrades.iter().any(|u| u.component == s.name))
+            .filter(|s| {
+                s.units.iter().all(|u| {
+                    !facts
+                        .units
+                        .get(&u.name)
+                        .is_some_and(crate::facts::UnitFact::is_active)
+                })
+            })
+            .collect();
+        let held_units: BTreeSet<String> = held
+            .iter()
+            .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
+            .collect();
+        let plan = plan.without_starting(&held_units);
         let steps: Vec<String> = plan.steps.iter().map(|s| s.describe()).collect();
         // Service users an uninstall kept with their data are the stack's again: an
         // uninstall --purge-data must find them.
@@ -345,7 +373,6 @@ impl Stack {
                 .map_err(|e| StackError::Failed(format!("cannot record state: {e}")))?;
         }
         // Before a migration or a major upgrade touches the data: a backup of it.
-        let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
         if let Some(why) = upgrade_reason(&upgrades, &plan) {
             let taken = state
                 .pre_upgrade_backups
@@ -406,7 +433,12 @@ impl Stack {
             if !plan.is_empty() {
                 executor.run(&plan, &mut state, progress).await?;
             }
-            self.wait_healthy(&desired, timeout).await
+            let started: Vec<ComponentSpec> = desired
+                .iter()
+                .filter(|s| !held.iter().any(|h| h.name == s.name))
+                .cloned()
+                .collect();
+            self.wait_healthy(&started, timeout).await
         }
         .await;
         // What an upgrade made unhealthy goes back to what it was: PostgreSQL first

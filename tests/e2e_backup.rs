@@ -9,12 +9,16 @@
 //! upgraded to a broken build and rolled back automatically. The one STAND-IN is
 //! statsd_exporter (tests/standins/, from a local mirror); Grafana, Loki and Alloy
 //! are off (their real releases cannot be downloaded here), so Grafana's database
-//! is a file this test writes where Grafana keeps it.
+//! is a file this test writes where Grafana keeps it. Both hosts are on a bridge of
+//! their own with no route out: Debian's packages and PyPI's files come through the
+//! host's egress proxy (given to the daemon as an operator's site proxy is), and the
+//! test asserts that nothing else was reached.
 
 mod common;
 
 use common::apps::*;
-use common::{mirror::Mirror, Container};
+use common::egress::OwnNetwork;
+use common::Container;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -167,7 +171,10 @@ fn found_again(c: &Container, made: &Made) {
 #[test]
 #[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
 fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries() {
-    let mirror = Mirror::start();
+    // Both hosts on a bridge of their own (no route out, so that the test runs beside
+    // others), Debian and PyPI through the host's egress proxy.
+    let network = OwnNetwork::new("as-test-br9");
+    let mirror = &network.mirror;
     mirror.put_statsd_exporter();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
@@ -181,7 +188,7 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
     let saved = share.join("stack.tar");
 
     let made = {
-        let c = Container::boot("as-e2e-backup");
+        let c = network.boot("as-e2e-backup", "10.240.0.1");
         c.start_daemon();
         c.without_release_archives();
         c.ok("mkdir -p /etc/analytics-stack/stack.d");
@@ -379,7 +386,7 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
     };
 
     // A fresh host: the package (binaries) and nothing else.
-    let c = Container::boot("as-e2e-restore");
+    let c = network.boot("as-e2e-restore", "10.240.0.2");
     c.start_daemon();
     c.copy_in(&saved, "/root/stack.tar");
     let started = Instant::now();
@@ -389,6 +396,17 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
         started.elapsed().as_secs_f64()
     );
     found_again(&c, &made);
+    // The applications started once, on the restored databases: not first on empty
+    // ones (their first migrations) only to be stopped for the restore.
+    for init in [
+        "analytics-airflow-init.service",
+        "analytics-superset-init.service",
+    ] {
+        let starts = c.ok(&format!(
+            "journalctl -b --no-pager -o cat -u {init} | grep -c '^Starting ' || true"
+        ));
+        assert_eq!(starts.trim(), "1", "{init} ran {} times", starts.trim());
+    }
     let status = json(&c.ok("analytics-stack status --json"));
     assert!(
         status["components"]
@@ -425,6 +443,21 @@ fn a_backup_restored_on_a_fresh_host_brings_back_rows_logins_history_and_queries
     assert!(kills >= 8, "the restore had only {kills} phases");
     found_again(&c, &made);
     assert!(c.ok("analytics-stack apply").contains("nothing to do"));
+
+    // Everything the two hosts fetched came from Debian's mirror and PyPI: the
+    // installer phones nowhere else (and went through the site's proxy it was given).
+    let reached = network.proxy.destinations();
+    for expected in [
+        "deb.debian.org:80",
+        "pypi.org:443",
+        "files.pythonhosted.org:443",
+    ] {
+        assert!(
+            reached.contains(expected),
+            "{expected} not reached: {reached:?}"
+        );
+    }
+    assert_eq!(reached.len(), 3, "{reached:?}");
 }
 
 fn airflow_current(c: &Container) -> String {

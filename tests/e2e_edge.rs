@@ -10,7 +10,8 @@
 mod common;
 
 use common::apps::{json, run_sample_dag, superset_sql};
-use common::{mirror::Mirror, Container};
+use common::egress::OwnNetwork;
+use common::Container;
 
 const GIB: u64 = 1 << 30;
 
@@ -29,13 +30,16 @@ fn unit_limits(c: &Container) -> Vec<(String, u64)> {
 #[test]
 #[ignore = "needs root, systemd-nspawn and PyPI: run through tests/run-all.sh"]
 fn the_edge_profile_runs_the_whole_stack_in_two_gib() {
-    let mirror = Mirror::start();
+    // On a bridge of its own (so that it runs beside other tests), Debian and PyPI
+    // through the host's egress proxy.
+    let network = OwnNetwork::new("as-test-br10");
+    let mirror = &network.mirror;
     mirror.put_release_archives();
     mirror.put_real_loki_promtail_statsd();
     let uv = analytics_stack::artifact::catalog::pin("uv", "amd64", "").unwrap();
     mirror.put_from(&uv.url);
 
-    let c = Container::boot_with_memory("as-e2e-edge", 2 * GIB);
+    let c = network.boot_with_memory("as-e2e-edge", "10.241.0.1", 2 * GIB);
     c.start_daemon();
     // The container's root memory cgroup is the 2 GiB the daemon sizes for.
     assert_eq!(

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::egress::OwnNetwork;
 use common::Container;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,8 @@ fn psql(c: &Container, sql: &str) -> String {
 /// A container whose stack runs bookworm's PostgreSQL 15 with 200 000 rows, with
 /// trixie's postgresql-17 installed beside it and `[postgres] major = 17` set: the
 /// next apply upgrades. Returns it and a digest of the rows.
-fn prepared(name: &str) -> (Container, String) {
-    let c = Container::boot(name);
+fn prepared(network: &OwnNetwork, name: &str) -> (Container, String) {
+    let c = network.boot(name, "10.242.0.1");
     c.start_daemon();
     c.ok("mkdir -p /etc/analytics-stack/stack.d && printf '# Only PostgreSQL: this test is about its upgrade.\\n[redis]\\nenabled = false\\n[nginx]\\nenabled = false\\n[prometheus]\\nenabled = false\\n[node_exporter]\\nenabled = false\\n[postgres_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n[airflow]\\nenabled = false\\n[superset]\\nenabled = false\\n[dlt]\\nenabled = false\\n' > /etc/analytics-stack/stack.d/00-postgres-only.toml");
     c.ok("analytics-stack apply");
@@ -146,7 +147,10 @@ fn upgraded(c: &Container, before: &str) {
 #[test]
 #[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
 fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
-    let (c, before) = prepared("as-e2e-pg-upgrade");
+    // On a bridge of its own (so that it runs beside other tests), Debian's mirror
+    // through the host's egress proxy.
+    let network = OwnNetwork::new("as-test-br11");
+    let (c, before) = prepared(&network, "as-e2e-pg-upgrade");
     // Killed in the middle of pg_upgrade: the daemon, and pg_upgrade with it.
     c.ok("systemd-run --unit=apply-killed --collect analytics-stack apply");
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -258,7 +262,8 @@ fn bookworms_postgresql_15_cluster_is_upgraded_to_trixies_17_with_every_row() {
 #[test]
 #[ignore = "needs root, systemd-nspawn and Debian's mirror: run through tests/run-all.sh"]
 fn an_upgrade_killed_after_each_of_its_steps_converges_with_every_row() {
-    let (c, before) = prepared("as-e2e-pg-upgrade-kills");
+    let network = OwnNetwork::new("as-test-br12");
+    let (c, before) = prepared(&network, "as-e2e-pg-upgrade-kills");
     let started = Instant::now();
     let kills = c.apply_killed_after_each_step(|c| {
         // Never two majors at once.

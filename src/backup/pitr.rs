@@ -629,7 +629,7 @@ impl Stack {
         self.restart_components(&users).await?;
         crate::util::failpoint_phase("restore");
         progress.step(4, 5, "check every component");
-        self.apply_restoring(cancel, progress).await?;
+        self.apply_restoring(cancel, progress, &[]).await?;
         let kept_previous = if kept.exists() {
             let replaced = aside(&data_dir, REPLACED);
             let _older_gone = std::fs::remove_dir_all(self.fs.path(&replaced));

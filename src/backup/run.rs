@@ -711,7 +711,8 @@ impl Stack {
         // (PostgreSQL must run for the databases: if it does not, apply starts it.)
         let postgres_runs = self.systemd.unit_fact(postgres::UNIT).await?.is_active();
         if !(applied_before && postgres_runs) {
-            self.apply_restoring(cancel, progress).await?;
+            self.apply_restoring(cancel, progress, STOPPED_FOR_RESTORE)
+                .await?;
             self.record(|s| s.restore_applied = Some(identity.clone()))?;
         }
         crate::util::failpoint_phase("restore");
@@ -755,7 +756,7 @@ impl Stack {
         // the same version, an upgrade for a newer one).
         self.restart_components(&stopped).await?;
         crate::util::failpoint_phase("restore");
-        self.apply_restoring(cancel, progress).await?;
+        self.apply_restoring(cancel, progress, &[]).await?;
         self.record(|s| {
             s.restore_in_progress = None;
             s.restore_applied = None;

@@ -264,6 +264,19 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
+
+    /// The plan without starting `units` (which are not running), nor the stack's
+    /// target, which would start them through its wants: they are installed,
+    /// enabled and configured, and started later by whoever held them.
+    pub fn without_starting(mut self, units: &BTreeSet<String>) -> Plan {
+        if !units.is_empty() {
+            self.steps.retain(|s| match s {
+                Step::StartUnit { unit } => !units.contains(unit) && unit != paths::TARGET,
+                _ => true,
+            });
+        }
+        self
+    }
 }
 
 /// A port the stack needs that another process holds.

@@ -277,6 +277,38 @@ fn a_fresh_host_gets_everything_in_dependency_order() {
 }
 
 #[test]
+fn held_units_are_installed_but_not_started_nor_the_target() {
+    let desired = with_apps("");
+    let full = plan(&desired, &fresh_host(), &RecordedState::default());
+    let airflow: BTreeSet<String> = desired
+        .iter()
+        .filter(|s| s.name == "airflow")
+        .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
+        .collect();
+    assert!(!airflow.is_empty());
+    let held = full.clone().without_starting(&airflow);
+    let (all, kept) = (names(&full), names(&held));
+    for unit in &airflow {
+        assert!(all.contains(&format!("start {unit}")), "{all:#?}");
+        assert!(!kept.contains(&format!("start {unit}")), "{kept:#?}");
+        // Still written, so that the restore can start them.
+        let written = format!("write unit {unit} ");
+        assert!(kept.iter().any(|s| s.starts_with(&written)), "{kept:#?}");
+    }
+    assert!(!kept.contains(&"start analytics-stack.target".to_string()));
+    // Everything else is as in the full plan.
+    let others: Vec<&String> = all
+        .iter()
+        .filter(|s| {
+            !s.starts_with("start ") || !(airflow.contains(&s[6..]) || s.ends_with(".target"))
+        })
+        .collect();
+    assert_eq!(kept.iter().collect::<Vec<_>>(), others);
+    // Nothing held: the same plan.
+    assert_eq!(names(&full.clone().without_starting(&BTreeSet::new())), all);
+}
+
+#[test]
 fn a_second_apply_of_the_same_config_plans_nothing() {
     let (facts, state) = converged("");
     let p = plan(&desired(""), &facts, &state);

@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod desk;
+pub mod egress;
 pub mod mirror;
 pub mod net;
 pub mod relabel;
@@ -163,6 +164,33 @@ impl Container {
     /// would sit in tmpfs, memory that cannot be reclaimed and counts against the
     /// limit, where a VM writes to its disk.
     pub fn boot_with_memory(name: &str, bytes: u64) -> Container {
+        Container::boot_memory_limited(name, bytes, None, &[])
+    }
+
+    /// Like `boot_with_memory`, on `bridge` at `address`, with `binds` added.
+    pub fn boot_with_memory_on(
+        name: &str,
+        bytes: u64,
+        bridge: &net::Bridge,
+        address: &str,
+        binds: &[(PathBuf, &str)],
+    ) -> Container {
+        let c = Container::boot_memory_limited(
+            name,
+            bytes,
+            Some((bridge.name.clone(), address.to_string())),
+            binds,
+        );
+        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
+        c
+    }
+
+    fn boot_memory_limited(
+        name: &str,
+        bytes: u64,
+        bridge: Option<(String, String)>,
+        binds: &[(PathBuf, &str)],
+    ) -> Container {
         let disk = PathBuf::from(format!("/var/tmp/analytics-stack-test/disk-{name}"));
         let _ = std::fs::remove_dir_all(&disk);
         std::fs::create_dir_all(&disk).unwrap();
@@ -173,12 +201,15 @@ impl Container {
             .status()
             .expect("cp");
         assert!(copied.success(), "cannot copy the root filesystem");
+        let mut all = Container::own_build();
+        all.extend(binds.iter().cloned());
         let mut c = Container::boot_full(
             name,
-            &Container::own_build(),
+            &all,
             Boot {
                 memory_max: Some(bytes),
                 root: Some(disk.join("root")),
+                bridge,
                 ..Boot::default()
             },
         );
@@ -396,6 +427,23 @@ impl Container {
             "printf '[Socket]\\nListenStream=127.0.0.1:{port}\\n' > /run/systemd/system/test-proxy-{port}.socket \
              && printf '[Service]\\nExecStart=/lib/systemd/systemd-socket-proxyd {to}\\n' > /run/systemd/system/test-proxy-{port}.service \
              && systemctl daemon-reload && systemctl start test-proxy-{port}.socket"
+        ));
+    }
+
+    /// Gives this container (booted on a bridge with [`egress::EgressProxy::dir`]
+    /// bound at [`egress::DIR_INSIDE`]) its way out: the proxy on its loopback, and
+    /// the daemon's unit told of it, as an operator behind a site's proxy would.
+    /// Call before `start_daemon`.
+    pub fn use_egress_proxy(&self) {
+        let port = egress::PORT;
+        self.loopback_proxy(port, &format!("{}/proxy.sock", egress::DIR_INSIDE));
+        self.ok(&format!(
+            "mkdir -p /etc/systemd/system/analytics-stackd.service.d && printf '[Service]\n             Environment=http_proxy=http://127.0.0.1:{port} https_proxy=http://127.0.0.1:{port} no_proxy=127.0.0.1,localhost\n'              > /etc/systemd/system/analytics-stackd.service.d/egress-proxy.conf && systemctl daemon-reload"
+        ));
+        // The test's own apt commands (a clean environment) through it too; one
+        // request per connection, as the proxy forwards them.
+        self.ok(&format!(
+            "printf 'Acquire::http::Proxy \"http://127.0.0.1:{port}\";\nAcquire::http::Pipeline-Depth \"0\";\n' > /etc/apt/apt.conf.d/80test-egress-proxy"
         ));
     }
 
