@@ -57,7 +57,8 @@ pub struct Container {
     pub name: String,
     /// The container's memory cgroup on the host, when booted with a memory limit.
     memory_cgroup: Option<PathBuf>,
-    /// Host directories bound in for the container's bulky trees, removed with it.
+    /// The container's directory on the host's disk (its root, an overlay or a
+    /// copy), removed with it.
     disk: Option<PathBuf>,
     /// The container's cgroup in the unified hierarchy, whose `cpu.stat` counts the
     /// CPU time of everything inside; None where there is no such hierarchy.
@@ -327,20 +328,23 @@ impl Container {
         }
         let r = repo();
         let mut cmd = Command::new(r.join("tests/harness/nspawn-in-cgroup.sh"));
-        let volatile = root.is_none();
-        cmd.args([name, "-q", "-D"])
-            .arg(root.unwrap_or_else(|| rootfs_of(if trixie { "trixie" } else { "bookworm" })))
-            .args([
-                "-M",
-                name,
-                "--register=no",
-                "--keep-unit",
-                "--link-journal=no",
-                "--kill-signal=SIGRTMIN+3",
-            ]);
-        if volatile {
-            cmd.arg("--volatile=overlay");
-        }
+        // Thrown away with the container: an overlay of the cached root filesystem.
+        let (root, overlay) = match root {
+            Some(root) => (root, None),
+            None => {
+                let disk =
+                    overlay_root(name, &rootfs_of(if trixie { "trixie" } else { "bookworm" }));
+                (disk.join("root"), Some(disk))
+            }
+        };
+        cmd.args([name, "-q", "-D"]).arg(&root).args([
+            "-M",
+            name,
+            "--register=no",
+            "--keep-unit",
+            "--link-journal=no",
+            "--kill-signal=SIGRTMIN+3",
+        ]);
         for (src, dst) in binds {
             cmd.arg(format!("--bind-ro={}:{dst}", src.display()));
         }
@@ -394,7 +398,7 @@ impl Container {
             leader,
             name: name.into(),
             memory_cgroup,
-            disk: None,
+            disk: overlay,
             cgroup: container_cgroup(unified, "0::", name, pid),
             cpu_recorded: false,
         };
@@ -432,18 +436,21 @@ impl Container {
 
     /// Gives this container (booted on a bridge with [`egress::EgressProxy::dir`]
     /// bound at [`egress::DIR_INSIDE`]) its way out: the proxy on its loopback, and
-    /// the daemon's unit told of it, as an operator behind a site's proxy would.
+    /// the daemon's unit told of it, as an operator behind a site's proxy would (a
+    /// runtime drop-in, in /run: /etc/systemd/system stays the stack's to check).
     /// Call before `start_daemon`.
     pub fn use_egress_proxy(&self) {
         let port = egress::PORT;
         self.loopback_proxy(port, &format!("{}/proxy.sock", egress::DIR_INSIDE));
         self.ok(&format!(
-            "mkdir -p /etc/systemd/system/analytics-stackd.service.d && printf '[Service]\n             Environment=http_proxy=http://127.0.0.1:{port} https_proxy=http://127.0.0.1:{port} no_proxy=127.0.0.1,localhost\n'              > /etc/systemd/system/analytics-stackd.service.d/egress-proxy.conf && systemctl daemon-reload"
+            "mkdir -p /run/systemd/system/analytics-stackd.service.d && printf '[Service]\\nEnvironment=%s\\n' \\
+             'http_proxy=http://127.0.0.1:{port} https_proxy=http://127.0.0.1:{port} no_proxy=127.0.0.1,localhost' \\
+             > /run/systemd/system/analytics-stackd.service.d/egress-proxy.conf && systemctl daemon-reload"
         ));
         // The test's own apt commands (a clean environment) through it too; one
         // request per connection, as the proxy forwards them.
         self.ok(&format!(
-            "printf 'Acquire::http::Proxy \"http://127.0.0.1:{port}\";\nAcquire::http::Pipeline-Depth \"0\";\n' > /etc/apt/apt.conf.d/80test-egress-proxy"
+            "printf 'Acquire::http::Proxy \"http://127.0.0.1:{port}\";\\nAcquire::http::Pipeline-Depth \"0\";\\n' > /etc/apt/apt.conf.d/80test-egress-proxy"
         ));
     }
 
@@ -800,7 +807,7 @@ impl Drop for Container {
         let already_halted = matches!(self.nspawn.try_wait(), Ok(Some(_)));
         if already_halted {
             if let Some(disk) = &self.disk {
-                let _ = std::fs::remove_dir_all(disk);
+                remove_disk(disk);
             }
             return;
         }
@@ -837,9 +844,55 @@ impl Drop for Container {
             let _ = self.nspawn.wait();
         }
         if let Some(disk) = &self.disk {
-            let _ = std::fs::remove_dir_all(disk);
+            remove_disk(disk);
         }
     }
+}
+
+/// A container's root on the host's disk, `DISK/root`: an overlay whose lower layer
+/// is the cached root filesystem (read-only, shared) and whose upper layer is
+/// `DISK/upper`, thrown away with the container. nspawn's `--volatile=overlay` would
+/// put the upper layer in tmpfs: every file the stack writes (packages, venvs,
+/// databases, backups) held in memory that cannot be reclaimed — 17 GiB of it with
+/// three tests at once, when the kernel's OOM killer took Airflow's API server.
+fn overlay_root(name: &str, lower: &Path) -> PathBuf {
+    let disk = PathBuf::from(format!("/var/tmp/analytics-stack-test/overlay-{name}"));
+    remove_disk(&disk);
+    for dir in ["upper", "work", "root"] {
+        std::fs::create_dir_all(disk.join(dir)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        disk.join("upper").display(),
+        disk.join("work").display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(disk.join("root"))
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "cannot mount the overlay of {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    disk
+}
+
+/// Removes a container's directory on the host's disk, unmounting its overlay root
+/// first (a copied root is no mount: `umount` then fails, harmlessly).
+fn remove_disk(disk: &Path) {
+    let root = disk.join("root");
+    if root.exists() {
+        // Lazily: a process still holding it lets go when it ends.
+        let _not_mounted = Command::new("umount")
+            .arg("-l")
+            .arg(&root)
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(disk);
 }
 
 /// The Debian package built by packaging/build-deb.sh (built now if missing).

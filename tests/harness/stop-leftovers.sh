@@ -16,5 +16,11 @@ for round in 1 2 3 4 5; do
   sleep 1
 done
 tops | while IFS= read -r top; do find "$top" -depth -type d -exec rmdir {} \; 2>/dev/null; done
+# Their roots: overlays on the host's disk (tests/common/mod.rs, overlay_root).
+for root in /var/tmp/analytics-stack-test/overlay-*/root; do
+  [ -d "$root" ] || continue
+  umount -l "$root" 2>/dev/null
+  rm -rf "${root%/root}"
+done
 [ "$left" -gt 0 ] && echo "stopped $left processes of test containers an earlier run left" >&2
 exit 0
