@@ -178,14 +178,12 @@ impl Container {
         address: &str,
         binds: &[(PathBuf, &str)],
     ) -> Container {
-        let c = Container::boot_memory_limited(
+        Container::boot_memory_limited(
             name,
             bytes,
             Some((bridge.name.clone(), address.to_string())),
             binds,
-        );
-        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
-        c
+        )
     }
 
     fn boot_memory_limited(
@@ -283,17 +281,14 @@ impl Container {
         address: &str,
         binds: &[(PathBuf, &str)],
     ) -> Container {
-        let c = Container::boot_full(
+        Container::boot_full(
             name,
             binds,
             Boot {
                 bridge: Some((bridge.name.clone(), address.to_string())),
                 ..Boot::default()
             },
-        );
-        // Hosts of one network have names of their own (the image's is shared).
-        c.ok(&format!("echo {name} > /etc/hostname && hostname {name}"));
-        c
+        )
     }
 
     /// A container with only `binds` (source on the host, path inside) added.
@@ -425,8 +420,10 @@ impl Container {
         };
         eprintln!("[{name}] systemd is {state} (leader pid {leader})");
         if let Some((_, address)) = &bridge {
+            // Hosts of one network have names of their own (the image's is shared).
             c.ok(&format!(
-                "ip addr add {address}/24 dev host0 && ip link set host0 up"
+                "ip addr add {address}/24 dev host0 && ip link set host0 up \
+                 && echo {name} > /etc/hostname && hostname {name}"
             ));
         }
         c
