@@ -86,7 +86,7 @@ fn applications_end_to_end(distro: Distro) {
             c.ok(&format!(
                 "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/{name}"
             ));
-            c.ok("for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
+            c.ok("for i in $(seq 600); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
             c.trust_stack_ca();
             c
         }

@@ -479,7 +479,7 @@ fn every_attack_on_the_daemon_is_refused_and_changes_nothing() {
     // 10. A fake listener on the Redis port: the probe sends no password to it.
     c.ok("systemctl stop analytics-redis-broker.service");
     c.ok("setsid runuser -u alice -- perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1:6379\",Listen=>5,ReuseAddr=>1) or die; open(F,\">\",\"/home/alice/heard\"); while($c=$s->accept){ $c->recv($b,4096); print F $b; close F; open(F,\">>\",\"/home/alice/heard\") }' < /dev/null > /dev/null 2>&1 &");
-    c.ok("for i in $(seq 50); do ss -ltn | grep -q 127.0.0.1:6379 && exit 0; sleep 0.1; done; exit 1");
+    c.ok("for i in $(seq 600); do ss -ltn | grep -q 127.0.0.1:6379 && exit 0; sleep 0.1; done; exit 1");
     let status = c.ok("analytics-stack status --json");
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let redis = v["components"]

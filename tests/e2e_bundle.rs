@@ -84,7 +84,7 @@ fn a_bundle_installs_the_stack_with_no_network_and_an_altered_one_is_refused() {
     c.ok(&format!(
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/deb/{name}"
     ));
-    c.ok("for i in $(seq 50); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
+    c.ok("for i in $(seq 600); do busctl status org.analyticsstack.Stack1 >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1");
     c.ok(&format!(
         "printf '{CONFIG}' > /etc/analytics-stack/stack.d/10-test.toml"
     ));

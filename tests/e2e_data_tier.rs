@@ -83,7 +83,7 @@ fn data_tier_end_to_end() {
     // Two applies at once: the second is told the daemon is busy.
     // Detached from our output pipe, so this call returns while the apply runs.
     c.ok("setsid bash -c 'analytics-stack apply > /tmp/apply1.out 2> /tmp/apply1.err; echo $? > /tmp/apply1.rc' < /dev/null > /dev/null 2>&1 &");
-    c.ok("for i in $(seq 100); do busctl get-property org.analyticsstack.Stack1 /org/analyticsstack/Stack1 org.analyticsstack.Stack1.Manager Busy | grep -q true && exit 0; sleep 0.1; done; exit 1");
+    c.ok("for i in $(seq 600); do busctl get-property org.analyticsstack.Stack1 /org/analyticsstack/Stack1 org.analyticsstack.Stack1.Manager Busy | grep -q true && exit 0; sleep 0.1; done; exit 1");
     let second = c.sh("analytics-stack apply");
     assert_eq!(
         second.status.code(),

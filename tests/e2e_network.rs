@@ -349,7 +349,7 @@ fn workers(primary: &Container, outsider: &Container) {
         "psql -h /run/analytics-postgres -p 5432 -U postgres -d postgres -XAtc \"SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' AND query LIKE '%pg_sleep%' AND state = 'active'\""
     );
     primary.ok(&format!(
-        "for i in $(seq 100); do test \"$({sessions})\" = 1 && exit 0; sleep 0.1; done; exit 1"
+        "for i in $(seq 600); do test \"$({sessions})\" = 1 && exit 0; sleep 0.1; done; exit 1"
     ));
     outsider.ok("test ! -e /tmp/sleep.rc");
     let started = std::time::Instant::now();

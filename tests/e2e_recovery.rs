@@ -62,9 +62,11 @@ fn cancelled_and_killed_applies_converge() {
     );
     eprintln!("cancelled after {done} of {total} steps");
 
-    // Kill the daemon in the middle of an apply (once PostgreSQL's unit is written).
+    // Kill the daemon in the middle of an apply (once PostgreSQL's unit is written;
+    // up to 3 minutes: beside two application tests the apply's packages took over
+    // the 30 s this waited before).
     c.ok("setsid bash -c 'analytics-stack apply > /tmp/killed.out 2>&1; echo $? > /tmp/killed.rc' < /dev/null > /dev/null 2>&1 &");
-    c.ok("for i in $(seq 600); do test -e /etc/systemd/system/analytics-redis-cache.service && exit 0; sleep 0.05; done; exit 1");
+    c.ok("for i in $(seq 3600); do test -e /etc/systemd/system/analytics-redis-cache.service && exit 0; sleep 0.05; done; exit 1");
     c.ok("systemctl kill -s KILL analytics-stackd.service");
     c.ok("for i in $(seq 100); do test -s /tmp/killed.rc && exit 0; sleep 0.1; done; exit 1");
     assert_ne!(
