@@ -336,22 +336,8 @@ impl Stack {
             )));
         }
         let plan = plan::plan(&desired, &facts, &state);
-        // Held: the components asked for that run no unit yet and are not upgraded
-        // by this plan (an upgrade is health-gated here, never deferred).
         let mut upgrades = crate::upgrade::upgrades(&desired, &plan, &facts);
-        let held: Vec<&ComponentSpec> = desired
-            .iter()
-            .filter(|s| hold.contains(&s.name))
-            .filter(|s| !upgrades.iter().any(|u| u.component == s.name))
-            .filter(|s| {
-                s.units.iter().all(|u| {
-                    !facts
-                        .units
-                        .get(&u.name)
-                        .is_some_and(crate::facts::UnitFact::is_active)
-                })
-            })
-            .collect();
+        let held = held_components(&desired, hold, &upgrades, &facts);
         let held_units: BTreeSet<String> = held
             .iter()
             .flat_map(|s| s.units.iter().map(|u| u.name.clone()))
@@ -1196,6 +1182,29 @@ pub fn unit_metrics(status: &StatusReport) -> String {
         &|u| Some(u.restarts.into()),
     );
     text
+}
+
+/// The components of `hold` an apply installs but does not start: those that run no
+/// unit yet and that this plan does not upgrade (an upgrade is health-gated by the
+/// same apply, never deferred).
+fn held_components<'a>(
+    desired: &'a [ComponentSpec],
+    hold: &[&str],
+    upgrades: &[crate::upgrade::Upgrade],
+    facts: &crate::facts::HostFacts,
+) -> Vec<&'a ComponentSpec> {
+    let running = |unit: &str| {
+        facts
+            .units
+            .get(unit)
+            .is_some_and(crate::facts::UnitFact::is_active)
+    };
+    desired
+        .iter()
+        .filter(|s| hold.contains(&s.name))
+        .filter(|s| !upgrades.iter().any(|u| u.component == s.name))
+        .filter(|s| !s.units.iter().any(|u| running(&u.name)))
+        .collect()
 }
 
 #[cfg(test)]
