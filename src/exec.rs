@@ -10,12 +10,17 @@ use crate::state::RecordedState;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Longer than any unit's own start timeout (a first migration takes minutes).
 const UNIT_TIMEOUT: Duration = Duration::from_secs(1000);
 /// uv's download and build cache.
 pub const UV_CACHE: &str = "/var/cache/analytics-stack/uv";
+/// The archive digests file is read, changed and written by one install at a time.
+static DIGESTS_WRITER: Mutex<()> = Mutex::new(());
+/// Whether uv's cache is the build user's is checked (and fixed) by one build at a time.
+static UV_CACHE_CHECK: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -99,55 +104,250 @@ fn ids(owner: &str, group: &str) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// uv's cache, emptied and given to the build user if it holds anything that user
+/// does not own.
+fn empty_unless_owned(cache: &Path, builder: (u32, u32)) -> std::io::Result<()> {
+    if !host::fsroot::owned_by(cache, builder.0)? {
+        std::fs::remove_dir_all(cache)?;
+        std::fs::create_dir(cache)?;
+        std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o700))?;
+        std::os::unix::fs::chown(cache, Some(builder.0), Some(builder.1))?;
+    }
+    Ok(())
+}
+
+/// The state, locked for one change (a step never holds it across a wait).
+fn recorded(state: &Mutex<RecordedState>) -> std::sync::MutexGuard<'_, RecordedState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How many steps run at once: installs and unit jobs mostly wait on the network,
+/// the disk, a child process or systemd, so more than the cores. Venvs one at a
+/// time: uv already downloads in parallel and compiles bytecode on every core, and
+/// three builds at once took 67 s where one after another took 56 (the whole
+/// stack, two cores); the parallel win is a venv built while the one before it
+/// starts its application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    pub steps: usize,
+    pub venv_builds: usize,
+}
+
+impl Concurrency {
+    pub const SERIAL: Concurrency = Concurrency {
+        steps: 1,
+        venv_builds: 1,
+    };
+
+    /// From the host's cores; `ANALYTICS_STACK_APPLY_STEPS` in the daemon's
+    /// environment sets how many steps at most (1: one after another, as before).
+    pub fn for_host() -> Concurrency {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let steps = std::env::var("ANALYTICS_STACK_APPLY_STEPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or((2 * cores).max(4));
+        Concurrency {
+            steps,
+            venv_builds: 1,
+        }
+    }
+}
+
+/// Where an apply's time went, by phase: the steps' summed seconds and the span from
+/// the phase's first start to its last end (less than the sum when steps ran at once).
+#[derive(Default)]
+struct Timings {
+    began: Option<std::time::Instant>,
+    starts: std::collections::BTreeMap<usize, std::time::Instant>,
+    /// phase → (steps, summed seconds, first start, last end)
+    phases: std::collections::BTreeMap<&'static str, (usize, f64, f64, f64)>,
+}
+
+impl Timings {
+    fn started(&mut self, i: usize) {
+        let now = std::time::Instant::now();
+        self.began.get_or_insert(now);
+        self.starts.insert(i, now);
+    }
+
+    fn finished(&mut self, i: usize, step: &Step) {
+        let (Some(began), Some(start)) = (self.began, self.starts.remove(&i)) else {
+            return;
+        };
+        let (from, to) = (
+            start.duration_since(began).as_secs_f64(),
+            began.elapsed().as_secs_f64(),
+        );
+        let phase = self
+            .phases
+            .entry(step.phase())
+            .or_insert((0, 0.0, from, to));
+        phase.0 += 1;
+        phase.1 += to - from;
+        phase.2 = phase.2.min(from);
+        phase.3 = phase.3.max(to);
+    }
+
+    fn summary(&self) -> String {
+        let wall = self.began.map_or(0.0, |b| b.elapsed().as_secs_f64());
+        let mut phases: Vec<_> = self.phases.iter().collect();
+        phases.sort_by(|a, b| a.1 .2.total_cmp(&b.1 .2));
+        let parts: Vec<String> = phases
+            .iter()
+            .map(|(name, (n, sum, from, to))| {
+                format!("{name} {n} steps {sum:.1} s from {from:.1} to {to:.1} s")
+            })
+            .collect();
+        format!("{wall:.1} s in all; {}", parts.join("; "))
+    }
+}
+
 impl Executor<'_> {
-    /// Runs every step, reporting each (and download bytes) to `progress`.
+    /// Runs every step, one after another, reporting each (and download bytes) to
+    /// `progress`: plans that are not an apply's (uninstalls, rollbacks).
     pub async fn run(
         &self,
         plan: &Plan,
         state: &mut RecordedState,
         progress: &dyn Progress,
     ) -> Result<(), ExecError> {
+        let serial = crate::plan::graph::Graph::serial(plan.steps.len());
+        self.run_graph(plan, &serial, Concurrency::SERIAL, state, progress)
+            .await
+    }
+
+    /// Runs every step once the steps it waits for (`graph`) are done, up to
+    /// `limits` at once, lowest index first among the ready ones. The state is
+    /// recorded after each step, whichever finishes first, so a killed apply
+    /// converges. The first failure (or a cancel) starts nothing more; the steps
+    /// already running finish (a dpkg or a migration cut short would be worse), and
+    /// the error names them.
+    pub async fn run_graph(
+        &self,
+        plan: &Plan,
+        graph: &crate::plan::graph::Graph,
+        limits: Concurrency,
+        state: &mut RecordedState,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let total = plan.steps.len();
-        for (i, step) in plan.steps.iter().enumerate() {
-            let description = step.describe();
-            progress.step(i, total, &description);
-            if self.cancel.load(Ordering::SeqCst) {
-                return Err(ExecError::Cancelled(description));
-            }
-            tracing::info!(step = i + 1, total, "{description}");
-            let result = match step {
-                Step::InstallArchive { pin } => self.install_archive(pin, progress).await,
-                Step::BuildVenv { venv } => {
-                    self.build_venv(venv)
-                        .await
-                        .map_err(|reason| ExecError::Step {
-                            step: description.clone(),
-                            reason,
-                        })
+        let shared = Mutex::new(std::mem::take(state));
+        let mut done = vec![false; total];
+        let mut started = vec![false; total];
+        let mut finished = 0;
+        let mut running = FuturesUnordered::new();
+        let mut running_venvs = 0;
+        let mut timings = Timings::default();
+        let mut failure: Option<ExecError> = None;
+        // Steps that were running when the first failed, and finished (or failed) after.
+        let mut while_stopping: Vec<String> = Vec::new();
+        loop {
+            // Start what is ready, unless something failed or a cancel came.
+            while failure.is_none() && running.len() < limits.steps.max(1) {
+                let ready = (0..total).find(|&i| {
+                    !started[i]
+                        && graph.needs[i].iter().all(|&n| done[n])
+                        && (!matches!(plan.steps[i], Step::BuildVenv { .. })
+                            || running_venvs < limits.venv_builds.max(1))
+                });
+                let Some(i) = ready else { break };
+                let step = &plan.steps[i];
+                let description = step.describe();
+                progress.step(finished, total, &description);
+                if self.cancel.load(Ordering::SeqCst) {
+                    failure = Some(ExecError::Cancelled(description));
+                    break;
                 }
-                other => self
-                    .step(other, state)
-                    .await
-                    .map_err(|reason| ExecError::Step {
+                tracing::info!(
+                    step = i + 1,
+                    total,
+                    running = running.len(),
+                    "{description}"
+                );
+                started[i] = true;
+                timings.started(i);
+                if matches!(step, Step::BuildVenv { .. }) {
+                    running_venvs += 1;
+                }
+                let shared = &shared;
+                running.push(async move {
+                    let as_step = |reason| ExecError::Step {
                         step: description.clone(),
                         reason,
-                    }),
+                    };
+                    let result = match step {
+                        Step::InstallArchive { pin } => self.install_archive(pin, progress).await,
+                        Step::BuildVenv { venv } => self.build_venv(venv).await.map_err(as_step),
+                        other => self.step(other, shared).await.map_err(as_step),
+                    };
+                    (i, result)
+                });
+            }
+            let Some((i, result)) = running.next().await else {
+                break;
             };
-            result?;
+            let step = &plan.steps[i];
+            if matches!(step, Step::BuildVenv { .. }) {
+                running_venvs -= 1;
+            }
+            if let Err(e) = result {
+                tracing::warn!(step = i + 1, "{e}");
+                match failure {
+                    None => failure = Some(e),
+                    Some(_) => while_stopping.push(format!("{} (failed too)", step.describe())),
+                }
+                continue;
+            }
+            done[i] = true;
+            timings.finished(i, step);
+            finished += 1;
             // Once the state is gone on purpose, do not write it back.
             let state_removed = matches!(step, Step::ForgetState)
                 || matches!(step, Step::RemoveTree { path } if path == Path::new(paths::STATE));
-            if state_removed {
-                continue;
+            if !state_removed {
+                let saved = save_state(self.fs, &recorded(&shared));
+                if let Err(e) = saved {
+                    failure.get_or_insert(ExecError::Step {
+                        step: step.describe(),
+                        reason: format!("cannot record state: {e}"),
+                    });
+                    continue;
+                }
+                crate::util::failpoint_step_recorded();
             }
-            save_state(self.fs, state).map_err(|e| ExecError::Step {
-                step: description,
-                reason: format!("cannot record state: {e}"),
-            })?;
-            crate::util::failpoint_step_recorded();
+            if failure.is_some() {
+                while_stopping.push(step.describe());
+            }
         }
-        progress.step(total, total, "done");
-        Ok(())
+        drop(running);
+        *state = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+        tracing::info!("apply timings: {}", timings.summary());
+        match failure {
+            Some(ExecError::Step { step, reason }) if !while_stopping.is_empty() => {
+                Err(ExecError::Step {
+                    step,
+                    reason: format!(
+                        "{reason}\n(running beside it, and let finish: {})",
+                        while_stopping.join("; ")
+                    ),
+                })
+            }
+            Some(e) => Err(e),
+            None if finished < total => Err(ExecError::Step {
+                step: "the plan".into(),
+                reason: format!(
+                    "{} of {total} steps could not start: they wait for one another",
+                    total - finished
+                ),
+            }),
+            None => {
+                progress.step(total, total, "done");
+                Ok(())
+            }
+        }
     }
 
     /// Download (or reuse the cached), verify, unpack and switch `current`. A digest
@@ -175,7 +375,7 @@ impl Executor<'_> {
             Fetcher::new(self.fs.path(Path::new(paths::DOWNLOADS))).map_err(from_fetch)?;
         use crate::artifact::trust;
         let digests_file = Path::new(trust::DIGESTS_FILE);
-        let mut recorded = recorded_digests(self.fs);
+        let recorded = recorded_digests(self.fs);
         // (archive, the digest to record once it installed)
         let (archive, first_use) = match &self.bundle {
             // The bundle was verified whole against its manifest when it was opened,
@@ -220,10 +420,21 @@ impl Executor<'_> {
             UnpackError::Io { .. } => failed(e.to_string()),
             other => integrity(other.to_string()),
         };
-        crate::artifact::unpack(&archive, pin.format, &root, &pin.version).map_err(from_unpack)?;
-        crate::artifact::switch_current(&root, &pin.version).map_err(from_unpack)?;
+        // Unpacking reads and writes for seconds: off the executor's task, so the
+        // steps running beside it go on.
+        let (format, version) = (pin.format, pin.version.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::artifact::unpack(&archive, format, &root, &version)?;
+            crate::artifact::switch_current(&root, &version)
+        })
+        .await
+        .map_err(|e| failed(format!("the unpacking stopped: {e}")))?
+        .map_err(from_unpack)?;
         // Only an archive that verified *and* unpacked is remembered as this version.
         if let Some(sha256) = first_use {
+            // Read again under the lock: archives install at the same time.
+            let _one_writer = DIGESTS_WRITER.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recorded = recorded_digests(self.fs);
             recorded.record(pin, &sha256);
             let json = serde_json::to_vec_pretty(&recorded).map_err(|e| failed(e.to_string()))?;
             self.fs
@@ -271,14 +482,12 @@ impl Executor<'_> {
             // very inodes of an older venv (hard links), which the build user must not
             // be able to change.
             let cache = self.fs.path(Path::new(UV_CACHE));
-            if !host::fsroot::owned_by(&cache, builder.0).map_err(io(&cache))? {
-                std::fs::remove_dir_all(&cache).map_err(io(&cache))?;
-                std::fs::create_dir(&cache).map_err(io(&cache))?;
-                std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io(&cache))?;
-                std::os::unix::fs::chown(&cache, Some(builder.0), Some(builder.1))
-                    .map_err(io(&cache))?;
-            }
+            // Venvs build at the same time; one looks at the cache at a time.
+            let checked = {
+                let _one_checker = UV_CACHE_CHECK.lock().unwrap_or_else(|p| p.into_inner());
+                empty_unless_owned(&cache, builder)
+            };
+            checked.map_err(io(&cache))?;
             let uv = self.fs.path(&venv.uv_binary());
             let interpreter = self.fs.path(&venv.interpreter);
             run_uv(
@@ -484,11 +693,11 @@ impl Executor<'_> {
             .map_err(|e| format!("{}: {e}", to_data.display()))
     }
 
-    async fn step(&self, step: &Step, state: &mut RecordedState) -> Result<(), String> {
+    async fn step(&self, step: &Step, state: &Mutex<RecordedState>) -> Result<(), String> {
         let sd = |e: host::systemd::SystemdError| e.to_string();
         match step {
             Step::MaskDistroUnit { unit, before } => {
-                state
+                recorded(state)
                     .distro_units
                     .entry(unit.clone())
                     .or_insert_with(|| before.clone());
@@ -514,7 +723,7 @@ impl Executor<'_> {
                 .map_err(|e| e.to_string())?,
             Step::CreateUser { user } => {
                 host::create_system_user(&user.name, &user.home, &user.groups).await?;
-                state.users.insert(user.name.clone());
+                recorded(state).users.insert(user.name.clone());
             }
             Step::UpgradePostgres {
                 from,
@@ -525,7 +734,7 @@ impl Executor<'_> {
             } => {
                 self.upgrade_postgres(*from, *to, from_data, to_data, user)
                     .await?;
-                state
+                recorded(state)
                     .upgraded_postgres
                     .insert(from_data.display().to_string(), *to);
             }
@@ -554,27 +763,31 @@ impl Executor<'_> {
                 self.fs
                     .write_atomic(&file.path, text.as_bytes(), file.mode, uid, gid)
                     .map_err(|e| format!("{}: {e}", file.path.display()))?;
-                state.files.insert(file.path.display().to_string());
+                recorded(state)
+                    .files
+                    .insert(file.path.display().to_string());
             }
             Step::WriteUnit { unit, .. } => {
                 self.fs
                     .write_atomic(&unit.path(), unit.content.as_bytes(), 0o644, 0, 0)
                     .map_err(|e| format!("{}: {e}", unit.name))?;
-                state.files.insert(unit.path().display().to_string());
+                recorded(state)
+                    .files
+                    .insert(unit.path().display().to_string());
             }
             Step::RemoveFile { path } => {
                 self.fs
                     .remove_file(path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                state.files.remove(&path.display().to_string());
+                recorded(state).files.remove(&path.display().to_string());
             }
             Step::ReloadSystemd => {
                 self.systemd.reload().await.map_err(sd)?;
-                state.daemon_reload_pending = false;
+                recorded(state).daemon_reload_pending = false;
             }
             Step::Init { provision } | Step::Provision { provision } => {
                 self.provision(provision).await?;
-                state
+                recorded(state)
                     .provisioned
                     .insert(provision.id(), provision.fingerprint());
             }
@@ -582,24 +795,24 @@ impl Executor<'_> {
             Step::DisableUnits { units } => self.systemd.disable(units).await.map_err(sd)?,
             Step::StartUnit { unit } => {
                 self.unit_job("start", unit).await?;
-                state.pending_restarts.remove(unit);
+                recorded(state).pending_restarts.remove(unit);
             }
             Step::RestartUnit { unit } => {
                 self.unit_job("restart", unit).await?;
-                state.pending_restarts.remove(unit);
+                recorded(state).pending_restarts.remove(unit);
             }
             Step::ReloadUnit { unit } => {
                 self.unit_job("reload", unit).await?;
-                state.pending_restarts.remove(unit);
+                recorded(state).pending_restarts.remove(unit);
             }
             Step::RecordPending {
                 units,
                 daemon_reload,
             } => {
-                state
+                recorded(state)
                     .pending_restarts
                     .extend(units.iter().map(|(u, how)| (u.clone(), *how)));
-                state.daemon_reload_pending |= daemon_reload;
+                recorded(state).daemon_reload_pending |= daemon_reload;
             }
             Step::StopUnit { unit } => self.unit_job("stop", unit).await?,
             Step::RestoreDistroUnit { unit, before } => {
@@ -614,11 +827,11 @@ impl Executor<'_> {
                 if before.was_active {
                     self.unit_job("start", unit).await?;
                 }
-                state.distro_units.remove(unit);
+                recorded(state).distro_units.remove(unit);
             }
             Step::DeleteUser { user } => {
                 host::delete_system_user(user).await?;
-                state.users.remove(user);
+                recorded(state).users.remove(user);
             }
             Step::RemoveTree { path } => match std::fs::remove_dir_all(self.fs.path(path)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -633,7 +846,7 @@ impl Executor<'_> {
             Step::RecordComponent {
                 component,
                 installed,
-            } => state.record_component(component, *installed),
+            } => recorded(state).record_component(component, *installed),
         }
         Ok(())
     }

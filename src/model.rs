@@ -88,6 +88,10 @@ pub struct VenvSpec {
     pub python: Option<crate::artifact::catalog::ArchivePin>,
     /// Why the venv gets `interpreter` (shown by `plan`).
     pub python_why: String,
+    /// The Debian packages the build needs (Debian's interpreter, or the libraries
+    /// an operator's own CPython links to): apt installs them first.
+    #[serde(skip)]
+    pub build_packages: Vec<String>,
 }
 
 impl VenvSpec {

@@ -297,7 +297,13 @@ impl Stack {
         }
         let apt = apt_sources(&config, &gather::os_codename(&self.fs), bundle.as_ref());
         let mut state = exec::load_state(&self.fs);
+        let gathering = Instant::now();
         let facts = gather::gather(&self.fs, &self.systemd, &desired, &state).await?;
+        tracing::info!(
+            "apply: configuration read and rendered in {:.3} s, facts gathered in {:.3} s",
+            (gathering - started).as_secs_f64(),
+            gathering.elapsed().as_secs_f64()
+        );
         // Before anything is installed: every venv needs a Python its application
         // supports, and PostgreSQL cannot go back a major.
         let problems = preflight_problems(&desired, &facts);
@@ -417,14 +423,26 @@ impl Stack {
         };
         let outcome = async {
             if !plan.is_empty() {
-                executor.run(&plan, &mut state, progress).await?;
+                let graph = plan::graph::graph(&plan, &desired);
+                executor
+                    .run_graph(
+                        &plan,
+                        &graph,
+                        exec::Concurrency::for_host(),
+                        &mut state,
+                        progress,
+                    )
+                    .await?;
             }
             let started: Vec<ComponentSpec> = desired
                 .iter()
                 .filter(|s| !held.iter().any(|h| h.name == s.name))
                 .cloned()
                 .collect();
-            self.wait_healthy(&started, timeout).await
+            let waiting = Instant::now();
+            let healthy = self.wait_healthy(&started, timeout).await;
+            tracing::info!("health wait: {:.1} s", waiting.elapsed().as_secs_f64());
+            healthy
         }
         .await;
         // What an upgrade made unhealthy goes back to what it was: PostgreSQL first
@@ -552,15 +570,18 @@ impl Stack {
     ) -> Result<(), StackError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut sick = Vec::new();
-            for spec in desired {
-                for probe in &spec.probes {
-                    let r = health::run(probe, |n| gather::read_secret(&self.fs, n)).await;
-                    if !r.healthy {
-                        sick.push((spec, r));
-                    }
-                }
-            }
+            // Every probe at once: each waits on its component, not on the others.
+            let probes = desired
+                .iter()
+                .flat_map(|spec| spec.probes.iter().map(move |probe| (spec, probe)));
+            let results = futures_util::future::join_all(probes.map(|(spec, probe)| async move {
+                (
+                    spec,
+                    health::run(probe, |n| gather::read_secret(&self.fs, n)).await,
+                )
+            }))
+            .await;
+            let sick: Vec<_> = results.into_iter().filter(|(_, r)| !r.healthy).collect();
             if sick.is_empty() {
                 return Ok(());
             }

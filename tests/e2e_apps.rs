@@ -127,6 +127,11 @@ fn applications_end_to_end(distro: Distro) {
         "[figure] cold apply of the stack with the applications ({distro:?}): {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    eprintln!(
+        "[figure] where the cold apply's time went ({distro:?}): {}",
+        c.ok("journalctl -u analytics-stackd.service -o cat | grep -E '^apply timings:|^health wait' | tail -2")
+            .trim()
+    );
     // An apply looks up the software sources it is configured with (Debian's mirror,
     // PyPI for the locked venvs) and the host's own name; nothing else.
     let own = c.ok("hostname").trim().to_string();
@@ -556,6 +561,16 @@ fn applications_end_to_end(distro: Distro) {
     let again = json(&c.ok("analytics-stack apply --json"));
     assert_eq!(again["changed"], false, "{again}");
     assert_eq!(main_pids(&c), before);
+    // And takes (the CLI's start, the bus, the facts, the health checks), timed
+    // inside, best of 5:
+    let noop_ms = c.ok("for i in 1 2 3 4 5; do a=$(date +%s%N); analytics-stack apply > /dev/null; b=$(date +%s%N); echo $(( (b - a) / 1000000 )); done | sort -n | head -1");
+    eprintln!(
+        "[figure] no-op apply of the whole stack ({distro:?}): {} ms; the daemon's part of the last: {}",
+        noop_ms.trim(),
+        c.ok("journalctl -u analytics-stackd.service -o cat | grep -E '^apply: |^health wait' | tail -2")
+            .trim()
+            .replace('\n', "; ")
+    );
 
     // How a setting change and a killed worker are handled is the daemon's and
     // systemd's logic, the same on either release: on Debian 12 alone.

@@ -107,6 +107,7 @@ impl LockedApp {
             python_why: python.why,
             index_url: config.python.index_url.as_str().into(),
             uv,
+            build_packages: self.packages(config, platform),
         })
     }
 

@@ -122,6 +122,23 @@ pub enum Step {
 }
 
 impl Step {
+    /// The phase of an apply the step belongs to, for the timings an apply logs.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            Step::InstallPackages { .. } => "packages",
+            Step::InstallArchive { .. } => "archives",
+            Step::BuildVenv { .. } => "venvs",
+            Step::Init { .. } | Step::Provision { .. } | Step::UpgradePostgres { .. } => {
+                "initialise and provision"
+            }
+            Step::StartUnit { .. }
+            | Step::RestartUnit { .. }
+            | Step::ReloadUnit { .. }
+            | Step::StopUnit { .. } => "unit jobs",
+            _ => "users, directories, files, units",
+        }
+    }
+
     /// A one-line human description, safe to print (no secrets).
     pub fn describe(&self) -> String {
         match self {
@@ -622,6 +639,18 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
+    // Users before the packages: the venvs (built as the unprivileged build user)
+    // need them while apt installs, and useradd must not race dpkg's own adduser for
+    // /etc/passwd's lock. They join only groups systemd or the stack make
+    // (`graph::tests::stack_users_join_no_group_a_package_makes`). Several
+    // components may name one user.
+    let mut named = std::collections::BTreeSet::new();
+    for user in desired.iter().flat_map(|s| s.users.iter()) {
+        if !facts.users.contains(&user.name) && named.insert(user.name.as_str()) {
+            steps.push(Step::CreateUser { user: user.clone() });
+        }
+    }
+
     // Files that shape how packages install, then the packages.
     for spec in desired {
         for file in &spec.pre_install_files {
@@ -653,16 +682,19 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         .filter(|p| !facts.packages.contains_key(*p) && named.insert(p.as_str()))
         .cloned()
         .collect();
-    if !missing.is_empty() {
-        steps.push(Step::InstallPackages { packages: missing });
-    }
-
-    // Users after the packages (whose groups they may join) and before the venvs
-    // (built as the unprivileged build user). Several components may name one user.
-    let mut named = std::collections::BTreeSet::new();
-    for user in desired.iter().flat_map(|s| s.users.iter()) {
-        if !facts.users.contains(&user.name) && named.insert(user.name.as_str()) {
-            steps.push(Step::CreateUser { user: user.clone() });
+    // What a venv's build needs (Debian's python3) first and alone, when a venv is
+    // to be built: the builds then run beside the rest of apt's work.
+    let for_builds: BTreeSet<&String> = desired
+        .iter()
+        .filter_map(|s| s.venv.as_ref())
+        .filter(|v| facts.venvs.get(&v.name) != Some(&v.id))
+        .flat_map(|v| &v.build_packages)
+        .collect();
+    let (first, rest): (Vec<String>, Vec<String>) =
+        missing.into_iter().partition(|p| for_builds.contains(p));
+    for packages in [first, rest] {
+        if !packages.is_empty() {
+            steps.push(Step::InstallPackages { packages });
         }
     }
 
@@ -921,6 +953,7 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
     Plan { steps }
 }
 
+pub mod graph;
 pub mod uninstall;
 
 #[cfg(test)]

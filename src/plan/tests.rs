@@ -2,6 +2,7 @@ use super::*;
 use crate::components::{render_all, Platform};
 use crate::config::Config;
 use crate::facts::{FileFact, Listener, UnitFact};
+use crate::plan::graph;
 
 /// Most tests here are about the data and metrics tiers; the applications have their
 /// own tests below (`with_apps`).
@@ -48,6 +49,12 @@ fn fresh_host() -> HostFacts {
 
 /// A simulated host: applies each step to the facts the way the executor would.
 fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
+    for step in &plan.steps {
+        simulate_step(step, facts, state);
+    }
+}
+
+fn simulate_step(step: &Step, facts: &mut HostFacts, state: &mut RecordedState) {
     let active = |facts: &mut HostFacts, unit: &str, on: bool| {
         let f = facts.units.entry(unit.to_string()).or_default();
         f.active_state = if on {
@@ -56,168 +63,166 @@ fn simulate(plan: &Plan, facts: &mut HostFacts, state: &mut RecordedState) {
             "inactive".into()
         };
     };
-    for step in &plan.steps {
-        match step {
-            Step::MaskDistroUnit { unit, before } => {
-                state
-                    .distro_units
-                    .entry(unit.clone())
-                    .or_insert(before.clone());
-                let f = facts.units.entry(unit.clone()).or_default();
-                f.unit_file_state = "masked".into();
-                f.active_state = "inactive".into();
-            }
-            Step::InstallPackages { packages } => {
-                for p in packages {
-                    facts.packages.insert(p.clone(), "1.0".into());
-                }
-            }
-            Step::InstallArchive { pin } => {
-                facts
-                    .archives
-                    .insert((pin.component.clone(), pin.version.clone()));
-                facts
-                    .current_archives
-                    .insert(pin.component.clone(), pin.version.clone());
-            }
-            Step::PackageChanged { .. } => {}
-            Step::BuildVenv { venv } => {
-                for tool in venv.tool_pins() {
-                    assert!(
-                        facts
-                            .archives
-                            .contains(&(tool.component.clone(), tool.version.clone())),
-                        "{} is installed before the {} venv is built",
-                        tool.component,
-                        venv.name
-                    );
-                }
-                facts.venvs.insert(venv.name.clone(), venv.id.clone());
-            }
-            Step::CreateUser { user } => {
-                facts.users.insert(user.name.clone());
-            }
-            Step::EnsureDir { dir } => {
-                facts.dirs.insert(
-                    dir.path.clone(),
-                    Ownership {
-                        mode: dir.mode,
-                        owner: dir.owner.clone(),
-                        group: dir.group.clone(),
-                    },
-                );
-            }
-            Step::GenerateSecret { name } => {
-                facts
-                    .secrets
-                    .insert(name.clone(), format!("secret-of-{name}"));
-            }
-            Step::InstallCertificate { tls, .. } => {
-                let source_sha256 = facts.tls.as_ref().and_then(|t| t.source_sha256.clone());
-                facts.tls = Some(crate::tls::TlsFact {
-                    issued: Some(crate::tls::Issued {
-                        spec: tls.clone(),
-                        certificate_sha256: "installed".into(),
-                        source_sha256: source_sha256.clone(),
-                        not_after: u64::MAX,
-                    }),
-                    intact: true,
-                    renew_due: false,
-                    source_sha256,
-                });
-            }
-            Step::WriteFile { file, .. } => {
-                let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned())
-                    .expect("secrets exist before files");
-                facts.files.insert(
-                    file.path.clone(),
-                    FileFact {
-                        sha256: crate::util::sha256_hex(text.as_bytes()),
-                        ownership: Ownership {
-                            mode: file.mode,
-                            owner: file.owner.clone(),
-                            group: file.group.clone(),
-                        },
-                    },
-                );
-            }
-            Step::WriteUnit { unit, .. } => {
-                facts.files.insert(
-                    unit.path(),
-                    FileFact {
-                        sha256: crate::util::sha256_hex(unit.content.as_bytes()),
-                        ownership: Ownership {
-                            mode: 0o644,
-                            owner: "root".into(),
-                            group: "root".into(),
-                        },
-                    },
-                );
-            }
-            Step::RemoveFile { path } => {
-                facts.files.remove(path);
-            }
-            Step::ReloadSystemd => state.daemon_reload_pending = false,
-            Step::ReloadUnit { unit } | Step::RestartUnit { unit } => {
-                state.pending_restarts.remove(unit);
-            }
-            Step::RecordPending {
-                units,
-                daemon_reload,
-            } => {
-                state.pending_restarts.extend(units.clone());
-                state.daemon_reload_pending |= daemon_reload;
-            }
-            Step::Init { provision } => {
-                if let Provision::PostgresInitdb { data_dir, .. } = provision {
-                    facts.existing.insert(data_dir.join("PG_VERSION"));
-                    let major = postgres_major_of(data_dir).unwrap();
-                    facts.postgres_clusters.insert(major, data_dir.clone());
-                }
-            }
-            Step::UpgradePostgres {
-                from_data,
-                to_data,
-                to,
-                ..
-            } => {
-                facts.existing.insert(to_data.join("PG_VERSION"));
-                facts.postgres_clusters.insert(*to, to_data.clone());
-                state
-                    .upgraded_postgres
-                    .insert(from_data.display().to_string(), *to);
-            }
-            Step::EnableUnits { units } => {
-                for u in units {
-                    facts.units.entry(u.clone()).or_default().unit_file_state = "enabled".into();
-                }
-            }
-            Step::DisableUnits { units } => {
-                for u in units {
-                    facts.units.entry(u.clone()).or_default().unit_file_state = "disabled".into();
-                }
-            }
-            Step::StartUnit { unit } => {
-                active(facts, unit, true);
-                state.pending_restarts.remove(unit);
-            }
-            Step::StopUnit { unit } => active(facts, unit, false),
-            Step::Provision { provision } => {
-                state
-                    .provisioned
-                    .insert(provision.id(), provision.fingerprint());
-            }
-            Step::RestoreDistroUnit { .. }
-            | Step::DeleteUser { .. }
-            | Step::RemoveTree { .. }
-            | Step::ForgetState => {
-                panic!("an apply plan never holds uninstall steps: {step:?}")
-            }
-            Step::RecordComponent {
-                component,
-                installed,
-            } => state.record_component(component, *installed),
+    match step {
+        Step::MaskDistroUnit { unit, before } => {
+            state
+                .distro_units
+                .entry(unit.clone())
+                .or_insert(before.clone());
+            let f = facts.units.entry(unit.clone()).or_default();
+            f.unit_file_state = "masked".into();
+            f.active_state = "inactive".into();
         }
+        Step::InstallPackages { packages } => {
+            for p in packages {
+                facts.packages.insert(p.clone(), "1.0".into());
+            }
+        }
+        Step::InstallArchive { pin } => {
+            facts
+                .archives
+                .insert((pin.component.clone(), pin.version.clone()));
+            facts
+                .current_archives
+                .insert(pin.component.clone(), pin.version.clone());
+        }
+        Step::PackageChanged { .. } => {}
+        Step::BuildVenv { venv } => {
+            for tool in venv.tool_pins() {
+                assert!(
+                    facts
+                        .archives
+                        .contains(&(tool.component.clone(), tool.version.clone())),
+                    "{} is installed before the {} venv is built",
+                    tool.component,
+                    venv.name
+                );
+            }
+            facts.venvs.insert(venv.name.clone(), venv.id.clone());
+        }
+        Step::CreateUser { user } => {
+            facts.users.insert(user.name.clone());
+        }
+        Step::EnsureDir { dir } => {
+            facts.dirs.insert(
+                dir.path.clone(),
+                Ownership {
+                    mode: dir.mode,
+                    owner: dir.owner.clone(),
+                    group: dir.group.clone(),
+                },
+            );
+        }
+        Step::GenerateSecret { name } => {
+            facts
+                .secrets
+                .insert(name.clone(), format!("secret-of-{name}"));
+        }
+        Step::InstallCertificate { tls, .. } => {
+            let source_sha256 = facts.tls.as_ref().and_then(|t| t.source_sha256.clone());
+            facts.tls = Some(crate::tls::TlsFact {
+                issued: Some(crate::tls::Issued {
+                    spec: tls.clone(),
+                    certificate_sha256: "installed".into(),
+                    source_sha256: source_sha256.clone(),
+                    not_after: u64::MAX,
+                }),
+                intact: true,
+                renew_due: false,
+                source_sha256,
+            });
+        }
+        Step::WriteFile { file, .. } => {
+            let text = fill_secrets(&file.template, |n| facts.secrets.get(n).cloned())
+                .expect("secrets exist before files");
+            facts.files.insert(
+                file.path.clone(),
+                FileFact {
+                    sha256: crate::util::sha256_hex(text.as_bytes()),
+                    ownership: Ownership {
+                        mode: file.mode,
+                        owner: file.owner.clone(),
+                        group: file.group.clone(),
+                    },
+                },
+            );
+        }
+        Step::WriteUnit { unit, .. } => {
+            facts.files.insert(
+                unit.path(),
+                FileFact {
+                    sha256: crate::util::sha256_hex(unit.content.as_bytes()),
+                    ownership: Ownership {
+                        mode: 0o644,
+                        owner: "root".into(),
+                        group: "root".into(),
+                    },
+                },
+            );
+        }
+        Step::RemoveFile { path } => {
+            facts.files.remove(path);
+        }
+        Step::ReloadSystemd => state.daemon_reload_pending = false,
+        Step::ReloadUnit { unit } | Step::RestartUnit { unit } => {
+            state.pending_restarts.remove(unit);
+        }
+        Step::RecordPending {
+            units,
+            daemon_reload,
+        } => {
+            state.pending_restarts.extend(units.clone());
+            state.daemon_reload_pending |= daemon_reload;
+        }
+        Step::Init { provision } => {
+            if let Provision::PostgresInitdb { data_dir, .. } = provision {
+                facts.existing.insert(data_dir.join("PG_VERSION"));
+                let major = postgres_major_of(data_dir).unwrap();
+                facts.postgres_clusters.insert(major, data_dir.clone());
+            }
+        }
+        Step::UpgradePostgres {
+            from_data,
+            to_data,
+            to,
+            ..
+        } => {
+            facts.existing.insert(to_data.join("PG_VERSION"));
+            facts.postgres_clusters.insert(*to, to_data.clone());
+            state
+                .upgraded_postgres
+                .insert(from_data.display().to_string(), *to);
+        }
+        Step::EnableUnits { units } => {
+            for u in units {
+                facts.units.entry(u.clone()).or_default().unit_file_state = "enabled".into();
+            }
+        }
+        Step::DisableUnits { units } => {
+            for u in units {
+                facts.units.entry(u.clone()).or_default().unit_file_state = "disabled".into();
+            }
+        }
+        Step::StartUnit { unit } => {
+            active(facts, unit, true);
+            state.pending_restarts.remove(unit);
+        }
+        Step::StopUnit { unit } => active(facts, unit, false),
+        Step::Provision { provision } => {
+            state
+                .provisioned
+                .insert(provision.id(), provision.fingerprint());
+        }
+        Step::RestoreDistroUnit { .. }
+        | Step::DeleteUser { .. }
+        | Step::RemoveTree { .. }
+        | Step::ForgetState => {
+            panic!("an apply plan never holds uninstall steps: {step:?}")
+        }
+        Step::RecordComponent {
+            component,
+            installed,
+        } => state.record_component(component, *installed),
     }
 }
 
@@ -254,9 +259,11 @@ fn a_fresh_host_gets_everything_in_dependency_order() {
         pos("createcluster.d") < pos("install Debian packages"),
         "no default cluster may be created"
     );
+    // Users first: venvs are built as one while apt installs, and useradd must not
+    // race dpkg's adduser.
     assert!(
-        pos("install Debian packages: postgresql-15 pgbackrest redis-server nginx")
-            < pos("create system user analytics-postgres")
+        pos("create system user analytics-postgres")
+            < pos("install Debian packages: postgresql-15 pgbackrest redis-server nginx")
     );
     assert!(
         pos("generate secret postgres-warehouse")
@@ -1244,5 +1251,244 @@ fn an_apply_killed_after_any_step_still_restarts_what_it_changed() {
             "killed after {k}"
         );
         assert!(state.pending_restarts.is_empty() && !state.daemon_reload_pending);
+    }
+}
+
+// The plan as a graph (graph.rs): what may run at once, and that any order the graph
+// allows, killed anywhere, converges as the serial order does.
+
+/// Steps' positions by the start of their description (the first match).
+fn position_of(p: &Plan, start: &str) -> usize {
+    p.steps
+        .iter()
+        .position(|s| s.describe().starts_with(start))
+        .unwrap_or_else(|| panic!("no step '{start}…' in {:#?}", names(p)))
+}
+
+fn cold_plan(desired: &[ComponentSpec]) -> (Plan, graph::Graph) {
+    let p = plan(desired, &fresh_host(), &RecordedState::default());
+    let g = graph::graph(&p, desired);
+    (p, g)
+}
+
+#[test]
+fn installs_run_beside_apt_and_each_other() {
+    let desired = with_apps("");
+    let (p, g) = cold_plan(&desired);
+    let apt = position_of(&p, "install Debian packages");
+    let loki = position_of(&p, "install loki ");
+    let airflow = position_of(&p, "build the airflow venv");
+    let superset = position_of(&p, "build the superset venv");
+    let uv = position_of(&p, "install uv ");
+    let builder = position_of(&p, "create system user analytics-build");
+    assert!(
+        !g.waits_for(loki, apt),
+        "a download needs nothing apt brings"
+    );
+    assert!(!g.waits_for(superset, airflow) && !g.waits_for(airflow, superset));
+    assert!(g.waits_for(airflow, uv) && g.waits_for(airflow, builder));
+    // On Debian's Python the venvs wait for apt to install the interpreter, which
+    // it does first and alone, and not for the rest of apt's work…
+    assert_eq!(
+        p.steps[apt],
+        Step::InstallPackages {
+            packages: vec!["python3".into()]
+        }
+    );
+    let rest = apt + 1;
+    assert!(p.steps[rest]
+        .describe()
+        .starts_with("install Debian packages: postgresql-15"));
+    assert!(g.waits_for(rest, apt), "one dpkg at a time");
+    assert!(g.waits_for(airflow, apt) && !g.waits_for(airflow, rest));
+    // …on the stack's own they do not.
+    let desired = with_apps("[python]\ninterpreter = \"managed\"\n");
+    let (p, g) = cold_plan(&desired);
+    let apt = position_of(&p, "install Debian packages");
+    let cpython = position_of(&p, "install python ");
+    for venv in ["airflow", "superset", "dlt"] {
+        let build = position_of(&p, &format!("build the {venv} venv"));
+        assert!(!g.waits_for(build, apt), "{venv}: {:?}", g.needs[build]);
+        assert!(g.waits_for(build, cpython), "{venv}");
+    }
+}
+
+#[test]
+fn applications_start_together_once_the_data_tier_is_up() {
+    let desired = with_apps("");
+    let (p, g) = cold_plan(&desired);
+    let roles = position_of(&p, "ensure PostgreSQL roles");
+    let broker = position_of(&p, "start analytics-redis-broker.service");
+    let postgres = position_of(&p, "start analytics-postgres.service");
+    let apt = position_of(&p, "install Debian packages");
+    let reload = position_of(&p, "reload systemd");
+    let target = position_of(&p, "start analytics-stack.target");
+    let units = |c: &str| -> Vec<usize> {
+        let spec = desired.iter().find(|s| s.name == c).unwrap();
+        spec.units
+            .iter()
+            .filter(|u| !u.triggered)
+            .map(|u| position_of(&p, &format!("start {}", u.name)))
+            .collect()
+    };
+    let venv = |c: &str| position_of(&p, &format!("build the {c} venv"));
+    for (app, other) in [("airflow", "superset"), ("superset", "airflow")] {
+        for &start in &units(app) {
+            assert!(g.waits_for(start, roles) && g.waits_for(start, broker));
+            assert!(g.waits_for(start, venv(app)) && g.waits_for(start, reload));
+            assert!(
+                !g.waits_for(start, venv(other)),
+                "{}",
+                p.steps[start].describe()
+            );
+            for &theirs in &units(other) {
+                assert!(!g.waits_for(start, theirs), "{}", p.steps[start].describe());
+            }
+        }
+    }
+    // The data tier does not wait for the applications' venvs.
+    assert!(g.waits_for(postgres, apt));
+    assert!(!g.waits_for(postgres, venv("airflow")) && !g.waits_for(roles, venv("superset")));
+    // The target waits for every step.
+    assert!((0..target).all(|i| g.waits_for(target, i)));
+    // Needs point backwards only: the plan's order is one the graph allows.
+    for (j, needs) in g.needs.iter().enumerate() {
+        assert!(needs.iter().all(|&i| i < j));
+    }
+}
+
+#[test]
+fn stack_users_join_no_group_a_package_makes() {
+    // Users are created before apt runs (graph.rs relies on it).
+    let desired = with_apps("[python]\ninterpreter = \"managed\"\n");
+    let stack_users: BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|s| &s.users)
+        .map(|u| u.name.as_str())
+        .collect();
+    for user in desired.iter().flat_map(|s| &s.users) {
+        for group in &user.groups {
+            assert!(
+                group == crate::components::log_shipper::JOURNAL_GROUP
+                    || stack_users.contains(group.as_str()),
+                "{} joins {group}, which a package may make: create it after apt",
+                user.name
+            );
+        }
+    }
+}
+
+/// A random order the graph allows (the lowest ready index after a random skip).
+fn some_order(g: &graph::Graph, seed: u64) -> Vec<usize> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let n = g.needs.len();
+    let mut done = vec![false; n];
+    let mut order = Vec::new();
+    while order.len() < n {
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| !done[i] && g.needs[i].iter().all(|&d| done[d]))
+            .collect();
+        assert!(!ready.is_empty(), "the graph has a cycle");
+        let pick = ready[(next() % ready.len() as u64) as usize];
+        done[pick] = true;
+        order.push(pick);
+    }
+    order
+}
+
+/// What must be true on the host before `step` runs, beyond what `simulate_step`
+/// asserts: what a unit's start needs is there.
+fn check_ready(desired: &[ComponentSpec], step: &Step, facts: &HostFacts, state: &RecordedState) {
+    let Step::StartUnit { unit } = step else {
+        return;
+    };
+    let Some(spec) = desired
+        .iter()
+        .find(|s| s.units.iter().any(|u| &u.name == unit))
+    else {
+        return;
+    };
+    let what = format!("before {unit} starts");
+    for p in &spec.packages {
+        assert!(facts.packages.contains_key(p), "{what}: package {p}");
+    }
+    if let Some(v) = &spec.venv {
+        assert_eq!(facts.venvs.get(&v.name), Some(&v.id), "{what}: its venv");
+    }
+    if let Some(pin) = &spec.archive {
+        assert_eq!(
+            facts.current_archives.get(&pin.component),
+            Some(&pin.version),
+            "{what}: its archive"
+        );
+    }
+    for f in &spec.files {
+        assert!(
+            facts.files.contains_key(&f.path),
+            "{what}: {}",
+            f.path.display()
+        );
+    }
+    for u in &spec.units {
+        assert!(
+            facts.files.contains_key(&u.path()),
+            "{what}: unit {}",
+            u.name
+        );
+        assert!(facts.units.get(&u.name).is_some_and(|f| f.is_enabled()) || u.triggered);
+    }
+    if spec.venv.is_some() {
+        let roles = desired
+            .iter()
+            .flat_map(|s| &s.provision)
+            .find(|p| matches!(p, Provision::PostgresRoles { .. }))
+            .unwrap();
+        assert!(state.provisioned.contains_key(&roles.id()), "{what}: roles");
+    }
+}
+
+#[test]
+fn any_order_the_graph_allows_killed_anywhere_converges() {
+    let desired = with_apps("");
+    let changed = with_apps("[postgres]\nmax_connections = 150\n[nginx]\nport = 8480\n");
+    // A cold apply, and a change to a converged host.
+    let (facts_cold, state_cold) = (fresh_host(), RecordedState::default());
+    let mut facts_warm = fresh_host();
+    let mut state_warm = RecordedState::default();
+    simulate(
+        &plan(&desired, &facts_warm, &state_warm),
+        &mut facts_warm,
+        &mut state_warm,
+    );
+    for (want, facts0, state0) in [
+        (&desired, &facts_cold, &state_cold),
+        (&changed, &facts_warm, &state_warm),
+    ] {
+        let full = plan(want, facts0, state0);
+        let g = graph::graph(&full, want);
+        for seed in 1..=12 {
+            let order = some_order(&g, seed);
+            for k in (0..=order.len()).step_by(7).chain([order.len()]) {
+                let (mut facts, mut state) = (facts0.clone(), state0.clone());
+                for &i in &order[..k] {
+                    check_ready(want, &full.steps[i], &facts, &state);
+                    simulate_step(&full.steps[i], &mut facts, &mut state);
+                }
+                // Killed after k steps of this order: the rest replanned, in order.
+                let rest = plan(want, &facts, &state);
+                simulate(&rest, &mut facts, &mut state);
+                assert!(
+                    plan(want, &facts, &state).is_empty(),
+                    "seed {seed}, killed after {k}"
+                );
+                assert!(state.pending_restarts.is_empty() && !state.daemon_reload_pending);
+            }
+        }
     }
 }

@@ -598,6 +598,14 @@ impl Container {
 
     pub fn start_daemon(&self) {
         self.trust_stack_ca();
+        // For measuring an apply one step at a time (bench/cold-apply.sh): the
+        // daemon's own setting, from the test's environment.
+        if let Ok(steps) = std::env::var("ANALYTICS_STACK_APPLY_STEPS") {
+            let steps: u32 = steps
+                .parse()
+                .expect("ANALYTICS_STACK_APPLY_STEPS is a number");
+            self.ok(&format!("mkdir -p /run/systemd/system/analytics-stackd.service.d && printf '[Service]\\nEnvironment=ANALYTICS_STACK_APPLY_STEPS={steps}\\n' > /run/systemd/system/analytics-stackd.service.d/apply-steps.conf"));
+        }
         self.ok("systemctl daemon-reload && systemctl start analytics-stackd.service");
         eprintln!(
             "[{}] analytics-stackd is {}",

@@ -1,0 +1,259 @@
+//! What each step of a plan waits for: the plan as a graph, so that the executor runs
+//! every step whose needs are met at once. Pure, like the planner.
+//!
+//! The plan's order stays the order of truth (`plan` prints it, a serial run is
+//! still correct); the graph only says which earlier steps a step may *not* wait
+//! for. Everything waits for everything before it except where a rule below says
+//! otherwise, so a step kind nobody thought about stays serial:
+//!
+//! - **Installs** (apt, release archives, venvs) are long and touch their own files:
+//!   a venv waits for uv (and the managed CPython) and, when its build needs Debian
+//!   packages apt is installing (Debian's interpreter), for apt; an archive waits
+//!   for nothing long.
+//!   Both wait for the short steps before them that apt does not have to finish
+//!   first (users, the stack's own directories).
+//! - **Preparation** (users, directories, secrets, files, units, systemd's reload)
+//!   is short and stays in order; it waits for apt only where it names a user apt
+//!   creates or a path outside the stack's own directories, and for an install only
+//!   where it writes inside that install's directory.
+//! - **Starting** goes component by component as before (PostgreSQL's roles exist
+//!   before Airflow migrates), with two exceptions: a component waits for its own
+//!   archive and venv, not for another's; and nothing waits for an *application*
+//!   (a component with a venv) to start but its own steps and the stack's target —
+//!   nothing in the stack needs Airflow up for Superset to start, so their first
+//!   migrations run at the same time.
+
+use super::{Plan, Step};
+use crate::model::{paths, ComponentSpec, Provision};
+use std::path::Path;
+
+/// The stack's own directories: a file or directory below them needs nothing a
+/// Debian package brings.
+const STACK_PREFIXES: [&str; 6] = [
+    paths::ETC,
+    paths::STATE,
+    paths::OPT,
+    "/var/cache/analytics-stack",
+    "/var/log/analytics-stack",
+    paths::UNIT_DIR,
+];
+
+/// For each step of a plan, the earlier steps it waits for (indices, ascending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graph {
+    pub needs: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    /// Every step after the one before it: today's executor, for plans that are not
+    /// an apply's (uninstalls, rollbacks).
+    pub fn serial(len: usize) -> Graph {
+        Graph {
+            needs: (0..len)
+                .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+                .collect(),
+        }
+    }
+
+    /// Whether `step` waits, directly or not, for `earlier`.
+    pub fn waits_for(&self, step: usize, earlier: usize) -> bool {
+        let mut seen = vec![false; self.needs.len()];
+        let mut todo = vec![step];
+        while let Some(s) = todo.pop() {
+            for &n in &self.needs[s] {
+                if n == earlier {
+                    return true;
+                }
+                if !seen[n] {
+                    seen[n] = true;
+                    todo.push(n);
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Who a step belongs to, for the starting rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner<'a> {
+    Component(&'a str),
+    /// Every component's (systemd's enable of all units): after the preparation and
+    /// apt, not after any component's install.
+    Each,
+    /// After everything (the stack's target, a step of no known component).
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind<'a> {
+    /// apt, a release archive or a venv; the component it is for, if one.
+    Install(Option<&'a str>),
+    Prepare,
+    Start(Owner<'a>),
+}
+
+struct Ctx<'a> {
+    desired: &'a [ComponentSpec],
+}
+
+impl<'a> Ctx<'a> {
+    fn owner_of_unit(&self, unit: &str) -> Owner<'a> {
+        self.desired
+            .iter()
+            .find(|s| s.units.iter().any(|u| u.name == unit))
+            .map_or(Owner::All, |s| Owner::Component(s.name))
+    }
+
+    fn owner_of_provision(&self, p: &Provision) -> Owner<'a> {
+        let id = p.id();
+        self.desired
+            .iter()
+            .find(|s| s.init.iter().chain(&s.provision).any(|q| q.id() == id))
+            .map_or(Owner::All, |s| Owner::Component(s.name))
+    }
+
+    fn component(&self, name: &str) -> Option<&'a ComponentSpec> {
+        self.desired.iter().find(|s| s.name == name)
+    }
+
+    fn is_application(&self, name: &str) -> bool {
+        self.component(name).is_some_and(|s| s.venv.is_some())
+    }
+
+    fn kind(&self, step: &'a Step) -> Kind<'a> {
+        match step {
+            Step::InstallPackages { .. } => Kind::Install(None),
+            // A tool's archive (uv, the managed CPython) belongs to no component.
+            Step::InstallArchive { pin } => Kind::Install(
+                self.desired
+                    .iter()
+                    .find(|s| s.archive.as_ref() == Some(pin))
+                    .map(|s| s.name),
+            ),
+            Step::BuildVenv { venv } => Kind::Install(
+                self.desired
+                    .iter()
+                    .find(|s| s.venv.as_ref().is_some_and(|v| v.name == venv.name))
+                    .map(|s| s.name),
+            ),
+            Step::EnableUnits { .. } => Kind::Start(Owner::Each),
+            Step::StartUnit { unit } | Step::RestartUnit { unit } | Step::ReloadUnit { unit } => {
+                Kind::Start(self.owner_of_unit(unit))
+            }
+            Step::Init { provision } | Step::Provision { provision } => {
+                Kind::Start(self.owner_of_provision(provision))
+            }
+            Step::UpgradePostgres { .. } => Kind::Start(Owner::Component("postgres")),
+            Step::RecordComponent { component, .. } => Kind::Start(
+                self.component(component)
+                    .map_or(Owner::All, |s| Owner::Component(s.name)),
+            ),
+            _ => Kind::Prepare,
+        }
+    }
+
+    /// Whether a preparation step must wait for apt: it names a user or group that is
+    /// neither root nor the stack's, or a path outside the stack's directories.
+    fn needs_apt(&self, step: &Step) -> bool {
+        let stack_user = |name: &str| {
+            name == "root"
+                || self
+                    .desired
+                    .iter()
+                    .flat_map(|s| &s.users)
+                    .any(|u| u.name == name)
+        };
+        let stack_path = |p: &Path| STACK_PREFIXES.iter().any(|pre| p.starts_with(pre));
+        match step {
+            Step::EnsureDir { dir } => {
+                !(stack_user(&dir.owner) && stack_user(&dir.group) && stack_path(&dir.path))
+            }
+            Step::WriteFile { file, .. } => {
+                !(stack_user(&file.owner) && stack_user(&file.group) && stack_path(&file.path))
+            }
+            // Users join only groups systemd or the stack make
+            // (`stack_users_join_no_group_a_package_makes`).
+            Step::CreateUser { .. }
+            | Step::GenerateSecret { .. }
+            | Step::InstallCertificate { .. }
+            | Step::WriteUnit { .. }
+            | Step::ReloadSystemd
+            | Step::RecordPending { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// Where an install puts its files (a preparation step writing below waits for it).
+    fn install_root(step: &Step) -> Option<std::path::PathBuf> {
+        match step {
+            Step::InstallArchive { pin } => Some(Path::new(paths::OPT).join(&pin.component)),
+            Step::BuildVenv { venv } => Some(venv.root()),
+            _ => None,
+        }
+    }
+
+    fn writes_below(step: &Step, root: &Path) -> bool {
+        match step {
+            Step::EnsureDir { dir } => dir.path.starts_with(root),
+            Step::WriteFile { file, .. } => file.path.starts_with(root),
+            Step::RemoveFile { path } => path.starts_with(root),
+            _ => false,
+        }
+    }
+
+    /// Whether step `j` waits for the earlier step `i` (directly).
+    fn waits(&self, steps: &'a [Step], apt: Option<usize>, i: usize, j: usize) -> bool {
+        let (earlier, later) = (&steps[i], &steps[j]);
+        let apt_before = |k: usize| apt.is_some_and(|a| a < k);
+        match (self.kind(earlier), self.kind(later)) {
+            (Kind::Install(_), Kind::Install(_)) => match (earlier, later) {
+                // One dpkg at a time.
+                (Step::InstallPackages { .. }, Step::InstallPackages { .. }) => true,
+                (Step::InstallArchive { pin }, Step::BuildVenv { venv }) => {
+                    venv.tool_pins().any(|t| t == pin)
+                }
+                (Step::InstallPackages { packages }, Step::BuildVenv { venv }) => {
+                    venv.build_packages.iter().any(|p| packages.contains(p))
+                }
+                _ => false,
+            },
+            (Kind::Install(_), Kind::Prepare) => match earlier {
+                Step::InstallPackages { .. } => self.needs_apt(later),
+                _ => Self::install_root(earlier).is_some_and(|r| Self::writes_below(later, &r)),
+            },
+            (Kind::Install(of), Kind::Start(owner)) => match (earlier, owner) {
+                (Step::InstallPackages { .. }, _) | (_, Owner::All) => true,
+                (_, Owner::Each) => false,
+                (_, Owner::Component(c)) => of == Some(c),
+            },
+            // Short steps apt must finish first are not the installs' business, nor
+            // that of the short steps after them that apt does not concern.
+            (Kind::Prepare, Kind::Install(_)) => !(apt_before(i) && self.needs_apt(earlier)),
+            (Kind::Prepare, Kind::Prepare) => {
+                !(apt_before(i) && self.needs_apt(earlier))
+                    || self.needs_apt(later)
+                    || matches!(earlier, Step::EnsureDir { dir } if Self::writes_below(later, &dir.path))
+            }
+            (Kind::Prepare, Kind::Start(_)) => true,
+            (Kind::Start(_), Kind::Install(_) | Kind::Prepare) => true,
+            (Kind::Start(a), Kind::Start(b)) => match (a, b) {
+                (Owner::Component(a), Owner::Component(b)) => a == b || !self.is_application(a),
+                _ => true,
+            },
+        }
+    }
+}
+
+/// The graph of an apply's plan for the components `desired`.
+pub fn graph(plan: &Plan, desired: &[ComponentSpec]) -> Graph {
+    let ctx = Ctx { desired };
+    let steps = &plan.steps;
+    let apt = steps
+        .iter()
+        .position(|s| matches!(s, Step::InstallPackages { .. }));
+    let needs = (0..steps.len())
+        .map(|j| (0..j).filter(|&i| ctx.waits(steps, apt, i, j)).collect())
+        .collect();
+    Graph { needs }
+}
