@@ -65,9 +65,14 @@ run_ansible() {
   measure "$1" "ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 /opt/ansible-runner/bin/python /opt/ansible-runner/bin/ansible-playbook -i localhost, -c local /srv/repo/bench/ansible/site.yml" $ansible_units
 }
 
+# run_stack NAME [STEPS]: STEPS caps how many steps an apply runs at once (1: one
+# after another, the executor before the plan became a graph).
 run_stack() {
   boot "$1"
   trap "container_stop $1" RETURN
+  if [ -n "${2:-}" ]; then
+    inside "mkdir -p /run/systemd/system/analytics-stackd.service.d && printf '[Service]\\nEnvironment=ANALYTICS_STACK_APPLY_STEPS=$2\\n' > /run/systemd/system/analytics-stackd.service.d/apply-steps.conf"
+  fi
   inside 'systemctl daemon-reload && systemctl start analytics-stackd.service'
   inside "mkdir -p /etc/analytics-stack && printf '[dlt]\\nenabled = false\\n[postgres_exporter]\\nenabled = false\\n[statsd_exporter]\\nenabled = false\\n[loki]\\nenabled = false\\n[log_shipper]\\nenabled = false\\n[grafana]\\nenabled = false\\n' > /etc/analytics-stack/stack.toml"
   measure "$1" 'analytics-stack apply' $stack_units
@@ -78,9 +83,11 @@ run_ansible as-bench-ansible-warm >/dev/null
 run_stack as-bench-stack-warm >/dev/null
 read -r a_cold a_noop a_restart a_pss < <(run_ansible as-bench-ansible)
 read -r s_cold s_noop s_restart s_pss < <(run_stack as-bench-stack)
+read -r s1_cold s1_noop _ _ < <(run_stack as-bench-stack-serial 1)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f×", a / b; else print "-" }'; }
 printf '%-34s %14s %18s %8s\n' "" "Ansible" "analytics-stack" "ratio"
 printf '%-34s %12s s %16s s %8s\n' "cold install to healthy" "$a_cold" "$s_cold" "$(ratio "$a_cold" "$s_cold")"
+printf '%-34s %12s s %16s s %8s\n' "  one step at a time" "$a_cold" "$s1_cold" "$(ratio "$a_cold" "$s1_cold")"
 printf '%-34s %12s s %16s s %8s\n' "no-op re-run" "$a_noop" "$s_noop" "$(ratio "$a_noop" "$s_noop")"
 printf '%-34s %14s %18s\n' "services restarted by the re-run" "$a_restart" "$s_restart"
 printf '%-34s %10s MiB %14s MiB %8s\n' "idle PSS of the services" "$a_pss" "$s_pss" "$(ratio "$a_pss" "$s_pss")"

@@ -492,8 +492,18 @@ fn observability(primary: &Container) {
         up.len() == 3 && up.contains(&"w1".to_string()) && up.contains(&"w2".to_string()),
         "three node targets up: {up:?}"
     );
-    // The workers' daemon metrics too, through their node_exporter.
-    let components = query("analytics_stack_components{instance=\"w1\"}");
+    // The workers' daemon metrics too, through their node_exporter: the daemon
+    // writes them when its apply ends, and node_exporter may have been scraped
+    // before (it starts while the worker's venvs build), so until the next scrape.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let components = loop {
+        let components = query("analytics_stack_components{instance=\"w1\"}");
+        if !components["data"]["result"].as_array().unwrap().is_empty() || Instant::now() > deadline
+        {
+            break components;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
     assert!(
         !components["data"]["result"].as_array().unwrap().is_empty(),
         "{components}"

@@ -12,14 +12,17 @@
 //!   for nothing long.
 //!   Both wait for the short steps before them that apt does not have to finish
 //!   first (users, the stack's own directories).
+//!   Archives go one at a time (a refused one stops those after it), venvs too
+//!   (the executor's limit).
 //! - **Preparation** (users, directories, secrets, files, units, systemd's reload)
 //!   is short and stays in order; it waits for apt only where it names a user apt
-//!   creates or a path outside the stack's own directories, and for an install only
-//!   where it writes inside that install's directory.
+//!   creates or a path outside the stack's own directories. It waits for every
+//!   archive and venv before it: nothing of the stack's files and units is written
+//!   before its software is verified, so a refused archive or wheel leaves no unit
+//!   behind (`tests/e2e_attacks.rs`).
 //! - **Starting** goes component by component as before (PostgreSQL's roles exist
-//!   before Airflow migrates), with two exceptions: a component waits for its own
-//!   archive and venv, not for another's; and nothing waits for an *application*
-//!   (a component with a venv) to start but its own steps and the stack's target —
+//!   before Airflow migrates), except that nothing waits for an *application* (a
+//!   component with a venv) to start but its own steps and the stack's target —
 //!   nothing in the stack needs Airflow up for Superset to start, so their first
 //!   migrations run at the same time.
 
@@ -184,15 +187,6 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Where an install puts its files (a preparation step writing below waits for it).
-    fn install_root(step: &Step) -> Option<std::path::PathBuf> {
-        match step {
-            Step::InstallArchive { pin } => Some(Path::new(paths::OPT).join(&pin.component)),
-            Step::BuildVenv { venv } => Some(venv.root()),
-            _ => None,
-        }
-    }
-
     fn writes_below(step: &Step, root: &Path) -> bool {
         match step {
             Step::EnsureDir { dir } => dir.path.starts_with(root),
@@ -208,8 +202,10 @@ impl<'a> Ctx<'a> {
         let apt_before = |k: usize| apt.is_some_and(|a| a < k);
         match (self.kind(earlier), self.kind(later)) {
             (Kind::Install(_), Kind::Install(_)) => match (earlier, later) {
-                // One dpkg at a time.
-                (Step::InstallPackages { .. }, Step::InstallPackages { .. }) => true,
+                // One dpkg at a time. Archives one at a time too: a refused one stops
+                // those after it as before (downloads share the link anyway).
+                (Step::InstallPackages { .. }, Step::InstallPackages { .. })
+                | (Step::InstallArchive { .. }, Step::InstallArchive { .. }) => true,
                 (Step::InstallArchive { pin }, Step::BuildVenv { venv }) => {
                     venv.tool_pins().any(|t| t == pin)
                 }
@@ -218,9 +214,11 @@ impl<'a> Ctx<'a> {
                 }
                 _ => false,
             },
+            // Nothing of the stack's files and units is written before every archive
+            // and venv verified and installed: a refused one leaves no unit behind.
             (Kind::Install(_), Kind::Prepare) => match earlier {
                 Step::InstallPackages { .. } => self.needs_apt(later),
-                _ => Self::install_root(earlier).is_some_and(|r| Self::writes_below(later, &r)),
+                _ => true,
             },
             (Kind::Install(of), Kind::Start(owner)) => match (earlier, owner) {
                 (Step::InstallPackages { .. }, _) | (_, Owner::All) => true,

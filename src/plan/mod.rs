@@ -726,6 +726,31 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
+    // Venvs: uv first (a verified artifact, fetched only when a venv must be built),
+    // then each venv whose lock file is not the one in use. uv (and the managed
+    // CPython) before the components' archives: archives install one at a time,
+    // and the venvs wait only for these.
+    let stale_venvs: Vec<(&ComponentSpec, &VenvSpec)> = desired
+        .iter()
+        .filter_map(|s| s.venv.as_ref().map(|v| (s, v)))
+        .filter(|(_, v)| facts.venvs.get(&v.name) != Some(&v.id))
+        .filter(|(s, v)| !is_held(s.name, &v.id, facts.venvs.get(&v.name), state))
+        .collect();
+    // Then the managed CPython of each venv built on it, once each.
+    let mut tools: Vec<&crate::artifact::catalog::ArchivePin> = Vec::new();
+    for pin in stale_venvs.iter().flat_map(|(_, v)| v.tool_pins()) {
+        if !tools.contains(&pin) {
+            tools.push(pin);
+        }
+    }
+    for pin in tools {
+        if !facts
+            .archives
+            .contains(&(pin.component.clone(), pin.version.clone()))
+        {
+            steps.push(Step::InstallArchive { pin: pin.clone() });
+        }
+    }
     // What a killed apply changed and did not yet restart is still due.
     let mut notified: BTreeMap<String, OnChange> = state.pending_restarts.clone();
     for spec in desired {
@@ -763,29 +788,6 @@ pub fn plan(desired: &[ComponentSpec], facts: &HostFacts, state: &RecordedState)
         }
     }
 
-    // Venvs: uv first (a verified artifact, fetched only when a venv must be built),
-    // then each venv whose lock file is not the one in use.
-    let stale_venvs: Vec<(&ComponentSpec, &VenvSpec)> = desired
-        .iter()
-        .filter_map(|s| s.venv.as_ref().map(|v| (s, v)))
-        .filter(|(_, v)| facts.venvs.get(&v.name) != Some(&v.id))
-        .filter(|(s, v)| !is_held(s.name, &v.id, facts.venvs.get(&v.name), state))
-        .collect();
-    // Then the managed CPython of each venv built on it, once each.
-    let mut tools: Vec<&crate::artifact::catalog::ArchivePin> = Vec::new();
-    for pin in stale_venvs.iter().flat_map(|(_, v)| v.tool_pins()) {
-        if !tools.contains(&pin) {
-            tools.push(pin);
-        }
-    }
-    for pin in tools {
-        if !facts
-            .archives
-            .contains(&(pin.component.clone(), pin.version.clone()))
-        {
-            steps.push(Step::InstallArchive { pin: pin.clone() });
-        }
-    }
     for (spec, venv) in stale_venvs {
         steps.push(Step::BuildVenv {
             venv: Box::new(venv.clone()),

@@ -1285,6 +1285,9 @@ fn installs_run_beside_apt_and_each_other() {
         !g.waits_for(loki, apt),
         "a download needs nothing apt brings"
     );
+    // uv first; archives one at a time; the venvs wait for uv, not for Loki.
+    assert!(uv < loki && g.waits_for(loki, uv));
+    assert!(!g.waits_for(airflow, loki) && !g.waits_for(superset, loki));
     assert!(!g.waits_for(superset, airflow) && !g.waits_for(airflow, superset));
     assert!(g.waits_for(airflow, uv) && g.waits_for(airflow, builder));
     // On Debian's Python the venvs wait for apt to install the interpreter, which
@@ -1336,19 +1339,23 @@ fn applications_start_together_once_the_data_tier_is_up() {
         for &start in &units(app) {
             assert!(g.waits_for(start, roles) && g.waits_for(start, broker));
             assert!(g.waits_for(start, venv(app)) && g.waits_for(start, reload));
-            assert!(
-                !g.waits_for(start, venv(other)),
-                "{}",
-                p.steps[start].describe()
-            );
             for &theirs in &units(other) {
                 assert!(!g.waits_for(start, theirs), "{}", p.steps[start].describe());
             }
         }
     }
-    // The data tier does not wait for the applications' venvs.
+    // Nothing of the stack's files and units before every venv and archive is
+    // verified and installed: a refused one leaves no unit behind.
     assert!(g.waits_for(postgres, apt));
-    assert!(!g.waits_for(postgres, venv("airflow")) && !g.waits_for(roles, venv("superset")));
+    let unit_file = position_of(&p, "write unit analytics-postgres.service");
+    for install in (0..p.steps.len()).filter(|&i| {
+        matches!(
+            p.steps[i],
+            Step::InstallArchive { .. } | Step::BuildVenv { .. }
+        )
+    }) {
+        assert!(install > unit_file || g.waits_for(unit_file, install));
+    }
     // The target waits for every step.
     assert!((0..target).all(|i| g.waits_for(target, i)));
     // Needs point backwards only: the plan's order is one the graph allows.
