@@ -1272,7 +1272,7 @@ fn cold_plan(desired: &[ComponentSpec]) -> (Plan, graph::Graph) {
 }
 
 #[test]
-fn installs_run_beside_apt_and_each_other() {
+fn archives_and_venvs_run_beside_apt() {
     let desired = with_apps("");
     let (p, g) = cold_plan(&desired);
     let apt = position_of(&p, "install Debian packages");
