@@ -125,19 +125,14 @@ fn recorded(state: &Mutex<RecordedState>) -> std::sync::MutexGuard<'_, RecordedS
 /// the disk, a child process or systemd, so more than the cores. Venvs one at a
 /// time: uv already downloads in parallel and compiles bytecode on every core, and
 /// three builds at once took 67 s where one after another took 56 (the whole
-/// stack, two cores); the parallel win is a venv built while the one before it
-/// starts its application.
+/// stack, two cores): whatever the limit, one venv builds at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Concurrency {
     pub steps: usize,
-    pub venv_builds: usize,
 }
 
 impl Concurrency {
-    pub const SERIAL: Concurrency = Concurrency {
-        steps: 1,
-        venv_builds: 1,
-    };
+    pub const SERIAL: Concurrency = Concurrency { steps: 1 };
 
     /// From the host's cores; `ANALYTICS_STACK_APPLY_STEPS` in the daemon's
     /// environment sets how many steps at most (1: one after another, as before).
@@ -148,10 +143,7 @@ impl Concurrency {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or((2 * cores).max(4));
-        Concurrency {
-            steps,
-            venv_builds: 1,
-        }
+        Concurrency { steps }
     }
 }
 
@@ -239,7 +231,7 @@ impl Executor<'_> {
         let mut started = vec![false; total];
         let mut finished = 0;
         let mut running = FuturesUnordered::new();
-        let mut running_venvs = 0;
+        let mut venv_running = false;
         let mut timings = Timings::default();
         let mut failure: Option<ExecError> = None;
         // Steps that were running when the first failed, and finished (or failed) after.
@@ -250,8 +242,7 @@ impl Executor<'_> {
                 let ready = (0..total).find(|&i| {
                     !started[i]
                         && graph.needs[i].iter().all(|&n| done[n])
-                        && (!matches!(plan.steps[i], Step::BuildVenv { .. })
-                            || running_venvs < limits.venv_builds.max(1))
+                        && (!matches!(plan.steps[i], Step::BuildVenv { .. }) || !venv_running)
                 });
                 let Some(i) = ready else { break };
                 let step = &plan.steps[i];
@@ -270,7 +261,7 @@ impl Executor<'_> {
                 started[i] = true;
                 timings.started(i);
                 if matches!(step, Step::BuildVenv { .. }) {
-                    running_venvs += 1;
+                    venv_running = true;
                 }
                 let shared = &shared;
                 running.push(async move {
@@ -291,7 +282,7 @@ impl Executor<'_> {
             };
             let step = &plan.steps[i];
             if matches!(step, Step::BuildVenv { .. }) {
-                running_venvs -= 1;
+                venv_running = false;
             }
             if let Err(e) = result {
                 tracing::warn!(step = i + 1, "{e}");

@@ -77,21 +77,19 @@ impl Graph {
     }
 }
 
-/// Who a step belongs to, for the starting rules.
+/// Who a start-phase step belongs to, for the starting rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner<'a> {
     Component(&'a str),
-    /// Every component's (systemd's enable of all units): after the preparation and
-    /// apt, not after any component's install.
-    Each,
-    /// After everything (the stack's target, a step of no known component).
+    /// No one component's (systemd's enable of all units, the stack's target): after
+    /// every start-phase step before it.
     All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind<'a> {
-    /// apt, a release archive or a venv; the component it is for, if one.
-    Install(Option<&'a str>),
+    /// apt, a release archive or a venv.
+    Install,
     Prepare,
     Start(Owner<'a>),
 }
@@ -126,21 +124,10 @@ impl<'a> Ctx<'a> {
 
     fn kind(&self, step: &'a Step) -> Kind<'a> {
         match step {
-            Step::InstallPackages { .. } => Kind::Install(None),
-            // A tool's archive (uv, the managed CPython) belongs to no component.
-            Step::InstallArchive { pin } => Kind::Install(
-                self.desired
-                    .iter()
-                    .find(|s| s.archive.as_ref() == Some(pin))
-                    .map(|s| s.name),
-            ),
-            Step::BuildVenv { venv } => Kind::Install(
-                self.desired
-                    .iter()
-                    .find(|s| s.venv.as_ref().is_some_and(|v| v.name == venv.name))
-                    .map(|s| s.name),
-            ),
-            Step::EnableUnits { .. } => Kind::Start(Owner::Each),
+            Step::InstallPackages { .. } | Step::InstallArchive { .. } | Step::BuildVenv { .. } => {
+                Kind::Install
+            }
+            Step::EnableUnits { .. } => Kind::Start(Owner::All),
             Step::StartUnit { unit } | Step::RestartUnit { unit } | Step::ReloadUnit { unit } => {
                 Kind::Start(self.owner_of_unit(unit))
             }
@@ -201,7 +188,7 @@ impl<'a> Ctx<'a> {
         let (earlier, later) = (&steps[i], &steps[j]);
         let apt_before = |k: usize| apt.is_some_and(|a| a < k);
         match (self.kind(earlier), self.kind(later)) {
-            (Kind::Install(_), Kind::Install(_)) => match (earlier, later) {
+            (Kind::Install, Kind::Install) => match (earlier, later) {
                 // One dpkg at a time. Archives one at a time too: a refused one stops
                 // those after it as before (downloads share the link anyway).
                 (Step::InstallPackages { .. }, Step::InstallPackages { .. })
@@ -216,25 +203,22 @@ impl<'a> Ctx<'a> {
             },
             // Nothing of the stack's files and units is written before every archive
             // and venv verified and installed: a refused one leaves no unit behind.
-            (Kind::Install(_), Kind::Prepare) => match earlier {
+            (Kind::Install, Kind::Prepare) => match earlier {
                 Step::InstallPackages { .. } => self.needs_apt(later),
                 _ => true,
             },
-            (Kind::Install(of), Kind::Start(owner)) => match (earlier, owner) {
-                (Step::InstallPackages { .. }, _) | (_, Owner::All) => true,
-                (_, Owner::Each) => false,
-                (_, Owner::Component(c)) => of == Some(c),
-            },
+            // Starts wait for every install already (through the files and units).
+            (Kind::Install, Kind::Start(_)) => true,
             // Short steps apt must finish first are not the installs' business, nor
             // that of the short steps after them that apt does not concern.
-            (Kind::Prepare, Kind::Install(_)) => !(apt_before(i) && self.needs_apt(earlier)),
+            (Kind::Prepare, Kind::Install) => !(apt_before(i) && self.needs_apt(earlier)),
             (Kind::Prepare, Kind::Prepare) => {
                 !(apt_before(i) && self.needs_apt(earlier))
                     || self.needs_apt(later)
                     || matches!(earlier, Step::EnsureDir { dir } if Self::writes_below(later, &dir.path))
             }
             (Kind::Prepare, Kind::Start(_)) => true,
-            (Kind::Start(_), Kind::Install(_) | Kind::Prepare) => true,
+            (Kind::Start(_), Kind::Install | Kind::Prepare) => true,
             (Kind::Start(a), Kind::Start(b)) => match (a, b) {
                 (Owner::Component(a), Owner::Component(b)) => a == b || !self.is_application(a),
                 _ => true,
