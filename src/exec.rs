@@ -17,9 +17,11 @@ use std::time::Duration;
 const UNIT_TIMEOUT: Duration = Duration::from_secs(1000);
 /// uv's download and build cache.
 pub const UV_CACHE: &str = "/var/cache/analytics-stack/uv";
-/// The archive digests file is read, changed and written by one install at a time.
+/// The archive digests file is read, changed and written by one install at a time
+/// (the graph keeps archives in order today; this holds if a rule changes).
 static DIGESTS_WRITER: Mutex<()> = Mutex::new(());
-/// Whether uv's cache is the build user's is checked (and fixed) by one build at a time.
+/// Whether uv's cache is the build user's is checked (and fixed) by one build at a
+/// time (the executor builds one venv at a time today; this holds if that changes).
 static UV_CACHE_CHECK: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, thiserror::Error)]
@@ -423,7 +425,7 @@ impl Executor<'_> {
         .map_err(from_unpack)?;
         // Only an archive that verified *and* unpacked is remembered as this version.
         if let Some(sha256) = first_use {
-            // Read again under the lock: archives install at the same time.
+            // Read again under the lock, whatever the graph lets run beside this.
             let _one_writer = DIGESTS_WRITER.lock().unwrap_or_else(|p| p.into_inner());
             let mut recorded = recorded_digests(self.fs);
             recorded.record(pin, &sha256);
@@ -473,7 +475,7 @@ impl Executor<'_> {
             // very inodes of an older venv (hard links), which the build user must not
             // be able to change.
             let cache = self.fs.path(Path::new(UV_CACHE));
-            // Venvs build at the same time; one looks at the cache at a time.
+            // One build looks at the cache at a time.
             let checked = {
                 let _one_checker = UV_CACHE_CHECK.lock().unwrap_or_else(|p| p.into_inner());
                 empty_unless_owned(&cache, builder)
